@@ -30,6 +30,7 @@ class Reason:
     UNSUPPORTED_SCHEMA = "unsupported_schema"
     INVALID_FIELD = "invalid_field"
     KEY_MISMATCH = "key_mismatch"
+    WRONG_TOPIC = "wrong_topic"
     UNKNOWN_ORDER = "unknown_order"
     ORDER_EXISTS = "order_exists"
     UNKNOWN_LINE = "unknown_line"
@@ -67,9 +68,7 @@ def _classify(exc: msgspec.ValidationError) -> str:
         return Reason.UNKNOWN_TYPE
     if text.endswith("at `$.schema`") or "missing required field `schema`" in text:
         return Reason.UNSUPPORTED_SCHEMA
-    if text.startswith("Expected `object`") and text.endswith("`$`") or text.startswith(
-        "Expected `object`"
-    ) and "at `$" not in text:
+    if text.startswith("Expected `object`") and "at `$" not in text:
         return Reason.NOT_AN_EVENT
     return Reason.INVALID_FIELD
 

@@ -1,0 +1,634 @@
+"""The pure availability core: the semantics of ``contracts/events-v1.md``, with no I/O.
+
+Two halves:
+
+* **Translation** turns one valid event into per-SKU effects
+  (:mod:`stocksync.codecs.effects`). Stock events translate alone; order and
+  return events need their order's or RMA's state, which translation updates.
+  An event that names an unknown order, RMA or line is rejected here with a
+  reason and changes nothing.
+* **Application** folds effects into the :class:`Position` of one SKU, skipping
+  any effect at or below its source partition's watermark and any stock event
+  whose (``source``, ``event_id``) was already applied within the window; and
+  **projection** turns a position into what the API serves per channel.
+
+Everything here is a plain function over msgspec Structs. Positions and
+order/RMA states are updated in place (the applier's hot path); use
+:func:`copy_position` where the old value must survive.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import msgspec
+
+from stocksync.codecs.effects import Adjust, Effect, Policy, Quarantine, Reserve, Snapshot
+from stocksync.codecs.events import (
+    Event,
+    OrderAllocated,
+    OrderCancelled,
+    OrderCreated,
+    OrderEvent,
+    OrderShipped,
+    ReturnAuthorized,
+    ReturnEvent,
+    ReturnInspected,
+    ReturnReceived,
+    StockAdjusted,
+    StockEvent,
+    StockSnapshot,
+    to_micros,
+)
+from stocksync.codecs.messages import Reason
+from stocksync.codecs.projections import (
+    ChannelAvailability,
+    NodeAvailability,
+    SkuProjection,
+    Status,
+)
+from stocksync.codecs.state import NodePosition, OrderLine, OrderState, Position, RmaLine, RmaState
+from stocksync.config.settings import Settings
+
+__all__ = [
+    "ChannelSpec",
+    "NodeView",
+    "Rejected",
+    "Skipped",
+    "SourceRef",
+    "Topology",
+    "Translated",
+    "apply_effect",
+    "apply_effects",
+    "check_placement",
+    "key_of",
+    "topology_of",
+    "channel_available",
+    "copy_position",
+    "dedup_key",
+    "format_millis",
+    "is_oversold",
+    "node_view",
+    "project",
+    "prune_seen",
+    "status_of",
+    "translate",
+    "translate_order",
+    "translate_return",
+    "translate_stock",
+]
+
+
+# --- configuration the core needs ------------------------------------------------------
+
+
+class ChannelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A channel: the nodes it sells from, its buffer and its low-stock band."""
+
+    name: str
+    nodes: tuple[str, ...]
+    buffer: int = 0
+    low_stock_threshold: int = 0
+
+
+class Topology(msgspec.Struct, frozen=True, kw_only=True):
+    """The configured channels and per-node default safety stock."""
+
+    channels: tuple[ChannelSpec, ...]
+    safety_defaults: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def default_safety(self, node: str) -> int:
+        """Safety stock of ``node`` when no ``stock.policy`` set one."""
+        return self.safety_defaults.get(node, 0)
+
+
+# --- where an event came from -------------------------------------------------------------
+
+
+class SourceRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an event was read: the source of its effects' deterministic ids."""
+
+    #: ``stock``, ``orders`` or ``returns``: stable across topic prefixes.
+    kind: str
+    partition: int
+    offset: int
+    #: Index in a bulk message; 0 for a single-event message.
+    index: int = 0
+    #: When the message was produced (ms since epoch), for freshness.
+    produced: int = 0
+
+    @property
+    def src(self) -> str:
+        """The watermark key of this source partition."""
+        return f"{self.kind}/{self.partition}"
+
+
+class Translated(msgspec.Struct, frozen=True):
+    """A valid event's effects, in order."""
+
+    effects: list[Effect]
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    """An invalid event: it changes nothing and goes to the dead-letter topic."""
+
+    reason: str
+    message: str
+
+
+class Skipped(msgspec.Struct, frozen=True):
+    """An event already applied: a redelivery or a producer's second copy."""
+
+    why: str
+
+
+Outcome = Translated | Rejected | Skipped
+
+
+def dedup_key(source: str, event_id: str) -> str:
+    """The idempotency key of an event: its ``source`` and ``event_id``."""
+    return f"{source}\x1f{event_id}"
+
+
+def _effect_fields(event: Event, ref: SourceRef, seq: int, sku: str, *, stateless: bool) -> dict[
+    str, object
+]:
+    return {
+        "sku": sku,
+        "src": ref.src,
+        "ofs": ref.offset,
+        "idx": ref.index,
+        "seq": seq,
+        "eid": dedup_key(event.source, event.event_id) if stateless else None,
+        "at": to_micros(event.occurred_at),
+        "produced": ref.produced,
+        "cid": event.correlation_id,
+    }
+
+
+# --- translation: stock ---------------------------------------------------------------
+
+
+def translate_stock(event: StockEvent, ref: SourceRef) -> Translated:
+    """The one effect of a stock event (de-duplicated later, by the applier)."""
+    base = _effect_fields(event, ref, 0, event.sku, stateless=True)
+    effect: Effect
+    if isinstance(event, StockSnapshot):
+        effect = Snapshot(
+            **base, node=event.node, on_hand=event.on_hand, as_of=to_micros(event.as_of)
+        )  # type: ignore[arg-type]
+    elif isinstance(event, StockAdjusted):
+        effect = Adjust(**base, node=event.node, delta=event.delta)  # type: ignore[arg-type]
+    else:
+        effect = Policy(**base, node=event.node, safety_stock=event.safety_stock)  # type: ignore[arg-type]
+    return Translated([effect])
+
+
+# --- translation: orders and returns -----------------------------------------------------
+
+
+class _Emitter:
+    """Numbers the effects of one event and builds them."""
+
+    __slots__ = ("effects", "event", "ref")
+
+    def __init__(self, event: Event, ref: SourceRef) -> None:
+        self.event = event
+        self.ref = ref
+        self.effects: list[Effect] = []
+
+    def _base(self, sku: str) -> dict[str, object]:
+        return _effect_fields(self.event, self.ref, len(self.effects), sku, stateless=False)
+
+    def reserve(self, sku: str, node: str | None, channel: str, qty: int) -> None:
+        """Change open reservations at ``node``, or on ``channel`` when unallocated."""
+        if qty:
+            self.effects.append(
+                Reserve(**self._base(sku), node=node, channel=None if node else channel, qty=qty)  # type: ignore[arg-type]
+            )
+
+    def adjust(self, sku: str, node: str, delta: int) -> None:
+        """A physical change at ``node`` at the event's ``occurred_at``."""
+        self.effects.append(Adjust(**self._base(sku), node=node, delta=delta))  # type: ignore[arg-type]
+
+    def quarantine(self, sku: str, node: str, received: int, inspected: int) -> None:
+        """Units into or out of quarantine at ``node``."""
+        self.effects.append(
+            Quarantine(**self._base(sku), node=node, received=received, inspected=inspected)  # type: ignore[arg-type]
+        )
+
+
+def _replayed(
+    wm: tuple[int, int, int], seen: dict[str, int], event: Event, ref: SourceRef, now_ms: int,
+    window_ms: int,
+) -> Skipped | None:
+    if wm[0] == ref.partition and (ref.offset, ref.index) <= (wm[1], wm[2]):
+        return Skipped("redelivered")
+    seen_at = seen.get(dedup_key(event.source, event.event_id))
+    if seen_at is not None and now_ms - seen_at < window_ms:
+        return Skipped("duplicate")
+    return None
+
+
+def prune_seen(seen: dict[str, int], now_ms: int, window_ms: int) -> None:
+    """Forget idempotency keys older than the de-duplication window."""
+    old = [key for key, at in seen.items() if now_ms - at >= window_ms]
+    for key in old:
+        del seen[key]
+
+
+def _missing_lines(state_lines: dict[str, object], wanted: Iterable[str], what: str) -> Rejected | None:
+    for line_id in wanted:
+        if line_id not in state_lines:
+            return Rejected(Reason.UNKNOWN_LINE, f"{what} has no line {line_id!r}")
+    return None
+
+
+def translate_order(
+    event: OrderEvent,
+    state: OrderState | None,
+    ref: SourceRef,
+    now_ms: int,
+    window_ms: int,
+) -> tuple[Outcome, OrderState | None]:
+    """Translate an order event against its order's state; returns the outcome and the new state.
+
+    The state is updated in place (and created for ``order.created``) only when
+    the outcome is :class:`Translated`.
+    """
+    if state is not None:
+        skipped = _replayed(state.wm, state.seen, event, ref, now_ms, window_ms)
+        if skipped is not None:
+            return skipped, state
+    emit = _Emitter(event, ref)
+    if isinstance(event, OrderCreated):
+        if state is not None:
+            return Rejected(
+                Reason.ORDER_EXISTS,
+                f"order {event.order_id!r} was already created (by another event_id)",
+            ), state
+        state = OrderState(order_id=event.order_id, channel=event.channel)
+        for line in event.lines:
+            state.lines[line.line_id] = OrderLine(sku=line.sku, open=line.qty, node=line.node)
+            emit.reserve(line.sku, line.node, event.channel, line.qty)
+    elif state is None:
+        return Rejected(Reason.UNKNOWN_ORDER, f"order {event.order_id!r} is unknown"), None
+    elif isinstance(event, OrderAllocated):
+        missing = _missing_lines(state.lines, (ln.line_id for ln in event.lines), "the order")
+        if missing:
+            return missing, state
+        for alloc in event.lines:
+            line = state.lines[alloc.line_id]
+            if line.node == alloc.node:
+                continue
+            emit.reserve(line.sku, line.node, state.channel, -line.open)
+            emit.reserve(line.sku, alloc.node, state.channel, line.open)
+            line.node = alloc.node
+    elif isinstance(event, OrderCancelled):
+        if event.lines is None:
+            for line in state.lines.values():
+                emit.reserve(line.sku, line.node, state.channel, -line.open)
+                line.open = 0
+        else:
+            missing = _missing_lines(state.lines, (ln.line_id for ln in event.lines), "the order")
+            if missing:
+                return missing, state
+            for cancel in event.lines:
+                line = state.lines[cancel.line_id]
+                released = min(cancel.qty, line.open)
+                emit.reserve(line.sku, line.node, state.channel, -released)
+                line.open -= released
+    else:
+        assert isinstance(event, OrderShipped)
+        missing = _missing_lines(state.lines, (ln.line_id for ln in event.lines), "the order")
+        if missing:
+            return missing, state
+        for ship in event.lines:
+            line = state.lines[ship.line_id]
+            released = min(ship.qty, line.open)
+            emit.reserve(line.sku, line.node, state.channel, -released)
+            line.open -= released
+            emit.adjust(line.sku, event.node, -ship.qty)
+    _remember(state, event, ref, now_ms, window_ms)
+    return Translated(emit.effects), state
+
+
+def translate_return(
+    event: ReturnEvent,
+    state: RmaState | None,
+    ref: SourceRef,
+    now_ms: int,
+    window_ms: int,
+) -> tuple[Outcome, RmaState | None]:
+    """Translate a return event against its RMA's state; returns the outcome and the new state."""
+    if state is not None:
+        skipped = _replayed(state.wm, state.seen, event, ref, now_ms, window_ms)
+        if skipped is not None:
+            return skipped, state
+    emit = _Emitter(event, ref)
+    if isinstance(event, ReturnAuthorized):
+        state = state or RmaState(rma_id=event.rma_id)
+        if event.order_id is not None:
+            state.order_id = event.order_id
+        for auth in event.lines:
+            known = state.lines.get(auth.line_id)
+            if known is None:
+                state.lines[auth.line_id] = RmaLine(sku=auth.sku, authorized=auth.qty)
+            else:
+                known.authorized = auth.qty
+                if known.sku is None or known.received == 0:
+                    known.sku = auth.sku
+    elif isinstance(event, ReturnReceived):
+        skus: list[str] = []
+        for recv in event.lines:
+            known = state.lines.get(recv.line_id) if state is not None else None
+            sku = recv.sku or (known.sku if known is not None else None)
+            if sku is None:
+                if state is None:
+                    return Rejected(
+                        Reason.UNKNOWN_RMA,
+                        f"RMA {event.rma_id!r} is unknown and line {recv.line_id!r} has no sku",
+                    ), None
+                return Rejected(
+                    Reason.LINE_WITHOUT_SKU,
+                    f"line {recv.line_id!r} of RMA {event.rma_id!r} was never authorized "
+                    "and carries no sku",
+                ), state
+            skus.append(sku)
+        state = state or RmaState(rma_id=event.rma_id)
+        for recv, sku in zip(event.lines, skus, strict=True):
+            line = state.lines.setdefault(recv.line_id, RmaLine(sku=sku))
+            line.sku = sku
+            line.received += recv.qty
+            emit.quarantine(sku, event.node, recv.qty, 0)
+    else:
+        assert isinstance(event, ReturnInspected)
+        if state is None:
+            return Rejected(Reason.UNKNOWN_RMA, f"RMA {event.rma_id!r} is unknown"), None
+        for insp in event.lines:
+            known = state.lines.get(insp.line_id)
+            if known is None or known.sku is None:
+                return Rejected(
+                    Reason.UNKNOWN_LINE, f"RMA {event.rma_id!r} has no line {insp.line_id!r}"
+                ), state
+        for insp in event.lines:
+            line = state.lines[insp.line_id]
+            assert line.sku is not None
+            line.inspected += insp.qty
+            emit.quarantine(line.sku, event.node, 0, insp.qty)
+            if insp.disposition == "restock":
+                emit.adjust(line.sku, event.node, insp.qty)
+    _remember(state, event, ref, now_ms, window_ms)
+    return Translated(emit.effects), state
+
+
+def _remember(
+    state: OrderState | RmaState, event: Event, ref: SourceRef, now_ms: int, window_ms: int
+) -> None:
+    prune_seen(state.seen, now_ms, window_ms)
+    state.seen[dedup_key(event.source, event.event_id)] = now_ms
+    state.wm = (ref.partition, ref.offset, ref.index)
+    state.updated_at = now_ms
+
+
+def translate(
+    event: Event,
+    state: OrderState | RmaState | None,
+    ref: SourceRef,
+    now_ms: int,
+    window_ms: int,
+) -> tuple[Outcome, OrderState | RmaState | None]:
+    """Translate any event; ``state`` is its order's or RMA's state (None for stock)."""
+    if isinstance(event, OrderCreated | OrderAllocated | OrderCancelled | OrderShipped):
+        assert state is None or isinstance(state, OrderState)
+        return translate_order(event, state, ref, now_ms, window_ms)
+    if isinstance(event, ReturnAuthorized | ReturnReceived | ReturnInspected):
+        assert state is None or isinstance(state, RmaState)
+        return translate_return(event, state, ref, now_ms, window_ms)
+    return translate_stock(event, ref), None
+
+
+# --- application --------------------------------------------------------------------------
+
+
+def apply_effect(pos: Position, effect: Effect, now_ms: int, window_ms: int) -> bool:
+    """Apply one effect to ``pos`` in place; False when it was a duplicate and was skipped."""
+    ident = (effect.ofs, effect.idx, effect.seq)
+    mark = pos.wm.get(effect.src)
+    if mark is not None and ident <= tuple(mark):
+        return False
+    pos.wm[effect.src] = ident
+    if effect.eid is not None:
+        seen_at = pos.seen.get(effect.eid)
+        if seen_at is not None and now_ms - seen_at < window_ms:
+            return False
+        pos.seen[effect.eid] = now_ms
+    if isinstance(effect, Reserve):
+        if effect.node is not None:
+            _node(pos, effect.node).reserved += effect.qty
+        else:
+            assert effect.channel is not None
+            left = pos.demand.get(effect.channel, 0) + effect.qty
+            if left:
+                pos.demand[effect.channel] = left
+            else:
+                pos.demand.pop(effect.channel, None)
+        return True
+    node = _node(pos, effect.node)
+    if isinstance(effect, Adjust):
+        if node.as_of is None or effect.at > node.as_of:
+            bisect.insort(node.changes, (effect.at, effect.delta))
+    elif isinstance(effect, Snapshot):
+        if node.as_of is None or effect.as_of > node.as_of:
+            node.snap = effect.on_hand
+            node.as_of = effect.as_of
+            node.changes = [c for c in node.changes if c[0] > effect.as_of]
+    elif isinstance(effect, Policy):
+        if node.policy_at is None or effect.at > node.policy_at:
+            node.policy_at = effect.at
+            node.safety = effect.safety_stock
+    else:
+        node.received += effect.received
+        node.inspected += effect.inspected
+    return True
+
+
+def _node(pos: Position, node: str) -> NodePosition:
+    found = pos.nodes.get(node)
+    if found is None:
+        found = pos.nodes[node] = NodePosition()
+    return found
+
+
+def apply_effects(
+    pos: Position, effects: Iterable[Effect], now_ms: int, window_ms: int
+) -> tuple[int, int]:
+    """Fold effects into ``pos`` in order; returns (applied, skipped) and bumps the version once."""
+    applied = skipped = 0
+    for effect in effects:
+        if apply_effect(pos, effect, now_ms, window_ms):
+            applied += 1
+        else:
+            skipped += 1
+    if applied:
+        pos.version += 1
+        pos.updated_at = now_ms
+        prune_seen(pos.seen, now_ms, window_ms)
+    return applied, skipped
+
+
+_position_encoder = msgspec.msgpack.Encoder()
+_position_decoder = msgspec.msgpack.Decoder(Position)
+
+
+def copy_position(pos: Position) -> Position:
+    """A deep copy of a position."""
+    return _position_decoder.decode(_position_encoder.encode(pos))
+
+
+# --- projection ---------------------------------------------------------------------------
+
+
+class NodeView(msgspec.Struct, frozen=True):
+    """The contract's quantities of one SKU at one node."""
+
+    on_hand: int
+    reserved: int
+    quarantine: int
+    safety_stock: int
+    available: int
+
+
+def node_view(pos: Position, node: str, topology: Topology) -> NodeView:
+    """on_hand, reserved, quarantine, safety stock and available of ``pos`` at ``node``."""
+    state = pos.nodes.get(node)
+    if state is None:
+        safety = topology.default_safety(node)
+        return NodeView(0, 0, 0, safety, 0)
+    on_hand = (state.snap or 0) + sum(delta for _, delta in state.changes)
+    safety = state.safety if state.safety is not None else topology.default_safety(node)
+    return NodeView(
+        on_hand=on_hand,
+        reserved=state.reserved,
+        quarantine=max(0, state.received - state.inspected),
+        safety_stock=safety,
+        available=max(0, on_hand - state.reserved - safety),
+    )
+
+
+def is_oversold(view: NodeView) -> bool:
+    """True when a node has promised more than it holds (on_hand below reserved)."""
+    return view.on_hand < view.reserved
+
+
+def channel_available(pos: Position, channel: ChannelSpec, topology: Topology) -> int:
+    """What ``channel`` may sell of this SKU."""
+    total = sum(node_view(pos, node, topology).available for node in channel.nodes)
+    return max(0, total - pos.demand.get(channel.name, 0) - channel.buffer)
+
+
+def status_of(available: int, low_stock_threshold: int) -> Status:
+    """The status band of an available quantity."""
+    if available == 0:
+        return "out_of_stock"
+    if available <= low_stock_threshold:
+        return "low_stock"
+    return "in_stock"
+
+
+def format_millis(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-27T09:01:10.512Z``."""
+    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def project(pos: Position, topology: Topology) -> SkuProjection:
+    """What the API serves for this SKU: every configured channel, with node detail."""
+    updated = format_millis(pos.updated_at)
+    channels: list[ChannelAvailability] = []
+    views: dict[str, NodeView] = {}
+    for spec in topology.channels:
+        nodes: list[NodeAvailability] = []
+        total = 0
+        for node in spec.nodes:
+            view = views.get(node)
+            if view is None:
+                view = views[node] = node_view(pos, node, topology)
+            total += view.available
+            nodes.append(
+                NodeAvailability(
+                    node=node,
+                    available=view.available,
+                    on_hand=view.on_hand,
+                    reserved=view.reserved,
+                    quarantine=view.quarantine,
+                    safety_stock=view.safety_stock,
+                )
+            )
+        available = max(0, total - pos.demand.get(spec.name, 0) - spec.buffer)
+        channels.append(
+            ChannelAvailability(
+                sku=pos.sku,
+                channel=spec.name,
+                available=available,
+                status=status_of(available, spec.low_stock_threshold),
+                version=pos.version,
+                updated_at=updated,
+                nodes=nodes,
+            )
+        )
+    return SkuProjection(sku=pos.sku, version=pos.version, updated_at=updated, channels=channels)
+
+
+
+
+def key_of(event: Event) -> str | None:
+    """The Kafka key an event belongs under: order_id, rma_id, or None for stock events."""
+    if isinstance(event, OrderCreated | OrderAllocated | OrderCancelled | OrderShipped):
+        return event.order_id
+    if isinstance(event, ReturnAuthorized | ReturnReceived | ReturnInspected):
+        return event.rma_id
+    return None
+
+
+#: The kind of topic each event family must arrive on.
+_KIND_OF_FAMILY = {"stock": "stock", "order": "orders", "return": "returns"}
+
+
+def check_placement(event: Event, kind: str, key: str | None, bulk: bool) -> Rejected | None:
+    """Reject an event on the wrong topic, or an order/return event of a bulk message under
+    another key."""
+    family = type(event).__struct_config__.tag
+    assert isinstance(family, str)
+    expected = _KIND_OF_FAMILY[family.split(".", 1)[0]]
+    if expected != kind:
+        return Rejected(
+            Reason.WRONG_TOPIC,
+            f"{family} events belong on the {expected} topic, not the {kind} topic",
+        )
+    own = key_of(event)
+    if bulk and own is not None and own != key:
+        return Rejected(
+            Reason.KEY_MISMATCH,
+            f"{family} for {own!r} in a bulk message under key {key!r}; every event of a "
+            "bulk message on this topic must belong to the message's key",
+        )
+    return None
+
+
+def topology_of(settings: Settings) -> Topology:
+    """The core's view of the configured channels and node defaults."""
+    return Topology(
+        channels=tuple(
+            ChannelSpec(
+                name=c.name,
+                nodes=tuple(c.nodes),
+                buffer=c.buffer,
+                low_stock_threshold=c.low_stock_threshold,
+            )
+            for c in settings.channels
+        ),
+        safety_defaults={name: node.safety_stock for name, node in settings.nodes.items()},
+    )
