@@ -1,0 +1,71 @@
+"""Session-wide services for the whole suite: one Tansu broker, one persistent redis-server.
+
+Fixtures (other test packages code against these names and shapes):
+
+- ``broker`` (session): a running :class:`~stocksync.daemon.services.TansuBroker`;
+  use ``broker.bootstrap`` for aiokafka and ``broker.url`` for Faust.
+- ``redis_server`` (session): a running :class:`~stocksync.daemon.services.RedisServer`
+  with append-only persistence, so ``stop()`` then ``start()`` keeps the data.
+- ``redis_url`` (function): ``redis://127.0.0.1:PORT/DB``, a database on
+  ``redis_server`` flushed before the test.
+- ``topic_prefix`` (function): a unique prefix such as ``t3f9a0c12d4e5``, so tests
+  sharing the broker never see each other's topics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from stocksync.daemon.services import RedisServer, TansuBroker
+
+__all__ = ["broker", "redis_server", "redis_url", "topic_prefix"]
+
+# Tests take the 16 databases in turn, so a client a test forgot to close
+# writes into a database the next test does not use.
+_REDIS_DATABASES = 16
+_next_db = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """One running Tansu broker for the test session."""
+    service = TansuBroker(data_dir=tmp_path_factory.mktemp("tansu"))
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One running redis-server with persistence on, for the test session."""
+    service = RedisServer(data_dir=tmp_path_factory.mktemp("redis"), persistent=True)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of a database on ``redis_server``, flushed before the test."""
+    if not redis_server.running:  # a previous test stopped it and did not restart it
+        redis_server.start()
+    url = redis_server.url_for(next(_next_db) % _REDIS_DATABASES)
+    with contextlib.closing(redis.Redis.from_url(url)) as client:
+        client.flushdb()
+    return url
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic prefix unique to this test."""
+    return f"t{uuid.uuid4().hex[:12]}"
