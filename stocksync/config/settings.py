@@ -29,13 +29,24 @@ NonNegative = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(gt=0)]
 Scope = Literal["availability:read", "admin"]
 Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="lowercase hex SHA-256")]
+# Kafka topic names allow only [A-Za-z0-9._-]; an identifier's ':' or '/' would
+# pass here and fail later, when the worker creates its topics.
+TopicPrefix = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="1-64 characters from [A-Za-z0-9._-] (legal in Kafka topic names)",
+    ),
+]
 
 
 class _Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Configuration tables reject unknown keys."""
 
 
-class ChannelSettings(_Config):
+class ChannelSettings(_Config, frozen=True):
     """A sales channel: the nodes it sells from, a buffer and the low-stock band."""
 
     name: Identifier
@@ -44,13 +55,13 @@ class ChannelSettings(_Config):
     low_stock_threshold: NonNegative = 0
 
 
-class NodeSettings(_Config):
+class NodeSettings(_Config, frozen=True):
     """Defaults of one node."""
 
     safety_stock: NonNegative = 0
 
 
-class TokenSettings(_Config):
+class TokenSettings(_Config, frozen=True):
     """An API token, stored only as the SHA-256 of the secret."""
 
     name: Annotated[str, Meta(min_length=1, max_length=64)]
@@ -64,7 +75,7 @@ class TokenSettings(_Config):
     burst: NonNegative = 0
 
 
-class ApiSettings(_Config):
+class ApiSettings(_Config, frozen=True):
     """The availability API."""
 
     host: str = "127.0.0.1"
@@ -81,10 +92,10 @@ class ApiSettings(_Config):
     tokens: list[TokenSettings] = msgspec.field(default_factory=list)
 
 
-class WorkerSettings(_Config):
+class WorkerSettings(_Config, frozen=True):
     """The stream processor."""
 
-    #: Port of the worker's own /healthz, /readyz, /metrics; 0 picks a free one.
+    #: Address of the worker's own /healthz, /readyz, /metrics; port 0 picks a free one.
     host: str = "127.0.0.1"
     port: Port = 8081
     #: Most events taken per batch, and how long to wait for a batch to fill.
@@ -102,14 +113,16 @@ class WorkerSettings(_Config):
     shutdown_timeout: Annotated[float, Meta(gt=0)] = 15.0
 
 
-class Settings(_Config):
+class Settings(_Config, frozen=True):
     """Everything stocksync is configured with."""
 
-    #: Kafka bootstrap, ``kafka://host:port[;host:port]``.
+    #: Kafka bootstrap, ``kafka://host:port[;host:port]`` (the loader also takes a bare
+    #: ``host:port`` and stores it in this form).
     broker: str = "kafka://127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: Topics are ``{topic_prefix}.stock.v1``, ``.orders.v1``, ``.returns.v1``, ``.dlq``, ``.effects.v1``.
-    topic_prefix: Identifier = "stocksync"
+    #: Topics are ``{topic_prefix}.stock.v1``, ``.orders.v1``, ``.returns.v1``, ``.dlq``,
+    #: ``.effects.v1``.
+    topic_prefix: TopicPrefix = "stocksync"
     #: Partitions of topics stocksync creates (effects, and missing source topics, dlq).
     partitions: Annotated[int, Meta(ge=1, le=1024)] = 8
     #: Prefix of every Redis key.
