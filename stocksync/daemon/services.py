@@ -31,6 +31,8 @@ from types import TracebackType
 from typing import IO, Self
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = [
     "RedisServer",
@@ -61,11 +63,16 @@ def free_port(host: str = LOOPBACK) -> int:
         return port
 
 
+def _no_retry() -> Retry:
+    """A redis-py retry policy that gives up at once (its default retries take ~3.6 s)."""
+    return Retry(NoBackoff(), 0)
+
+
 def redis_reachable(url: str, timeout: float = 1.0) -> bool:
     """Tell whether a Redis server at ``url`` answers PING within ``timeout`` seconds."""
     try:
         client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_no_retry()
         )
     except ValueError:
         return False
@@ -75,6 +82,17 @@ def redis_reachable(url: str, timeout: float = 1.0) -> bool:
         return False
     finally:
         client.close()
+
+
+def _port_is_free(port: int) -> bool:
+    """Tell whether nothing listens on the loopback port (TIME_WAIT leftovers do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -168,7 +186,7 @@ class _ChildProcess:
         raise NotImplementedError
 
     def _probe(self, timeout: float) -> None:
-        """Raise OSError (or a subclass of it) unless the service answers a real request."""
+        """Raise OSError or RedisError unless the service answers a real request."""
         raise NotImplementedError
 
     def _what_to_do(self) -> str:
@@ -192,8 +210,17 @@ class _ChildProcess:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _spawn_and_wait(self) -> bool:
-        """Spawn once; return True when the child exited early on an auto-picked port."""
+        """Spawn once; return True when the port was taken and may be picked again."""
         command = self._command()
+        # Checked first because a probe would otherwise get its answer from whoever
+        # already listens there, before the child notices and exits.
+        if not _port_is_free(self._port):
+            if not self._port_fixed:
+                return True
+            raise ServiceError(
+                f"Cannot start the {self.name} on {LOOPBACK}:{self._port}: something else "
+                "already listens there. Stop it, or let stocksync pick a free port."
+            )
         self._log = self.log_path.open("ab")
         self._log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(command)}\n".encode())
         self._log.flush()
@@ -228,7 +255,7 @@ class _ChildProcess:
             remaining = deadline - time.monotonic()
             try:
                 self._probe(max(0.1, min(1.0, remaining)))
-            except OSError as exc:
+            except (OSError, redis.RedisError) as exc:
                 last_error = exc
             else:
                 return False
@@ -472,13 +499,19 @@ class RedisServer(_ChildProcess):
         ]
 
     def _probe(self, timeout: float) -> None:
-        with socket.create_connection((LOOPBACK, self._port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(b"PING\r\n")
-            answer = sock.recv(64)
-        if not answer.startswith(b"+PONG"):
-            # -LOADING while the append-only file is replayed: not ready yet.
-            raise ConnectionError(f"redis answered {answer!r} to PING")
+        client = redis.Redis(
+            host=LOOPBACK,
+            port=self._port,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=_no_retry(),
+        )
+        with contextlib.closing(client):
+            # PING fails with BusyLoadingError while the append-only file is replayed.
+            client.ping()
+            pid = client.info("server").get("process_id")
+        if self._proc is None or pid != self._proc.pid:
+            raise ConnectionError(f"the redis on port {self._port} is process {pid}, not ours")
 
     def _what_to_do(self) -> str:
         return "check that redis-server runs (apt-get install redis-server) and the log below"
