@@ -1,0 +1,96 @@
+"""Prometheus metrics of the worker: business health first (freshness, DLQ, oversell)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["WorkerMetrics"]
+
+_FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+_BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 50000)
+
+
+class WorkerMetrics:
+    """Every metric the worker exports, in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "stocksync_events_consumed_total",
+            "Valid events read from the source topics.",
+            ["topic", "type"],
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "stocksync_events_rejected_total",
+            "Invalid events sent to the dead-letter topic.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.events_skipped = Counter(
+            "stocksync_events_skipped_total",
+            "Events already applied (redelivered or duplicated by their producer).",
+            ["topic", "why"],
+            registry=r,
+        )
+        self.effects_applied = Counter(
+            "stocksync_effects_applied_total", "Per-SKU effects applied.", registry=r
+        )
+        self.effects_skipped = Counter(
+            "stocksync_effects_skipped_total",
+            "Per-SKU effects skipped as duplicates (watermark or event id).",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "stocksync_batch_size",
+            "Messages per processed batch.",
+            ["stage"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "stocksync_batch_seconds",
+            "Time to process one batch, Redis and broker round trips included.",
+            ["stage"],
+            registry=r,
+        )
+        self.freshness = Histogram(
+            "stocksync_freshness_seconds",
+            "Age of an event when its effect reached Redis: since it occurred, since produced.",
+            ["basis"],
+            buckets=_FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self.last_applied = Gauge(
+            "stocksync_last_applied_timestamp_seconds",
+            "When the applier last wrote a change to Redis (Unix time).",
+            registry=r,
+        )
+        self.last_event_produced = Gauge(
+            "stocksync_last_event_produced_timestamp_seconds",
+            "Produce time of the newest source message applied (Unix time); now minus this is lag.",
+            registry=r,
+        )
+        self.redis_retries = Counter(
+            "stocksync_redis_retries_total",
+            "Redis or broker operations retried after a failure.",
+            ["stage"],
+            registry=r,
+        )
+        self.cas_conflicts = Counter(
+            "stocksync_cas_conflicts_total",
+            "Batches refused because another writer changed a SKU first.",
+            registry=r,
+        )
+        self.oversold = Gauge(
+            "stocksync_oversold_positions",
+            "SKU-node positions of this worker with on_hand below reserved.",
+            registry=r,
+        )
+        self.skus_written = Counter(
+            "stocksync_skus_written_total", "SKU projections written to Redis.", registry=r
+        )
+        self.dead_letters = Counter(
+            "stocksync_dead_letters_total", "Records written to the dead-letter topic.", registry=r
+        )

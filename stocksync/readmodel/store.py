@@ -1,0 +1,274 @@
+"""Stores of the read model: one small Protocol, a Redis store and an in-memory store.
+
+The applier writes a batch of changed SKUs at once: each SKU's position,
+its encoded projection and one change-stream entry, on condition that every
+SKU's stored version is still the one the applier read (compare-and-set). A
+conflict means another applier wrote in between (a zombie after a rebalance,
+or a stale cache); the whole batch is refused and the caller reloads and
+re-applies, which the watermarks make harmless.
+
+On Redis the batch is one Lua script call, one round trip. The script is
+generic (compare versions, then HSET and XADD); no domain logic lives in Lua.
+
+Exceptions::
+
+    StoreError
+    └── StoreUnavailable   (Redis unreachable or failing: retry later)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from stocksync.codecs.state import OrderState, Position, RmaState, position_decoder, state_encoder
+from stocksync.readmodel.keys import POSITION_FIELD, PROJECTION_FIELD, VERSION_FIELD, Keys
+
+__all__ = [
+    "MemoryStore",
+    "PositionStore",
+    "RedisStore",
+    "StateStore",
+    "StoreError",
+    "StoreUnavailable",
+    "Write",
+]
+
+
+class StoreError(Exception):
+    """Root of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or failed a command; the caller retries with backoff."""
+
+
+class Write(msgspec.Struct, frozen=True):
+    """One SKU of a batch write: its new position, encoded projection and the version it read."""
+
+    position: Position
+    projection: bytes
+    expected_version: int
+
+
+class PositionStore(Protocol):
+    """What the applier needs of a store."""
+
+    async def load_positions(self, skus: Sequence[str]) -> dict[str, Position]:
+        """The stored positions of ``skus``; SKUs never written are absent."""
+
+    async def write_batch(self, writes: Sequence[Write]) -> list[str]:
+        """Write every SKU or none; returns the SKUs whose version did not match (none written)."""
+
+
+class StateStore(Protocol):
+    """What the order and returns translators need of a store."""
+
+    async def load_orders(self, order_ids: Sequence[str]) -> dict[str, OrderState]:
+        """Stored states of these orders; unknown orders are absent."""
+
+    async def load_rmas(self, rma_ids: Sequence[str]) -> dict[str, RmaState]:
+        """Stored states of these RMAs; unknown RMAs are absent."""
+
+    async def save_states(self, states: Iterable[OrderState | RmaState]) -> None:
+        """Store these order and RMA states."""
+
+
+_T = TypeVar("_T")
+_order_decoder = msgspec.msgpack.Decoder(OrderState)
+_rma_decoder = msgspec.msgpack.Decoder(RmaState)
+
+# KEYS: n SKU hashes, then the change stream.
+# ARGV: n, maxlen, then per SKU: expected version, new version, position, projection, sku.
+_WRITE_BATCH = """
+local n = tonumber(ARGV[1])
+local conflicts = {}
+for i = 1, n do
+  local cur = redis.call('HGET', KEYS[i], 'v') or '0'
+  if cur ~= ARGV[3 + (i - 1) * 5] then
+    conflicts[#conflicts + 1] = i
+  end
+end
+if #conflicts > 0 then
+  return conflicts
+end
+local stream = KEYS[n + 1]
+for i = 1, n do
+  local a = 3 + (i - 1) * 5
+  redis.call('HSET', KEYS[i], 'v', ARGV[a + 1], 'pos', ARGV[a + 2], 'proj', ARGV[a + 3])
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*',
+             'sku', ARGV[a + 4], 'v', ARGV[a + 1], 'proj', ARGV[a + 3])
+end
+return conflicts
+"""
+
+
+class RedisStore:
+    """The read model in Redis (layout in :mod:`stocksync.readmodel.keys`)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        changes_maxlen: int = 1_000_000,
+        state_ttl_seconds: int = 90 * 86_400,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.changes_maxlen = changes_maxlen
+        self.state_ttl_seconds = state_ttl_seconds
+        self._write = client.register_script(_WRITE_BATCH)
+
+    @classmethod
+    def from_url(cls, url: str, keys: Keys, **options: int) -> RedisStore:
+        """A store on a new connection pool for ``url`` (bytes responses, hiredis when present)."""
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=10
+        )
+        return cls(client, keys, **options)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers."""
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis did not answer PING: {exc}") from exc
+
+    async def load_positions(self, skus: Sequence[str]) -> dict[str, Position]:
+        """Stored positions of ``skus`` in one pipelined round trip."""
+        if not skus:
+            return {}
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sku in skus:
+                    pipe.hget(self.keys.sku(sku), POSITION_FIELD)
+                raw = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"loading {len(skus)} positions failed: {exc}") from exc
+        return {sku: position_decoder.decode(b) for sku, b in zip(skus, raw, strict=True) if b}
+
+    async def write_batch(self, writes: Sequence[Write]) -> list[str]:
+        """Compare-and-set every SKU of the batch and append its change, in one script call."""
+        if not writes:
+            return []
+        keys = [self.keys.sku(w.position.sku) for w in writes]
+        keys.append(self.keys.changes())
+        args: list[bytes | str | int] = [len(writes), self.changes_maxlen]
+        for w in writes:
+            args += [
+                str(w.expected_version),
+                str(w.position.version),
+                state_encoder.encode(w.position),
+                w.projection,
+                w.position.sku,
+            ]
+        try:
+            conflicts = await self._write(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"writing a batch of {len(writes)} SKUs failed: {exc}") from exc
+        return [writes[int(i) - 1].position.sku for i in conflicts]
+
+    async def load_orders(self, order_ids: Sequence[str]) -> dict[str, OrderState]:
+        """Stored states of these orders (one MGET-like pipeline)."""
+        return await self._load([self.keys.order(i) for i in order_ids], order_ids, _order_decoder)
+
+    async def load_rmas(self, rma_ids: Sequence[str]) -> dict[str, RmaState]:
+        """Stored states of these RMAs."""
+        return await self._load([self.keys.rma(i) for i in rma_ids], rma_ids, _rma_decoder)
+
+    async def _load(
+        self, keys: list[str], ids: Sequence[str], decoder: msgspec.msgpack.Decoder[_T]
+    ) -> dict[str, _T]:
+        if not keys:
+            return {}
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                raw = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"loading {len(keys)} order/RMA states failed: {exc}") from exc
+        return {i: decoder.decode(b) for i, b in zip(ids, raw, strict=True) if b}
+
+    async def save_states(self, states: Iterable[OrderState | RmaState]) -> None:
+        """Store order and RMA states with the configured time to live."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                count = 0
+                for state in states:
+                    key = (
+                        self.keys.order(state.order_id)
+                        if isinstance(state, OrderState)
+                        else self.keys.rma(state.rma_id)
+                    )
+                    pipe.set(key, state_encoder.encode(state), ex=self.state_ttl_seconds)
+                    count += 1
+                if count:
+                    await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"saving order/RMA states failed: {exc}") from exc
+
+
+class MemoryStore:
+    """The same contract in memory: for tests, benchmarks and rebuild dry runs."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, bytes] = {}
+        self.projections: dict[str, bytes] = {}
+        self.versions: dict[str, int] = {}
+        self.changes: list[tuple[str, int, bytes]] = []
+        self.states: dict[str, bytes] = {}
+
+    async def load_positions(self, skus: Sequence[str]) -> dict[str, Position]:
+        """Stored positions of ``skus`` (decoded copies)."""
+        return {s: position_decoder.decode(self.positions[s]) for s in skus if s in self.positions}
+
+    async def write_batch(self, writes: Sequence[Write]) -> list[str]:
+        """Compare-and-set every SKU of the batch, all or nothing."""
+        conflicts = [
+            w.position.sku
+            for w in writes
+            if self.versions.get(w.position.sku, 0) != w.expected_version
+        ]
+        if conflicts:
+            return conflicts
+        for w in writes:
+            sku = w.position.sku
+            self.positions[sku] = state_encoder.encode(w.position)
+            self.projections[sku] = w.projection
+            self.versions[sku] = w.position.version
+            self.changes.append((sku, w.position.version, w.projection))
+        return []
+
+    async def load_orders(self, order_ids: Sequence[str]) -> dict[str, OrderState]:
+        """Stored states of these orders."""
+        found = ((i, self.states.get(f"order:{i}")) for i in order_ids)
+        return {i: _order_decoder.decode(b) for i, b in found if b}
+
+    async def load_rmas(self, rma_ids: Sequence[str]) -> dict[str, RmaState]:
+        """Stored states of these RMAs."""
+        found = ((i, self.states.get(f"rma:{i}")) for i in rma_ids)
+        return {i: _rma_decoder.decode(b) for i, b in found if b}
+
+    async def save_states(self, states: Iterable[OrderState | RmaState]) -> None:
+        """Store order and RMA states."""
+        for state in states:
+            key = (
+                f"order:{state.order_id}"
+                if isinstance(state, OrderState)
+                else f"rma:{state.rma_id}"
+            )
+            self.states[key] = state_encoder.encode(state)
+
+
+# Field names are part of the layout; keep them referenced so a rename is caught here.
+assert (VERSION_FIELD, POSITION_FIELD, PROJECTION_FIELD) == ("v", "pos", "proj")
