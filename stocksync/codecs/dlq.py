@@ -30,7 +30,7 @@ class DeadLetter(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     #: When it was rejected, RFC 3339 UTC.
     rejected_at: str
     #: The event as received, when it was valid JSON (embedded as JSON).
-    event: msgspec.Raw | None = None
+    event: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
     #: The event as received, as text, when it was not valid JSON.
     event_text: str | None = None
     #: The event as received, base64, when it was not even UTF-8.

@@ -1,0 +1,433 @@
+"""The two processing stages of the worker, free of Faust: translate and apply.
+
+Faust agents hand each ``take_events`` batch to a :class:`Translator` (one per
+source topic) or to the :class:`Applier`; both take plain messages and talk to
+the outside only through an :class:`Outbox` (the broker) and a store (Redis),
+so the same code runs in the worker, in ``stocksync rebuild`` and in tests.
+
+Ordering that makes a crash harmless (see DESIGN, "Exactly-once effects"):
+a translator sends the batch's effects and dead letters and awaits their
+delivery, then writes the order/RMA states it changed, and only then returns,
+after which Faust may ack the offsets. The applier writes each batch with one
+compare-and-set; a conflict reloads and re-applies. Every failure of Redis or
+the broker is retried with backoff inside :meth:`process` and never escapes,
+because an exception escaping a Faust agent acks (loses) its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
+
+import msgspec
+
+from stocksync.agents.dlq import DeadLetterOut, dead_letter
+from stocksync.agents.metrics import WorkerMetrics
+from stocksync.agents.topics import effects_partition
+from stocksync.codecs.effects import Effect, EffectBatch, batch_decoder, batch_encoder
+from stocksync.codecs.events import Event
+from stocksync.codecs.messages import decode_message
+from stocksync.codecs.projections import projection_encoder
+from stocksync.codecs.state import OrderState, Position, RmaState
+from stocksync.readmodel import core
+from stocksync.readmodel.store import PositionStore, StateStore, StoreUnavailable, Write
+
+__all__ = [
+    "Applier",
+    "Outbox",
+    "SourceMessage",
+    "Translator",
+    "retrying",
+]
+
+log = logging.getLogger("stocksync.pipeline")
+
+_T = TypeVar("_T")
+
+
+class SourceMessage(msgspec.Struct, frozen=True):
+    """One message of a source topic as the translators need it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    #: Produce (or log-append) time, ms since the epoch.
+    timestamp_ms: int = 0
+    #: The ``correlation_id`` header, when the message carried one.
+    correlation_id: str | None = None
+
+
+class Outbox(Protocol):
+    """Where translators send: effects by partition, and dead letters. Each call awaits delivery."""
+
+    async def send_effects(self, batches: dict[int, bytes]) -> None:
+        """Send one effects message per destination partition and await delivery."""
+
+    async def send_dead_letters(self, letters: Sequence[DeadLetterOut]) -> None:
+        """Send dead letters and await delivery."""
+
+
+async def retrying(
+    operation: Callable[[], Awaitable[_T]],
+    *,
+    what: str,
+    metrics: WorkerMetrics | None,
+    stage: str,
+    first_delay: float = 0.05,
+    max_delay: float = 5.0,
+) -> _T:
+    """Run ``operation`` until it succeeds, backing off on store and broker failures.
+
+    Never gives up: giving up would mean acking events that were not applied.
+    Cancellation (shutdown) passes through.
+    """
+    delay = first_delay
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except (StoreUnavailable, OSError, TimeoutError, _broker_errors()) as exc:
+            attempt += 1
+            if metrics is not None:
+                metrics.redis_retries.labels(stage).inc()
+            level = logging.WARNING if attempt == 1 or attempt % 10 == 0 else logging.DEBUG
+            log.log(
+                level,
+                "%s failed (attempt %d), retrying in %.2fs: %s",
+                what,
+                attempt,
+                delay,
+                exc,
+                extra={"stage": stage, "attempt": attempt},
+            )
+            await asyncio.sleep(delay)
+            delay = min(max_delay, delay * 2)
+
+
+def _broker_errors() -> type[Exception]:
+    from aiokafka.errors import KafkaError
+
+    return KafkaError  # type: ignore[no-any-return]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Translator:
+    """Turns source messages of one topic into effects, dead letters and order/RMA states."""
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        effects_partitions: int,
+        outbox: Outbox,
+        store: StateStore | None,
+        window_ms: int,
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        if kind not in ("stock", "orders", "returns"):
+            raise ValueError(f"unknown source kind {kind!r}")
+        if kind != "stock" and store is None:
+            raise ValueError(f"the {kind} translator needs a state store")
+        self.kind = kind
+        self.effects_partitions = effects_partitions
+        self.outbox = outbox
+        self.store = store
+        self.window_ms = window_ms
+        self.metrics = metrics
+        self.clock = clock
+
+    async def process(self, messages: Sequence[SourceMessage]) -> int:
+        """Translate a batch; returns how many effects were sent."""
+        now = self.clock()
+        letters: list[DeadLetterOut] = []
+        valid: list[tuple[SourceMessage, int | None, Event, bytes]] = []
+        for msg in messages:
+            decoded = decode_message(msg.value)
+            key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
+            for rejection in decoded.rejections:
+                letters.append(
+                    self._letter(msg, rejection.index, rejection.reason, rejection.message,
+                                 rejection.raw, msg.correlation_id, now)
+                )
+            for index, event, raw in decoded.events:
+                if event.correlation_id is None and msg.correlation_id is not None:
+                    event = msgspec.structs.replace(event, correlation_id=msg.correlation_id)
+                misplaced = core.check_placement(event, self.kind, key, decoded.bulk)
+                if misplaced is not None:
+                    letters.append(
+                        self._letter(msg, index, misplaced.reason, misplaced.message, raw,
+                                     event.correlation_id, now)
+                    )
+                    continue
+                valid.append((msg, index, event, raw))
+
+        states = await self._load_states(valid)
+        changed: dict[str, OrderState | RmaState] = {}
+        by_partition: dict[int, list[Effect]] = defaultdict(list)
+        sent = 0
+        for msg, index, event, raw in valid:
+            entity = core.key_of(event)
+            ref = core.SourceRef(
+                kind=self.kind,
+                partition=msg.partition,
+                offset=msg.offset,
+                index=index or 0,
+                produced=msg.timestamp_ms,
+            )
+            state = states.get(entity) if entity is not None else None
+            outcome, new_state = core.translate(event, state, ref, now, self.window_ms)
+            if isinstance(outcome, core.Rejected):
+                letters.append(
+                    self._letter(msg, index, outcome.reason, outcome.message, raw,
+                                 event.correlation_id, now)
+                )
+                continue
+            if isinstance(outcome, core.Skipped):
+                if self.metrics is not None:
+                    self.metrics.events_skipped.labels(self.kind, outcome.why).inc()
+                log.debug("skipped %s event %s: %s", event.source, event.event_id, outcome.why)
+                continue
+            if self.metrics is not None:
+                self.metrics.events_consumed.labels(self.kind, type(event).__struct_config__.tag).inc()
+            if entity is not None and new_state is not None:
+                states[entity] = new_state
+                changed[entity] = new_state
+            for effect in outcome.effects:
+                by_partition[effects_partition(effect.sku, self.effects_partitions)].append(effect)
+                sent += 1
+
+        payloads = {p: batch_encoder.encode(EffectBatch(e)) for p, e in by_partition.items()}
+        if letters:
+            await retrying(
+                lambda: self.outbox.send_dead_letters(letters),
+                what=f"sending {len(letters)} dead letters",
+                metrics=self.metrics,
+                stage="dlq",
+            )
+            if self.metrics is not None:
+                self.metrics.dead_letters.inc(len(letters))
+        if payloads:
+            await retrying(
+                lambda: self.outbox.send_effects(payloads),
+                what=f"sending {sent} effects",
+                metrics=self.metrics,
+                stage="effects",
+            )
+        if changed and self.store is not None:
+            store = self.store
+            await retrying(
+                lambda: store.save_states(changed.values()),
+                what=f"saving {len(changed)} {self.kind} states",
+                metrics=self.metrics,
+                stage="state",
+            )
+        return sent
+
+    async def _load_states(
+        self, valid: Sequence[tuple[SourceMessage, int | None, Event, bytes]]
+    ) -> dict[str, OrderState | RmaState]:
+        if self.store is None:
+            return {}
+        ids = list(dict.fromkeys(i for _, _, e, _ in valid if (i := core.key_of(e)) is not None))
+        if not ids:
+            return {}
+        store = self.store
+        loader = store.load_orders if self.kind == "orders" else store.load_rmas
+        loaded: dict[str, OrderState] | dict[str, RmaState] = await retrying(
+            lambda: loader(ids),
+            what=f"loading {len(ids)} {self.kind} states",
+            metrics=self.metrics,
+            stage="state",
+        )
+        return dict(loaded)
+
+    def _letter(
+        self,
+        msg: SourceMessage,
+        index: int | None,
+        reason: str,
+        message: str,
+        raw: bytes,
+        correlation_id: str | None,
+        now: int,
+    ) -> DeadLetterOut:
+        if self.metrics is not None:
+            self.metrics.events_rejected.labels(self.kind, reason).inc()
+        log.warning(
+            "rejected event at %s[%d]@%d%s: %s: %s",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            f" #{index}" if index is not None else "",
+            reason,
+            message,
+            extra={"correlation_id": correlation_id, "reason": reason},
+        )
+        return dead_letter(
+            reason=reason,
+            message=message,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            index=index,
+            key=msg.key,
+            correlation_id=correlation_id,
+            raw=raw,
+            now_ms=now,
+        )
+
+
+class Applier:
+    """Applies effects to SKU positions and writes each batch to the store in one round trip.
+
+    Positions of recently seen SKUs stay in memory (bounded LRU); the store's
+    compare-and-set catches a cache made stale by another writer.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: PositionStore,
+        topology: core.Topology,
+        window_ms: int,
+        metrics: WorkerMetrics | None = None,
+        cache_size: int = 200_000,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.store = store
+        self.topology = topology
+        self.window_ms = window_ms
+        self.metrics = metrics
+        self.cache_size = cache_size
+        self.clock = clock
+        self._cache: OrderedDict[str, Position] = OrderedDict()
+        self._oversold: set[tuple[str, str]] = set()
+
+    def forget(self) -> None:
+        """Drop cached positions (after a rebalance another worker may have written them)."""
+        self._cache.clear()
+
+    async def process(self, payloads: Sequence[bytes]) -> int:
+        """Apply a batch of effects messages; returns how many SKUs were written."""
+        by_sku: dict[str, list[Effect]] = defaultdict(list)
+        for payload in payloads:
+            try:
+                batch = batch_decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                # Only our translators write this topic; a bad message is a bug, not data.
+                log.error("skipping an undecodable effects message: %s", exc)
+                continue
+            for effect in batch.effects:
+                by_sku[effect.sku].append(effect)
+        if not by_sku:
+            return 0
+        while True:
+            written = await self._apply_once(by_sku)
+            if written is not None:
+                return written
+            if self.metrics is not None:
+                self.metrics.cas_conflicts.inc()
+            log.info("another writer changed SKUs of this batch; reloading and re-applying")
+
+    async def _apply_once(self, by_sku: dict[str, list[Effect]]) -> int | None:
+        positions = await self._positions(list(by_sku))
+        now = self.clock()
+        writes: list[Write] = []
+        applied_total = skipped_total = 0
+        touched: list[Effect] = []
+        for sku, effects in by_sku.items():
+            pos = positions[sku]
+            before = pos.version
+            applied, skipped = core.apply_effects(pos, effects, now, self.window_ms)
+            applied_total += applied
+            skipped_total += skipped
+            if applied:
+                touched.extend(effects)
+                projection = core.project(pos, self.topology)
+                writes.append(Write(pos, projection_encoder.encode(projection), before))
+        if writes:
+            conflicts = await retrying(
+                lambda: self.store.write_batch(writes),
+                what=f"writing {len(writes)} SKUs",
+                metrics=self.metrics,
+                stage="apply",
+            )
+            if conflicts:
+                for sku in by_sku:
+                    self._cache.pop(sku, None)
+                return None
+        self._account(positions, by_sku, writes, applied_total, skipped_total, touched)
+        return len(writes)
+
+    async def _positions(self, skus: list[str]) -> dict[str, Position]:
+        cache = self._cache
+        found: dict[str, Position] = {}
+        missing: list[str] = []
+        for sku in skus:
+            pos = cache.get(sku)
+            if pos is None:
+                missing.append(sku)
+            else:
+                cache.move_to_end(sku)
+                found[sku] = pos
+        if missing:
+            loaded = await retrying(
+                lambda: self.store.load_positions(missing),
+                what=f"loading {len(missing)} positions",
+                metrics=self.metrics,
+                stage="apply",
+            )
+            for sku in missing:
+                pos = loaded.get(sku) or Position(sku=sku)
+                found[sku] = cache[sku] = pos
+            while len(cache) > self.cache_size:
+                cache.popitem(last=False)
+        return found
+
+    def _account(
+        self,
+        positions: dict[str, Position],
+        by_sku: dict[str, list[Effect]],
+        writes: list[Write],
+        applied: int,
+        skipped: int,
+        touched: list[Effect],
+    ) -> None:
+        for w in writes:
+            pos = positions[w.position.sku]
+            for node in pos.nodes:
+                view = core.node_view(pos, node, self.topology)
+                if core.is_oversold(view):
+                    self._oversold.add((pos.sku, node))
+                else:
+                    self._oversold.discard((pos.sku, node))
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.effects_applied.inc(applied)
+        metrics.effects_skipped.inc(skipped)
+        metrics.skus_written.inc(len(writes))
+        metrics.oversold.set(len(self._oversold))
+        if writes:
+            now = time.time()
+            metrics.last_applied.set(now)
+            newest = 0
+            for effect in touched:
+                metrics.freshness.labels("occurred").observe(max(0.0, now - effect.at / 1e6))
+                if effect.produced:
+                    newest = max(newest, effect.produced)
+                    metrics.freshness.labels("produced").observe(
+                        max(0.0, now - effect.produced / 1e3)
+                    )
+            if newest:
+                metrics.last_event_produced.set(newest / 1e3)
