@@ -1,0 +1,8 @@
+"""``python -m stocksync``: the same command line as the ``stocksync`` script."""
+
+from stocksync.daemon.cli import main
+
+__all__: list[str] = []
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,464 @@
+"""The ``stocksync`` command: load the settings once, then run one subcommand.
+
+The only place that reads ``os.environ``. Commands that run a service import
+their module only when chosen, so ``check-config`` or ``schema`` never pay for
+Faust or aiohttp. A bad configuration is reported as one line on stderr with
+exit status 2, before anything starts.
+
+Exit status: 0 done, 1 failed, 2 bad usage or configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import importlib
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, get_args
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from stocksync import __version__
+from stocksync.config import (
+    CONFIG_ENV,
+    ENV_OVERRIDES,
+    ConfigError,
+    Settings,
+    TokenSettings,
+    bootstrap_servers,
+    config_path,
+    load_settings,
+)
+from stocksync.config.settings import Scope
+from stocksync.daemon.logs import LEVELS, setup_logging
+
+__all__ = ["build_parser", "main", "token_sha256"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+_SHORT_SECRET: Final = 16
+_DURATION = re.compile(r"(?P<amount>[0-9]+)(?P<unit>[smhd])")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def token_sha256(secret: str) -> str:
+    """The value of ``sha256`` in ``[[api.tokens]]``: lowercase hex SHA-256 of the UTF-8 secret."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        setup_logging(args.log_level)
+        return handler(args)
+    except ConfigError as exc:
+        print(f"stocksync: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``stocksync schema | head``); silence the final flush too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+# --- the parser ---------------------------------------------------------------------
+
+_OVERVIEW = """\
+Inventory availability sync: Kafka events in, an exact availability read model
+in Redis out, served from memory by the API.
+"""
+
+_ENVIRONMENT = "\n".join(
+    [
+        "configuration:",
+        f"  --config PATH, else ${CONFIG_ENV}, else the embedded defaults; then these",
+        "  variables override single settings:",
+        *(f"    {name:<24} {field}" for name, field in ENV_OVERRIDES.items()),
+        "",
+        "exit status: 0 done, 1 failed, 2 bad usage or configuration, 130 interrupted",
+    ]
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``stocksync`` and all its subcommands."""
+    # --config and --log-level are accepted before or after the subcommand; SUPPRESS
+    # keeps a subcommand from resetting a value given before it.
+    shared = argparse.ArgumentParser(add_help=False)
+    _add_globals(shared, default=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog="stocksync",
+        description=_OVERVIEW,
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_globals(parser, default=None)
+    parser.set_defaults(log_level="info")
+    parser.add_argument("--version", action="version", version=f"stocksync {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Handler, summary: str, details: str = "") -> Any:
+        sub = commands.add_parser(
+            name,
+            parents=[shared],
+            help=summary,
+            description=f"{summary}\n\n{details}".strip(),
+            epilog=_ENVIRONMENT,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler, command=name)
+        return sub
+
+    command(
+        "check-config",
+        _check_config,
+        "validate the configuration and print a summary of it",
+        "Exits 0 when the configuration is valid; otherwise prints one line naming the\n"
+        "field and exits 2. Token secrets are never shown.",
+    )
+    command(
+        "schema",
+        _schema,
+        "print the JSON Schema of the events stocksync accepts",
+        "One event or a bulk message (a JSON array of events), as in the event contract.",
+    )
+    hash_token = command(
+        "hash-token",
+        _hash_token,
+        "hash an API token secret for [[api.tokens]] in the configuration",
+        "Reads the secret from stdin (prompting without echo on a terminal), or makes a\n"
+        "random one with --generate, and prints the TOML to add to the configuration.\n"
+        "The secret itself goes to stderr, once, and is stored nowhere: hand it to the\n"
+        "client. Example:\n\n"
+        "  stocksync hash-token --generate --name storefront >> stocksync.toml",
+    )
+    hash_token.add_argument(
+        "--generate", action="store_true", help="make a random secret instead of reading stdin"
+    )
+    hash_token.add_argument(
+        "--name", default="storefront", help="the token's name in logs (default: storefront)"
+    )
+    hash_token.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        choices=get_args(Scope),
+        help="a scope to grant; repeat for more (default: availability:read)",
+    )
+
+    command(
+        "worker",
+        _worker,
+        "run the stream processor (Faust agents)",
+        "Creates missing topics at start. Workers with the same configuration form one\n"
+        "consumer group and share the partitions.",
+    )
+    api = command("api", _api, "run the availability API")
+    api.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the port (default: 1)",
+    )
+    dev = command(
+        "dev",
+        _dev,
+        "run everything on this machine: broker, Redis, worker and API",
+        "Starts an embedded Kafka-compatible broker, uses the configured Redis when it\n"
+        "answers or starts a local one, then the worker and the API, and prints the\n"
+        "API's address.",
+    )
+    dev.add_argument(
+        "--no-demo", dest="demo", action="store_false", help="start empty, without demo data"
+    )
+
+    dlq = command("dlq", _missing_action, "inspect and replay dead-lettered events")
+    dlq_actions = dlq.add_subparsers(title="actions", metavar="ACTION")
+    dlq_list = dlq_actions.add_parser(
+        "list",
+        parents=[shared],
+        help="list dead-lettered events",
+        description="List dead-lettered events, newest last.",
+    )
+    dlq_list.set_defaults(handler=_operation("dlq_list"), command="dlq list")
+    _add_reason_limit(dlq_list)
+    dlq_replay = dlq_actions.add_parser(
+        "replay",
+        parents=[shared],
+        help="send dead-lettered events back to their source topics",
+        description="Send dead-lettered events back to their source topics, unchanged.",
+    )
+    dlq_replay.set_defaults(handler=_operation("dlq_replay"), command="dlq replay")
+    _add_reason_limit(dlq_replay)
+    dlq_replay.add_argument(
+        "--since",
+        type=_since,
+        metavar="T",
+        help="only events rejected at or after T: RFC 3339 (2026-11-27T09:00:00Z) or an age"
+        " such as 90s, 15m, 2h, 7d",
+    )
+    dlq_replay.add_argument(
+        "--dry-run", action="store_true", help="show what would be replayed; send nothing"
+    )
+
+    rebuild = command(
+        "rebuild",
+        _operation("rebuild"),
+        "rebuild the Redis read model from the topics",
+        "Drops the read model and replays the source topics from the start. The API\n"
+        "answers 503 not_ready until the model has caught up.",
+    )
+    rebuild.add_argument("--yes", action="store_true", help="do it without asking")
+
+    reconcile = command(
+        "reconcile",
+        _operation("reconcile"),
+        "compare the read model with a stock count file",
+        "Reports every SKU and node whose stock differs from FILE; with --apply, sends\n"
+        "the corrections as stock events.",
+    )
+    reconcile.add_argument("file", metavar="FILE", help="the stock count to compare with")
+    reconcile.add_argument(
+        "--apply", action="store_true", help="send corrections for the differences found"
+    )
+    reconcile.add_argument("--export", metavar="CSV", help="also write the differences to CSV")
+    return parser
+
+
+def _add_globals(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LEVELS,
+        default=default,
+        help="lowest level logged as JSON lines on stderr (default: info)",
+    )
+
+
+def _add_reason_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", metavar="R", help="only events dead-lettered for reason R")
+    parser.add_argument("--limit", type=_positive, metavar="N", help="at most N events")
+
+
+def _positive(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _since(text: str) -> datetime:
+    duration = _DURATION.fullmatch(text)
+    if duration:
+        seconds = int(duration["amount"]) * _UNIT_SECONDS[duration["unit"]]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"expected an RFC 3339 time with offset (2026-11-27T09:00:00Z) or an age such as"
+            f" 2h, got {text!r}"
+        )
+    return moment.astimezone(UTC)
+
+
+# --- handlers -------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config, os.environ)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    source = config_path(args.config, os.environ) or "built-in defaults"
+    overrides = [name for name in ENV_OVERRIDES if name in os.environ]
+    prefix = settings.topic_prefix
+    nodes = sorted({node for channel in settings.channels for node in channel.nodes})
+    safety = {
+        node: settings.nodes[node].safety_stock if node in settings.nodes else 0 for node in nodes
+    }
+    tokens = settings.api.tokens
+    rows = [
+        (
+            "configuration",
+            source + (f" (overridden by {', '.join(overrides)})" if overrides else ""),
+        ),
+        ("broker", f"{settings.broker} (bootstrap {', '.join(bootstrap_servers(settings))})"),
+        ("redis", f"{_redacted(settings.redis_url)}, keys under {settings.redis_namespace!r}"),
+        (
+            "topics",
+            f"{prefix}.stock.v1, {prefix}.orders.v1, {prefix}.returns.v1 in;"
+            f" {prefix}.effects.v1, {prefix}.dlq internal ({settings.partitions} partitions"
+            " for topics stocksync creates)",
+        ),
+        *(
+            (
+                f"channel {c.name}",
+                f"nodes {', '.join(c.nodes)}; buffer {c.buffer},"
+                f" low-stock threshold {c.low_stock_threshold}",
+            )
+            for c in settings.channels
+        ),
+        ("nodes", ", ".join(f"{node} (safety stock {safety[node]})" for node in nodes)),
+        (
+            "api",
+            f"{settings.api.host}:{settings.api.port}, "
+            + (
+                f"{len(tokens)} token(s): {', '.join(t.name for t in tokens)}"
+                if tokens
+                else "no tokens: the API is open to anyone who can reach it"
+            ),
+        ),
+        (
+            "worker",
+            f"{settings.worker.host}:{settings.worker.port}, consumer group"
+            f" {settings.worker.group_id!r}",
+        ),
+    ]
+    width = max(len(label) for label, _ in rows) + 1
+    print("configuration is valid")
+    for label, text in rows:
+        print(f"  {label + ':':<{width}} {text}")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from stocksync.codecs.events import event_schema
+
+    text = msgspec.json.format(msgspec.json.encode(event_schema()), indent=2)
+    sys.stdout.write(text.decode() + "\n")
+    return EXIT_OK
+
+
+def _hash_token(args: argparse.Namespace) -> int:
+    secret = secrets.token_urlsafe(32) if args.generate else _read_secret()
+    try:
+        token = _token(secret, args.name, args.scopes or ["availability:read"])
+    except ValueError as exc:
+        print(f"stocksync hash-token: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.generate:
+        print(f"secret (shown once, give it to the client): {secret}", file=sys.stderr)
+    elif len(secret) < _SHORT_SECRET:
+        print(
+            f"stocksync hash-token: warning: the secret is short ({len(secret)} characters);"
+            " --generate makes a strong one",
+            file=sys.stderr,
+        )
+    scopes = ", ".join(json.dumps(scope) for scope in token.scopes)
+    print("[[api.tokens]]")
+    print(f"name = {json.dumps(token.name, ensure_ascii=False)}")
+    print(f'sha256 = "{token.sha256}"')
+    print(f"scopes = [{scopes}]")
+    return EXIT_OK
+
+
+def _read_secret() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.read().strip()
+    try:
+        return getpass.getpass("token secret (not echoed): ").strip()
+    except EOFError:
+        return ""
+
+
+def _token(secret: str, name: str, scopes: list[str]) -> TokenSettings:
+    """The ``[[api.tokens]]`` entry for ``secret``; ValueError says what is wrong."""
+    if not secret:
+        raise ValueError("the secret is empty; pipe it on stdin or use --generate")
+    if not (secret.isascii() and secret.isprintable()) or " " in secret:
+        raise ValueError(
+            "the secret must be printable ASCII without spaces: it travels in an HTTP header"
+        )
+    if not name.isprintable():
+        raise ValueError(f"--name {name!r} has control characters")
+    try:
+        return msgspec.convert(
+            {"name": name, "sha256": token_sha256(secret), "scopes": scopes}, TokenSettings
+        )
+    except msgspec.ValidationError:
+        raise ValueError(f"--name {name!r} is invalid: expected 1-64 characters") from None
+
+
+def _worker(args: argparse.Namespace) -> int:
+    return _run(args, "stocksync.daemon.worker", "run")
+
+
+def _api(args: argparse.Namespace) -> int:
+    return _run(args, "stocksync.api.server", "run", processes=args.processes)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    return _run(args, "stocksync.daemon.dev", "run", demo=args.demo)
+
+
+def _operation(function: str) -> Handler:
+    """A handler calling ``stocksync.daemon.operate.<function>(settings, args)``."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return _run(args, "stocksync.daemon.operate", function, args)
+
+    return handler
+
+
+def _missing_action(args: argparse.Namespace) -> int:
+    print(f"stocksync {args.command}: choose an action (list, replay); see --help", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace, module: str, function: str, *extra: Any, **options: Any) -> int:
+    """Load the settings, then import ``module`` and call ``function(settings, ...)``."""
+    settings = _load(args)  # first: a bad configuration never starts anything
+    try:
+        target = importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name is not None and (module + ".").startswith(exc.name + "."):
+            target = None  # the module itself is not there
+        else:
+            print(f"stocksync {args.command}: cannot load {module}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    run = getattr(target, function, None)
+    if run is None:
+        print(f"stocksync {args.command}: not yet available", file=sys.stderr)
+        return EXIT_FAILED
+    return int(run(settings, *extra, **options))
+
+
+def _redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
