@@ -1,0 +1,213 @@
+"""The Faust agents of the worker: one translator per source topic, one applier on effects.
+
+Each agent is a thin loop over ``take_events``: it turns Faust events into
+plain :class:`~stocksync.agents.pipeline.SourceMessage` values (or effects
+payloads) and hands the batch to its stage. Faust acks a batch when the loop
+body returns - and also when it is interrupted, in a ``finally``. So a batch is
+run shielded from cancellation: on shutdown an in-flight batch may finish
+within the shutdown timeout; if it cannot (Redis down), the process exits at
+once without committing, and the batch is redelivered on restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import faust
+
+from stocksync.agents.app import raw_topic
+from stocksync.agents.dlq import DeadLetterOut
+from stocksync.agents.metrics import WorkerMetrics
+from stocksync.agents.pipeline import Applier, SourceMessage, Translator
+from stocksync.agents.topics import TopicNames
+from stocksync.config.settings import Settings
+from stocksync.readmodel import core
+from stocksync.readmodel.store import RedisStore
+
+__all__ = ["EXIT_ABANDONED_BATCH", "FaustOutbox", "Pipeline", "register"]
+
+log = logging.getLogger("stocksync.agents")
+
+#: Exit status when shutdown had to abandon a batch it could not finish (nothing committed).
+EXIT_ABANDONED_BATCH = 75
+
+
+class FaustOutbox:
+    """Sends effects and dead letters through the app's producer and awaits delivery."""
+
+    def __init__(self, effects: faust.TopicT, dlq: faust.TopicT) -> None:
+        self.effects = effects
+        self.dlq = dlq
+
+    async def send_effects(self, batches: dict[int, bytes]) -> None:
+        """One message per destination partition, explicitly partitioned."""
+        pending = [
+            await self.effects.send(value=payload, partition=partition)
+            for partition, payload in batches.items()
+        ]
+        for fut in pending:
+            await fut
+
+    async def send_dead_letters(self, letters: Sequence[DeadLetterOut]) -> None:
+        """One message per rejected event, keyed like its source message."""
+        pending = [
+            await self.dlq.send(key=letter.key, value=letter.value, headers=letter.headers)
+            for letter in letters
+        ]
+        for fut in pending:
+            await fut
+
+
+class Pipeline:
+    """Everything the agents of one worker share."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        topics: TopicNames,
+        effects_partitions: int,
+        store: RedisStore,
+        metrics: WorkerMetrics,
+        outbox: FaustOutbox | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.metrics = metrics
+        self.store = store
+        self.window_ms = int(settings.worker.dedup_window_hours * 3_600_000)
+        self.effects_partitions = effects_partitions
+        self.outbox = outbox
+        self.translators: dict[str, Translator] = {}
+        self.applier = Applier(
+            store=store,
+            topology=core.topology_of(settings),
+            window_ms=self.window_ms,
+            metrics=metrics,
+        )
+        self.in_flight = 0
+        self.batches_done = 0
+
+    def translator(self, kind: str) -> Translator:
+        """The translator of one source topic kind."""
+        found = self.translators.get(kind)
+        if found is None:
+            assert self.outbox is not None
+            found = self.translators[kind] = Translator(
+                kind=kind,
+                effects_partitions=self.effects_partitions,
+                outbox=self.outbox,
+                store=None if kind == "stock" else self.store,
+                window_ms=self.window_ms,
+                metrics=self.metrics,
+            )
+        return found
+
+    async def run_batch(self, stage: str, size: int, work: Callable[[], Awaitable[int]]) -> None:
+        """Run one batch to completion, shielded from cancellation (see the module docstring)."""
+        started = time.perf_counter()
+        self.in_flight += 1
+        task = asyncio.ensure_future(work())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            timeout = self.settings.worker.shutdown_timeout
+            log.info("stopping: letting the in-flight %s batch finish (%.0fs at most)", stage,
+                     timeout)
+            try:
+                await asyncio.wait_for(task, timeout)
+            except BaseException:
+                log.error(
+                    "the in-flight %s batch could not finish; exiting without committing so "
+                    "it is redelivered on restart",
+                    stage,
+                )
+                logging.shutdown()
+                os._exit(EXIT_ABANDONED_BATCH)
+            raise
+        except Exception:
+            # The stages retry their I/O themselves; anything else is a bug. Never let it
+            # escape (that would ack the batch): stop the process and let it be redelivered.
+            log.exception("unexpected error in the %s stage; exiting without committing", stage)
+            logging.shutdown()
+            os._exit(EXIT_ABANDONED_BATCH)
+        finally:
+            self.in_flight -= 1
+        self.batches_done += 1
+        self.metrics.batch_size.labels(stage).observe(size)
+        self.metrics.batch_seconds.labels(stage).observe(time.perf_counter() - started)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    for key, value in items:
+        if key == name and value:
+            try:
+                return bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def _source_message(event: faust.EventT) -> SourceMessage:
+    message = event.message
+    value = event.value
+    return SourceMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=value if value is None or isinstance(value, bytes) else bytes(value),
+        timestamp_ms=int((message.timestamp or 0) * 1000),
+        correlation_id=_header(message.headers, "correlation_id"),
+    )
+
+
+def register(app: faust.App, pipeline: Pipeline) -> None:
+    """Declare the topics and agents of the worker on ``app``."""
+    settings = pipeline.settings
+    names = pipeline.topics
+    size = settings.worker.batch_size
+    within = settings.worker.batch_window_ms / 1000
+    effects_topic = raw_topic(app, names.effects)
+    pipeline.outbox = FaustOutbox(effects_topic, raw_topic(app, names.dlq))
+
+    def translator_agent(kind: str, topic_name: str) -> None:
+        translator = pipeline.translator(kind)
+
+        async def translate(stream: faust.StreamT[bytes]) -> None:
+            async for events in stream.take_events(size, within):
+                messages = [_source_message(e) for e in events]
+                await pipeline.run_batch(
+                    kind, len(messages), lambda m=messages: translator.process(m)  # type: ignore[misc]
+                )
+
+        app.agent(raw_topic(app, topic_name), name=f"stocksync.translate.{kind}")(translate)
+
+    translator_agent("stock", names.stock)
+    translator_agent("orders", names.orders)
+    translator_agent("returns", names.returns)
+
+    applier = pipeline.applier
+
+    async def apply(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(size, within):
+            payloads = [e.value for e in events if e.value]
+            await pipeline.run_batch(
+                "apply", len(payloads), lambda p=payloads: applier.process(p)  # type: ignore[misc]
+            )
+
+    app.agent(effects_topic, name="stocksync.apply")(apply)
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def _forget(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        # Another worker may write these SKUs now; the compare-and-set would catch a
+        # stale cache, but dropping it avoids the wasted round trip.
+        applier.forget()

@@ -1,0 +1,188 @@
+"""``stocksync worker``: topics, Redis, the Faust agents and a small health/metrics server.
+
+Start-up is all or nothing: topics are created (or found) first, Redis must
+answer, then the Faust worker joins its consumer group. The worker's own
+aiohttp server answers ``/healthz``, ``/readyz`` and ``/metrics`` on
+``worker.port`` (0 picks a free port, logged at start). SIGTERM and SIGINT
+stop it within ``worker.shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stocksync.agents.app import create_app, new_event_loop, start_worker, stop_worker
+from stocksync.agents.metrics import WorkerMetrics
+from stocksync.agents.streams import Pipeline, register
+from stocksync.agents.topics import TopicSetupError, ensure_topics, topic_names
+from stocksync.config.settings import Settings
+from stocksync.readmodel.keys import Keys
+from stocksync.readmodel.store import RedisStore, StoreUnavailable
+
+__all__ = ["WorkerError", "quiet_libraries", "run", "serve"]
+
+log = logging.getLogger("stocksync.worker")
+
+
+class WorkerError(Exception):
+    """The worker could not start; the message says what to do."""
+
+
+async def _connect_redis(settings: Settings, timeout: float = 30.0) -> RedisStore:
+    store = RedisStore.from_url(
+        settings.redis_url,
+        Keys(settings.redis_namespace),
+        changes_maxlen=settings.worker.changes_maxlen,
+        state_ttl_seconds=settings.worker.state_ttl_days * 86_400,
+    )
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            await store.ping()
+            return store
+        except StoreUnavailable as exc:
+            if time.monotonic() >= deadline:
+                await store.close()
+                raise WorkerError(
+                    f"Redis at {_redacted(settings.redis_url)!r} did not answer within "
+                    f"{timeout:.0f} s ({exc}). Start Redis or fix redis_url "
+                    "(STOCKSYNC_REDIS_URL)."
+                ) from exc
+            log.warning("waiting for Redis at %s: %s", _redacted(settings.redis_url), exc)
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _health_app(pipeline: Pipeline, state: dict[str, bool]) -> web.Application:
+    metrics = pipeline.metrics
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if not state.get("ready"):
+            return web.json_response(
+                {"error": {"code": "not_ready", "message": "the worker is starting"}}, status=503
+            )
+        try:
+            await asyncio.wait_for(pipeline.store.ping(), 1.0)
+        except (StoreUnavailable, TimeoutError):
+            return web.json_response(
+                {"error": {"code": "not_ready", "message": "Redis is not answering"}},
+                status=503,
+            )
+        return web.json_response({"status": "ready"})
+
+    async def prometheus(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+async def serve(settings: Settings, *, handle_signals: bool = True) -> None:
+    """Run the worker until it is stopped (a signal, or cancellation of this coroutine)."""
+    names = topic_names(settings)
+    try:
+        counts = await ensure_topics(settings.broker, settings)
+    except TopicSetupError as exc:
+        raise WorkerError(str(exc)) from exc
+    log.info(
+        "topics ready: %s",
+        ", ".join(f"{name} ({count} partitions)" for name, count in counts.items()),
+    )
+    store = await _connect_redis(settings)
+    metrics = WorkerMetrics()
+    pipeline = Pipeline(
+        settings=settings,
+        topics=names,
+        effects_partitions=counts[names.effects],
+        store=store,
+        metrics=metrics,
+    )
+    app = create_app(settings)
+    register(app, pipeline)
+    state = {"ready": False}
+    runner = web.AppRunner(_health_app(pipeline, state), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.worker.host, settings.worker.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await store.close()
+        raise WorkerError(
+            f"The worker cannot listen on {settings.worker.host}:{settings.worker.port} ({exc}). "
+            "Pick another port with STOCKSYNC_WORKER_PORT (0 picks a free one)."
+        ) from exc
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    log.info("worker health and metrics on http://%s:%d/metrics", settings.worker.host, port,
+             extra={"port": port})
+    worker = None
+    try:
+        worker = await start_worker(
+            app,
+            handle_signals=handle_signals,
+            shutdown_timeout=settings.worker.shutdown_timeout,
+        )
+        state["ready"] = True
+        log.info("worker ready: consuming %s", ", ".join(names.sources))
+        await worker.wait_finished()
+    finally:
+        state["ready"] = False
+        if worker is not None and not worker.finished.is_set():
+            await stop_worker(worker, settings.worker.shutdown_timeout)
+        await runner.cleanup()
+        await store.close()
+        log.info("worker stopped")
+
+
+#: Libraries whose start-up chatter hides our own lines at info level.
+_CHATTY = ("faust", "mode", "aiokafka")
+
+
+def quiet_libraries() -> None:
+    """Show the chatty libraries' warnings only, unless debug logging was asked for."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in _CHATTY:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(settings: Settings) -> int:
+    """``stocksync worker``: run until SIGTERM/SIGINT; returns the exit status."""
+    quiet_libraries()
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve(settings))
+    except WorkerError as exc:
+        log.error("%s", exc)
+        return 1
+    except Exception as exc:
+        from stocksync.agents.app import WorkerStartError
+
+        if isinstance(exc, WorkerStartError):
+            log.error("%s", exc)
+            return 1
+        raise
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return 0
