@@ -1,0 +1,99 @@
+"""The aiohttp application factory of the availability API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Final
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from stocksync.api.auth import Authenticator
+from stocksync.api.bodies import encode
+from stocksync.api.handlers import AvailabilityHandlers, OperationalHandlers
+from stocksync.api.metrics import ApiMetrics
+from stocksync.api.middleware import AccessLog, CorrelationIds, request_middleware
+from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus
+from stocksync.api.openapi import OPENAPI_PATH, openapi_document
+from stocksync.config.settings import Settings
+from stocksync.readmodel.keys import Keys
+
+__all__ = ["METRICS", "MODEL", "REDIS", "SETTINGS", "SYNC", "create_app"]
+
+log = logging.getLogger("stocksync.api")
+
+SETTINGS: Final = web.AppKey("settings", Settings)
+MODEL: Final = web.AppKey("model", AvailabilityModel)
+METRICS: Final = web.AppKey("metrics", ApiMetrics)
+REDIS: Final = web.AppKey("redis", aioredis.Redis)
+SYNC: Final = web.AppKey("sync", ModelSync)
+
+#: Longer than the XREAD block, so a silent Redis is noticed without cutting off reads.
+_SOCKET_TIMEOUT: Final = 5.0
+_CONNECT_TIMEOUT: Final = 2.0
+
+
+async def _model_sync(app: web.Application) -> AsyncIterator[None]:
+    """A Redis client and the sync that loads and follows the model, for the app's life."""
+    settings = app[SETTINGS]
+    if not settings.api.tokens:
+        log.warning(
+            "no API tokens configured: /v1 is open to every client (configure [[api.tokens]])"
+        )
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=_SOCKET_TIMEOUT,
+        socket_connect_timeout=_CONNECT_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),  # the sync retries with its own backoff
+    )
+    sync = ModelSync(
+        app[MODEL], client, Keys(settings.redis_namespace), load_page=settings.api.load_page
+    )
+    app[REDIS] = client
+    app[SYNC] = sync
+    await sync.start()
+    try:
+        yield
+    finally:
+        await sync.stop()
+        await client.aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The availability API for ``settings``; it loads its model from Redis when started."""
+    model = AvailabilityModel([c.name for c in settings.channels])
+    app = web.Application(client_max_size=settings.api.max_body_bytes)
+
+    def status() -> SyncStatus | None:
+        sync = app.get(SYNC)
+        return None if sync is None else sync.status()
+
+    metrics = ApiMetrics(status)
+    app.middlewares.append(
+        request_middleware(
+            metrics=metrics,
+            authenticator=Authenticator(settings.api.tokens),
+            access_log=AccessLog(settings.api.access_log, settings.api.access_log_sample),
+            correlation_ids=CorrelationIds(),
+            public_paths=frozenset({OPENAPI_PATH}),
+        )
+    )
+    app[SETTINGS] = settings
+    app[MODEL] = model
+    app[METRICS] = metrics
+    app.cleanup_ctx.append(_model_sync)
+
+    availability = AvailabilityHandlers(
+        model, max_skus=settings.api.max_skus, max_body_bytes=settings.api.max_body_bytes
+    )
+    ops = OperationalHandlers(status, metrics, encode(openapi_document(settings)))
+    app.router.add_post("/v1/availability/query", availability.query)
+    app.router.add_get("/v1/availability/{sku:.*}", availability.get)
+    app.router.add_get(OPENAPI_PATH, ops.openapi)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/metrics", ops.metrics)
+    return app

@@ -1,0 +1,142 @@
+"""API errors: each one is an HTTP status and a stable ``code`` of the API contract.
+
+Handlers raise these; the error middleware turns them into
+``{"error": {"code": ..., "message": ...}}`` bodies. The tree::
+
+    ApiError
+    ├── BadRequest            400 bad_request
+    ├── InvalidSku            400 invalid_sku
+    ├── Unauthorized          401 unauthorized
+    ├── Forbidden             403 forbidden
+    ├── NotFound              404 not_found (no such endpoint)
+    ├── UnknownSku            404 unknown_sku
+    ├── UnknownChannel        404 unknown_channel
+    ├── MethodNotAllowed      405 method_not_allowed
+    ├── TooManySkus           413 too_many_skus
+    ├── RateLimited           429 rate_limited
+    ├── InternalError         500 internal
+    └── NotReady              503 not_ready
+
+``not_found``, ``method_not_allowed`` and ``internal`` are additions to the
+contract's list, for requests that reach no endpoint and for bugs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "Forbidden",
+    "InternalError",
+    "InvalidSku",
+    "MethodNotAllowed",
+    "NotFound",
+    "NotReady",
+    "RateLimited",
+    "TooManySkus",
+    "Unauthorized",
+    "UnknownChannel",
+    "UnknownSku",
+]
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class ApiError(Exception):
+    """An error answer: an HTTP status, a stable code, a sentence, and extra headers."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, headers: Mapping[str, str] = _NO_HEADERS) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+class BadRequest(ApiError):
+    """The request is malformed: bad JSON, wrong types, a missing or invalid parameter."""
+
+    status = 400
+    code = "bad_request"
+
+
+class InvalidSku(ApiError):
+    """A SKU is not 1-64 characters from ``[A-Za-z0-9._:/-]``."""
+
+    status = 400
+    code = "invalid_sku"
+
+
+class Unauthorized(ApiError):
+    """No bearer token, or one that matches no configured token."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """The token lacks the scope the endpoint needs."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    """No endpoint at this path."""
+
+    status = 404
+    code = "not_found"
+
+
+class UnknownSku(ApiError):
+    """The model has never seen this SKU."""
+
+    status = 404
+    code = "unknown_sku"
+
+
+class UnknownChannel(ApiError):
+    """The channel is not configured."""
+
+    status = 404
+    code = "unknown_channel"
+
+
+class MethodNotAllowed(ApiError):
+    """The endpoint exists but not with this method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class TooManySkus(ApiError):
+    """More SKUs, or a bigger body, than one request may carry."""
+
+    status = 413
+    code = "too_many_skus"
+
+
+class RateLimited(ApiError):
+    """The token has used up its request rate."""
+
+    status = 429
+    code = "rate_limited"
+
+
+class InternalError(ApiError):
+    """A bug; the details go to the log, never to the client."""
+
+    status = 500
+    code = "internal"
+
+
+class NotReady(ApiError):
+    """The in-memory model is not loaded yet."""
+
+    status = 503
+    code = "not_ready"

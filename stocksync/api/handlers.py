@@ -1,0 +1,192 @@
+"""Request handlers: availability from the in-memory model, health, readiness, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from stocksync.api.bodies import HealthBody, ReadyBody, encode, error_body
+from stocksync.api.errors import (
+    BadRequest,
+    InvalidSku,
+    NotReady,
+    TooManySkus,
+    UnknownChannel,
+    UnknownSku,
+)
+from stocksync.api.metrics import ApiMetrics
+from stocksync.api.model import (
+    VERSION_SLOT,
+    AvailabilityModel,
+    SyncStatus,
+    detail_document,
+    is_identifier,
+)
+from stocksync.codecs.projections import QueryRequest
+
+__all__ = ["AvailabilityHandlers", "OperationalHandlers", "etag_matches", "shown"]
+
+_JSON: Final = "application/json"
+_query_decoder: Final = msgspec.json.Decoder(QueryRequest)
+_ITEMS_OPEN: Final = b'{"items":['
+_UNKNOWN_OPEN: Final = b'],"unknown":'
+_SHOWN_MAX: Final = 80
+
+
+def shown(value: str) -> str:
+    """``value`` as a message shows it: quoted, and cut short when long."""
+    if len(value) > _SHOWN_MAX:
+        return f"{value[:_SHOWN_MAX]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Weak comparison of an ``If-None-Match`` list against ``etag`` (RFC 9110 13.1.2)."""
+    if if_none_match == etag:
+        return True
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+class AvailabilityHandlers:
+    """``GET /v1/availability/{sku}`` and ``POST /v1/availability/query``."""
+
+    def __init__(self, model: AvailabilityModel, *, max_skus: int, max_body_bytes: int) -> None:
+        self._model = model
+        self._entries = model.entries
+        self._slots = model.slots
+        self._max_skus = max_skus
+        self._max_body_bytes = max_body_bytes
+        self._only_slot = next(iter(model.slots.values())) if len(model.slots) == 1 else None
+        self._choices = ", ".join(repr(c) for c in model.channels)
+
+    def _slot(self, channel: str | None) -> int:
+        if channel is None:
+            if self._only_slot is None:
+                raise BadRequest(
+                    f"Several channels are configured; name one with 'channel' ({self._choices})."
+                )
+            return self._only_slot
+        slot = self._slots.get(channel)
+        if slot is None:
+            raise UnknownChannel(
+                f"Channel {shown(channel)} is not configured; configured: {self._choices}."
+            )
+        return slot
+
+    async def get(self, request: web.Request) -> web.Response:
+        """One SKU on one channel, with ``ETag``; ``304`` on a matching ``If-None-Match``."""
+        if not self._model.loaded:
+            raise NotReady("The availability model is still loading; retry shortly.")
+        sku = request.match_info["sku"]
+        entry = self._entries.get(sku)
+        if entry is None and not is_identifier(sku):
+            raise InvalidSku(f"SKU {shown(sku)} is not 1-64 characters from [A-Za-z0-9._:/-].")
+        query = request.query
+        slot = self._slot(query.get("channel"))
+        detail = query.get("detail")
+        if detail is not None and detail != "nodes":
+            raise BadRequest(f"'detail' may only be 'nodes', not {shown(detail)}.")
+        if entry is None:
+            raise UnknownSku(f"SKU {shown(sku)} is not known.")
+        doc = entry[slot] if detail is None else detail_document(entry, slot)
+        if doc is None:
+            raise UnknownSku(f"SKU {shown(sku)} is not known on this channel.")
+        etag = f'"{entry[VERSION_SLOT]}"'
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match is not None and etag_matches(if_none_match, etag):
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=doc, headers={"Content-Type": _JSON, "ETag": etag})
+
+    async def query(self, request: web.Request) -> web.Response:
+        """Many SKUs on one channel: known ones in request order, and the unknown ones."""
+        if not self._model.loaded:
+            raise NotReady("The availability model is still loading; retry shortly.")
+        length = request.content_length
+        if length is not None and length > self._max_body_bytes:
+            raise TooManySkus(
+                f"The body is {length} bytes; at most {self._max_body_bytes} are accepted."
+                " Ask for fewer SKUs per request."
+            )
+        body = await request.read()
+        try:
+            req = _query_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"The body does not match the query schema: {exc}.") from None
+        except msgspec.DecodeError:
+            raise BadRequest("The body is not valid JSON.") from None
+        if len(req.skus) > self._max_skus:
+            raise TooManySkus(f"{len(req.skus)} SKUs asked; at most {self._max_skus} per request.")
+        slot = self._slot(req.channel)
+        entries = self._entries
+        items: list[bytes] = []
+        unknown: list[str] = []
+        for sku in req.skus:
+            entry = entries.get(sku)
+            if entry is None:
+                if not is_identifier(sku):
+                    raise InvalidSku(
+                        f"SKU {shown(sku)} is not 1-64 characters from [A-Za-z0-9._:/-]."
+                    )
+                unknown.append(sku)
+                continue
+            doc = detail_document(entry, slot) if req.detail else entry[slot]
+            if doc is None:
+                unknown.append(sku)
+            else:
+                items.append(doc)
+        payload = b"".join((_ITEMS_OPEN, b",".join(items), _UNKNOWN_OPEN, encode(unknown), b"}"))
+        return web.Response(body=payload, headers={"Content-Type": _JSON})
+
+
+class OperationalHandlers:
+    """``/healthz``, ``/readyz``, ``/metrics`` and the OpenAPI document."""
+
+    def __init__(
+        self,
+        status: Callable[[], SyncStatus | None],
+        metrics: ApiMetrics,
+        openapi: bytes,
+    ) -> None:
+        self._status = status
+        self._metrics = metrics
+        self._openapi = openapi
+        self._health = encode(HealthBody())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """The process is alive and serving HTTP."""
+        return web.Response(body=self._health, headers={"Content-Type": _JSON})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """200 once the model is loaded and following changes; 503 with the reason otherwise."""
+        status = self._status()
+        if status is None or not status.ready:
+            reason = "the model sync has not started" if status is None else status.reason
+            return web.Response(
+                status=503,
+                body=error_body(NotReady.code, f"Not ready: {reason}."),
+                headers={"Content-Type": _JSON, "Retry-After": "1"},
+            )
+        body = ReadyBody(
+            skus=status.skus,
+            entries_behind=status.entries_behind,
+            lag_seconds=round(status.lag_seconds, 3),
+        )
+        return web.Response(body=encode(body), headers={"Content-Type": _JSON})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition."""
+        return web.Response(
+            body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 document of this API."""
+        return web.Response(body=self._openapi, headers={"Content-Type": _JSON})

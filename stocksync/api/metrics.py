@@ -1,0 +1,160 @@
+"""Prometheus metrics of the API, in a registry of its own.
+
+Requests are counted in plain Python counters on the hot path (a dict lookup
+and a few additions, a fraction of what a labelled prometheus_client
+histogram costs) and turned into metric families only when ``/metrics`` is
+scraped. The model's health comes from :class:`~stocksync.api.model.SyncStatus`
+at scrape time too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from stocksync.api.model import SyncStatus
+
+__all__ = ["LATENCY_BUCKETS", "ApiMetrics"]
+
+#: Upper bounds (seconds) of the request latency histogram.
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+_BUCKET_LABELS: Final = (*(repr(b) for b in LATENCY_BUCKETS), "+Inf")
+
+
+class _Latencies:
+    """Non-cumulative bucket counts and the sum of one (route, status) series."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+
+class ApiMetrics:
+    """Request counters and latency histograms by route and status, plus model health."""
+
+    def __init__(self, status: Callable[[], SyncStatus | None] = lambda: None) -> None:
+        self._status = status
+        self._series: dict[tuple[str, int], _Latencies] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count one request to ``route`` answered with ``status`` after ``seconds``."""
+        series = self._series.get((route, status))
+        if series is None:
+            series = self._series[(route, status)] = _Latencies()
+        series.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        series.total += seconds
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """Metric families for the registry (the prometheus_client collector protocol)."""
+        requests = CounterMetricFamily(
+            "stocksync_api_requests",
+            "HTTP requests answered, by route template and status.",
+            labels=["route", "status"],
+        )
+        latency = HistogramMetricFamily(
+            "stocksync_api_request_duration_seconds",
+            "Time from the request reaching the application to its response.",
+            labels=["route", "status"],
+        )
+        for (route, status), series in sorted(self._series.items()):
+            labels = [route, str(status)]
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip(_BUCKET_LABELS, series.counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            requests.add_metric(labels, cumulative)
+            latency.add_metric(labels, buckets, series.total)
+        yield requests
+        yield latency
+        health = self._status()
+        if health is not None:
+            yield from _health_families(health)
+
+
+def _health_families(status: SyncStatus) -> Iterator[Metric]:
+    """The model's size, freshness and sync failures."""
+    yield _gauge("stocksync_api_ready", "1 when /readyz answers 200.", float(status.ready))
+    yield _gauge(
+        "stocksync_api_redis_connected",
+        "1 when the last Redis commands of the model sync succeeded.",
+        float(status.connected),
+    )
+    yield _gauge("stocksync_api_model_skus", "SKUs held in memory.", status.skus)
+    yield _gauge(
+        "stocksync_api_changes_behind",
+        "Change-stream entries added to Redis and not yet applied in memory.",
+        status.entries_behind,
+    )
+    yield _gauge(
+        "stocksync_api_change_lag_seconds",
+        "Age of the oldest change-stream entry not yet applied (0 when caught up).",
+        status.lag_seconds,
+    )
+    since = math.nan if status.last_applied_at is None else time.time() - status.last_applied_at
+    yield _gauge(
+        "stocksync_api_seconds_since_last_change",
+        "Seconds since the model last applied a change (or finished loading).",
+        since,
+    )
+    yield _counter(
+        "stocksync_api_model_reloads",
+        "Full reloads of the model after the start-up load.",
+        status.reloads,
+    )
+    yield _counter(
+        "stocksync_api_redis_errors",
+        "Redis commands of the model sync that failed.",
+        status.redis_errors,
+    )
+    yield _counter(
+        "stocksync_api_changes_applied",
+        "Change-stream entries applied to the model.",
+        status.applied_changes,
+    )
+    yield _counter(
+        "stocksync_api_invalid_projections",
+        "Stored projections or stream entries skipped because they did not decode.",
+        status.invalid_projections,
+    )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

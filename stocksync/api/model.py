@@ -1,0 +1,530 @@
+"""The in-memory availability model the API answers from, and its sync with Redis.
+
+:class:`AvailabilityModel` holds, per SKU, one tuple (see :data:`Entry`): the
+version, the node detail packed as msgpack, and per configured channel the
+JSON document of ``GET /v1/availability/{sku}`` without detail, encoded once
+when the SKU changes. A request without detail is a dict lookup and a tuple
+index; a batch joins ready bytes; only ``detail=nodes`` encodes, from the
+packed node numbers. Keeping full node detail as JSON would cost about twice
+the memory: at 1,000,000 SKUs x 2 channels that is the difference between
+fitting in 1 GB or not.
+
+:class:`ModelSync` fills it: at start it records the change stream's last id,
+then loads every projection in pages (SCAN + pipelined HGET), then follows the
+stream with XREAD BLOCK from the recorded id. It reconnects with backoff when
+Redis goes away and resyncs from its last id, or reloads when entries it had
+not read were trimmed or deleted, or the stream was reset. A version never goes
+backwards in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from stocksync.codecs.events import IDENTIFIER_PATTERN
+from stocksync.codecs.projections import NodeAvailability, SkuProjection, projection_decoder
+from stocksync.readmodel.keys import PROJECTION_FIELD, Keys
+
+__all__ = [
+    "DETAIL_SLOT",
+    "FIRST_CHANNEL_SLOT",
+    "VERSION_SLOT",
+    "AvailabilityModel",
+    "Entry",
+    "ModelSync",
+    "StreamId",
+    "SyncStatus",
+    "is_identifier",
+    "parse_stream_id",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``(version, packed node detail, channel 0 JSON or None, channel 1 JSON or None, ...)``.
+#: One flat tuple per SKU: the smallest Python shape that still answers with one index.
+Entry = tuple[Any, ...]
+VERSION_SLOT: Final = 0
+DETAIL_SLOT: Final = 1
+FIRST_CHANNEL_SLOT: Final = 2
+
+_identifier = re.compile(IDENTIFIER_PATTERN)
+
+
+def is_identifier(text: str) -> bool:
+    """Tell whether ``text`` is a valid SKU, channel or node identifier."""
+    return _identifier.match(text) is not None
+
+
+class _PackedNode(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A node's numbers as a msgpack array: the compact form kept in memory."""
+
+    node: str
+    available: int
+    on_hand: int
+    reserved: int
+    quarantine: int
+    safety_stock: int
+
+
+_packed_encoder = msgspec.msgpack.Encoder()
+_packed_decoder = msgspec.msgpack.Decoder(list[list[_PackedNode]])
+_json_encoder = msgspec.json.Encoder()
+_NODES_INFIX: Final = b',"nodes":'
+
+
+class AvailabilityModel:
+    """Every known SKU's availability, as ready-encoded JSON per configured channel."""
+
+    __slots__ = ("channels", "entries", "loaded", "slots")
+
+    def __init__(self, channels: Sequence[str]) -> None:
+        #: Configured channel names, in configuration order.
+        self.channels: tuple[str, ...] = tuple(channels)
+        #: Channel name -> index of its document in an :data:`Entry`.
+        self.slots: dict[str, int] = {
+            name: FIRST_CHANNEL_SLOT + i for i, name in enumerate(self.channels)
+        }
+        #: SKU -> :data:`Entry`. Handlers read it directly: it is the hot path.
+        self.entries: dict[str, Entry] = {}
+        #: True once the first full load from Redis has finished.
+        self.loaded = False
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def version(self, sku: str) -> int | None:
+        """The version held for ``sku``, or None if it was never seen."""
+        entry = self.entries.get(sku)
+        return None if entry is None else int(entry[VERSION_SLOT])
+
+    def apply(self, projection: SkuProjection) -> bool:
+        """Hold ``projection`` unless what is held is as new; tell whether it was taken."""
+        held = self.entries.get(projection.sku)
+        if held is not None and held[VERSION_SLOT] >= projection.version:
+            return False
+        if not is_identifier(projection.sku):
+            raise ValueError(f"projection has an invalid SKU {projection.sku!r}")
+        docs: list[bytes | None] = [None] * len(self.channels)
+        packed: list[list[tuple[str, int, int, int, int, int]]] = [[] for _ in self.channels]
+        slots = self.slots
+        for channel in projection.channels:
+            slot = slots.get(channel.channel)
+            if slot is None:
+                continue  # a channel this API is not configured to serve
+            nodes = channel.nodes
+            docs[slot - FIRST_CHANNEL_SLOT] = _json_encoder.encode(
+                msgspec.structs.replace(channel, nodes=msgspec.UNSET)
+            )
+            if isinstance(nodes, list):
+                packed[slot - FIRST_CHANNEL_SLOT] = [
+                    (
+                        n.node,
+                        n.available,
+                        n.on_hand,
+                        n.reserved,
+                        n.quarantine,
+                        n.safety_stock,
+                    )
+                    for n in nodes
+                ]
+        self.entries[projection.sku] = (
+            projection.version,
+            _packed_encoder.encode(packed),
+            *docs,
+        )
+        return True
+
+    def apply_encoded(self, raw: bytes) -> bool:
+        """Decode a stored projection (JSON) and :meth:`apply` it."""
+        return self.apply(projection_decoder.decode(raw))
+
+    def document(self, sku: str, channel: str, *, detail: bool = False) -> bytes | None:
+        """The JSON answer for ``sku`` on ``channel``, or None if unknown there."""
+        entry = self.entries.get(sku)
+        slot = self.slots.get(channel)
+        if entry is None or slot is None:
+            return None
+        return detail_document(entry, slot) if detail else entry[slot]
+
+
+def detail_document(entry: Entry, slot: int) -> bytes | None:
+    """The channel document of ``entry`` with its ``nodes`` added, or None if absent."""
+    doc: bytes | None = entry[slot]
+    if doc is None:
+        return None
+    packed = _packed_decoder.decode(entry[DETAIL_SLOT])[slot - FIRST_CHANNEL_SLOT]
+    nodes = [
+        NodeAvailability(
+            node=p.node,
+            available=p.available,
+            on_hand=p.on_hand,
+            reserved=p.reserved,
+            quarantine=p.quarantine,
+            safety_stock=p.safety_stock,
+        )
+        for p in packed
+    ]
+    # ``nodes`` is the last field of ChannelAvailability, so this is what
+    # encoding the whole Struct would give.
+    return b"".join((doc[:-1], _NODES_INFIX, _json_encoder.encode(nodes), b"}"))
+
+
+# --- stream ids ---------------------------------------------------------------
+
+#: A Redis stream id as ``(milliseconds, sequence)``, ordered like Redis orders them.
+StreamId = tuple[int, int]
+_ZERO_ID: Final[StreamId] = (0, 0)
+
+
+def parse_stream_id(raw: bytes | str) -> StreamId:
+    """``b"1700000000000-3"`` -> ``(1700000000000, 3)``."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _format_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamInfo:
+    """The facts of XINFO STREAM the follower needs (``exists`` False: no stream yet)."""
+
+    exists: bool
+    last_generated: StreamId = _ZERO_ID
+    entries_added: int = 0
+    length: int = 0
+    first_entry: StreamId | None = None
+    max_deleted: StreamId = _ZERO_ID
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStatus:
+    """A snapshot of the sync's health, for ``/readyz`` and ``/metrics``."""
+
+    ready: bool
+    reason: str
+    loaded: bool
+    connected: bool
+    skus: int
+    entries_behind: int
+    lag_seconds: float
+    last_applied_at: float | None
+    reloads: int
+    redis_errors: int
+    invalid_projections: int
+    applied_changes: int
+
+
+# --- sync --------------------------------------------------------------------
+
+
+class ModelSync:
+    """Loads the model from Redis, then follows the change stream; reports its health."""
+
+    def __init__(
+        self,
+        model: AvailabilityModel,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        load_page: int = 5000,
+        read_count: int = 1000,
+        block_ms: int = 1000,
+        monitor_interval: float = 0.5,
+        max_lag_seconds: float = 5.0,
+        backoff_min: float = 0.05,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.model = model
+        self.client = client
+        self.keys = keys
+        self.load_page = load_page
+        self.read_count = read_count
+        self.block_ms = block_ms
+        self.monitor_interval = monitor_interval
+        self.max_lag_seconds = max_lag_seconds
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self._stream = keys.changes()
+        self._last_id: StreamId = _ZERO_ID
+        # entries-added of the stream at our position: lag = entries-added - this.
+        self._position_count = 0
+        self._needs_load = True
+        self._needs_check = False
+        self._loading = False
+        self._caught_up = False
+        self._follower_ok = False
+        self._monitor_ok = False
+        self._entries_behind = 0
+        self._lag_seconds = 0.0
+        self._last_applied_at: float | None = None
+        self._reloads = 0
+        self._redis_errors = 0
+        self._invalid = 0
+        self._applied = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Start loading and following in background tasks."""
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="stocksync-api-follow"),
+            asyncio.create_task(self._monitor(), name="stocksync-api-monitor"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel the background tasks and wait for them."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # --- health ---
+
+    def status(self) -> SyncStatus:
+        """Readiness and the figures behind it."""
+        connected = self._follower_ok and self._monitor_ok
+        if not self.model.loaded or self._loading:
+            reason = "loading the model from Redis"
+        elif self._needs_load:
+            reason = "the change stream lost entries; reloading"
+        elif not connected:
+            reason = "Redis is unreachable; serving the last known model"
+        elif not self._caught_up:
+            reason = "catching up with the change stream"
+        elif self._lag_seconds > self.max_lag_seconds:
+            reason = f"{self._lag_seconds:.1f} s behind the change stream"
+        else:
+            reason = ""
+        return SyncStatus(
+            ready=not reason,
+            reason=reason or "following the change stream",
+            loaded=self.model.loaded,
+            connected=connected,
+            skus=len(self.model),
+            entries_behind=self._entries_behind,
+            lag_seconds=self._lag_seconds,
+            last_applied_at=self._last_applied_at,
+            reloads=self._reloads,
+            redis_errors=self._redis_errors,
+            invalid_projections=self._invalid,
+            applied_changes=self._applied,
+        )
+
+    # --- follower ---
+
+    async def _follow(self) -> None:
+        backoff = self.backoff_min
+        while True:
+            try:
+                if self._needs_check:
+                    await self._check_stream()
+                    self._needs_check = False
+                if self._needs_load:
+                    await self._load()
+                    await self._measure()  # readiness need not wait for the monitor's tick
+                    self._monitor_ok = True
+                await self._read_changes()
+                if not self._follower_ok:
+                    log.info("following the change stream %s again", self._stream)
+                self._follower_ok = True
+                backoff = self.backoff_min
+            except (RedisError, OSError) as exc:
+                self._loading = False
+                self._redis_errors += 1
+                if self._follower_ok or backoff == self.backoff_min:
+                    log.warning("Redis failed (%s); retrying in %.2f s", exc, backoff)
+                self._follower_ok = False
+                self._needs_check = True
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.backoff_max)
+
+    async def _read_changes(self) -> None:
+        reply = cast(
+            "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
+            await self.client.xread(
+                {self._stream: _format_id(self._last_id)},
+                count=self.read_count,
+                # Until caught up, read without waiting: an empty answer means caught up.
+                block=self.block_ms if self._caught_up else None,
+            ),
+        )
+        total = 0
+        for _name, entries in reply:
+            for entry_id, fields in entries:
+                self._apply_change(fields)
+                self._last_id = parse_stream_id(entry_id)
+            total += len(entries)
+        if total:
+            self._position_count += total
+            self._last_applied_at = time.time()
+        if total < self.read_count:
+            self._caught_up = True
+
+    def _apply_change(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            sku = fields[b"sku"].decode()
+            version = int(fields[b"v"])
+            held = self.model.entries.get(sku)
+            if held is not None and held[VERSION_SLOT] >= version:
+                return
+            if self.model.apply_encoded(fields[b"proj"]):
+                self._applied += 1
+        except (KeyError, ValueError, msgspec.DecodeError) as exc:
+            self._invalid += 1
+            log.error("skipping an invalid change-stream entry: %s", exc)
+
+    async def _load(self) -> None:
+        """Load every projection, recording the stream position first."""
+        self._loading = True
+        first = not self.model.loaded
+        info = await self._stream_info()
+        position, count = info.last_generated, info.entries_added
+        started = time.perf_counter()
+        seen = 0
+        cursor: int = 0
+        pattern = self.keys.sku_pattern()
+        log.info("loading the availability model from Redis (%s)", pattern)
+        while True:
+            cursor, keys = await self.client.scan(cursor, match=pattern, count=self.load_page)
+            if keys:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hget(key, PROJECTION_FIELD)
+                    values = await pipe.execute()
+                for raw in values:
+                    if raw is None:
+                        continue
+                    try:
+                        self.model.apply_encoded(raw)
+                    except (ValueError, msgspec.DecodeError) as exc:
+                        self._invalid += 1
+                        log.error("skipping an invalid stored projection: %s", exc)
+                seen += len(keys)
+            elapsed = time.perf_counter() - started
+            log.info(
+                "loaded %d SKU keys in %.1f s (%.0f/s); model holds %d SKUs",
+                seen,
+                elapsed,
+                seen / elapsed if elapsed else 0.0,
+                len(self.model),
+            )
+            if cursor == 0:
+                break
+        self._last_id = position
+        self._position_count = count
+        self._caught_up = False
+        self._needs_load = False
+        self._loading = False
+        self.model.loaded = True
+        self._last_applied_at = time.time()
+        if not first:
+            self._reloads += 1
+        log.info(
+            "model loaded: %d SKUs in %.1f s; following %s from %s",
+            len(self.model),
+            time.perf_counter() - started,
+            self._stream,
+            _format_id(position),
+        )
+
+    # --- stream checks ---
+
+    async def _stream_info(self) -> _StreamInfo:
+        try:
+            raw = await self.client.xinfo_stream(self._stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return _StreamInfo(exists=False)
+            raise
+        first = raw.get("first-entry")
+        return _StreamInfo(
+            exists=True,
+            last_generated=parse_stream_id(raw["last-generated-id"]),
+            entries_added=int(raw.get("entries-added", 0)),
+            length=int(raw["length"]),
+            first_entry=parse_stream_id(first[0]) if first else None,
+            max_deleted=parse_stream_id(raw.get("max-deleted-entry-id", b"0-0")),
+        )
+
+    def _lost_entries(self, info: _StreamInfo) -> str | None:
+        """Why entries we have not read are gone (so only a reload is exact), or None."""
+        last = self._last_id
+        if not info.exists:
+            return None if last == _ZERO_ID else "the change stream disappeared"
+        if info.last_generated < last:
+            return "the change stream was reset (its last id is older than ours)"
+        if info.max_deleted > last:
+            return "entries after ours were deleted from the change stream"
+        unread = info.entries_added - self._position_count
+        if unread < 0:
+            return "the change stream was recreated"
+        # When every entry left is newer than ours, all of them are unread; fewer
+        # than were added after ours means some were trimmed before we read them.
+        if (info.first_entry is None or info.first_entry > last) and info.length < unread:
+            return "the change stream was trimmed past our position"
+        return None
+
+    async def _check_stream(self) -> None:
+        info = await self._stream_info()
+        reason = self._lost_entries(info)
+        if reason is not None and self.model.loaded:
+            log.warning("%s; reloading the model", reason)
+            self._needs_load = True
+
+    # --- monitor ---
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.monitor_interval)
+            if not self.model.loaded or self._loading or self._needs_load:
+                continue
+            try:
+                await self._measure()
+                self._monitor_ok = True
+            except (RedisError, OSError) as exc:
+                if self._monitor_ok:
+                    log.warning("Redis failed while measuring lag: %s", exc)
+                self._redis_errors += 1
+                self._monitor_ok = False
+
+    async def _measure(self) -> None:
+        """Measure how far behind the stream the model is, and spot lost entries."""
+        info = await self._stream_info()
+        reason = self._lost_entries(info)
+        if reason is not None:
+            log.warning("%s; reloading the model", reason)
+            self._needs_load = True
+            return
+        behind = max(0, info.entries_added - self._position_count) if info.exists else 0
+        lag = 0.0
+        if behind:
+            after = cast(  # the oldest entry not applied yet
+                "list[tuple[bytes, dict[bytes, bytes]]]",
+                await self.client.xrange(
+                    self._stream, min=f"({_format_id(self._last_id)}", count=1
+                ),
+            )
+            if after:
+                seconds, micros = await self.client.time()
+                oldest_unread_ms = parse_stream_id(after[0][0])[0]
+                lag = max(0.0, seconds + micros / 1e6 - oldest_unread_ms / 1000)
+        self._entries_behind = behind
+        self._lag_seconds = lag

@@ -1,0 +1,187 @@
+"""The OpenAPI 3.1 document of the API: schemas generated from the msgspec Structs."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from stocksync.api.bodies import HealthBody, ReadyBody
+from stocksync.codecs.events import IDENTIFIER_PATTERN
+from stocksync.codecs.projections import (
+    ChannelAvailability,
+    ErrorBody,
+    QueryRequest,
+    QueryResponse,
+)
+from stocksync.config.settings import Settings
+
+__all__ = ["OPENAPI_PATH", "openapi_document"]
+
+OPENAPI_PATH: Final = "/v1/openapi.json"
+_REF: Final = "#/components/schemas/{name}"
+_JSON: Final = "application/json"
+
+_ERRORS: Final = {
+    "400": "bad_request (malformed query or body) or invalid_sku.",
+    "401": "unauthorized: no bearer token, or an unknown one.",
+    "403": "forbidden: the token lacks the availability:read scope.",
+    "404": "unknown_sku, unknown_channel, or not_found (no such endpoint).",
+    "405": "method_not_allowed.",
+    "413": "too_many_skus: more SKUs, or a larger body, than one request may carry.",
+    "429": "rate_limited: the token is over its rate; see Retry-After.",
+    "500": "internal: a bug; details are logged, never returned.",
+    "503": "not_ready: the in-memory model is still loading.",
+}
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {_JSON: {"schema": {"$ref": _REF.format(name=ref)}}}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    return {s: {"description": _ERRORS[s], "content": _json("ErrorBody")} for s in statuses}
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for an API configured by ``settings``."""
+    (_, components) = msgspec.json.schema_components(
+        [ChannelAvailability, QueryRequest, QueryResponse, ErrorBody, HealthBody, ReadyBody],
+        ref_template=_REF,
+    )
+    channels = [c.name for c in settings.channels]
+    correlation = {
+        "name": "X-Correlation-ID",
+        "in": "header",
+        "required": False,
+        "description": "Echoed on the response; generated when absent.",
+        "schema": {"type": "string", "pattern": "^[!-~]{1,256}$"},
+    }
+    echoed = {
+        "X-Correlation-ID": {
+            "description": "The request's correlation id, or a generated one.",
+            "schema": {"type": "string"},
+        }
+    }
+    etag = {"description": "The SKU's version, quoted.", "schema": {"type": "string"}}
+    channel_param = {
+        "name": "channel",
+        "in": "query",
+        "required": len(channels) != 1,
+        "description": "A configured channel; may be omitted when exactly one is configured.",
+        "schema": {"type": "string", "enum": channels},
+    }
+    auth_errors = ("401", "403", "429") if settings.api.tokens else ()
+    secured: dict[str, Any] = {"security": [{"bearer": []}]} if settings.api.tokens else {}
+    get_sku: dict[str, Any] = {
+        "operationId": "getAvailability",
+        "summary": "Availability of one SKU on one channel.",
+        "parameters": [
+            {
+                "name": "sku",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": IDENTIFIER_PATTERN},
+            },
+            channel_param,
+            {
+                "name": "detail",
+                "in": "query",
+                "required": False,
+                "description": "'nodes' adds per-node detail.",
+                "schema": {"type": "string", "enum": ["nodes"]},
+            },
+            {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+            correlation,
+        ],
+        "responses": {
+            "200": {
+                "description": "The SKU's availability on the channel.",
+                "headers": {"ETag": etag, **echoed},
+                "content": _json("ChannelAvailability"),
+            },
+            "304": {"description": "Not modified since the ETag given.", "headers": {"ETag": etag}},
+            **_errors("400", *auth_errors, "404", "503"),
+        },
+        **secured,
+    }
+    query = {
+        "operationId": "queryAvailability",
+        "summary": (
+            f"Availability of up to {settings.api.max_skus} SKUs on one channel,"
+            " known ones in request order."
+        ),
+        "parameters": [correlation],
+        "requestBody": {"required": True, "content": _json("QueryRequest")},
+        "responses": {
+            "200": {
+                "description": "Known SKUs in request order; the unknown ones listed apart.",
+                "headers": echoed,
+                "content": _json("QueryResponse"),
+            },
+            **_errors("400", *auth_errors, "404", "413", "503"),
+        },
+        **secured,
+    }
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "stocksync availability API",
+            "version": "1",
+            "description": "Sellable availability per SKU and channel, served from memory.",
+        },
+        "paths": {
+            "/v1/availability/{sku}": {"get": get_sku},
+            "/v1/availability/query": {"post": query},
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "The process is alive.",
+                    "responses": {"200": {"description": "Alive.", "content": _json("HealthBody")}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "ready",
+                    "summary": "The model is loaded and following changes.",
+                    "responses": {
+                        "200": {"description": "Ready.", "content": _json("ReadyBody")},
+                        **_errors("503"),
+                    },
+                }
+            },
+            OPENAPI_PATH: {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI 3.1 document.",
+                            "content": {_JSON: {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics.",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }
+    if settings.api.tokens:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return document

@@ -1,0 +1,153 @@
+"""Helpers of the API tests: projections written to Redis as the worker writes them, a client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import redis
+from aiohttp.test_utils import TestClient, TestServer
+
+from stocksync.api.app import create_app
+from stocksync.codecs.projections import ChannelAvailability, NodeAvailability, SkuProjection
+from stocksync.config.settings import ApiSettings, ChannelSettings, Settings, TokenSettings
+from stocksync.readmodel.keys import PROJECTION_FIELD, VERSION_FIELD, Keys
+
+__all__ = [
+    "NAMESPACE",
+    "eventually",
+    "make_settings",
+    "projection",
+    "run",
+    "serving",
+    "write",
+]
+
+NAMESPACE = "apitest"
+UPDATED_AT = "2026-11-27T09:01:10.512Z"
+_T = TypeVar("_T")
+_encoder = msgspec.json.Encoder()
+
+
+def run(coro: Awaitable[_T]) -> _T:
+    """Run one test coroutine on a fresh event loop."""
+
+    async def main() -> _T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def make_settings(
+    redis_url: str,
+    *,
+    channels: Sequence[str] = ("web", "store"),
+    tokens: Sequence[TokenSettings] = (),
+    **api: Any,
+) -> Settings:
+    """Settings for an API on ``redis_url`` with these channels (nodes dc-east, dc-west)."""
+    return Settings(
+        redis_url=redis_url,
+        redis_namespace=NAMESPACE,
+        channels=[
+            ChannelSettings(name=name, nodes=["dc-east", "dc-west"], low_stock_threshold=5)
+            for name in channels
+        ],
+        api=ApiSettings(tokens=list(tokens), **api),
+    )
+
+
+def projection(
+    sku: str,
+    version: int = 1,
+    *,
+    available: int = 10,
+    channels: Sequence[str] = ("web", "store"),
+) -> SkuProjection:
+    """A projection of ``sku`` whose channels all have ``available`` (+ channel index)."""
+    docs = []
+    for i, name in enumerate(channels):
+        qty = available + i
+        docs.append(
+            ChannelAvailability(
+                sku=sku,
+                channel=name,
+                available=qty,
+                status="out_of_stock" if qty == 0 else "low_stock" if qty <= 5 else "in_stock",
+                version=version,
+                updated_at=UPDATED_AT,
+                nodes=[
+                    NodeAvailability(
+                        node="dc-east",
+                        available=qty,
+                        on_hand=qty + 2,
+                        reserved=2,
+                        quarantine=0,
+                        safety_stock=0,
+                    ),
+                    NodeAvailability(
+                        node="dc-west",
+                        available=0,
+                        on_hand=1,
+                        reserved=0,
+                        quarantine=1,
+                        safety_stock=0,
+                    ),
+                ],
+            )
+        )
+    return SkuProjection(sku=sku, version=version, updated_at=UPDATED_AT, channels=docs)
+
+
+def write(
+    client: redis.Redis,
+    *projections: SkuProjection,
+    maxlen: int | None = None,
+    stream: bool = True,
+) -> None:
+    """HSET each projection and XADD its change in one MULTI/EXEC, as the worker does."""
+    keys = Keys(NAMESPACE)
+    pipe = client.pipeline(transaction=True)
+    for proj in projections:
+        raw = _encoder.encode(proj)
+        pipe.hset(
+            keys.sku(proj.sku),
+            mapping={VERSION_FIELD: str(proj.version), "pos": b"", PROJECTION_FIELD: raw},
+        )
+        if stream:
+            pipe.xadd(
+                keys.changes(),
+                {"sku": proj.sku, "v": str(proj.version), "proj": raw},
+                maxlen=maxlen,
+                approximate=False,
+            )
+    pipe.execute()
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, *, ready: bool = True) -> AsyncIterator[TestClient[Any, Any]]:
+    """A test client of a started API; waits until ``/readyz`` is 200 unless told not to."""
+    async with TestClient(TestServer(create_app(settings))) as client:
+        if ready:
+            await eventually(lambda: _ready(client), timeout=10)
+        yield client
+
+
+async def _ready(client: TestClient[Any, Any]) -> bool:
+    async with client.get("/readyz") as resp:
+        return resp.status == 200
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 5.0, interval: float = 0.02
+) -> None:
+    """Wait until ``check()`` is true, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
