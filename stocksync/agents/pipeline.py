@@ -156,8 +156,15 @@ class Translator:
             key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
             for rejection in decoded.rejections:
                 letters.append(
-                    self._letter(msg, rejection.index, rejection.reason, rejection.message,
-                                 rejection.raw, msg.correlation_id, now)
+                    self._letter(
+                        msg,
+                        rejection.index,
+                        rejection.reason,
+                        rejection.message,
+                        rejection.raw,
+                        msg.correlation_id,
+                        now,
+                    )
                 )
             for index, event, raw in decoded.events:
                 if event.correlation_id is None and msg.correlation_id is not None:
@@ -165,8 +172,15 @@ class Translator:
                 misplaced = core.check_placement(event, self.kind, key, decoded.bulk)
                 if misplaced is not None:
                     letters.append(
-                        self._letter(msg, index, misplaced.reason, misplaced.message, raw,
-                                     event.correlation_id, now)
+                        self._letter(
+                            msg,
+                            index,
+                            misplaced.reason,
+                            misplaced.message,
+                            raw,
+                            event.correlation_id,
+                            now,
+                        )
                     )
                     continue
                 valid.append((msg, index, event, raw))
@@ -183,13 +197,15 @@ class Translator:
                 offset=msg.offset,
                 index=index or 0,
                 produced=msg.timestamp_ms,
+                topic=msg.topic,
             )
             state = states.get(entity) if entity is not None else None
             outcome, new_state = core.translate(event, state, ref, now, self.window_ms)
             if isinstance(outcome, core.Rejected):
                 letters.append(
-                    self._letter(msg, index, outcome.reason, outcome.message, raw,
-                                 event.correlation_id, now)
+                    self._letter(
+                        msg, index, outcome.reason, outcome.message, raw, event.correlation_id, now
+                    )
                 )
                 continue
             if isinstance(outcome, core.Skipped):
@@ -198,7 +214,9 @@ class Translator:
                 log.debug("skipped %s event %s: %s", event.source, event.event_id, outcome.why)
                 continue
             if self.metrics is not None:
-                self.metrics.events_consumed.labels(self.kind, type(event).__struct_config__.tag).inc()
+                self.metrics.events_consumed.labels(
+                    self.kind, type(event).__struct_config__.tag
+                ).inc()
             if entity is not None and new_state is not None:
                 states[entity] = new_state
                 changed[entity] = new_state

@@ -117,8 +117,9 @@ class Pipeline:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             timeout = self.settings.worker.shutdown_timeout
-            log.info("stopping: letting the in-flight %s batch finish (%.0fs at most)", stage,
-                     timeout)
+            log.info(
+                "stopping: letting the in-flight %s batch finish (%.0fs at most)", stage, timeout
+            )
             try:
                 await asyncio.wait_for(task, timeout)
             except BaseException:
@@ -156,7 +157,7 @@ def _header(headers: Any, name: str) -> str | None:
     return None
 
 
-def _source_message(event: faust.EventT) -> SourceMessage:
+def _source_message(event: Any) -> SourceMessage:
     message = event.message
     value = event.value
     return SourceMessage(
@@ -182,11 +183,13 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
     def translator_agent(kind: str, topic_name: str) -> None:
         translator = pipeline.translator(kind)
 
-        async def translate(stream: faust.StreamT[bytes]) -> None:
+        async def translate(stream: Any) -> None:
             async for events in stream.take_events(size, within):
                 messages = [_source_message(e) for e in events]
                 await pipeline.run_batch(
-                    kind, len(messages), lambda m=messages: translator.process(m)  # type: ignore[misc]
+                    kind,
+                    len(messages),
+                    lambda m=messages: translator.process(m),  # type: ignore[misc]
                 )
 
         app.agent(raw_topic(app, topic_name), name=f"stocksync.translate.{kind}")(translate)
@@ -197,17 +200,20 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
 
     applier = pipeline.applier
 
-    async def apply(stream: faust.StreamT[bytes]) -> None:
+    async def apply(stream: Any) -> None:
         async for events in stream.take_events(size, within):
             payloads = [e.value for e in events if e.value]
             await pipeline.run_batch(
-                "apply", len(payloads), lambda p=payloads: applier.process(p)  # type: ignore[misc]
+                "apply",
+                len(payloads),
+                lambda p=payloads: applier.process(p),  # type: ignore[misc]
             )
 
     app.agent(effects_topic, name="stocksync.apply")(apply)
 
-    @app.on_partitions_revoked.connect  # type: ignore[misc]
-    async def _forget(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+    async def _forget(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Another worker may write these SKUs now; the compare-and-set would catch a
         # stale cache, but dropping it avoids the wasted round trip.
         applier.forget()
+
+    app.on_partitions_revoked.connect(_forget)

@@ -24,8 +24,8 @@ import msgspec
 __all__ = [
     "Adjust",
     "Effect",
-    "EffectBatch",
     "EffectBase",
+    "EffectBatch",
     "Policy",
     "Quarantine",
     "Reserve",
@@ -68,7 +68,7 @@ class Adjust(EffectBase, frozen=True, tag="phys"):
 
 
 class Reserve(EffectBase, frozen=True, tag="resv"):
-    """A change of open reservations: at ``node``, or unallocated on ``channel`` when node is None."""
+    """A change of open reservations at ``node``, or of unallocated demand on ``channel``."""
 
     node: str | None
     channel: str | None
@@ -83,7 +83,7 @@ class Policy(EffectBase, frozen=True, tag="pol"):
 
 
 class Quarantine(EffectBase, frozen=True, tag="quar"):
-    """Returned units received into (``received``) or inspected out of (``inspected``) quarantine."""
+    """Returned units received into, or inspected out of, quarantine at ``node``."""
 
     node: str
     received: int

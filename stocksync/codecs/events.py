@@ -46,7 +46,10 @@ MAX_BULK = 10_000
 #: Most lines an order or return event may carry.
 MAX_LINES = 500
 
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9._:/-]{1,64}$"
+# msgspec applies patterns with ``re.search``, where a bare ``$`` also matches
+# before a trailing newline ("SKU-1\n" would pass); ``(?!\n)`` closes that gap,
+# and in the JSON Schema (ECMAScript, where ``$`` is already the end) it is a no-op.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9._:/-]{1,64}$(?!\n)"
 
 Identifier = Annotated[
     str,

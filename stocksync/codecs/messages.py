@@ -75,7 +75,8 @@ def _classify(exc: msgspec.ValidationError) -> str:
 
 def _decode_one(raw: bytes, index: int | None) -> Event | Rejection:
     try:
-        return _event_decoder.decode(raw)
+        event: Event = _event_decoder.decode(raw)
+        return event
     except msgspec.ValidationError as exc:
         return Rejection(reason=_classify(exc), message=str(exc), index=index, raw=raw)
     except msgspec.DecodeError as exc:

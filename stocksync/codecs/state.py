@@ -53,7 +53,7 @@ class Position(msgspec.Struct):
     nodes: dict[str, NodePosition] = msgspec.field(default_factory=dict)
     #: Unallocated demand (open reservations without a node) per channel.
     demand: dict[str, int] = msgspec.field(default_factory=dict)
-    #: Highest effect id applied per source partition: ``[offset, index, seq]``.
+    #: Highest effect id applied per source topic partition: ``[offset, index, seq]``.
     wm: dict[str, tuple[int, int, int]] = msgspec.field(default_factory=dict)
     #: (``source``, ``event_id``) keys of applied stock events, with when they were seen (ms).
     seen: dict[str, int] = msgspec.field(default_factory=dict)
@@ -75,8 +75,9 @@ class OrderState(msgspec.Struct):
     order_id: str
     channel: str
     lines: dict[str, OrderLine] = msgspec.field(default_factory=dict)
-    #: Last source event translated: ``[partition, offset, index]``.
+    #: Last source event translated: ``[partition, offset, index]`` of topic partition ``src``.
     wm: tuple[int, int, int] = (-1, -1, -1)
+    src: str = ""
     #: (``source``, ``event_id``) of events applied to this order, with when seen (ms).
     seen: dict[str, int] = msgspec.field(default_factory=dict)
     #: Milliseconds since the epoch of the last event.
@@ -99,6 +100,7 @@ class RmaState(msgspec.Struct):
     order_id: str | None = None
     lines: dict[str, RmaLine] = msgspec.field(default_factory=dict)
     wm: tuple[int, int, int] = (-1, -1, -1)
+    src: str = ""
     seen: dict[str, int] = msgspec.field(default_factory=dict)
     updated_at: int = 0
 

@@ -41,6 +41,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "STOCKSYNC_BROKER": "broker",
     "STOCKSYNC_REDIS_URL": "redis_url",
     "STOCKSYNC_TOPIC_PREFIX": "topic_prefix",
+    "STOCKSYNC_REDIS_NAMESPACE": "redis_namespace",
     "STOCKSYNC_PARTITIONS": "partitions",
     "STOCKSYNC_API_HOST": "api.host",
     "STOCKSYNC_API_PORT": "api.port",

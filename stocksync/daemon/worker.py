@@ -133,8 +133,12 @@ async def serve(settings: Settings, *, handle_signals: bool = True) -> None:
             "Pick another port with STOCKSYNC_WORKER_PORT (0 picks a free one)."
         ) from exc
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    log.info("worker health and metrics on http://%s:%d/metrics", settings.worker.host, port,
-             extra={"port": port})
+    log.info(
+        "worker health and metrics on http://%s:%d/metrics",
+        settings.worker.host,
+        port,
+        extra={"port": port},
+    )
     worker = None
     try:
         worker = await start_worker(

@@ -20,7 +20,7 @@ order/RMA states are updated in place (the applier's hot path); use
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 import msgspec
@@ -62,18 +62,18 @@ __all__ = [
     "Translated",
     "apply_effect",
     "apply_effects",
-    "check_placement",
-    "key_of",
-    "topology_of",
     "channel_available",
+    "check_placement",
     "copy_position",
     "dedup_key",
     "format_millis",
     "is_oversold",
+    "key_of",
     "node_view",
     "project",
     "prune_seen",
     "status_of",
+    "topology_of",
     "translate",
     "translate_order",
     "translate_return",
@@ -110,7 +110,7 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
 class SourceRef(msgspec.Struct, frozen=True, kw_only=True):
     """Where an event was read: the source of its effects' deterministic ids."""
 
-    #: ``stock``, ``orders`` or ``returns``: stable across topic prefixes.
+    #: ``stock``, ``orders`` or ``returns``.
     kind: str
     partition: int
     offset: int
@@ -118,11 +118,14 @@ class SourceRef(msgspec.Struct, frozen=True, kw_only=True):
     index: int = 0
     #: When the message was produced (ms since epoch), for freshness.
     produced: int = 0
+    #: The topic's name. Watermarks are kept per topic name, so a model that outlives its
+    #: topics (new prefix, recreated broker) never mistakes new offsets for old ones.
+    topic: str = ""
 
     @property
     def src(self) -> str:
         """The watermark key of this source partition."""
-        return f"{self.kind}/{self.partition}"
+        return f"{self.topic or self.kind}/{self.partition}"
 
 
 class Translated(msgspec.Struct, frozen=True):
@@ -152,20 +155,22 @@ def dedup_key(source: str, event_id: str) -> str:
     return f"{source}\x1f{event_id}"
 
 
-def _effect_fields(event: Event, ref: SourceRef, seq: int, sku: str, *, stateless: bool) -> dict[
-    str, object
-]:
-    return {
-        "sku": sku,
-        "src": ref.src,
-        "ofs": ref.offset,
-        "idx": ref.index,
-        "seq": seq,
-        "eid": dedup_key(event.source, event.event_id) if stateless else None,
-        "at": to_micros(event.occurred_at),
-        "produced": ref.produced,
-        "cid": event.correlation_id,
-    }
+#: The identity fields every effect starts with, in ``EffectBase`` order.
+_Ident = tuple[str, str, int, int, int, str | None, int, int, str | None]
+
+
+def _ident(event: Event, ref: SourceRef, seq: int, sku: str, *, stateless: bool) -> _Ident:
+    return (
+        sku,
+        ref.src,
+        ref.offset,
+        ref.index,
+        seq,
+        dedup_key(event.source, event.event_id) if stateless else None,
+        to_micros(event.occurred_at),
+        ref.produced,
+        event.correlation_id,
+    )
 
 
 # --- translation: stock ---------------------------------------------------------------
@@ -173,16 +178,14 @@ def _effect_fields(event: Event, ref: SourceRef, seq: int, sku: str, *, stateles
 
 def translate_stock(event: StockEvent, ref: SourceRef) -> Translated:
     """The one effect of a stock event (de-duplicated later, by the applier)."""
-    base = _effect_fields(event, ref, 0, event.sku, stateless=True)
+    base = _ident(event, ref, 0, event.sku, stateless=True)
     effect: Effect
     if isinstance(event, StockSnapshot):
-        effect = Snapshot(
-            **base, node=event.node, on_hand=event.on_hand, as_of=to_micros(event.as_of)
-        )  # type: ignore[arg-type]
+        effect = Snapshot(*base, event.node, event.on_hand, to_micros(event.as_of))
     elif isinstance(event, StockAdjusted):
-        effect = Adjust(**base, node=event.node, delta=event.delta)  # type: ignore[arg-type]
+        effect = Adjust(*base, event.node, event.delta)
     else:
-        effect = Policy(**base, node=event.node, safety_stock=event.safety_stock)  # type: ignore[arg-type]
+        effect = Policy(*base, event.node, event.safety_stock)
     return Translated([effect])
 
 
@@ -199,34 +202,30 @@ class _Emitter:
         self.ref = ref
         self.effects: list[Effect] = []
 
-    def _base(self, sku: str) -> dict[str, object]:
-        return _effect_fields(self.event, self.ref, len(self.effects), sku, stateless=False)
+    def _base(self, sku: str) -> _Ident:
+        return _ident(self.event, self.ref, len(self.effects), sku, stateless=False)
 
     def reserve(self, sku: str, node: str | None, channel: str, qty: int) -> None:
         """Change open reservations at ``node``, or on ``channel`` when unallocated."""
         if qty:
-            self.effects.append(
-                Reserve(**self._base(sku), node=node, channel=None if node else channel, qty=qty)  # type: ignore[arg-type]
-            )
+            self.effects.append(Reserve(*self._base(sku), node, None if node else channel, qty))
 
     def adjust(self, sku: str, node: str, delta: int) -> None:
         """A physical change at ``node`` at the event's ``occurred_at``."""
-        self.effects.append(Adjust(**self._base(sku), node=node, delta=delta))  # type: ignore[arg-type]
+        self.effects.append(Adjust(*self._base(sku), node, delta))
 
     def quarantine(self, sku: str, node: str, received: int, inspected: int) -> None:
         """Units into or out of quarantine at ``node``."""
-        self.effects.append(
-            Quarantine(**self._base(sku), node=node, received=received, inspected=inspected)  # type: ignore[arg-type]
-        )
+        self.effects.append(Quarantine(*self._base(sku), node, received, inspected))
 
 
 def _replayed(
-    wm: tuple[int, int, int], seen: dict[str, int], event: Event, ref: SourceRef, now_ms: int,
-    window_ms: int,
+    state: OrderState | RmaState, event: Event, ref: SourceRef, now_ms: int, window_ms: int
 ) -> Skipped | None:
-    if wm[0] == ref.partition and (ref.offset, ref.index) <= (wm[1], wm[2]):
+    wm = state.wm
+    if state.src == ref.src and (ref.offset, ref.index) <= (wm[1], wm[2]):
         return Skipped("redelivered")
-    seen_at = seen.get(dedup_key(event.source, event.event_id))
+    seen_at = state.seen.get(dedup_key(event.source, event.event_id))
     if seen_at is not None and now_ms - seen_at < window_ms:
         return Skipped("duplicate")
     return None
@@ -239,7 +238,9 @@ def prune_seen(seen: dict[str, int], now_ms: int, window_ms: int) -> None:
         del seen[key]
 
 
-def _missing_lines(state_lines: dict[str, object], wanted: Iterable[str], what: str) -> Rejected | None:
+def _missing_lines(
+    state_lines: Mapping[str, object], wanted: Iterable[str], what: str
+) -> Rejected | None:
     for line_id in wanted:
         if line_id not in state_lines:
             return Rejected(Reason.UNKNOWN_LINE, f"{what} has no line {line_id!r}")
@@ -259,7 +260,7 @@ def translate_order(
     the outcome is :class:`Translated`.
     """
     if state is not None:
-        skipped = _replayed(state.wm, state.seen, event, ref, now_ms, window_ms)
+        skipped = _replayed(state, event, ref, now_ms, window_ms)
         if skipped is not None:
             return skipped, state
     emit = _Emitter(event, ref)
@@ -270,9 +271,9 @@ def translate_order(
                 f"order {event.order_id!r} was already created (by another event_id)",
             ), state
         state = OrderState(order_id=event.order_id, channel=event.channel)
-        for line in event.lines:
-            state.lines[line.line_id] = OrderLine(sku=line.sku, open=line.qty, node=line.node)
-            emit.reserve(line.sku, line.node, event.channel, line.qty)
+        for new in event.lines:
+            state.lines[new.line_id] = OrderLine(sku=new.sku, open=new.qty, node=new.node)
+            emit.reserve(new.sku, new.node, event.channel, new.qty)
     elif state is None:
         return Rejected(Reason.UNKNOWN_ORDER, f"order {event.order_id!r} is unknown"), None
     elif isinstance(event, OrderAllocated):
@@ -324,7 +325,7 @@ def translate_return(
 ) -> tuple[Outcome, RmaState | None]:
     """Translate a return event against its RMA's state; returns the outcome and the new state."""
     if state is not None:
-        skipped = _replayed(state.wm, state.seen, event, ref, now_ms, window_ms)
+        skipped = _replayed(state, event, ref, now_ms, window_ms)
         if skipped is not None:
             return skipped, state
     emit = _Emitter(event, ref)
@@ -390,6 +391,7 @@ def _remember(
     prune_seen(state.seen, now_ms, window_ms)
     state.seen[dedup_key(event.source, event.event_id)] = now_ms
     state.wm = (ref.partition, ref.offset, ref.index)
+    state.src = ref.src
     state.updated_at = now_ms
 
 
@@ -580,8 +582,6 @@ def project(pos: Position, topology: Topology) -> SkuProjection:
             )
         )
     return SkuProjection(sku=pos.sku, version=pos.version, updated_at=updated, channels=channels)
-
-
 
 
 def key_of(event: Event) -> str | None:

@@ -8,7 +8,7 @@ rebuild write a fresh key space beside the live one.
 
 from __future__ import annotations
 
-__all__ = ["Keys", "POSITION_FIELD", "PROJECTION_FIELD", "VERSION_FIELD"]
+__all__ = ["POSITION_FIELD", "PROJECTION_FIELD", "VERSION_FIELD", "Keys"]
 
 #: Hash fields of a SKU key.
 VERSION_FIELD = "v"

@@ -93,6 +93,7 @@ def test_argument_wins_over_stocksync_config(tmp_path: Path) -> None:
         ({"STOCKSYNC_WORKER_HOST": "::"}, "worker.host", "::"),
         ({"STOCKSYNC_TOPIC_PREFIX": "shop-eu"}, "topic_prefix", "shop-eu"),
         ({"STOCKSYNC_PARTITIONS": "24"}, "partitions", 24),
+        ({"STOCKSYNC_REDIS_NAMESPACE": "dev"}, "redis_namespace", "dev"),
     ],
 )
 def test_environment_overrides_file(
@@ -122,6 +123,7 @@ port = 2
 def test_every_override_is_tested() -> None:
     # The table above names each variable; a new one needs a row.
     assert set(ENV_OVERRIDES) == {
+        "STOCKSYNC_REDIS_NAMESPACE",
         "STOCKSYNC_BROKER",
         "STOCKSYNC_REDIS_URL",
         "STOCKSYNC_API_PORT",
