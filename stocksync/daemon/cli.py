@@ -299,10 +299,12 @@ def _load(args: argparse.Namespace) -> Settings:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from stocksync.agents.topics import topic_names  # the names the worker uses
+
     settings = _load(args)
+    topics = topic_names(settings)
     source = config_path(args.config, os.environ) or "built-in defaults"
     overrides = [name for name in ENV_OVERRIDES if name in os.environ]
-    prefix = settings.topic_prefix
     nodes = sorted({node for channel in settings.channels for node in channel.nodes})
     safety = {
         node: settings.nodes[node].safety_stock if node in settings.nodes else 0 for node in nodes
@@ -317,9 +319,8 @@ def _check_config(args: argparse.Namespace) -> int:
         ("redis", f"{_redacted(settings.redis_url)}, keys under {settings.redis_namespace!r}"),
         (
             "topics",
-            f"{prefix}.stock.v1, {prefix}.orders.v1, {prefix}.returns.v1 in;"
-            f" {prefix}.effects.v1, {prefix}.dlq internal ({settings.partitions} partitions"
-            " for topics stocksync creates)",
+            f"{', '.join(topics.sources)} in; {', '.join(topics.owned)} written by stocksync"
+            f" ({settings.partitions} partitions for topics it creates)",
         ),
         *(
             (
@@ -419,7 +420,9 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    return _run(args, "stocksync.daemon.dev", "run", demo=args.demo)
+    # The worker and API it starts read the same file, so pass its path on.
+    config = config_path(args.config, os.environ)
+    return _run(args, "stocksync.daemon.dev", "run", demo=args.demo, config=config)
 
 
 def _operation(function: str) -> Handler:
