@@ -200,11 +200,21 @@ class Worker(faust.Worker):
 
     def _on_stop_signal(self, signum: signal.Signals) -> None:
         logger.info("Received %s: stopping the worker", signum.name)
-        if self._stop_task is None:
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        if self._stop_task is None and not self.finished.is_set():
             self._stop_task = self.loop.create_task(stop_worker(self, self.stop_timeout))
 
+    def _crash(self, reason: BaseException) -> None:
+        # A crashed Faust app stops consuming but keeps the process alive; stop it,
+        # so that wait_finished() returns and the caller sees crash_reason.
+        super()._crash(reason)
+        logger.error("The Faust worker crashed (%r); stopping it", reason)
+        self.loop.call_soon_threadsafe(self._begin_stop)
+
     async def wait_finished(self) -> None:
-        """Wait until the worker was stopped (by :func:`stop_worker` or a signal)."""
+        """Wait until the worker was stopped: by :func:`stop_worker`, a signal, or a crash."""
         await self.finished.wait()
 
 

@@ -304,6 +304,31 @@ def test_start_worker_without_a_broker_raises_a_clear_error(tmp_path: Path) -> N
         run(scenario())
 
 
+def test_a_crashed_worker_stops_itself_and_reports_why(
+    broker: TansuBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    settings = settings_for(broker, topic_prefix, partitions=1)
+
+    async def scenario() -> tuple[BaseException | None, float]:
+        await ensure_topics(broker.bootstrap, settings)
+        app = create_app(settings, datadir=tmp_path)
+
+        @app.agent(raw_topic(app, topic_names(settings).stock))
+        async def drain(stream: faust.StreamT[bytes]) -> None:
+            async for _ in stream.events():
+                pass
+
+        worker = await start_worker(app, timeout=30)
+        started = time.monotonic()
+        await app.crash(RuntimeError("rebalance went wrong"))
+        await worker.wait_finished()
+        return worker.crash_reason, time.monotonic() - started
+
+    reason, seconds = run(scenario())
+    assert isinstance(reason, RuntimeError)
+    assert seconds < 5
+
+
 @pytest.mark.slow
 def test_two_workers_in_one_group_split_the_partitions(
     broker: TansuBroker, topic_prefix: str, tmp_path: Path
