@@ -263,6 +263,8 @@ class ModelSync:
         self._last_id: StreamId = _ZERO_ID
         # entries-added of the stream at our position: lag = entries-added - this.
         self._position_count = 0
+        # Bumped by every load, so a check that straddled one is discarded.
+        self._generation = 0
         self._needs_load = True
         self._needs_check = False
         self._loading = False
@@ -430,6 +432,7 @@ class ModelSync:
                 break
         self._last_id = position
         self._position_count = count
+        self._generation += 1
         self._caught_up = False
         self._needs_load = False
         self._loading = False
@@ -464,27 +467,37 @@ class ModelSync:
             max_deleted=parse_stream_id(raw.get("max-deleted-entry-id", b"0-0")),
         )
 
-    def _lost_entries(self, info: _StreamInfo) -> str | None:
-        """Why entries we have not read are gone (so only a reload is exact), or None."""
-        last = self._last_id
+    @staticmethod
+    def _lost_entries(info: _StreamInfo, last: StreamId, count: int) -> str | None:
+        """Why entries after ``last`` were lost unread (only a reload is exact), or None.
+
+        ``last`` and ``count`` (entries-added when ``last`` was the newest entry)
+        must be read before ``info`` was fetched. Entries we read are counted, so
+        once caught up, entries-added must equal our count: a difference means
+        we skipped entries that were trimmed or deleted before we read them,
+        however long ago that was.
+        """
         if not info.exists:
             return None if last == _ZERO_ID else "the change stream disappeared"
         if info.last_generated < last:
             return "the change stream was reset (its last id is older than ours)"
         if info.max_deleted > last:
             return "entries after ours were deleted from the change stream"
-        unread = info.entries_added - self._position_count
+        unread = info.entries_added - count
         if unread < 0:
             return "the change stream was recreated"
-        # When every entry left is newer than ours, all of them are unread; fewer
-        # than were added after ours means some were trimmed before we read them.
-        if (info.first_entry is None or info.first_entry > last) and info.length < unread:
-            return "the change stream was trimmed past our position"
+        if info.first_entry is None or info.first_entry > last:
+            # Every entry left is newer than ours, so all of them are unread.
+            if info.length < unread:
+                return "the change stream was trimmed past our position"
+        elif info.last_generated == last and unread:
+            return "entries were lost before we read them"
         return None
 
     async def _check_stream(self) -> None:
+        last, count = self._last_id, self._position_count
         info = await self._stream_info()
-        reason = self._lost_entries(info)
+        reason = self._lost_entries(info, last, count)
         if reason is not None and self.model.loaded:
             log.warning("%s; reloading the model", reason)
             self._needs_load = True
@@ -507,8 +520,11 @@ class ModelSync:
 
     async def _measure(self) -> None:
         """Measure how far behind the stream the model is, and spot lost entries."""
+        last, count, generation = self._last_id, self._position_count, self._generation
         info = await self._stream_info()
-        reason = self._lost_entries(info)
+        if generation != self._generation:
+            return  # a load moved our position meanwhile: this answer is about the old one
+        reason = self._lost_entries(info, last, count)
         if reason is not None:
             log.warning("%s; reloading the model", reason)
             self._needs_load = True

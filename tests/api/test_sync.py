@@ -1,0 +1,210 @@
+"""The model follows Redis: live changes, lost Redis, trimmed or reset streams, old versions."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+
+from stocksync.api.model import ModelSync, _StreamInfo
+from stocksync.daemon.services import RedisServer
+from tests.api.helpers import (
+    TcpProxy,
+    eventually,
+    make_settings,
+    projection,
+    run,
+    serving,
+    write,
+)
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[redis.Redis]:
+    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
+        yield client
+
+
+async def _version(client: Client, sku: str) -> int | None:
+    async with client.get(f"/v1/availability/{sku}?channel=web") as resp:
+        if resp.status != 200:
+            return None
+        version: int = msgspec.json.decode(await resp.read())["version"]
+        return version
+
+
+async def _status(client: Client, path: str) -> int:
+    async with client.get(path) as resp:
+        return resp.status
+
+
+async def _metric(client: Client, name: str) -> float:
+    async with client.get("/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_follows_live_changes(redis_url: str, store: redis.Redis) -> None:
+    write(store, projection("A", 1))
+
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            assert await _version(client, "A") == 1
+            started = time.monotonic()
+            write(store, projection("A", 2), projection("NEW", 1))
+
+            async def seen() -> bool:
+                return await _version(client, "A") == 2 and await _version(client, "NEW") == 1
+
+            await eventually(seen, interval=0.001)
+            assert time.monotonic() - started < 0.5
+            assert await _metric(client, "stocksync_api_changes_applied_total") == 2
+
+    run(scenario())
+
+
+def test_a_version_never_goes_backwards(redis_url: str, store: redis.Redis) -> None:
+    write(store, projection("A", 5))
+
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            write(store, projection("A", 3, available=99), projection("B", 1))
+            await eventually(lambda: _has(client, "B"))
+            assert await _version(client, "A") == 5
+            write(store, projection("A", 6))
+            await eventually(lambda: _is(client, "A", 6))
+
+    run(scenario())
+
+
+async def _has(client: Client, sku: str) -> bool:
+    return await _version(client, sku) is not None
+
+
+async def _is(client: Client, sku: str, version: int) -> bool:
+    return await _version(client, sku) == version
+
+
+def test_survives_a_redis_restart(
+    redis_server: RedisServer, redis_url: str, store: redis.Redis
+) -> None:
+    write(store, projection("A", 1))
+
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            redis_server.stop()
+            try:
+
+                async def not_ready() -> bool:
+                    return await _status(client, "/readyz") == 503
+
+                await eventually(not_ready, timeout=5)
+                # The last known model is still served meanwhile.
+                assert await _version(client, "A") == 1
+                assert await _metric(client, "stocksync_api_redis_connected") == 0
+            finally:
+                redis_server.start()
+
+            async def ready() -> bool:
+                return await _status(client, "/readyz") == 200
+
+            await eventually(ready, timeout=10)
+            write(store, projection("A", 2))
+            await eventually(lambda: _is(client, "A", 2))
+            # The stream outlived the restart: resumed from our id, no reload.
+            assert await _metric(client, "stocksync_api_model_reloads_total") == 0
+            assert await _metric(client, "stocksync_api_redis_errors_total") > 0
+
+    run(scenario())
+
+
+def test_reloads_after_the_stream_was_trimmed_past_it(
+    redis_server: RedisServer, redis_url: str, store: redis.Redis
+) -> None:
+    write(store, *(projection(f"S{i}", 1) for i in range(5)))
+    db = int(redis_url.rsplit("/", 1)[1])
+
+    async def scenario() -> None:
+        async with TcpProxy(redis_server.port) as proxy:
+            settings = make_settings(f"redis://127.0.0.1:{proxy.port}/{db}")
+            async with serving(settings) as client:
+                proxy.hold()
+                # 50 changes, of which the stream keeps only the last 10, while
+                # the API cannot read: 40 changes exist only in the hashes.
+                for i in range(50):
+                    write(store, projection(f"S{i}", 2), maxlen=10)
+                proxy.release()
+
+                async def all_current() -> bool:
+                    for i in range(50):
+                        if await _version(client, f"S{i}") != 2:
+                            return False
+                    return True
+
+                await eventually(all_current, timeout=10)
+                assert await _metric(client, "stocksync_api_model_reloads_total") == 1
+                assert await _status(client, "/readyz") == 200
+
+    run(scenario())
+
+
+def test_reloads_after_the_stream_was_reset(redis_url: str, store: redis.Redis) -> None:
+    write(store, projection("A", 3))
+
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            store.flushdb()
+            write(store, projection("B", 1))
+
+            async def reloaded() -> bool:
+                return await _metric(client, "stocksync_api_model_reloads_total") == 1
+
+            await eventually(reloaded, timeout=5)
+            await eventually(lambda: _is(client, "B", 1))
+            assert await _version(client, "A") == 3  # the last known answer is kept
+
+    run(scenario())
+
+
+def _info(**fields: Any) -> _StreamInfo:
+    defaults: dict[str, Any] = {
+        "exists": True,
+        "last_generated": (10, 0),
+        "entries_added": 10,
+        "length": 10,
+        "first_entry": (1, 0),
+        "max_deleted": (0, 0),
+    }
+    return _StreamInfo(**{**defaults, **fields})
+
+
+@pytest.mark.parametrize(
+    ("info", "last", "count", "lost"),
+    [
+        (_info(), (10, 0), 10, False),  # caught up
+        (_info(), (5, 0), 5, False),  # behind, nothing lost
+        (_info(exists=False), (0, 0), 0, False),  # no stream yet
+        (_info(exists=False), (5, 0), 5, True),  # stream deleted
+        (_info(last_generated=(4, 0)), (5, 0), 5, True),  # stream reset
+        (_info(max_deleted=(7, 0)), (5, 0), 5, True),  # XDEL after our id
+        (_info(max_deleted=(3, 0)), (5, 0), 5, False),  # XDEL of what we read
+        (_info(first_entry=(8, 0), length=3), (5, 0), 5, True),  # trimmed past us
+        (_info(first_entry=(6, 0), length=5), (5, 0), 5, False),  # trimmed up to us
+        (_info(entries_added=12), (10, 0), 10, True),  # read past a gap, caught up
+        (_info(entries_added=8), (10, 0), 10, True),  # recreated
+    ],
+)
+def test_lost_entries_rules(
+    info: _StreamInfo, last: tuple[int, int], count: int, lost: bool
+) -> None:
+    assert (ModelSync._lost_entries(info, last, count) is not None) is lost
