@@ -389,7 +389,14 @@ def test_api_processes_default(calls: list[Any]) -> None:
 @pytest.mark.parametrize(("args", "demo"), [(["dev"], True), (["dev", "--no-demo"], False)])
 def test_dev_demo(calls: list[Any], args: list[str], demo: bool) -> None:
     assert cli.main(args) == 0
-    assert calls == [("dev", (Settings(),), {"demo": demo})]
+    assert calls == [("dev", (Settings(),), {"demo": demo, "config": None})]
+
+
+def test_dev_passes_the_file_on_to_its_children(calls: list[Any], tmp_path: Path) -> None:
+    path = write_config(tmp_path, "partitions = 5\n")
+    assert cli.main(["dev", "--config", path]) == 0
+    ((_, (settings,), kwargs),) = calls
+    assert (settings.partitions, kwargs) == (5, {"demo": True, "config": path})
 
 
 def test_config_file_reaches_the_service(calls: list[Any], tmp_path: Path) -> None:
