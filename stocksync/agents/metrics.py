@@ -6,7 +6,30 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["WorkerMetrics"]
 
-_FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+_FRESHNESS_BUCKETS = (
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.35,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    3600,
+)
 _BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 50000)
 
 
@@ -32,6 +55,11 @@ class WorkerMetrics:
             "stocksync_events_skipped_total",
             "Events already applied (redelivered or duplicated by their producer).",
             ["topic", "why"],
+            registry=r,
+        )
+        self.effects_sent = Counter(
+            "stocksync_effects_sent_total",
+            "Per-SKU effects sent by translators to the effects topic.",
             registry=r,
         )
         self.effects_applied = Counter(

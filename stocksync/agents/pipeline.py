@@ -241,6 +241,8 @@ class Translator:
                 metrics=self.metrics,
                 stage="effects",
             )
+        if self.metrics is not None:
+            self.metrics.effects_sent.inc(sent)
         if changed and self.store is not None:
             store = self.store
             await retrying(

@@ -97,8 +97,18 @@ def _health_app(pipeline: Pipeline, state: dict[str, bool]) -> web.Application:
     return app
 
 
-async def serve(settings: Settings, *, handle_signals: bool = True) -> None:
-    """Run the worker until it is stopped (a signal, or cancellation of this coroutine)."""
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    metrics: WorkerMetrics | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run the worker until it is stopped (a signal, or cancellation of this coroutine).
+
+    ``metrics`` lets a caller in the same process watch the worker (benchmarks);
+    ``ready`` is set once the worker has its partitions.
+    """
     names = topic_names(settings)
     try:
         counts = await ensure_topics(settings.broker, settings)
@@ -109,7 +119,7 @@ async def serve(settings: Settings, *, handle_signals: bool = True) -> None:
         ", ".join(f"{name} ({count} partitions)" for name, count in counts.items()),
     )
     store = await _connect_redis(settings)
-    metrics = WorkerMetrics()
+    metrics = metrics or WorkerMetrics()
     pipeline = Pipeline(
         settings=settings,
         topics=names,
@@ -147,6 +157,8 @@ async def serve(settings: Settings, *, handle_signals: bool = True) -> None:
             shutdown_timeout=settings.worker.shutdown_timeout,
         )
         state["ready"] = True
+        if ready is not None:
+            ready.set()
         log.info("worker ready: consuming %s", ", ".join(names.sources))
         await worker.wait_finished()
     finally:

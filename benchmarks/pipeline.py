@@ -1,0 +1,448 @@
+"""Pipeline benchmarks: stocksync's worker against Faust's and the transport's ceilings.
+
+Run ``python -m benchmarks.pipeline`` (``--json`` for machine-readable output).
+It starts one embedded broker and one ``redis-server`` on free loopback ports,
+then runs every scenario in a fresh subprocess against them, so each figure
+and its baseline come from the same run on the same services:
+
+``faust_bare``       a Faust agent with stocksync's settings doing nothing per
+                     one-event message (the Faust ceiling)
+``aiokafka``         one aiokafka consumer reading the same messages (the transport ceiling)
+``pipeline_single``  stocksync's whole pipeline, produce to Redis, one-event
+                     messages in a realistic mix (80% stock, 20% orders and returns)
+``pipeline_bulk``    the same with an ERP full export: 100,000 snapshots in bulk
+                     messages of 100 events
+``freshness``        a steady 2,000 events/s; produce-to-Redis age of each
+                     applied effect (p50/p99, from the worker's histogram)
+
+Messages are produced before each consumer starts and timing starts when the
+consumer is ready, so the figures are processing rates, not producer rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SCENARIOS", "main"]
+
+SCENARIOS = ("faust_bare", "aiokafka", "pipeline_single", "pipeline_bulk", "freshness")
+PARTITIONS = 8
+
+
+# --- shared helpers (run inside a scenario's subprocess) ---------------------------------
+
+
+def _settings(broker: str, redis_url: str, prefix: str) -> Any:
+    from stocksync.config.settings import Settings, WorkerSettings
+
+    return Settings(
+        broker=broker,
+        redis_url=redis_url,
+        topic_prefix=prefix,
+        partitions=PARTITIONS,
+        redis_namespace=prefix,
+        worker=WorkerSettings(port=0, group_id=prefix),
+    )
+
+
+async def _produce(bootstrap: str, settings: Any, messages: list[Any]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from stocksync.agents.topics import ensure_topics, topic_names
+
+    await ensure_topics(bootstrap, settings)
+    names = topic_names(settings)
+    topic_of = {"stock": names.stock, "orders": names.orders, "returns": names.returns}
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        max_batch_size=1_048_576,
+        max_request_size=8_388_608,
+    )
+    await producer.start()
+    try:
+        pending = [await producer.send(topic_of[m.kind], m.value, key=m.key) for m in messages]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def _demo(settings: Any, skus: int) -> Any:
+    from stocksync.daemon.demo import DemoStream, demo_skus
+
+    return DemoStream(
+        skus=demo_skus(skus),
+        nodes=sorted({n for c in settings.channels for n in c.nodes}),
+        channels=[c.name for c in settings.channels],
+        seed=42,
+    )
+
+
+def _single_messages(settings: Any, count: int) -> list[Any]:
+    return list(_demo(settings, 10_000).events(count))
+
+
+async def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def _counter(metric: Any) -> float:
+    return float(
+        sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith("_total"))
+    )
+
+
+# --- scenarios --------------------------------------------------------------------------
+
+
+async def faust_bare(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
+    """A do-nothing Faust agent on the three source topics."""
+    from stocksync.agents.app import create_app, raw_topic, start_worker, stop_worker
+    from stocksync.agents.topics import topic_names
+
+    settings = _settings(f"kafka://{bootstrap}", redis_url, f"b{uuid.uuid4().hex[:8]}")
+    messages = _single_messages(settings, events)
+    await _produce(bootstrap, settings, messages)
+    names = topic_names(settings)
+    app = create_app(settings, datadir=tempfile.mkdtemp())
+    seen = 0
+
+    async def drain(stream: Any) -> None:
+        nonlocal seen
+        async for batch in stream.take_events(settings.worker.batch_size, 0.05):
+            seen += len(batch)
+
+    for name in names.sources:
+        app.agent(raw_topic(app, name), name=f"bare.{name}")(drain)
+    worker = await start_worker(app, timeout=60)
+    started = time.perf_counter()
+    try:
+        await _wait(lambda: seen >= events, 600, "the bare agent")
+        elapsed = time.perf_counter() - started
+    finally:
+        await stop_worker(worker)
+    return {"messages": events, "seconds": elapsed, "messages_per_s": events / elapsed}
+
+
+async def aiokafka(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
+    """One aiokafka consumer reading the same messages."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from stocksync.agents.topics import topic_names
+
+    settings = _settings(f"kafka://{bootstrap}", redis_url, f"k{uuid.uuid4().hex[:8]}")
+    await _produce(bootstrap, settings, _single_messages(settings, events))
+    names = topic_names(settings)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8_388_608,
+        fetch_max_bytes=8_388_608,
+    )
+    consumer.assign([TopicPartition(t, p) for t in names.sources for p in range(PARTITIONS)])
+    await consumer.start()
+    seen = 0
+    started = time.perf_counter()
+    try:
+        while seen < events:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            seen += sum(len(records) for records in batch.values())
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return {"messages": events, "seconds": elapsed, "messages_per_s": events / elapsed}
+
+
+async def _run_worker(
+    bootstrap: str, redis_url: str, messages: list[Any], events: int, profile: bool
+) -> dict[str, Any]:
+    from stocksync.agents.metrics import WorkerMetrics
+    from stocksync.daemon.worker import serve
+
+    settings = _settings(f"kafka://{bootstrap}", redis_url, f"p{uuid.uuid4().hex[:8]}")
+    await _produce(bootstrap, settings, messages)
+    metrics = WorkerMetrics()
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(settings, handle_signals=False, metrics=metrics, ready=ready))
+    await asyncio.wait_for(ready.wait(), 60)
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    started = time.perf_counter()
+
+    def translated() -> float:
+        return sum(
+            _counter(m)
+            for m in (metrics.events_consumed, metrics.events_rejected, metrics.events_skipped)
+        )
+
+    def applied() -> bool:
+        done = _counter(metrics.effects_applied) + _counter(metrics.effects_skipped)
+        return translated() >= events and done >= _counter(metrics.effects_sent)
+
+    try:
+        await _wait(applied, 900, "the pipeline")
+        elapsed = time.perf_counter() - started
+    finally:
+        if profiler:
+            profiler.disable()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    result: dict[str, Any] = {
+        "events": events,
+        "seconds": elapsed,
+        "events_per_s": events / elapsed,
+        "effects": _counter(metrics.effects_sent),
+        "skus_written": _counter(metrics.skus_written),
+    }
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+        result["profile"] = out.getvalue()
+    return result
+
+
+async def pipeline_single(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
+    """stocksync's pipeline over one-event messages, realistic mix."""
+    from stocksync.config.settings import Settings
+
+    messages = _single_messages(Settings(), events)
+    result = await _run_worker(bootstrap, redis_url, messages, events, profile=False)
+    result["messages_per_s"] = result["events_per_s"]
+    return result
+
+
+async def pipeline_bulk(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
+    """stocksync's pipeline over an ERP export of 100,000 snapshots in bulk messages of 100."""
+    from stocksync.config.settings import Settings
+
+    snapshots = 100_000
+    nodes = 2
+    demo = _demo(Settings(), snapshots // nodes)
+    messages = list(demo.snapshots(per_message=100))
+    profile = os.environ.get("BENCH_PROFILE") == "1"
+    return await _run_worker(bootstrap, redis_url, messages, snapshots, profile=profile)
+
+
+async def freshness(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
+    """Produce at a steady 2,000 events/s; the worker's produce-to-Redis freshness."""
+    from aiokafka import AIOKafkaProducer
+
+    from stocksync.agents.metrics import WorkerMetrics
+    from stocksync.agents.topics import ensure_topics, topic_names
+    from stocksync.daemon.worker import serve
+
+    rate, seconds = 2000, 15
+    settings = _settings(f"kafka://{bootstrap}", redis_url, f"f{uuid.uuid4().hex[:8]}")
+    await ensure_topics(bootstrap, settings)
+    names = topic_names(settings)
+    topic_of = {"stock": names.stock, "orders": names.orders, "returns": names.returns}
+    metrics = WorkerMetrics()
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(settings, handle_signals=False, metrics=metrics, ready=ready))
+    await asyncio.wait_for(ready.wait(), 60)
+    demo = _demo(settings, 10_000)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    await producer.start()
+    try:
+        tick = 0.01
+        per_tick = int(rate * tick)
+        started = time.perf_counter()
+        for step in range(int(seconds / tick)):
+            for m in demo.events(per_tick):
+                await producer.send(topic_of[m.kind], m.value, key=m.key)
+            delay = started + (step + 1) * tick - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await producer.flush()
+        achieved = rate * seconds / (time.perf_counter() - started)
+        await asyncio.sleep(2)
+    finally:
+        await producer.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    buckets = _histogram(metrics, "produced")
+    return {
+        "rate": achieved,
+        "effects": buckets[-1][1],
+        "p50_ms": _quantile(buckets, 0.5) * 1000,
+        "p99_ms": _quantile(buckets, 0.99) * 1000,
+    }
+
+
+def _histogram(metrics: Any, basis: str) -> list[tuple[float, float]]:
+    samples = [
+        (float(s.labels["le"]), s.value)
+        for m in metrics.freshness.collect()
+        for s in m.samples
+        if s.name.endswith("_bucket") and s.labels.get("basis") == basis
+    ]
+    return sorted(samples)
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            width = count - lower_count
+            fraction = (rank - lower_count) / width if width else 0.0
+            return lower_bound + (bound - lower_bound) * fraction
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+# --- runner -----------------------------------------------------------------------------
+
+
+def _scenario(name: str, bootstrap: str, redis_url: str, events: int) -> None:
+    from stocksync.agents.app import new_event_loop
+
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    function = globals()[name]
+    result = loop.run_until_complete(function(bootstrap, redis_url, events))
+    print(json.dumps(result))
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every scenario in its own subprocess and print the table (or JSON)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--events", type=int, default=30_000, help="one-event messages per run")
+    parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="run only these")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.scenario:
+        _scenario(args.scenario, args.bootstrap, args.redis, args.events)
+        return 0
+
+    from stocksync.daemon.services import RedisServer, TansuBroker
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        with (
+            TansuBroker(data_dir=Path(tmp) / "broker") as broker,
+            RedisServer(data_dir=Path(tmp) / "redis") as redis,
+        ):
+            for name in args.only or SCENARIOS:
+                print(f"running {name}...", file=sys.stderr, flush=True)
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.pipeline",
+                        "--scenario",
+                        name,
+                        "--bootstrap",
+                        broker.bootstrap,
+                        "--redis",
+                        redis.url,
+                        "--events",
+                        str(args.events),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    print(done.stderr[-3000:], file=sys.stderr)
+                    results[name] = {"error": f"exit status {done.returncode}"}
+                    continue
+                results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+                redis.flushall()
+    report = {"machine": _machine(), "results": results, "ratios": _ratios(results)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+    return 0
+
+
+def _ratios(results: dict[str, Any]) -> dict[str, float]:
+    def rate(name: str, key: str) -> float | None:
+        value = results.get(name, {}).get(key)
+        return float(value) if value else None
+
+    ratios: dict[str, float] = {}
+    c = rate("pipeline_single", "events_per_s")
+    a = rate("faust_bare", "messages_per_s")
+    b = rate("aiokafka", "messages_per_s")
+    if c and a:
+        ratios["c/a"] = c / a
+    if c and b:
+        ratios["c/b"] = c / b
+    return ratios
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    r = report["results"]
+    machine = report["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
+    rows = [
+        ("(a) bare Faust agent, one-event messages", r.get("faust_bare", {}), "messages_per_s"),
+        ("(b) aiokafka consumer, same messages", r.get("aiokafka", {}), "messages_per_s"),
+        ("(c) stocksync pipeline, one-event mix", r.get("pipeline_single", {}), "events_per_s"),
+        ("(d) stocksync pipeline, bulk x100", r.get("pipeline_bulk", {}), "events_per_s"),
+    ]
+    for label, result, key in rows:
+        value = result.get(key)
+        text = f"{value:,.0f}/s" if value else result.get("error", "-")
+        print(f"{label:<45} {text:>14}")
+    for name, value in report["ratios"].items():
+        print(f"{name:<45} {value:>14.2f}")
+    fresh = r.get("freshness", {})
+    if "p50_ms" in fresh:
+        print(
+            f"{'(e) freshness at ' + format(fresh['rate'], ',.0f') + ' events/s':<45} "
+            f"p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms"
+        )
+    profile = r.get("pipeline_bulk", {}).get("profile")
+    if profile:
+        print(profile)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
