@@ -362,37 +362,36 @@ def main(argv: list[str] | None = None) -> int:
     from stocksync.daemon.services import RedisServer, TansuBroker
 
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        with (
-            TansuBroker(data_dir=Path(tmp) / "broker") as broker,
-            RedisServer(data_dir=Path(tmp) / "redis") as redis,
-        ):
-            for name in args.only or SCENARIOS:
-                print(f"running {name}...", file=sys.stderr, flush=True)
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.pipeline",
-                        "--scenario",
-                        name,
-                        "--bootstrap",
-                        broker.bootstrap,
-                        "--redis",
-                        redis.url,
-                        "--events",
-                        str(args.events),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if done.returncode != 0:
-                    print(done.stderr[-3000:], file=sys.stderr)
-                    results[name] = {"error": f"exit status {done.returncode}"}
-                    continue
-                results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-                redis.flushall()
+    with (
+        tempfile.TemporaryDirectory() as tmp, TansuBroker(data_dir=Path(tmp) / "broker") as broker,
+        RedisServer(data_dir=Path(tmp) / "redis") as redis,
+    ):
+        for name in args.only or SCENARIOS:
+            print(f"running {name}...", file=sys.stderr, flush=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.pipeline",
+                    "--scenario",
+                    name,
+                    "--bootstrap",
+                    broker.bootstrap,
+                    "--redis",
+                    redis.url,
+                    "--events",
+                    str(args.events),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                print(done.stderr[-3000:], file=sys.stderr)
+                results[name] = {"error": f"exit status {done.returncode}"}
+                continue
+            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            redis.flushall()
     report = {"machine": _machine(), "results": results, "ratios": _ratios(results)}
     if args.json:
         print(json.dumps(report, indent=2))
