@@ -69,7 +69,8 @@ class ConfigError(Exception):
     """The configuration is missing, unreadable or invalid; the message is one line."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+        # Only line breaks go: other whitespace may be part of a value shown with !r.
+        super().__init__(" ".join(message.splitlines()))
 
 
 def config_path(path: str | None, env: Mapping[str, str]) -> str | None:

@@ -367,6 +367,12 @@ def test_env_message_names_variable_not_field(tmp_path: Path) -> None:
     assert "api.port" not in str(caught.value)
 
 
+def test_value_is_shown_exactly(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, '[[channels]]\nname = "web  shop"\nnodes = ["a"]\n')
+    assert "channels[0].name = 'web  shop' is invalid" in str(caught.value)
+
+
 def test_long_values_are_shortened(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_text(tmp_path, f'broker = "{"x" * 1000}"\n')
@@ -424,7 +430,7 @@ def test_empty_path(path: str | None, env: dict[str, str], match: str) -> None:
 
 
 def test_config_error_is_one_line() -> None:
-    assert str(ConfigError("a\nb  c")) == "a b c"
+    assert str(ConfigError("a\nb  c")) == "a b  c"
 
 
 def test_settings_reject_unknown_fields_directly() -> None:
