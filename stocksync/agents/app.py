@@ -4,11 +4,13 @@ Every choice below was measured with faust-streaming 0.15.3 against Tansu:
 
 - ``broker_session_timeout=6``, ``broker_rebalance_timeout=6`` and
   ``broker_heartbeat_interval=1``: a worker is ready (partitions assigned) about
-  4 s after ``start_worker`` is called; with Faust's defaults it takes about 31 s,
-  and a second worker joining the group waits as long for the rebalance.
+  4 s after ``start_worker`` is called, a second worker joining the group in
+  about 5 s (the first then holds half the partitions); with Faust's defaults
+  a start takes about 31 s.
 - ``stream_wait_empty=False``: the default waits for the current event of every
   agent before stopping and can hang shutdown forever; with it off a stop takes
-  milliseconds. Events being processed are redelivered, which idempotent
+  milliseconds, and SIGTERM to process exit took 0.2 s with an agent stuck
+  inside an event. Events being processed are redelivered, which idempotent
   effects absorb.
 - raw key and value serializers, app-wide and on every topic: ``value_type=bytes``
   alone still goes through the app's default (json) serializer.
@@ -18,7 +20,8 @@ Every choice below was measured with faust-streaming 0.15.3 against Tansu:
   for single-event messages and a lot for bulk ones.
 - the web server is off (the worker serves its own /metrics), there are no
   tables (durable state is in Redis), and Faust declares no topics
-  (``topic_allow_declare=False``, no leader topic): :func:`ensure_topics`
+  (``topic_allow_declare=False``, no leader topic):
+  :func:`stocksync.agents.topics.ensure_topics`
   creates them first, because a broker auto-creates a topic with its own
   default partition count as soon as a client names it.
 - Faust's worker installs SIGUSR2 -> pdb; this worker never does.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import zlib
 from collections.abc import Coroutine
@@ -327,6 +329,37 @@ def test_a_crashed_worker_stops_itself_and_reports_why(
     reason, seconds = run(scenario())
     assert isinstance(reason, RuntimeError)
     assert seconds < 5
+
+
+def test_sigterm_stops_a_worker_that_handles_signals_even_mid_event(
+    broker: TansuBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    settings = settings_for(broker, topic_prefix, partitions=1)
+    names = topic_names(settings)
+
+    async def scenario() -> float:
+        await ensure_topics(broker.bootstrap, settings)
+        app = create_app(settings, datadir=tmp_path)
+        stuck = asyncio.Event()
+
+        @app.agent(raw_topic(app, names.stock))
+        async def hang(stream: faust.StreamT[bytes]) -> None:
+            async for _ in stream.events():
+                stuck.set()
+                await asyncio.sleep(3600)  # never acks: stop must not wait for it
+
+        worker = await start_worker(app, timeout=30, handle_signals=True, shutdown_timeout=5)
+        try:
+            await _produce(broker.bootstrap, [(names.stock, 0, b"k", b"v")])
+            await stuck.wait()
+            started = time.monotonic()
+            os.kill(os.getpid(), signal.SIGTERM)
+            await worker.wait_finished()
+            return time.monotonic() - started
+        finally:
+            await stop_worker(worker)
+
+    assert run(scenario()) < 3
 
 
 @pytest.mark.slow
