@@ -38,11 +38,11 @@ class Keys:
         return text[text.index("{") + 1 : text.rindex("}")]
 
     def order(self, order_id: str) -> str:
-        """msgpack OrderState of one order."""
+        """Hash of one order: ``s`` msgpack OrderState, ``src`` + ``m`` how far it has read."""
         return f"{self.ns}:order:{{{order_id}}}"
 
     def rma(self, rma_id: str) -> str:
-        """msgpack RmaState of one RMA."""
+        """Hash of one RMA: ``s`` msgpack RmaState, ``src`` + ``m`` how far it has read."""
         return f"{self.ns}:rma:{{{rma_id}}}"
 
     def changes(self) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "Write",
+    "state_mark",
 ]
 
 
@@ -107,6 +108,29 @@ return conflicts
 """
 
 
+# KEYS[1]: one order/RMA state hash. ARGV: source partition, mark, state, ttl seconds.
+# Writes unless the stored state is from the same source partition and not older: a zombie
+# translator finishing a batch after a rebalance must not roll a newer state back.
+_SAVE_STATE = """
+local src = redis.call('HGET', KEYS[1], 'src')
+if src == ARGV[1] then
+  local mark = redis.call('HGET', KEYS[1], 'm')
+  if mark and mark >= ARGV[2] then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], 'src', ARGV[1], 'm', ARGV[2], 's', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+def state_mark(state: OrderState | RmaState) -> str:
+    """How far a state has read its source partition, as a string that sorts in read order."""
+    _, offset, index = state.wm
+    return f"{offset:020d}:{index:06d}"
+
+
 class RedisStore:
     """The read model in Redis (layout in :mod:`stocksync.readmodel.keys`)."""
 
@@ -123,6 +147,7 @@ class RedisStore:
         self.changes_maxlen = changes_maxlen
         self.state_ttl_seconds = state_ttl_seconds
         self._write = client.register_script(_WRITE_BATCH)
+        self._save_state = client.register_script(_SAVE_STATE)
 
     @classmethod
     def from_url(cls, url: str, keys: Keys, **options: int) -> RedisStore:
@@ -193,14 +218,14 @@ class RedisStore:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.get(key)
+                    pipe.hget(key, "s")
                 raw = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"loading {len(keys)} order/RMA states failed: {exc}") from exc
         return {i: decoder.decode(b) for i, b in zip(ids, raw, strict=True) if b}
 
     async def save_states(self, states: Iterable[OrderState | RmaState]) -> None:
-        """Store order and RMA states with the configured time to live."""
+        """Store order and RMA states with the configured time to live, never rolling one back."""
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 count = 0
@@ -210,7 +235,10 @@ class RedisStore:
                         if isinstance(state, OrderState)
                         else self.keys.rma(state.rma_id)
                     )
-                    pipe.set(key, state_encoder.encode(state), ex=self.state_ttl_seconds)
+                    args = [state.src, state_mark(state), state_encoder.encode(state)]
+                    await self._save_state(
+                        keys=[key], args=[*args, self.state_ttl_seconds], client=pipe
+                    )
                     count += 1
                 if count:
                     await pipe.execute()
@@ -227,6 +255,7 @@ class MemoryStore:
         self.versions: dict[str, int] = {}
         self.changes: list[tuple[str, int, bytes]] = []
         self.states: dict[str, bytes] = {}
+        self.marks: dict[str, tuple[str, str]] = {}
 
     async def load_positions(self, skus: Sequence[str]) -> dict[str, Position]:
         """Stored positions of ``skus`` (decoded copies)."""
@@ -267,6 +296,10 @@ class MemoryStore:
                 if isinstance(state, OrderState)
                 else f"rma:{state.rma_id}"
             )
+            stored = self.marks.get(key)
+            if stored is not None and stored[0] == state.src and stored[1] >= state_mark(state):
+                continue
+            self.marks[key] = (state.src, state_mark(state))
             self.states[key] = state_encoder.encode(state)
 
 

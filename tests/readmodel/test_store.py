@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import msgspec
 import pytest
@@ -13,17 +13,15 @@ import redis
 from stocksync.codecs.projections import projection_decoder
 from stocksync.codecs.state import OrderLine, OrderState, Position, RmaLine, RmaState
 from stocksync.readmodel.keys import Keys
-from stocksync.readmodel.store import MemoryStore, PositionStore, RedisStore, StoreUnavailable, Write
+from stocksync.readmodel.store import (
+    MemoryStore,
+    RedisStore,
+    StoreUnavailable,
+    Write,
+)
 
-T = TypeVar("T")
-
-
-def run(coro: Awaitable[T]) -> T:
-    """Run a coroutine to completion on a fresh loop."""
-    async def main() -> T:
-        return await coro
-
-    return asyncio.run(main())
+Store = MemoryStore | RedisStore
+Scenario = Callable[[Store], Awaitable[None]]
 
 
 def _proj(sku: str, version: int) -> bytes:
@@ -32,82 +30,106 @@ def _proj(sku: str, version: int) -> bytes:
     )
 
 
-class StoreContract:
-    """What every position/state store must do; subclasses provide ``make``."""
+def _write(sku: str, version: int, expected: int, **fields: object) -> Write:
+    position = Position(sku=sku, version=version, **fields)  # type: ignore[arg-type]
+    return Write(position, _proj(sku, version), expected)
 
-    make: Callable[[], object]
+
+class StoreContract:
+    """What every position/state store must do; subclasses say how to open one."""
+
+    def opened(self) -> AbstractAsyncContextManager[Store]:
+        raise NotImplementedError
+
+    def check(self, scenario: Scenario) -> None:
+        async def main() -> None:
+            async with self.opened() as store:
+                await scenario(store)
+
+        asyncio.run(main())
 
     def test_unknown_positions_are_absent(self) -> None:
-        store = self.make()
-        assert run(store.load_positions(["A", "B"])) == {}  # type: ignore[attr-defined]
+        async def scenario(store: Store) -> None:
+            assert await store.load_positions(["A", "B"]) == {}
+
+        self.check(scenario)
 
     def test_write_then_load_round_trips(self) -> None:
-        store = self.make()
-        pos = Position(sku="A", version=1, updated_at=5, demand={"web": 2})
-        assert run(store.write_batch([Write(pos, _proj("A", 1), 0)])) == []  # type: ignore[attr-defined]
-        assert run(store.load_positions(["A", "B"])) == {"A": pos}  # type: ignore[attr-defined]
+        async def scenario(store: Store) -> None:
+            write = _write("A", 1, 0, updated_at=5, demand={"web": 2})
+            assert await store.write_batch([write]) == []
+            assert await store.load_positions(["A", "B"]) == {"A": write.position}
+
+        self.check(scenario)
 
     def test_stale_version_refuses_the_whole_batch(self) -> None:
-        store = self.make()
-        run(store.write_batch([Write(Position(sku="A", version=1), _proj("A", 1), 0)]))  # type: ignore[attr-defined]
-        stale = Write(Position(sku="A", version=2, demand={"web": 1}), _proj("A", 2), 0)
-        fresh = Write(Position(sku="B", version=1), _proj("B", 1), 0)
-        assert run(store.write_batch([fresh, stale])) == ["A"]  # type: ignore[attr-defined]
-        loaded = run(store.load_positions(["A", "B"]))  # type: ignore[attr-defined]
-        assert loaded == {"A": Position(sku="A", version=1)}
+        async def scenario(store: Store) -> None:
+            await store.write_batch([_write("A", 1, 0)])
+            conflicts = await store.write_batch([_write("B", 1, 0), _write("A", 2, 0)])
+            assert conflicts == ["A"]
+            assert await store.load_positions(["A", "B"]) == {"A": Position(sku="A", version=1)}
+
+        self.check(scenario)
 
     def test_order_and_rma_states_round_trip(self) -> None:
-        store = self.make()
-        order = OrderState(order_id="o1", channel="web", lines={"1": OrderLine("A", 2, None)})
-        rma = RmaState(rma_id="r1", lines={"1": RmaLine("A", 1, 0, 0)})
-        run(store.save_states([order, rma]))  # type: ignore[attr-defined]
-        assert run(store.load_orders(["o1", "o2"])) == {"o1": order}  # type: ignore[attr-defined]
-        assert run(store.load_rmas(["r1", "o1"])) == {"r1": rma}  # type: ignore[attr-defined]
+        async def scenario(store: Store) -> None:
+            order = OrderState(order_id="o1", channel="web", lines={"1": OrderLine("A", 2, None)})
+            rma = RmaState(rma_id="r1", lines={"1": RmaLine("A", 1, 0, 0)})
+            await store.save_states([order, rma])
+            assert await store.load_orders(["o1", "o2"]) == {"o1": order}
+            assert await store.load_rmas(["r1", "o1"]) == {"r1": rma}
+
+        self.check(scenario)
+
+    def test_a_state_is_never_rolled_back_by_a_late_writer(self) -> None:
+        async def scenario(store: Store) -> None:
+            newer = OrderState(order_id="o1", channel="web", wm=(0, 9, 0), src="orders/0")
+            older = OrderState(order_id="o1", channel="app", wm=(0, 5, 0), src="orders/0")
+            await store.save_states([newer])
+            await store.save_states([older])
+            assert await store.load_orders(["o1"]) == {"o1": newer}
+            moved = OrderState(order_id="o1", channel="b2b", wm=(1, 0, 0), src="other/1")
+            await store.save_states([moved])
+            assert await store.load_orders(["o1"]) == {"o1": moved}
+
+        self.check(scenario)
 
 
 class TestMemoryStore(StoreContract):
     """The memory store keeps the contract."""
 
-    def make(self) -> MemoryStore:
-        return MemoryStore()
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Store]:
+        yield MemoryStore()
 
 
 class TestRedisStore(StoreContract):
     """The Redis store keeps the contract, and writes the layout the API reads."""
 
     @pytest.fixture(autouse=True)
-    def _url(self, redis_url: str) -> Iterator[None]:
+    def _url(self, redis_url: str) -> None:
         self.url = redis_url
-        yield
 
-    def make(self) -> PositionStore:
-        url = self.url
-
-        class Fresh:
-            """A store whose calls each use a client made on the running loop."""
-
-            def __getattr__(self, name: str) -> Callable[..., Awaitable[object]]:
-                async def call(*args: object) -> object:
-                    store = RedisStore.from_url(url, Keys("t"))
-                    try:
-                        return await getattr(store, name)(*args)
-                    finally:
-                        await store.close()
-
-                return call
-
-        return Fresh()  # type: ignore[return-value]
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Store]:
+        store = RedisStore.from_url(self.url, Keys("t"))
+        try:
+            yield store
+        finally:
+            await store.close()
 
     def test_batch_writes_hash_and_change_stream(self) -> None:
-        store = self.make()
-        a = Position(sku="A", version=1)
-        b = Position(sku="B", version=1)
-        run(store.write_batch([Write(a, _proj("A", 1), 0), Write(b, _proj("B", 1), 0)]))
+        async def scenario(store: Store) -> None:
+            await store.write_batch([_write("A", 1, 0), _write("B", 1, 0)])
+
+        self.check(scenario)
+        keys = Keys("t")
         client = redis.Redis.from_url(self.url)
         try:
-            keys = Keys("t")
             assert client.hget(keys.sku("A"), "v") == b"1"
-            assert projection_decoder.decode(client.hget(keys.sku("B"), "proj")).sku == "B"
+            proj = client.hget(keys.sku("B"), "proj")
+            assert isinstance(proj, bytes)
+            assert projection_decoder.decode(proj).sku == "B"
             entries = client.xrange(keys.changes())
             assert [e[1][b"sku"] for e in entries] == [b"A", b"B"]
             assert [e[1][b"v"] for e in entries] == [b"1", b"1"]
