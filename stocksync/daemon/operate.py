@@ -1,0 +1,67 @@
+"""Operator commands: ``dlq list``, ``dlq replay``, ``rebuild`` and ``reconcile``.
+
+The CLI calls one function here per command with the settings and the parsed
+arguments; each runs its coroutine from ``operate_*`` modules and returns the
+exit status: 0 done, 1 failed or refused. Reports go to stdout, progress and
+problems to stderr, audit lines to the ``stocksync.audit`` logger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Any, Final
+
+from stocksync.config.settings import Settings
+from stocksync.daemon.operate_io import OperateError
+
+__all__ = ["dlq_list", "dlq_replay", "operator_name"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+
+
+def operator_name() -> str:
+    """Who runs the command, for audit lines: ``$USER``, else ``unknown``."""
+    return os.environ.get("USER") or "unknown"
+
+
+def _run(command: str, work: Coroutine[Any, Any, int]) -> int:
+    try:
+        return asyncio.run(work)
+    except OperateError as exc:
+        print(f"stocksync {command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
+    """``stocksync dlq list [--reason R] [--limit N]``."""
+    from stocksync.daemon.operate_dlq import list_letters
+
+    async def work() -> int:
+        await list_letters(settings, sys.stdout, reason=args.reason, limit=args.limit)
+        return EXIT_OK
+
+    return _run("dlq list", work())
+
+
+def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """``stocksync dlq replay [--reason R] [--since T] [--dry-run] [--limit N]``."""
+    from stocksync.daemon.operate_dlq import replay_letters
+
+    async def work() -> int:
+        await replay_letters(
+            settings,
+            sys.stdout,
+            reason=args.reason,
+            since=args.since,
+            limit=args.limit,
+            dry_run=args.dry_run,
+            who=operator_name(),
+        )
+        return EXIT_OK
+
+    return _run("dlq replay", work())

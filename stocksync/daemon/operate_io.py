@@ -1,0 +1,230 @@
+"""Kafka and Redis access shared by the operator commands, and their audit log.
+
+Exceptions::
+
+    OperateError          an operator command cannot go on; the message says what to do
+     └── Refused          the command would be unsafe now (workers running, bad input)
+
+Topics are read with a plain aiokafka consumer: no consumer group, assigned
+to every partition, from the earliest offset up to the end offsets read at
+start. Some brokers (Tansu) under-report end offsets, so reading goes on past
+them until a poll has returned nothing for ``idle`` seconds. A topic that does
+not exist is never named to the broker (that would create it): topics are
+found by listing them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from stocksync.agents.topics import bootstrap_servers
+from stocksync.config.settings import Settings
+
+__all__ = [
+    "AUDIT_LOGGER",
+    "OperateError",
+    "Record",
+    "Refused",
+    "audit",
+    "kafka_options",
+    "open_producer",
+    "read_topics",
+    "redacted_url",
+    "redis_client",
+]
+
+log = logging.getLogger("stocksync.operate")
+_audit = logging.getLogger("stocksync.audit")
+
+#: The logger of the audit lines (JSON, like every log line).
+AUDIT_LOGGER: Final = "stocksync.audit"
+#: Records asked for per poll.
+_POLL_RECORDS: Final = 5000
+_POLL_MS: Final = 200
+
+
+class OperateError(Exception):
+    """An operator command cannot go on; the message says what to do."""
+
+
+class Refused(OperateError):
+    """The command would be unsafe now, or its input is invalid."""
+
+
+class Record:
+    """One Kafka record as read by an operator command."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp_ms", "topic", "value")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.timestamp_ms = timestamp_ms
+        self.headers = headers
+
+    def header(self, name: str) -> str | None:
+        """The first header ``name`` as text, or None."""
+        for key, value in self.headers:
+            if key == name and value:
+                try:
+                    return bytes(value).decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+        return None
+
+
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """Connection options every Kafka client of these commands gets."""
+    # The one place to add security_protocol, sasl_* and ssl_context when the
+    # settings carry them.
+    return {
+        "bootstrap_servers": bootstrap_servers(settings.broker),
+        "request_timeout_ms": 30_000,
+    }
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """A Redis client for the configured URL, bytes responses."""
+    return aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=30, socket_connect_timeout=5
+    )
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any user info replaced by ``***``."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def _unreachable(settings: Settings, exc: BaseException) -> OperateError:
+    return OperateError(
+        f"no Kafka broker answered at {bootstrap_servers(settings.broker)!r} ({exc}); start it"
+        " or fix the broker setting (STOCKSYNC_BROKER)"
+    )
+
+
+async def open_producer(settings: Settings) -> AIOKafkaProducer:
+    """A started producer that waits for every in-sync replica (acks=all)."""
+    producer = AIOKafkaProducer(
+        **kafka_options(settings), client_id="stocksync-operate", acks="all", linger_ms=5
+    )
+    try:
+        await producer.start()
+    except (KafkaConnectionError, OSError) as exc:
+        await producer.stop()
+        raise _unreachable(settings, exc) from exc
+    return producer
+
+
+async def read_topics(
+    settings: Settings,
+    topics: Sequence[str],
+    *,
+    idle: float = 1.0,
+    stall: float = 15.0,
+) -> AsyncIterator[tuple[list[Record], dict[str, int]]]:
+    """Batches of records of ``topics`` from the earliest offset to the end, with progress.
+
+    Yields ``(records, progress)`` where progress has ``read`` (records so far)
+    and ``expected`` (the sum of end minus start offsets at start). Missing
+    topics are skipped with a warning. Stops once every partition has reached its
+    end offset and a poll has found nothing for ``idle`` seconds, or when
+    nothing came for ``stall`` seconds before that (a warning says where).
+    """
+    consumer = AIOKafkaConsumer(
+        **kafka_options(settings),
+        client_id="stocksync-operate",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=_POLL_RECORDS,
+    )
+    try:
+        await consumer.start()
+    except (KafkaConnectionError, OSError) as exc:
+        await consumer.stop()
+        raise _unreachable(settings, exc) from exc
+    try:
+        existing = await consumer.topics()  # all topics: naming a missing one would create it
+        assigned: list[TopicPartition] = []
+        for topic in topics:
+            if topic not in existing:
+                log.warning("topic %s does not exist; nothing to read there", topic,
+                            extra={"topic": topic})
+                continue
+            partitions = consumer.partitions_for_topic(topic) or set()
+            assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not assigned:
+            return
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        starts = await consumer.beginning_offsets(assigned)
+        ends = await consumer.end_offsets(assigned)
+        progress = {
+            "read": 0,
+            "expected": sum(max(0, ends[tp] - starts[tp]) for tp in assigned),
+        }
+        positions = {tp: starts[tp] for tp in assigned}
+        quiet_since = time.monotonic()
+        while True:
+            batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_POLL_RECORDS)
+            records: list[Record] = []
+            for tp, messages in batches.items():
+                for m in messages:
+                    records.append(
+                        Record(m.topic, m.partition, m.offset, m.key, m.value,
+                               int(m.timestamp or 0), list(m.headers or ()))
+                    )
+                if messages:
+                    positions[tp] = messages[-1].offset + 1
+            if records:
+                progress["read"] += len(records)
+                quiet_since = time.monotonic()
+                yield records, dict(progress)
+                continue
+            reached = all(positions[tp] >= ends[tp] for tp in assigned)
+            waited = time.monotonic() - quiet_since
+            if reached and waited >= idle:
+                return
+            if waited >= stall:
+                short = [f"{tp.topic}[{tp.partition}]@{positions[tp]}<{ends[tp]}"
+                         for tp in assigned if positions[tp] < ends[tp]]
+                log.warning("nothing more arrived for %.0f s; stopping short of the end offsets"
+                            " at start: %s", stall, ", ".join(short))
+                return
+    except KafkaError as exc:
+        raise OperateError(f"reading {', '.join(topics)} failed: {exc!r}") from exc
+    finally:
+        await consumer.stop()
+
+
+def audit(who: str, what: str, count: int, **details: Any) -> None:
+    """One audit line on the ``stocksync.audit`` logger: who did what, when, to how many."""
+    when = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    _audit.info(
+        "%s by %s: %d", what, who, count,
+        extra={"who": who, "what": what, "when": when, "count": count, **details},
+    )
+

@@ -1,0 +1,1 @@
+"""Tests of the operator commands against a real broker and redis-server."""
