@@ -61,8 +61,10 @@ Identifier = Annotated[
     ),
 ]
 EventId = Annotated[str, Meta(min_length=1, max_length=128)]
-Source = Annotated[str, Meta(min_length=1, max_length=128)]
-CorrelationId = Annotated[str, Meta(min_length=1, max_length=256)]
+# The contract bounds event_id and the identifiers only: a longer source or
+# correlation id, or any shipment number, must not cost the event it came with.
+Source = Annotated[str, Meta(min_length=1)]
+CorrelationId = str
 Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with offset or Z")]
 NonNegative = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(gt=0)]
@@ -210,7 +212,7 @@ class OrderShipped(EventBase, frozen=True, tag="order.shipped"):
     """Lines of an order shipped from ``node``."""
 
     order_id: Identifier
-    shipment_id: Identifier
+    shipment_id: str
     node: Identifier
     lines: QtyLines
 
