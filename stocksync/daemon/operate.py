@@ -18,7 +18,7 @@ from typing import Any, Final
 from stocksync.config.settings import Settings
 from stocksync.daemon.operate_io import OperateError
 
-__all__ = ["dlq_list", "dlq_replay", "operator_name"]
+__all__ = ["dlq_list", "dlq_replay", "operator_name", "reconcile"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -65,3 +65,23 @@ def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run("dlq replay", work())
+
+
+def reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """``stocksync reconcile FILE [--apply] [--export CSV] [--metrics-file PATH]``."""
+    from stocksync.daemon.operate_reconcile import reconcile as compare_and_apply
+
+    return _run(
+        "reconcile",
+        compare_and_apply(
+            settings,
+            sys.stdout,
+            sys.stderr,
+            args.file,
+            apply=args.apply,
+            export=args.export,
+            # Not in the parser yet: getattr keeps this working before and after it is.
+            metrics_file=getattr(args, "metrics_file", None),
+            who=operator_name(),
+        ),
+    )

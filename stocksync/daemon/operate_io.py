@@ -34,6 +34,7 @@ __all__ = [
     "Record",
     "Refused",
     "audit",
+    "existing_topics",
     "kafka_options",
     "open_producer",
     "read_topics",
@@ -136,6 +137,18 @@ async def open_producer(settings: Settings) -> AIOKafkaProducer:
         await producer.stop()
         raise _unreachable(settings, exc) from exc
     return producer
+
+
+async def existing_topics(settings: Settings) -> set[str]:
+    """Every topic of the cluster (listing them names none, so creates none)."""
+    consumer = AIOKafkaConsumer(**kafka_options(settings), client_id="stocksync-operate")
+    try:
+        await consumer.start()
+        return set(await consumer.topics())
+    except (KafkaConnectionError, OSError) as exc:
+        raise _unreachable(settings, exc) from exc
+    finally:
+        await consumer.stop()
 
 
 async def read_topics(

@@ -52,3 +52,7 @@ class Keys:
     def meta(self) -> str:
         """Hash of deployment facts (layout version, topology fingerprint)."""
         return f"{self.ns}:meta"
+
+    def generation(self) -> str:
+        """String naming the live generation of the base namespace; absent: the base itself."""
+        return f"{self.ns}:generation"
