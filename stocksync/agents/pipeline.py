@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import msgspec
 
@@ -143,12 +143,14 @@ class Translator:
         self.outbox = outbox
         self.store = store
         self.window_ms = window_ms
-        self.metrics = metrics
+        self.metrics = metrics or WorkerMetrics()
         self.clock = clock
 
     async def process(self, messages: Sequence[SourceMessage]) -> int:
         """Translate a batch; returns how many effects were sent."""
         now = self.clock()
+        consumed: Counter[str] = Counter()
+        skipped: Counter[str] = Counter()
         letters: list[DeadLetterOut] = []
         valid: list[tuple[SourceMessage, int | None, Event, bytes]] = []
         for msg in messages:
@@ -209,14 +211,10 @@ class Translator:
                 )
                 continue
             if isinstance(outcome, core.Skipped):
-                if self.metrics is not None:
-                    self.metrics.events_skipped.labels(self.kind, outcome.why).inc()
+                skipped[outcome.why] += 1
                 log.debug("skipped %s event %s: %s", event.source, event.event_id, outcome.why)
                 continue
-            if self.metrics is not None:
-                self.metrics.events_consumed.labels(
-                    self.kind, type(event).__struct_config__.tag
-                ).inc()
+            consumed[cast(str, type(event).__struct_config__.tag)] += 1
             if entity is not None and new_state is not None:
                 states[entity] = new_state
                 changed[entity] = new_state
@@ -232,8 +230,7 @@ class Translator:
                 metrics=self.metrics,
                 stage="dlq",
             )
-            if self.metrics is not None:
-                self.metrics.dead_letters.inc(len(letters))
+            self.metrics.dead_letters.inc(len(letters))
         if payloads:
             await retrying(
                 lambda: self.outbox.send_effects(payloads),
@@ -241,8 +238,7 @@ class Translator:
                 metrics=self.metrics,
                 stage="effects",
             )
-        if self.metrics is not None:
-            self.metrics.effects_sent.inc(sent)
+        self._count(consumed, skipped, sent)
         if changed and self.store is not None:
             store = self.store
             await retrying(
@@ -252,6 +248,15 @@ class Translator:
                 stage="state",
             )
         return sent
+
+    def _count(self, consumed: Counter[str], skipped: Counter[str], sent: int) -> None:
+        # Counted per batch, not per event: a labelled inc costs more than translating.
+        metrics = self.metrics
+        for tag, n in consumed.items():
+            metrics.events_consumed.labels(self.kind, tag).inc(n)
+        for why, n in skipped.items():
+            metrics.events_skipped.labels(self.kind, why).inc(n)
+        metrics.effects_sent.inc(sent)
 
     async def _load_states(
         self, valid: Sequence[tuple[SourceMessage, int | None, Event, bytes]]
@@ -281,8 +286,7 @@ class Translator:
         correlation_id: str | None,
         now: int,
     ) -> DeadLetterOut:
-        if self.metrics is not None:
-            self.metrics.events_rejected.labels(self.kind, reason).inc()
+        self.metrics.events_rejected.labels(self.kind, reason).inc()
         log.warning(
             "rejected event at %s[%d]@%d%s: %s: %s",
             msg.topic,
@@ -327,7 +331,7 @@ class Applier:
         self.store = store
         self.topology = topology
         self.window_ms = window_ms
-        self.metrics = metrics
+        self.metrics = metrics or WorkerMetrics()
         self.cache_size = cache_size
         self.clock = clock
         self._cache: OrderedDict[str, Position] = OrderedDict()
@@ -355,8 +359,7 @@ class Applier:
             written = await self._apply_once(by_sku)
             if written is not None:
                 return written
-            if self.metrics is not None:
-                self.metrics.cas_conflicts.inc()
+            self.metrics.cas_conflicts.inc()
             log.info("another writer changed SKUs of this batch; reloading and re-applying")
 
     async def _apply_once(self, by_sku: dict[str, list[Effect]]) -> int | None:
@@ -386,7 +389,7 @@ class Applier:
                 for sku in by_sku:
                     self._cache.pop(sku, None)
                 return None
-        self._account(positions, by_sku, writes, applied_total, skipped_total, touched)
+        self._account(writes, applied_total, skipped_total, touched)
         return len(writes)
 
     async def _positions(self, skus: list[str]) -> dict[str, Position]:
@@ -415,39 +418,28 @@ class Applier:
         return found
 
     def _account(
-        self,
-        positions: dict[str, Position],
-        by_sku: dict[str, list[Effect]],
-        writes: list[Write],
-        applied: int,
-        skipped: int,
-        touched: list[Effect],
+        self, writes: list[Write], applied: int, skipped: int, touched: list[Effect]
     ) -> None:
+        oversold = self._oversold
         for w in writes:
-            pos = positions[w.position.sku]
-            for node in pos.nodes:
-                view = core.node_view(pos, node, self.topology)
-                if core.is_oversold(view):
-                    self._oversold.add((pos.sku, node))
+            pos = w.position
+            for name, node in pos.nodes.items():
+                on_hand = (node.snap or 0) + sum(delta for _, delta in node.changes)
+                if on_hand < node.reserved:
+                    oversold.add((pos.sku, name))
                 else:
-                    self._oversold.discard((pos.sku, node))
+                    oversold.discard((pos.sku, name))
         metrics = self.metrics
-        if metrics is None:
-            return
         metrics.effects_applied.inc(applied)
         metrics.effects_skipped.inc(skipped)
         metrics.skus_written.inc(len(writes))
-        metrics.oversold.set(len(self._oversold))
-        if writes:
-            now = time.time()
-            metrics.last_applied.set(now)
-            newest = 0
-            for effect in touched:
-                metrics.freshness.labels("occurred").observe(max(0.0, now - effect.at / 1e6))
-                if effect.produced:
-                    newest = max(newest, effect.produced)
-                    metrics.freshness.labels("produced").observe(
-                        max(0.0, now - effect.produced / 1e3)
-                    )
-            if newest:
-                metrics.last_event_produced.set(newest / 1e3)
+        metrics.oversold.set(len(oversold))
+        if not writes:
+            return
+        now = time.time()
+        metrics.last_applied.set(now)
+        metrics.freshness.observe_many("occurred", [now - e.at / 1e6 for e in touched])
+        produced = [e.produced for e in touched if e.produced]
+        if produced:
+            metrics.freshness.observe_many("produced", [now - p / 1e3 for p in produced])
+            metrics.last_event_produced.set(max(produced) / 1e3)

@@ -11,7 +11,7 @@ may add fields without breaking us.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import msgspec
@@ -82,10 +82,13 @@ AdjustReason = Literal[
 Disposition = Literal["restock", "damaged", "refurbish"]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def to_micros(ts: datetime) -> int:
     """Microseconds since the Unix epoch of an aware datetime: the UTC instant, exactly."""
-    delta = ts - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (ts - _EPOCH) // _MICROSECOND
 
 
 def _distinct(lines: list[object] | None, event: str) -> None:

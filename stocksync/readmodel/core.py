@@ -20,6 +20,7 @@ order/RMA states are updated in place (the applier's hot path); use
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
@@ -540,6 +541,7 @@ def status_of(available: int, low_stock_threshold: int) -> Status:
     return "in_stock"
 
 
+@functools.lru_cache(maxsize=64)
 def format_millis(ms: int) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-27T09:01:10.512Z``."""
     moment = datetime.fromtimestamp(ms // 1000, tz=UTC)

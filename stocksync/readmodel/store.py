@@ -19,11 +19,12 @@ Exceptions::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import hiredis
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from stocksync.codecs.state import OrderState, Position, RmaState, position_decoder, state_encoder
 from stocksync.readmodel.keys import POSITION_FIELD, PROJECTION_FIELD, VERSION_FIELD, Keys
@@ -131,8 +132,28 @@ def state_mark(state: OrderState | RmaState) -> str:
     return f"{offset:020d}:{index:06d}"
 
 
+# KEYS: SKU hashes. Returns each one's position field (false when absent), in order.
+_LOAD_POSITIONS = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  found[i] = redis.call('HGET', key, 'pos')
+end
+return found
+"""
+
+#: Most SKUs one script call writes: bounds how long Redis is busy with one call. The
+#: compare-and-set is per SKU, so a batch written in several calls stays correct: after a
+#: conflict the caller reloads, and what an earlier call wrote is skipped by its watermarks.
+WRITE_CHUNK = 2000
+
+
 class RedisStore:
-    """The read model in Redis (layout in :mod:`stocksync.readmodel.keys`)."""
+    """The read model in Redis (layout in :mod:`stocksync.readmodel.keys`).
+
+    Batch reads and writes are single script calls whose commands are packed by
+    hiredis in C: with tens of thousands of arguments per batch, redis-py's
+    pure-Python packing would cost more than the work itself.
+    """
 
     def __init__(
         self,
@@ -147,6 +168,7 @@ class RedisStore:
         self.changes_maxlen = changes_maxlen
         self.state_ttl_seconds = state_ttl_seconds
         self._write = client.register_script(_WRITE_BATCH)
+        self._load_positions = client.register_script(_LOAD_POSITIONS)
         self._save_state = client.register_script(_SAVE_STATE)
 
     @classmethod
@@ -168,39 +190,64 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis did not answer PING: {exc}") from exc
 
+    async def _evalsha(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a registered script with its command packed in C; load it first if needed."""
+        packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            try:
+                await connection.send_packed_command(packed)
+                return await connection.read_response()
+            except NoScriptError:
+                await self.client.script_load(script.script)
+                await connection.send_packed_command(packed)
+                return await connection.read_response()
+        except BaseException:
+            # A half-read reply would poison the next command on this connection.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+
     async def load_positions(self, skus: Sequence[str]) -> dict[str, Position]:
-        """Stored positions of ``skus`` in one pipelined round trip."""
+        """Stored positions of ``skus`` in one script call."""
         if not skus:
             return {}
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for sku in skus:
-                    pipe.hget(self.keys.sku(sku), POSITION_FIELD)
-                raw = await pipe.execute()
+            raw = await self._evalsha(self._load_positions, [self.keys.sku(s) for s in skus], ())
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"loading {len(skus)} positions failed: {exc}") from exc
         return {sku: position_decoder.decode(b) for sku, b in zip(skus, raw, strict=True) if b}
 
     async def write_batch(self, writes: Sequence[Write]) -> list[str]:
-        """Compare-and-set every SKU of the batch and append its change, in one script call."""
-        if not writes:
-            return []
-        keys = [self.keys.sku(w.position.sku) for w in writes]
-        keys.append(self.keys.changes())
-        args: list[bytes | str | int] = [len(writes), self.changes_maxlen]
-        for w in writes:
-            args += [
-                str(w.expected_version),
-                str(w.position.version),
-                state_encoder.encode(w.position),
-                w.projection,
-                w.position.sku,
-            ]
-        try:
-            conflicts = await self._write(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"writing a batch of {len(writes)} SKUs failed: {exc}") from exc
-        return [writes[int(i) - 1].position.sku for i in conflicts]
+        """Compare-and-set every SKU and append its change, in script calls of WRITE_CHUNK SKUs.
+
+        Returns the SKUs of the first chunk that conflicted (nothing of that chunk or
+        later ones is written).
+        """
+        for start in range(0, len(writes), WRITE_CHUNK):
+            chunk = writes[start : start + WRITE_CHUNK]
+            keys = [self.keys.sku(w.position.sku) for w in chunk]
+            keys.append(self.keys.changes())
+            args: list[bytes | str | int] = [len(chunk), self.changes_maxlen]
+            for w in chunk:
+                args += [
+                    w.expected_version,
+                    w.position.version,
+                    state_encoder.encode(w.position),
+                    w.projection,
+                    w.position.sku,
+                ]
+            try:
+                conflicts = await self._evalsha(self._write, keys, args)
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(
+                    f"writing a batch of {len(chunk)} SKUs failed: {exc}"
+                ) from exc
+            if conflicts:
+                return [chunk[int(i) - 1].position.sku for i in conflicts]
+        return []
 
     async def load_orders(self, order_ids: Sequence[str]) -> dict[str, OrderState]:
         """Stored states of these orders (one MGET-like pipeline)."""
@@ -235,10 +282,13 @@ class RedisStore:
                         if isinstance(state, OrderState)
                         else self.keys.rma(state.rma_id)
                     )
-                    args = [state.src, state_mark(state), state_encoder.encode(state)]
-                    await self._save_state(
-                        keys=[key], args=[*args, self.state_ttl_seconds], client=pipe
-                    )
+                    args: list[str | bytes | int] = [
+                        state.src,
+                        state_mark(state),
+                        state_encoder.encode(state),
+                        self.state_ttl_seconds,
+                    ]
+                    await self._save_state(keys=[key], args=args, client=pipe)
                     count += 1
                 if count:
                     await pipe.execute()

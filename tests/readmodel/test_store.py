@@ -14,6 +14,7 @@ from stocksync.codecs.projections import projection_decoder
 from stocksync.codecs.state import OrderLine, OrderState, Position, RmaLine, RmaState
 from stocksync.readmodel.keys import Keys
 from stocksync.readmodel.store import (
+    WRITE_CHUNK,
     MemoryStore,
     RedisStore,
     StoreUnavailable,
@@ -117,6 +118,17 @@ class TestRedisStore(StoreContract):
             yield store
         finally:
             await store.close()
+
+    def test_a_batch_larger_than_one_script_call_is_written_whole(self) -> None:
+        count = WRITE_CHUNK * 2 + 1
+
+        async def scenario(store: Store) -> None:
+            skus = [f"S{i}" for i in range(count)]
+            assert await store.write_batch([_write(s, 1, 0) for s in skus]) == []
+            loaded = await store.load_positions(skus)
+            assert sorted(p.version for p in loaded.values()) == [1] * count
+
+        self.check(scenario)
 
     def test_batch_writes_hash_and_change_stream(self) -> None:
         async def scenario(store: Store) -> None:
