@@ -18,7 +18,7 @@ from typing import Any, Final
 from stocksync.config.settings import Settings
 from stocksync.daemon.operate_io import OperateError
 
-__all__ = ["dlq_list", "dlq_replay", "operator_name", "reconcile"]
+__all__ = ["dlq_list", "dlq_replay", "operator_name", "rebuild", "reconcile"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -85,3 +85,24 @@ def reconcile(settings: Settings, args: argparse.Namespace) -> int:
             who=operator_name(),
         ),
     )
+
+
+def rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    """``stocksync rebuild [--yes] [--force]``."""
+    from stocksync.daemon.operate_rebuild import ask
+    from stocksync.daemon.operate_rebuild import rebuild as rebuild_model
+
+    async def work() -> int:
+        await rebuild_model(
+            settings,
+            sys.stdout,
+            sys.stderr,
+            yes=args.yes,
+            # Not in the parser yet: getattr keeps this working before and after it is.
+            force=getattr(args, "force", False),
+            who=operator_name(),
+            confirm=ask,
+        )
+        return EXIT_OK
+
+    return _run("rebuild", work())
