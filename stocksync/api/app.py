@@ -91,7 +91,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     ops = OperationalHandlers(status, metrics, encode(openapi_document(settings)))
     app.router.add_post("/v1/availability/query", availability.query)
-    app.router.add_get("/v1/availability/{sku:.*}", availability.get)
+    # Any characters, newlines included, so that every bad SKU gets invalid_sku.
+    app.router.add_get(r"/v1/availability/{sku:[\s\S]*}", availability.get)
     app.router.add_get(OPENAPI_PATH, ops.openapi)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)

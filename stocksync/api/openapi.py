@@ -43,6 +43,26 @@ def _errors(*statuses: str) -> dict[str, Any]:
     return {s: {"description": _ERRORS[s], "content": _json("ErrorBody")} for s in statuses}
 
 
+def _constrain_query(schema: dict[str, Any], channels: list[str], max_skus: int) -> None:
+    """Add to the generated QueryRequest schema what depends on configuration.
+
+    The Struct types ``skus`` as plain strings so a batch is decoded without a
+    regex per SKU; the API still answers ``invalid_sku``, which the document
+    says with the identifier pattern.
+    """
+    properties = schema["properties"]
+    properties["skus"] = {
+        **properties["skus"],
+        "maxItems": max_skus,
+        "items": {"type": "string", "pattern": IDENTIFIER_PATTERN},
+    }
+    if len(channels) == 1:
+        properties["channel"] = {"anyOf": [{"enum": channels}, {"type": "null"}], "default": None}
+    else:
+        properties["channel"] = {"enum": channels}
+        schema["required"] = sorted({*schema.get("required", []), "channel"})
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an API configured by ``settings``."""
     (_, components) = msgspec.json.schema_components(
@@ -50,12 +70,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         ref_template=_REF,
     )
     channels = [c.name for c in settings.channels]
+    _constrain_query(components["QueryRequest"], channels, settings.api.max_skus)
     correlation = {
         "name": "X-Correlation-ID",
         "in": "header",
         "required": False,
-        "description": "Echoed on the response; generated when absent.",
-        "schema": {"type": "string", "pattern": "^[!-~]{1,256}$"},
+        "description": (
+            "Echoed on the response when it is 1-256 visible ASCII characters;"
+            " otherwise, or when absent, a generated one is returned."
+        ),
+        "schema": {"type": "string"},
     }
     echoed = {
         "X-Correlation-ID": {

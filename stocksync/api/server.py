@@ -53,6 +53,22 @@ def _serve(settings: Settings, port: int, *, reuse_port: bool) -> int:
 
 
 async def _serve_until_stopped(settings: Settings, port: int, *, reuse_port: bool) -> int:
+    host = settings.api.host
+    try:  # bind first: a taken port fails at once, before any Redis work
+        sock = socket.create_server(
+            (host, port),
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            backlog=_BACKLOG,
+            reuse_port=reuse_port,
+        )
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%d: %s; pick another api.port or stop what uses it",
+            host,
+            port,
+            exc,
+        )
+        return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -65,18 +81,8 @@ async def _serve_until_stopped(settings: Settings, port: int, *, reuse_port: boo
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.api.host, port, reuse_port=reuse_port, backlog=_BACKLOG)
-        try:
-            await site.start()
-        except OSError as exc:
-            log.error(
-                "cannot listen on %s:%d: %s; pick another api.port or stop what uses it",
-                settings.api.host,
-                port,
-                exc,
-            )
-            return 1
-        log.info("availability API listening on http://%s:%d", settings.api.host, port)
+        await web.SockSite(runner, sock).start()
+        log.info("availability API listening on http://%s:%d", host, sock.getsockname()[1])
         await stop.wait()
         log.info("stopping the availability API")
     finally:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -19,6 +25,7 @@ from stocksync.readmodel.keys import PROJECTION_FIELD, VERSION_FIELD, Keys
 
 __all__ = [
     "NAMESPACE",
+    "ApiProcess",
     "TcpProxy",
     "eventually",
     "make_settings",
@@ -208,3 +215,74 @@ class TcpProxy:
             pass
         finally:
             sink.close()
+
+
+_SERVE = """
+import logging, sys
+import msgspec
+from stocksync.api.server import run
+from stocksync.config.settings import Settings
+logging.basicConfig(level=logging.INFO, format="%(process)d %(levelname)s %(name)s %(message)s")
+sys.exit(run(msgspec.json.decode(sys.argv[1], type=Settings), processes=int(sys.argv[2])))
+"""
+
+
+class ApiProcess:
+    """``stocksync.api.server.run`` in a child process, as ``stocksync api`` runs it."""
+
+    def __init__(self, settings: Settings, processes: int = 1) -> None:
+        self.settings = settings
+        self.url = f"http://{settings.api.host}:{settings.api.port}"
+        # A file, not a pipe: a pipe nobody reads could fill up and stall the child.
+        self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115  # closed in __exit__
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _SERVE, _encoder.encode(settings).decode(), str(processes)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Block until ``/readyz`` answers 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the API exited early:\n{self.output()}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(self.url + "/readyz", timeout=1) as resp,
+            ):
+                if resp.status == 200:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"the API was not ready within {timeout} s:\n{self.output()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``sig`` and wait for the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def output(self) -> str:
+        """Everything the process has printed so far."""
+        self._log.seek(0)
+        return self._log.read()
+
+    def __enter__(self) -> ApiProcess:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.stop()
+        self._log.close()
