@@ -14,7 +14,10 @@ then loads every projection in pages (SCAN + pipelined HGET), then follows the
 stream with XREAD BLOCK from the recorded id. It reconnects with backoff when
 Redis goes away and resyncs from its last id, or reloads when entries it had
 not read were trimmed or deleted, or the stream was reset. A version never goes
-backwards in memory.
+backwards in memory, except when ``stocksync rebuild`` switches the live
+generation (:mod:`stocksync.readmodel.generation`): then the model is replaced
+by the new generation's, which a ``reload`` entry on the old stream, or a
+changed generation pointer, announces.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from stocksync.codecs.events import IDENTIFIER_PATTERN
 from stocksync.codecs.projections import NodeAvailability, SkuProjection, projection_decoder
+from stocksync.readmodel.generation import RELOAD_FIELD, resolve_namespace
 from stocksync.readmodel.keys import PROJECTION_FIELD, Keys
 
 __all__ = [
@@ -60,6 +64,7 @@ DETAIL_SLOT: Final = 1
 FIRST_CHANNEL_SLOT: Final = 2
 
 _identifier = re.compile(IDENTIFIER_PATTERN)
+_RELOAD: Final = RELOAD_FIELD.encode()
 
 
 def is_identifier(text: str) -> bool:
@@ -109,10 +114,10 @@ class AvailabilityModel:
         entry = self.entries.get(sku)
         return None if entry is None else int(entry[VERSION_SLOT])
 
-    def apply(self, projection: SkuProjection) -> bool:
-        """Hold ``projection`` unless what is held is as new; tell whether it was taken."""
+    def apply(self, projection: SkuProjection, *, replace: bool = False) -> bool:
+        """Hold ``projection`` unless what is held is as new (or ``replace``); tell if taken."""
         held = self.entries.get(projection.sku)
-        if held is not None and held[VERSION_SLOT] >= projection.version:
+        if not replace and held is not None and held[VERSION_SLOT] >= projection.version:
             return False
         if not is_identifier(projection.sku):
             raise ValueError(f"projection has an invalid SKU {projection.sku!r}")
@@ -146,9 +151,17 @@ class AvailabilityModel:
         )
         return True
 
-    def apply_encoded(self, raw: bytes) -> bool:
-        """Decode a stored projection (JSON) and :meth:`apply` it."""
-        return self.apply(projection_decoder.decode(raw))
+    def apply_encoded(self, raw: bytes, *, replace: bool = False) -> str | None:
+        """Decode a stored projection (JSON) and :meth:`apply` it; its SKU if taken."""
+        projection = projection_decoder.decode(raw)
+        return projection.sku if self.apply(projection, replace=replace) else None
+
+    def retain(self, skus: set[str]) -> int:
+        """Forget every SKU not in ``skus``; return how many were forgotten."""
+        gone = [sku for sku in self.entries if sku not in skus]
+        for sku in gone:
+            del self.entries[sku]
+        return len(gone)
 
     def document(self, sku: str, channel: str, *, detail: bool = False) -> bytes | None:
         """The JSON answer for ``sku`` on ``channel``, or None if unknown there."""
@@ -251,6 +264,9 @@ class ModelSync:
     ) -> None:
         self.model = model
         self.client = client
+        #: Keys of the base namespace, where the generation pointer lives.
+        self.base = keys
+        #: Keys of the live generation, resolved at every load.
         self.keys = keys
         self.load_page = load_page
         self.read_count = read_count
@@ -371,9 +387,16 @@ class ModelSync:
         total = 0
         for _name, entries in reply:
             for entry_id, fields in entries:
+                if _RELOAD in fields:
+                    log.info(
+                        "the live generation moved to %r; reloading the model",
+                        fields[_RELOAD].decode(errors="replace"),
+                    )
+                    self._needs_load = True
+                    return  # the rest of this stream no longer matters
                 self._apply_change(fields)
                 self._last_id = parse_stream_id(entry_id)
-            total += len(entries)
+                total += 1
         if total:
             self._position_count += total
             self._last_applied_at = time.time()
@@ -397,12 +420,19 @@ class ModelSync:
         """Load every projection, recording the stream position first."""
         self._loading = True
         first = not self.model.loaded
+        namespace = await resolve_namespace(self.client, self.base.ns)
+        replace = namespace != self.keys.ns and not first
+        if namespace != self.keys.ns:
+            log.info("the live model is under %r", namespace)
+            self.keys = Keys(namespace)
+            self._stream = self.keys.changes()
         info = await self._stream_info()
         position, count = info.last_generated, info.entries_added
         started = time.perf_counter()
         seen = 0
         cursor: int = 0
         pattern = self.keys.sku_pattern()
+        kept: set[str] = set()  # with replace: the SKUs of the new generation
         log.info("loading the availability model from Redis (%s)", pattern)
         while True:
             cursor, keys = await self.client.scan(cursor, match=pattern, count=self.load_page)
@@ -415,7 +445,9 @@ class ModelSync:
                     if raw is None:
                         continue
                     try:
-                        self.model.apply_encoded(raw)
+                        taken = self.model.apply_encoded(raw, replace=replace)
+                        if replace and taken is not None:
+                            kept.add(taken)
                     except (ValueError, msgspec.DecodeError) as exc:
                         self._invalid += 1
                         log.error("skipping an invalid stored projection: %s", exc)
@@ -430,6 +462,9 @@ class ModelSync:
             )
             if cursor == 0:
                 break
+        if replace:
+            dropped = self.model.retain(kept)
+            log.info("generation switch: %d SKUs not in the new generation dropped", dropped)
         self._last_id = position
         self._position_count = count
         self._generation += 1
@@ -521,9 +556,14 @@ class ModelSync:
     async def _measure(self) -> None:
         """Measure how far behind the stream the model is, and spot lost entries."""
         last, count, generation = self._last_id, self._position_count, self._generation
+        namespace = await resolve_namespace(self.client, self.base.ns)
         info = await self._stream_info()
         if generation != self._generation:
             return  # a load moved our position meanwhile: this answer is about the old one
+        if namespace != self.keys.ns:  # e.g. a rollback, which appends no reload entry
+            log.info("the live generation is now %r; reloading the model", namespace)
+            self._needs_load = True
+            return
         reason = self._lost_entries(info, last, count)
         if reason is not None:
             log.warning("%s; reloading the model", reason)

@@ -116,9 +116,10 @@ def write(
     *projections: SkuProjection,
     maxlen: int | None = None,
     stream: bool = True,
+    namespace: str = NAMESPACE,
 ) -> None:
     """HSET each projection and XADD its change in one MULTI/EXEC, as the worker does."""
-    keys = Keys(NAMESPACE)
+    keys = Keys(namespace)
     pipe = client.pipeline(transaction=True)
     for proj in projections:
         raw = _encoder.encode(proj)

@@ -14,7 +14,10 @@ from aiohttp.test_utils import TestClient
 
 from stocksync.api.model import ModelSync, _StreamInfo
 from stocksync.daemon.services import RedisServer
+from stocksync.readmodel.generation import GENERATION_FIELD, RELOAD_FIELD, effective_namespace
+from stocksync.readmodel.keys import Keys
 from tests.api.helpers import (
+    NAMESPACE,
     TcpProxy,
     eventually,
     make_settings,
@@ -208,3 +211,42 @@ def test_lost_entries_rules(
     info: _StreamInfo, last: tuple[int, int], count: int, lost: bool
 ) -> None:
     assert (ModelSync._lost_entries(info, last, count) is not None) is lost
+
+
+def test_follows_a_generation_switch_and_its_rollback(redis_url: str, store: redis.Redis) -> None:
+    base = Keys(NAMESPACE)
+    write(store, projection("A", 5), projection("B", 1))
+
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            # What `stocksync rebuild` does: a full model in a new key space,
+            # the pointer switched, a reload entry on the old stream.
+            new_ns = effective_namespace(NAMESPACE, "g20261127T090003123Z")
+            write(store, projection("A", 2), projection("C", 1), namespace=new_ns)
+            store.set(base.generation(), "g20261127T090003123Z")
+            store.xadd(base.changes(), {RELOAD_FIELD: new_ns, GENERATION_FIELD: "g1"})
+
+            async def switched() -> bool:
+                return await _is(client, "C", 1) and not await _has(client, "B")
+
+            await eventually(switched)
+            assert await _version(client, "A") == 2  # the new generation wins, even if lower
+            assert await _metric(client, "stocksync_api_model_reloads_total") == 1
+            await eventually(lambda: _ready(client))
+            write(store, projection("A", 3), namespace=new_ns)
+            await eventually(lambda: _is(client, "A", 3))
+
+            # A rollback only moves the pointer back.
+            store.delete(base.generation())
+
+            async def rolled_back() -> bool:
+                return await _is(client, "A", 5) and not await _has(client, "C")
+
+            await eventually(rolled_back)
+            assert await _version(client, "B") == 1
+
+    run(scenario())
+
+
+async def _ready(client: Client) -> bool:
+    return await _status(client, "/readyz") == 200
