@@ -12,7 +12,9 @@ The model is rebuilt beside the live one and replaces it in one step:
    produce time of its messages, so de-duplication windows and ``updated_at``
    are those of the events, not of the rebuild;
 3. write every position, projection and order/RMA state into a fresh key
-   space ``{namespace}:{generation}`` (pipelined, in pages);
+   space ``{namespace}:{generation}`` (pipelined, in pages), each SKU's
+   version going on from the one it had in the live model, so versions and
+   ETags never repeat;
 4. set ``{namespace}:generation`` to the new generation (the switch, guarded
    by WATCH so two rebuilds cannot both win), then append a ``reload`` entry
    to the previous generation's change stream for processes following it.
@@ -42,6 +44,8 @@ from redis.exceptions import RedisError, WatchError
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.pipeline import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
+from stocksync.codecs.projections import projection_encoder
+from stocksync.codecs.state import position_decoder, state_encoder
 from stocksync.config.settings import Settings
 from stocksync.daemon.operate_io import (
     OperateError,
@@ -225,19 +229,43 @@ async def _replay_sources(settings: Settings, err: TextIO, result: RebuildResult
 
 
 async def _write_generation(
-    client: aioredis.Redis, keys: Keys, store: MemoryStore, settings: Settings, meta: dict[str, str]
+    client: aioredis.Redis,
+    keys: Keys,
+    old: Keys,
+    store: MemoryStore,
+    settings: Settings,
+    meta: dict[str, str],
 ) -> tuple[int, int, int]:
-    """Write the store's model under ``keys``; returns (SKUs, orders, RMAs) written."""
+    """Write the store's model under ``keys``; returns (SKUs, orders, RMAs) written.
+
+    A SKU's version goes on from its version in the ``old`` generation (the
+    rebuilt version is added to it), so versions, and the API's ETags made
+    from them, never repeat or go backwards across a rebuild.
+    """
+    topology = core.topology_of(settings)
     skus = list(store.positions)
     for start in range(0, len(skus), _PAGE):
+        page = skus[start : start + _PAGE]
         async with client.pipeline(transaction=False) as pipe:
-            for sku in skus[start : start + _PAGE]:
+            for sku in page:
+                pipe.hget(old.sku(sku), VERSION_FIELD)
+            before = await pipe.execute()
+        async with client.pipeline(transaction=False) as pipe:
+            for sku, raw in zip(page, before, strict=True):
+                version = store.versions[sku]
+                position, projection = store.positions[sku], store.projections[sku]
+                if raw is not None and int(raw) > 0:
+                    moved = position_decoder.decode(position)
+                    moved.version += int(raw)
+                    version = moved.version
+                    position = state_encoder.encode(moved)
+                    projection = projection_encoder.encode(core.project(moved, topology))
                 pipe.hset(
                     keys.sku(sku),
                     mapping={
-                        VERSION_FIELD: str(store.versions[sku]),
-                        POSITION_FIELD: store.positions[sku],
-                        PROJECTION_FIELD: store.projections[sku],
+                        VERSION_FIELD: str(version),
+                        POSITION_FIELD: position,
+                        PROJECTION_FIELD: projection,
                     },
                 )
             await pipe.execute()
@@ -360,7 +388,7 @@ async def rebuild(
         }
         try:
             result.skus, result.orders, result.rmas = await _write_generation(
-                client, Keys(new_ns), store, settings, meta
+                client, Keys(new_ns), Keys(old_ns), store, settings, meta
             )
             await _switch(
                 client, base, previous, generation, old_ns, new_ns,
