@@ -360,7 +360,7 @@ class ModelSync:
                     await self._measure()  # readiness need not wait for the monitor's tick
                     self._monitor_ok = True
                 await self._read_changes()
-                if not self._follower_ok:
+                if not self._follower_ok and self._redis_errors:
                     log.info("following the change stream %s again", self._stream)
                 self._follower_ok = True
                 backoff = self.backoff_min

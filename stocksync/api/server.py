@@ -137,12 +137,17 @@ def _supervise(settings: Settings, processes: int) -> int:
         log.info("started %d API processes on port %d", processes, port)
         while not stopping:
             done = wait([c.sentinel for c in children], timeout=0.5)
-            if done:
+            if done and not stopping:
                 dead = next(c for c in children if c.sentinel in done)
-                log.error(
-                    "API process %s exited with %s; stopping the others", dead.pid, dead.exitcode
-                )
-                status = 1
+                if dead.exitcode == 0:  # e.g. a signal sent to the whole process group
+                    log.info("API process %s stopped; stopping the others", dead.pid)
+                else:
+                    log.error(
+                        "API process %s exited with %s; stopping the others",
+                        dead.pid,
+                        dead.exitcode,
+                    )
+                    status = 1
                 break
     finally:
         for child in children:
@@ -155,6 +160,9 @@ def _supervise(settings: Settings, processes: int) -> int:
                 log.error("API process %s did not stop in time; killing it", child.pid)
                 child.kill()
                 child.join()
+                status = 1
+            elif child.exitcode not in (0, -signal.SIGTERM):
+                status = 1
         reserved.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
