@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Coroutine
@@ -30,6 +31,9 @@ def operator_name() -> str:
 
 
 def _run(command: str, work: Coroutine[Any, Any, int]) -> int:
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # aiokafka logs every assignment at info; keep stderr for our own lines.
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     try:
         return asyncio.run(work)
     except OperateError as exc:

@@ -158,15 +158,18 @@ class _Progress:
         self.err = err
         self.tty = err.isatty()
         self.last = 0.0
+        self.shown = ""
 
     def show(self, read: int, expected: int, skus: int, final: bool = False) -> None:
         """Report ``read`` of about ``expected`` messages."""
         now = time.monotonic()
         if not final and now - self.last < (0.2 if self.tty else _PROGRESS_EVERY):
             return
-        self.last = now
         share = f" ({min(100, read * 100 // expected)}%)" if expected else ""
         line = f"rebuild: read {read:,} of ~{expected:,} messages{share}, {skus:,} SKUs"
+        if line == self.shown and not (final and self.tty):
+            return
+        self.last, self.shown = now, line
         if self.tty:
             self.err.write("\r" + line + ("\n" if final else ""))
         else:
