@@ -23,6 +23,7 @@ import bisect
 import functools
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import cast
 
 import msgspec
 
@@ -40,6 +41,7 @@ from stocksync.codecs.events import (
     ReturnReceived,
     StockAdjusted,
     StockEvent,
+    StockPolicy,
     StockSnapshot,
     to_micros,
 )
@@ -404,13 +406,14 @@ def translate(
     window_ms: int,
 ) -> tuple[Outcome, OrderState | RmaState | None]:
     """Translate any event; ``state`` is its order's or RMA's state (None for stock)."""
-    if isinstance(event, OrderCreated | OrderAllocated | OrderCancelled | OrderShipped):
+    kind = _PLACEMENT[type(event)][0]
+    if kind == "stock":
+        return translate_stock(event, ref), None  # type: ignore[arg-type]
+    if kind == "orders":
         assert state is None or isinstance(state, OrderState)
-        return translate_order(event, state, ref, now_ms, window_ms)
-    if isinstance(event, ReturnAuthorized | ReturnReceived | ReturnInspected):
-        assert state is None or isinstance(state, RmaState)
-        return translate_return(event, state, ref, now_ms, window_ms)
-    return translate_stock(event, ref), None
+        return translate_order(event, state, ref, now_ms, window_ms)  # type: ignore[arg-type]
+    assert state is None or isinstance(state, RmaState)
+    return translate_return(event, state, ref, now_ms, window_ms)  # type: ignore[arg-type]
 
 
 # --- application --------------------------------------------------------------------------
@@ -420,7 +423,7 @@ def apply_effect(pos: Position, effect: Effect, now_ms: int, window_ms: int) -> 
     """Apply one effect to ``pos`` in place; False when it was a duplicate and was skipped."""
     ident = (effect.ofs, effect.idx, effect.seq)
     mark = pos.wm.get(effect.src)
-    if mark is not None and ident <= tuple(mark):
+    if mark is not None and ident <= mark:
         return False
     pos.wm[effect.src] = ident
     if effect.eid is not None:
@@ -440,14 +443,15 @@ def apply_effect(pos: Position, effect: Effect, now_ms: int, window_ms: int) -> 
                 pos.demand.pop(effect.channel, None)
         return True
     node = _node(pos, effect.node)
-    if isinstance(effect, Adjust):
-        if node.as_of is None or effect.at > node.as_of:
-            bisect.insort(node.changes, (effect.at, effect.delta))
-    elif isinstance(effect, Snapshot):
+    if isinstance(effect, Snapshot):
         if node.as_of is None or effect.as_of > node.as_of:
             node.snap = effect.on_hand
             node.as_of = effect.as_of
-            node.changes = [c for c in node.changes if c[0] > effect.as_of]
+            if node.changes:
+                node.changes = [c for c in node.changes if c[0] > effect.as_of]
+    elif isinstance(effect, Adjust):
+        if node.as_of is None or effect.at > node.as_of:
+            bisect.insort(node.changes, (effect.at, effect.delta))
     elif isinstance(effect, Policy):
         if node.policy_at is None or effect.at > node.policy_at:
             node.policy_at = effect.at
@@ -510,7 +514,9 @@ def node_view(pos: Position, node: str, topology: Topology) -> NodeView:
     if state is None:
         safety = topology.default_safety(node)
         return NodeView(0, 0, 0, safety, 0)
-    on_hand = (state.snap or 0) + sum(delta for _, delta in state.changes)
+    on_hand = state.snap or 0
+    for _, delta in state.changes:
+        on_hand += delta
     safety = state.safety if state.safety is not None else topology.default_safety(node)
     return NodeView(
         on_hand=on_hand,
@@ -548,29 +554,32 @@ def format_millis(ms: int) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
 
 
+def _node_availability(pos: Position, node: str, topology: Topology) -> NodeAvailability:
+    view = node_view(pos, node, topology)
+    return NodeAvailability(
+        node=node,
+        available=view.available,
+        on_hand=view.on_hand,
+        reserved=view.reserved,
+        quarantine=view.quarantine,
+        safety_stock=view.safety_stock,
+    )
+
+
 def project(pos: Position, topology: Topology) -> SkuProjection:
     """What the API serves for this SKU: every configured channel, with node detail."""
     updated = format_millis(pos.updated_at)
     channels: list[ChannelAvailability] = []
-    views: dict[str, NodeView] = {}
+    details: dict[str, NodeAvailability] = {}
     for spec in topology.channels:
         nodes: list[NodeAvailability] = []
         total = 0
         for node in spec.nodes:
-            view = views.get(node)
-            if view is None:
-                view = views[node] = node_view(pos, node, topology)
-            total += view.available
-            nodes.append(
-                NodeAvailability(
-                    node=node,
-                    available=view.available,
-                    on_hand=view.on_hand,
-                    reserved=view.reserved,
-                    quarantine=view.quarantine,
-                    safety_stock=view.safety_stock,
-                )
-            )
+            detail = details.get(node)
+            if detail is None:
+                detail = details[node] = _node_availability(pos, node, topology)
+            total += detail.available
+            nodes.append(detail)
         available = max(0, total - pos.demand.get(spec.name, 0) - spec.buffer)
         channels.append(
             ChannelAvailability(
@@ -586,32 +595,43 @@ def project(pos: Position, topology: Topology) -> SkuProjection:
     return SkuProjection(sku=pos.sku, version=pos.version, updated_at=updated, channels=channels)
 
 
+#: Per event type: the kind of topic it must arrive on, and the field holding its key
+#: (None for stock events, whose bulk messages may carry any key). A dict lookup on the
+#: type is the translators' dispatch: isinstance against a union is slow on the hot path.
+_PLACEMENT: dict[type, tuple[str, str | None]] = {
+    StockSnapshot: ("stock", None),
+    StockAdjusted: ("stock", None),
+    StockPolicy: ("stock", None),
+    OrderCreated: ("orders", "order_id"),
+    OrderAllocated: ("orders", "order_id"),
+    OrderCancelled: ("orders", "order_id"),
+    OrderShipped: ("orders", "order_id"),
+    ReturnAuthorized: ("returns", "rma_id"),
+    ReturnReceived: ("returns", "rma_id"),
+    ReturnInspected: ("returns", "rma_id"),
+}
+
+
 def key_of(event: Event) -> str | None:
     """The Kafka key an event belongs under: order_id, rma_id, or None for stock events."""
-    if isinstance(event, OrderCreated | OrderAllocated | OrderCancelled | OrderShipped):
-        return event.order_id
-    if isinstance(event, ReturnAuthorized | ReturnReceived | ReturnInspected):
-        return event.rma_id
-    return None
-
-
-#: The kind of topic each event family must arrive on.
-_KIND_OF_FAMILY = {"stock": "stock", "order": "orders", "return": "returns"}
+    field = _PLACEMENT[type(event)][1]
+    return None if field is None else cast(str, getattr(event, field))
 
 
 def check_placement(event: Event, kind: str, key: str | None, bulk: bool) -> Rejected | None:
     """Reject an event on the wrong topic, or an order/return event of a bulk message under
     another key."""
+    expected, field = _PLACEMENT[type(event)]
+    if expected == kind and (field is None or not bulk):
+        return None
     family = type(event).__struct_config__.tag
-    assert isinstance(family, str)
-    expected = _KIND_OF_FAMILY[family.split(".", 1)[0]]
     if expected != kind:
         return Rejected(
             Reason.WRONG_TOPIC,
             f"{family} events belong on the {expected} topic, not the {kind} topic",
         )
     own = key_of(event)
-    if bulk and own is not None and own != key:
+    if own != key:
         return Rejected(
             Reason.KEY_MISMATCH,
             f"{family} for {own!r} in a bulk message under key {key!r}; every event of a "
