@@ -227,10 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild",
         _operation("rebuild"),
         "rebuild the Redis read model from the topics",
-        "Drops the read model and replays the source topics from the start. The API\n"
-        "answers 503 not_ready until the model has caught up.",
+        "Rebuilds the model from the topics into a new key space and switches to it in\n"
+        "one step; stop the workers first. The API keeps answering from the old model\n"
+        "until the switch.",
     )
     rebuild.add_argument("--yes", action="store_true", help="do it without asking")
+    rebuild.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even while workers of the consumer group are active "
+        "(their writes to the old model are lost)",
+    )
 
     reconcile = command(
         "reconcile",
@@ -244,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--apply", action="store_true", help="send corrections for the differences found"
     )
     reconcile.add_argument("--export", metavar="CSV", help="also write the differences to CSV")
+    reconcile.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="also write the drift as Prometheus gauges to PATH (textfile collector format)",
+    )
     return parser
 
 

@@ -15,12 +15,14 @@ import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from stocksync.agents.app import create_app, new_event_loop, start_worker, stop_worker
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.streams import Pipeline, register
 from stocksync.agents.topics import TopicSetupError, ensure_topics, topic_names
 from stocksync.config.settings import Settings
+from stocksync.readmodel.generation import resolve_namespace
 from stocksync.readmodel.keys import Keys
 from stocksync.readmodel.store import RedisStore, StoreUnavailable
 
@@ -45,8 +47,12 @@ async def _connect_redis(settings: Settings, timeout: float = 30.0) -> RedisStor
     while True:
         try:
             await store.ping()
+            # After a rebuild the live model is a newer generation of the key space.
+            namespace = await resolve_namespace(store.client, settings.redis_namespace)
+            store.keys = Keys(namespace)
+            log.info("read model in Redis key space %s:*", namespace)
             return store
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, RedisError, OSError) as exc:
             if time.monotonic() >= deadline:
                 await store.close()
                 raise WorkerError(
