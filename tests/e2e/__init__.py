@@ -1,0 +1,1 @@
+"""End-to-end tests: real ``stocksync worker`` processes, the real broker, a real redis-server."""
