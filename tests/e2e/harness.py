@@ -548,6 +548,12 @@ class WorkerProcess:
         """Whether the current run is still running."""
         return self.proc is not None and self.proc.poll() is None
 
+    def describe(self) -> str:
+        """``name: running`` or ``name: exited N``, with the exit codes of earlier runs."""
+        now = "running" if self.alive else (
+            f"exited {self.proc.returncode}" if self.proc is not None else "not running")
+        return f"{self.name}: {now} (earlier runs: {self.exit_codes})"
+
     def _reap(self) -> int:
         assert self.proc is not None
         code = self.proc.wait(timeout=30)
@@ -816,7 +822,7 @@ class Cluster:
             sections.append(("e2e notes", "\n".join(self.notes)))
         for worker in self.workers.values():
             sections.append((
-                f"worker {worker.name} log ({worker.log_path}, exit codes {worker.exit_codes})",
+                f"worker {worker.describe()}, log {worker.log_path}",
                 worker.tail(80),
             ))
         return sections
@@ -914,10 +920,7 @@ class Cluster:
             if time.monotonic() > deadline or not any(w.alive for w in self.workers.values()):
                 raise AssertionError(
                     f"only {present} of {len(keys)} sentinel SKUs of round {round_} reached "
-                    "Redis; workers: " + ", ".join(
-                        f"{w.name} alive={w.alive} exits={w.exit_codes}"
-                        for w in self.workers.values()
-                    )
+                    "Redis; workers: " + "; ".join(w.describe() for w in self.workers.values())
                 )
             time.sleep(0.1)
         versions = self._versions()

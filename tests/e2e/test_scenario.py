@@ -167,3 +167,30 @@ def test_every_event_type_reaches_redis_as_the_contract_says(
     unknown_order = next(s for s in want if s.reason == Reason.UNKNOWN_ORDER)
     assert by_spot[unknown_order].record["correlation_id"] == "corr-404"
     assert by_spot[unknown_order].record["topic"] == cluster.topics["orders"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known bug: quantities have no upper bound in the event schema; a delta beyond "
+        "64 bits passes validation, then encoding its effect raises OverflowError in the "
+        "stock translator, the worker exits 75 and dies again on the same message after "
+        "every restart"
+    ),
+)
+def test_a_quantity_beyond_64_bits_is_dead_lettered_not_fatal(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """An absurd quantity is an invalid event: dead-lettered, and the events after it applied."""
+    cluster = make_cluster(partitions=2)
+    worker = cluster.start_worker()
+    w = cluster.wire
+    huge = w.adjusted(RED, "dc-east", 10**23, 5)
+    cluster.send([
+        single(bad(huge, Reason.INVALID_FIELD), kind="stock", key=RED),
+        single(w.snapshot(RED, "dc-east", 7, 10)),
+    ])
+    cluster.settle(timeout=30)
+    reference = cluster.check_model()
+    cluster.check_dead_letters(reference, exactly_once=True)
+    assert worker.alive
