@@ -46,6 +46,7 @@ import faust
 import uvloop
 from faust.types import AppT, EventT, StreamT
 
+from stocksync.config.connections import faust_broker_credentials
 from stocksync.config.settings import Settings
 
 __all__ = [
@@ -134,6 +135,9 @@ def create_app(
         "cython_optimizations": cython_available(),
         "worker_redirect_stdouts": False,
     }
+    credentials = faust_broker_credentials(settings)  # None: PLAINTEXT, Faust's default
+    if credentials is not None:
+        options["broker_credentials"] = credentials
     options.update(overrides)
     return faust.App(settings.worker.group_id, **options)
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from stocksync.config.connections import kafka_client_options
 from stocksync.config.settings import Settings
 
 __all__ = [
@@ -182,6 +183,7 @@ async def ensure_topics(
         bootstrap_servers=servers,
         client_id="stocksync-topics",
         request_timeout_ms=max(1000, int(timeout * 1000)),
+        **kafka_client_options(settings),
     )
     try:
         async with asyncio.timeout(timeout):

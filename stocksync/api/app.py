@@ -18,6 +18,7 @@ from stocksync.api.metrics import ApiMetrics
 from stocksync.api.middleware import AccessLog, CorrelationIds, request_middleware
 from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus
 from stocksync.api.openapi import OPENAPI_PATH, openapi_document
+from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
 from stocksync.readmodel.keys import Keys
 
@@ -48,6 +49,7 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         socket_timeout=_SOCKET_TIMEOUT,
         socket_connect_timeout=_CONNECT_TIMEOUT,
         retry=Retry(NoBackoff(), 0),  # the sync retries with its own backoff
+        **redis_client_options(settings),
     )
     sync = ModelSync(
         app[MODEL], client, Keys(settings.redis_namespace), load_page=settings.api.load_page

@@ -9,28 +9,44 @@ Every message names the field (``api.port``, ``channels[1].low_stock_threshold``
 ``nodes.dc-east.safety_stock``) or, when an environment variable set the value,
 that variable (``STOCKSYNC_API_PORT``), shows the bad value with ``!r`` and says
 what to do. The program stops on the first problem; it never starts half-configured.
+
+Passwords for Kafka (SASL) and Redis come from ``STOCKSYNC_KAFKA_PASSWORD`` /
+``STOCKSYNC_REDIS_PASSWORD`` in ``env``, else from the file named by
+``kafka.password_file`` / ``redis.password_file``, read here once; they land on the
+settings as a :class:`~stocksync.config.settings.Secret`, which prints as ``***``.
+A ``password`` key in the TOML is refused, and no message ever shows a password.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import ssl
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from stocksync.config.settings import Settings
+from stocksync.config.settings import (
+    KafkaSecuritySettings,
+    RedisSecuritySettings,
+    Secret,
+    Settings,
+)
 
 __all__ = [
     "CONFIG_ENV",
     "ENV_OVERRIDES",
+    "SECRET_ENV",
     "ConfigError",
     "bootstrap_servers",
     "config_path",
     "load_settings",
+    "redacted_url",
 ]
 
 #: The variable naming the configuration file when ``--config`` is not given.
@@ -47,6 +63,11 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "STOCKSYNC_API_PORT": "api.port",
     "STOCKSYNC_WORKER_HOST": "worker.host",
     "STOCKSYNC_WORKER_PORT": "worker.port",
+}
+#: Environment variables holding a password, with the table whose password they are.
+SECRET_ENV: Final[Mapping[str, str]] = {
+    "STOCKSYNC_KAFKA_PASSWORD": "kafka",
+    "STOCKSYNC_REDIS_PASSWORD": "redis",
 }
 _INT_OVERRIDES: Final = frozenset(
     {"STOCKSYNC_PARTITIONS", "STOCKSYNC_API_PORT", "STOCKSYNC_WORKER_PORT"}
@@ -96,11 +117,22 @@ def load_settings(path: str | None, env: Mapping[str, str]) -> Settings:
     raw: dict[str, Any] = {} if file is None else _read_toml(file, origin)
     overridden = _apply_env(raw, env)
     context = _Context(file, overridden, env)
+    _refuse_inline_passwords(raw, context)
     try:
         settings = msgspec.convert(raw, Settings)
     except msgspec.ValidationError as exc:
         raise context.from_validation(str(exc), raw) from None
     return _check(settings, context)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
 def bootstrap_servers(settings: Settings) -> list[str]:
@@ -169,7 +201,8 @@ def _check(settings: Settings, context: _Context) -> Settings:
         raise context.invalid(("broker",), settings.broker, f"expected {_BROKER_FORM}")
     problem = _redis_url_problem(settings.redis_url)
     if problem:
-        raise context.invalid(("redis_url",), settings.redis_url, problem)
+        shown = _show(redacted_url(settings.redis_url))
+        raise context.invalid(("redis_url",), settings.redis_url, problem, shown=shown)
 
     if not settings.channels:
         raise context.invalid(("channels",), [], "expected at least one channel", "add one")
@@ -207,7 +240,12 @@ def _check(settings: Settings, context: _Context) -> Settings:
             if value in first_token:
                 raise context.duplicate(("api", "tokens", i, field), value, first_token[value])
             first_token[value] = i
-    return msgspec.structs.replace(settings, broker="kafka://" + ";".join(servers))
+    return msgspec.structs.replace(
+        settings,
+        broker="kafka://" + ";".join(servers),
+        kafka=_check_kafka(settings.kafka, context),
+        redis=_check_redis(settings.redis, settings.redis_url, context),
+    )
 
 
 def _parse_broker(url: str) -> list[str] | None:
@@ -219,6 +257,223 @@ def _parse_broker(url: str) -> list[str] | None:
         if match is None or not 0 < int(match["port"]) < 65536:
             return None
     return servers
+
+
+# --- connection security -------------------------------------------------------------
+
+_SASL: Final = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+_TLS: Final = frozenset({"SSL", "SASL_SSL"})
+_TLS_FILES: Final = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+
+
+def _refuse_inline_passwords(raw: dict[str, Any], context: _Context) -> None:
+    """A ``password`` key in ``[kafka]`` or ``[redis]`` is an error that never shows it."""
+    for variable, table in SECRET_ENV.items():
+        section = raw.get(table)
+        if isinstance(section, dict) and "password" in section:
+            raise ConfigError(
+                f"{table}.password is not a setting: a password never goes in the configuration"
+                f" file; remove it {context.where} and put it in a file named by"
+                f" {table}.password_file, or in {variable}"
+            )
+
+
+def _check_kafka(kafka: KafkaSecuritySettings, context: _Context) -> KafkaSecuritySettings:
+    """Cross-field checks of ``[kafka]``; return it with the SASL password resolved."""
+    protocol = kafka.security_protocol
+    variable = "STOCKSYNC_KAFKA_PASSWORD"
+    if protocol in _SASL:
+        for field, what in (
+            ("sasl_mechanism", "one of 'PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512'"),
+            ("username", "the SASL user name"),
+        ):
+            if getattr(kafka, field) is None:
+                raise ConfigError(
+                    f"kafka.{field} is missing: security_protocol = {protocol!r} needs {what};"
+                    f" add it to [kafka] {context.where}"
+                )
+        password = _password("kafka", kafka.password_file, variable, context)
+        if password is None:
+            raise ConfigError(
+                f"kafka.password_file is missing: security_protocol = {protocol!r} needs a"
+                f" password; set {variable} or add password_file to [kafka] {context.where}"
+            )
+        kafka = msgspec.structs.replace(kafka, password=password)
+    else:
+        for field in ("sasl_mechanism", "username", "password_file"):
+            value = getattr(kafka, field)
+            if value is not None:
+                raise context.invalid(
+                    ("kafka", field),
+                    value,
+                    f"security_protocol = {protocol!r} does not authenticate",
+                    "set kafka.security_protocol to 'SASL_SSL' or 'SASL_PLAINTEXT', or remove it",
+                )
+        if variable in context.env:
+            raise ConfigError(
+                f"{variable} is set but kafka.security_protocol = {protocol!r} does not"
+                f" authenticate; unset {variable}, or set security_protocol to 'SASL_SSL' or"
+                f" 'SASL_PLAINTEXT' {context.where}"
+            )
+    _check_tls_files(
+        "kafka",
+        kafka,
+        protocol in _TLS,
+        f"security_protocol = {protocol!r} does not use TLS",
+        "set kafka.security_protocol to 'SSL' or 'SASL_SSL', or remove it",
+        context,
+    )
+    return kafka
+
+
+def _check_redis(
+    redis: RedisSecuritySettings, url: str, context: _Context
+) -> RedisSecuritySettings:
+    """Cross-field checks of ``[redis]`` against ``redis_url``; resolve the password."""
+    parts = urlsplit(url)
+    _check_tls_files(
+        "redis",
+        redis,
+        parts.scheme == "rediss",
+        "redis_url does not use TLS",
+        "use a rediss:// URL, or remove it",
+        context,
+    )
+    variable = "STOCKSYNC_REDIS_PASSWORD"
+    password = _password("redis", redis.password_file, variable, context)
+    if password is not None and parts.password is not None:
+        raise ConfigError(
+            f"redis_url has a password and {password.source} gives one too; remove the one in"
+            f" redis_url (a password in a URL is easily shown) {context.where}"
+        )
+    if redis.username is not None and parts.username:
+        raise ConfigError(
+            f"redis.username = {_show(redis.username)} and the user in redis_url both name a"
+            f" Redis user; keep one {context.where}"
+        )
+    if redis.username is not None and password is None and parts.password is None:
+        raise context.invalid(
+            ("redis", "username"),
+            redis.username,
+            "a Redis user needs a password",
+            f"set {variable} or redis.password_file, or remove it",
+        )
+    return redis if password is None else msgspec.structs.replace(redis, password=password)
+
+
+def _check_tls_files(
+    table: str,
+    section: KafkaSecuritySettings | RedisSecuritySettings,
+    tls: bool,
+    unused: str,
+    fix: str,
+    context: _Context,
+) -> None:
+    """TLS files must be readable when TLS is on, and absent when it is off."""
+    if not tls:
+        for field in _TLS_FILES:
+            value = getattr(section, field)
+            if value is not None:
+                raise context.invalid((table, field), value, unused, fix)
+        if not section.ssl_check_hostname:
+            raise context.invalid((table, "ssl_check_hostname"), False, unused, fix)
+        return
+    for field in _TLS_FILES:
+        value = getattr(section, field)
+        if value is not None:
+            _readable((table, field), value, context)
+    if section.ssl_keyfile is not None and section.ssl_certfile is None:
+        raise context.invalid(
+            (table, "ssl_keyfile"),
+            section.ssl_keyfile,
+            "a client key needs its certificate",
+            f"add {table}.ssl_certfile, or remove it",
+        )
+    _check_tls_loads(table, section, context)
+
+
+class _EncryptedKey(Exception):
+    """The client key asked for a passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise _EncryptedKey
+
+
+def _check_tls_loads(
+    table: str, section: KafkaSecuritySettings | RedisSecuritySettings, context: _Context
+) -> None:
+    """Load the CA bundle and the client certificate and key once, as the clients will."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if section.ssl_cafile is not None:
+        try:
+            tls.load_verify_locations(cafile=section.ssl_cafile)
+        except ssl.SSLError as exc:
+            raise context.invalid(
+                (table, "ssl_cafile"),
+                section.ssl_cafile,
+                f"it holds no PEM certificate{_reason(exc)}",
+                "give a PEM CA bundle",
+            ) from None
+    if section.ssl_certfile is not None:
+        key = "ssl_keyfile" if section.ssl_keyfile is not None else "ssl_certfile"
+        try:
+            tls.load_cert_chain(section.ssl_certfile, section.ssl_keyfile, _no_passphrase)
+        except _EncryptedKey:
+            raise context.invalid(
+                (table, key),
+                getattr(section, key),
+                "the private key is encrypted",
+                "give an unencrypted key and protect the file by its permissions",
+            ) from None
+        except ssl.SSLError as exc:
+            raise context.invalid(
+                (table, "ssl_certfile"),
+                section.ssl_certfile,
+                f"the certificate and key do not load together{_reason(exc)}",
+                f"give a PEM certificate and its key (in it or in {table}.ssl_keyfile)",
+            ) from None
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    return f" ({exc.reason})" if exc.reason else ""
+
+
+def _readable(path: Path, file: str, context: _Context) -> bytes:
+    """The contents of ``file``, named by setting ``path``; ConfigError says why not."""
+    try:
+        with open(file, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise context.invalid(path, file, "the file does not exist", "check the path") from None
+    except IsADirectoryError:
+        raise context.invalid(path, file, "it is a directory", "give the path of a file") from None
+    except OSError as exc:
+        raise context.invalid(
+            path, file, f"the file cannot be read ({exc.strerror})", "check its permissions"
+        ) from None
+
+
+def _password(table: str, file: str | None, variable: str, context: _Context) -> Secret | None:
+    """The password from ``variable`` (it wins) or from ``file``; never shown in a message."""
+    value = context.env.get(variable)
+    if value is not None:
+        if not value:
+            raise ConfigError(f"{variable} is set but empty; set it to the password or unset it")
+        return Secret(value, variable)
+    if file is None:
+        return None
+    path = (table, "password_file")
+    try:
+        text = _readable(path, file, context).decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise context.invalid(
+            path, file, "the file is not UTF-8 text", "save the password as UTF-8"
+        ) from None
+    if not text:
+        raise context.invalid(path, file, "the file is empty", "write the password into it")
+    return Secret(text, f"{_dotted(path)} {os.path.abspath(file)}")
 
 
 def _redis_url_problem(url: str) -> str | None:
@@ -252,18 +507,25 @@ class _Context:
         self.env = env
 
     def invalid(
-        self, path: Path, value: object, problem: str, fix: str | None = None
+        self,
+        path: Path,
+        value: object,
+        problem: str,
+        fix: str | None = None,
+        *,
+        shown: str | None = None,
     ) -> ConfigError:
-        """A bad value at ``path``, named by its variable when one set it."""
+        """A bad value at ``path``, named by its variable when one set it (``shown`` as given)."""
         variable = self.overridden.get(path)
         if variable is not None:
-            shown = _show(self.env[variable])
+            shown = shown or _show(self.env[variable])
             return ConfigError(
                 f"{variable} = {shown} is invalid: {problem}; set {variable} to a valid value"
                 " or unset it"
             )
         fix = f"{fix} {self.where}" if fix else f"change it {self.where}"
-        return ConfigError(f"{_dotted(path)} = {_show(value)} is invalid: {problem}; {fix}")
+        shown = shown or _show(value)
+        return ConfigError(f"{_dotted(path)} = {shown} is invalid: {problem}; {fix}")
 
     def duplicate(self, path: Path, value: object, first: int) -> ConfigError:
         """A value at ``path`` (``(..., index, field)``) that list entry ``first`` already has."""
@@ -401,12 +663,22 @@ def _converts(value: object, tp: Any) -> bool:
 def _field_names(tp: Any) -> list[str]:
     tp = _strip(tp)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-        return [field.encode_name for field in msgspec.structs.fields(tp)]
+        # ``password`` is filled in by the loader, never a key of the file.
+        return [
+            field.encode_name
+            for field in msgspec.structs.fields(tp)
+            if field.encode_name != "password"
+        ]
     return []
 
 
 def _expected(tp: Any) -> str | None:
     """What a value of type ``tp`` must be, in words, from its msgspec constraints."""
+    optional = (
+        typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+    )
+    if len(optional) == 2 and type(None) in optional:  # ``T | None``: say what T must be
+        return _expected(next(arg for arg in optional if arg is not type(None)))
     try:
         info = msgspec.inspect.type_info(tp)
     except (TypeError, ValueError):

@@ -3,10 +3,20 @@
 Built by :func:`stocksync.config.loader.load_settings` from a TOML file and the
 ``STOCKSYNC_*`` environment variables, then passed down; nothing below the CLI
 reads the environment. Unknown keys are errors, so a typo never passes silently.
+
+Passwords of the Kafka and Redis connections are never configuration values:
+the TOML names only a ``password_file``, and the loader reads that file (or
+``STOCKSYNC_KAFKA_PASSWORD`` / ``STOCKSYNC_REDIS_PASSWORD`` from the ``env`` the
+CLI hands it, which wins) into a :class:`Secret` on ``kafka.password`` /
+``redis.password``. A Secret is not a string: ``repr``, ``str`` and format give
+``***``, JSON encoding refuses it, and only ``reveal()`` gives the value, which
+the client option builders of :mod:`stocksync.config.connections` call. So the
+settings can be passed down, printed and logged whole without leaking it.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Literal
 
 import msgspec
@@ -17,8 +27,13 @@ from stocksync.codecs.events import Identifier
 __all__ = [
     "ApiSettings",
     "ChannelSettings",
+    "KafkaSecurityProtocol",
+    "KafkaSecuritySettings",
     "NodeSettings",
+    "RedisSecuritySettings",
+    "SaslMechanism",
     "Scope",
+    "Secret",
     "Settings",
     "TokenSettings",
     "WorkerSettings",
@@ -40,6 +55,38 @@ TopicPrefix = Annotated[
         description="1-64 characters from [A-Za-z0-9._-] (legal in Kafka topic names)",
     ),
 ]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+FilePath = Annotated[str, Meta(min_length=1, description="the path of a file")]
+UserName = Annotated[str, Meta(min_length=1, description="a non-empty user name")]
+
+
+class Secret:
+    """A password: shown as ``***`` everywhere; :meth:`reveal` gives the value."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        #: Where the value came from (a variable or a setting's file), safe to show.
+        self.source = source
+
+    def reveal(self) -> str:
+        """The secret value itself, for the client that needs it; never print it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
 
 
 class _Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -113,12 +160,48 @@ class WorkerSettings(_Config, frozen=True):
     shutdown_timeout: Annotated[float, Meta(gt=0)] = 15.0
 
 
+class KafkaSecuritySettings(_Config, frozen=True):
+    """How the Kafka clients authenticate and encrypt; PLAINTEXT does neither."""
+
+    security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    #: Required with SASL_PLAINTEXT and SASL_SSL, as are ``username`` and a password.
+    sasl_mechanism: SaslMechanism | None = None
+    username: UserName | None = None
+    #: A file holding the SASL password (one line); ``STOCKSYNC_KAFKA_PASSWORD`` wins.
+    password_file: FilePath | None = None
+    #: TLS (SSL, SASL_SSL): the CA bundle (else the system's), a client certificate and key.
+    ssl_cafile: FilePath | None = None
+    ssl_certfile: FilePath | None = None
+    ssl_keyfile: FilePath | None = None
+    ssl_check_hostname: bool = True
+    #: Set by the loader from ``STOCKSYNC_KAFKA_PASSWORD`` or ``password_file``; not a TOML key.
+    password: Secret | None = None
+
+
+class RedisSecuritySettings(_Config, frozen=True):
+    """How the Redis clients authenticate; TLS itself is chosen by a ``rediss://`` URL."""
+
+    #: An ACL user; without it the password is the ``default`` user's.
+    username: UserName | None = None
+    #: A file holding the password (one line); ``STOCKSYNC_REDIS_PASSWORD`` wins.
+    password_file: FilePath | None = None
+    #: TLS (``rediss://`` only): the CA bundle (else the system's), a client certificate and key.
+    ssl_cafile: FilePath | None = None
+    ssl_certfile: FilePath | None = None
+    ssl_keyfile: FilePath | None = None
+    ssl_check_hostname: bool = True
+    #: Set by the loader from ``STOCKSYNC_REDIS_PASSWORD`` or ``password_file``; not a TOML key.
+    password: Secret | None = None
+
+
 class Settings(_Config, frozen=True):
     """Everything stocksync is configured with."""
 
     #: Kafka bootstrap, ``kafka://host:port[;host:port]`` (the loader also takes a bare
     #: ``host:port`` and stores it in this form).
     broker: str = "kafka://127.0.0.1:9092"
+    #: A password in the URL works but is discouraged (check-config warns): use
+    #: ``redis.password_file`` or ``STOCKSYNC_REDIS_PASSWORD``.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Topics are ``{topic_prefix}.stock.v1``, ``.orders.v1``, ``.returns.v1``, ``.dlq``,
     #: ``.effects.v1``.
@@ -135,3 +218,5 @@ class Settings(_Config, frozen=True):
     nodes: dict[Identifier, NodeSettings] = msgspec.field(default_factory=dict)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    kafka: KafkaSecuritySettings = msgspec.field(default_factory=KafkaSecuritySettings)
+    redis: RedisSecuritySettings = msgspec.field(default_factory=RedisSecuritySettings)

@@ -30,6 +30,7 @@ from stocksync import __version__
 from stocksync.config import (
     CONFIG_ENV,
     ENV_OVERRIDES,
+    SECRET_ENV,
     ConfigError,
     Settings,
     TokenSettings,
@@ -94,6 +95,8 @@ _ENVIRONMENT = "\n".join(
         f"  --config PATH, else ${CONFIG_ENV}, else the embedded defaults; then these",
         "  variables override single settings:",
         *(f"    {name:<24} {field}" for name, field in ENV_OVERRIDES.items()),
+        "  and these give a password (they win over its password_file):",
+        *(f"    {name:<24} the {table} password" for name, table in SECRET_ENV.items()),
         "",
         "exit status: 0 done, 1 failed, 2 bad usage or configuration, 130 interrupted",
     ]
@@ -135,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         _check_config,
         "validate the configuration and print a summary of it",
         "Exits 0 when the configuration is valid; otherwise prints one line naming the\n"
-        "field and exits 2. Token secrets are never shown.",
+        "field and exits 2. Token secrets and passwords are never shown, only whether\n"
+        "a password is set and where it comes from.",
     )
     command(
         "schema",
@@ -312,6 +316,7 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def _check_config(args: argparse.Namespace) -> int:
     from stocksync.agents.topics import topic_names  # the names the worker uses
+    from stocksync.config.connections import security_summary, security_warnings
 
     settings = _load(args)
     topics = topic_names(settings)
@@ -329,6 +334,7 @@ def _check_config(args: argparse.Namespace) -> int:
         ),
         ("broker", f"{settings.broker} (bootstrap {', '.join(bootstrap_servers(settings))})"),
         ("redis", f"{_redacted(settings.redis_url)}, keys under {settings.redis_namespace!r}"),
+        *security_summary(settings),
         (
             "topics",
             f"{', '.join(topics.sources)} in; {', '.join(topics.owned)} written by stocksync"
@@ -362,6 +368,8 @@ def _check_config(args: argparse.Namespace) -> int:
     print("configuration is valid")
     for label, text in rows:
         print(f"  {label + ':':<{width}} {text}")
+    for warning in security_warnings(settings):
+        print(f"warning: {warning}")
     return EXIT_OK
 
 

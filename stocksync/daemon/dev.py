@@ -26,7 +26,7 @@ import msgspec
 import redis
 
 from stocksync.agents.topics import ensure_topics, topic_names
-from stocksync.config.settings import Settings
+from stocksync.config.settings import KafkaSecuritySettings, RedisSecuritySettings, Settings
 from stocksync.daemon.demo import DemoStream, demo_skus
 from stocksync.daemon.services import (
     RedisServer,
@@ -155,6 +155,14 @@ def _stop_children(children: list[subprocess.Popen[bytes]], timeout: float = 20.
 
 def run(settings: Settings, demo: bool = True, config: str | None = None) -> int:
     """Run broker, Redis, worker and API on this machine until Ctrl-C; returns the exit status."""
+    if settings.kafka != KafkaSecuritySettings() or settings.redis != RedisSecuritySettings():
+        print(
+            "stocksync dev: it runs a local plaintext broker and Redis; use a configuration"
+            " without [kafka] and [redis] security (nor STOCKSYNC_KAFKA_PASSWORD,"
+            " STOCKSYNC_REDIS_PASSWORD)",
+            file=sys.stderr,
+        )
+        return 2
     data = Path(tempfile.mkdtemp(prefix="stocksync-dev-"))
     children: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:

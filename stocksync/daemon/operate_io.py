@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from stocksync.agents.topics import bootstrap_servers
+from stocksync.config.connections import kafka_client_options, redis_client_options
 from stocksync.config.settings import Settings
 
 __all__ = [
@@ -95,19 +96,21 @@ class Record:
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
-    """Connection options every Kafka client of these commands gets."""
-    # The one place to add security_protocol, sasl_* and ssl_context when the
-    # settings carry them.
+    """Connection options every Kafka client of these commands gets, security included."""
     return {
         "bootstrap_servers": bootstrap_servers(settings.broker),
         "request_timeout_ms": 30_000,
+        **kafka_client_options(settings),
     }
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
-    """A Redis client for the configured URL, bytes responses."""
+    """A Redis client for the configured URL and credentials, bytes responses."""
     return aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=30, socket_connect_timeout=5
+        settings.redis_url,
+        socket_timeout=30,
+        socket_connect_timeout=5,
+        **redis_client_options(settings),
     )
 
 

@@ -21,6 +21,7 @@ from stocksync.agents.app import create_app, new_event_loop, start_worker, stop_
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.streams import Pipeline, register
 from stocksync.agents.topics import TopicSetupError, ensure_topics, topic_names
+from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
 from stocksync.readmodel.generation import resolve_namespace
 from stocksync.readmodel.keys import Keys
@@ -39,6 +40,7 @@ async def _connect_redis(settings: Settings, timeout: float = 30.0) -> RedisStor
     store = RedisStore.from_url(
         settings.redis_url,
         Keys(settings.redis_namespace),
+        client_options=redis_client_options(settings),
         changes_maxlen=settings.worker.changes_maxlen,
         state_ttl_seconds=settings.worker.state_ttl_days * 86_400,
     )

@@ -18,7 +18,7 @@ Exceptions::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import hiredis
@@ -172,10 +172,24 @@ class RedisStore:
         self._save_state = client.register_script(_SAVE_STATE)
 
     @classmethod
-    def from_url(cls, url: str, keys: Keys, **options: int) -> RedisStore:
-        """A store on a new connection pool for ``url`` (bytes responses, hiredis when present)."""
+    def from_url(
+        cls,
+        url: str,
+        keys: Keys,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+        **options: int,
+    ) -> RedisStore:
+        """A store on a new connection pool for ``url`` (bytes responses, hiredis when present).
+
+        ``client_options`` go to redis-py (credentials, TLS files).
+        """
         client = aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=10
+            url,
+            socket_timeout=5,
+            socket_connect_timeout=3,
+            health_check_interval=10,
+            **(client_options or {}),
         )
         return cls(client, keys, **options)
 
