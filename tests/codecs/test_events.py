@@ -401,3 +401,23 @@ def test_json_schema_is_generated_for_one_event_or_a_bulk_array() -> None:
             if "type" in d.get("properties", {})}
     assert tags == set(VALID)
 
+
+
+# --- fields the contract leaves free -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["SHP 551/2026#14", "x" * 200, "ÄÖ-7"])
+def test_shipment_id_is_not_an_identifier_and_takes_any_string(value: str) -> None:
+    # The contract's identifier rule names sku, node, order_id, line_id, rma_id and channel
+    # only; a WMS's shipment number must not cost the stock movement it reports.
+    decoded = decode_message(raw(event("order.shipped", shipment_id=value)))
+    assert decoded.rejections == []
+    assert decoded.events[0][1].shipment_id == value  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("field", "value"), [("source", "wms-" + "e" * 300),
+                                              ("correlation_id", "trace-" + "0" * 500)])
+def test_source_and_correlation_id_have_no_length_limit(field: str, value: str) -> None:
+    decoded = decode_message(raw(event("stock.adjusted", **{field: value})))
+    assert decoded.rejections == []
+    assert getattr(decoded.events[0][1], field) == value

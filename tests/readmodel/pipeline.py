@@ -10,6 +10,7 @@ effects are folded into per-SKU positions; the model is then read through
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from stocksync.readmodel.core import (
     SourceRef,
     Topology,
     apply_effects,
+    channel_available,
     copy_position,
     node_view,
     project,
@@ -46,6 +48,7 @@ __all__ = [
     "Pipeline",
     "build_model",
     "copy_state",
+    "pack",
 ]
 
 #: Source partitions per topic in these tests.
@@ -115,6 +118,16 @@ class Pipeline:
             return DUPLICATE
         return "partly applied" if skipped else APPLIED
 
+    def deliver_message(self, events: Sequence[Event]) -> list[tuple[SourceRef, str]]:
+        """One source record carrying ``events`` (a bulk array when more than one), under the
+        first event's key; each event's ref and verdict."""
+        record = self.record(events[0])
+        delivered = []
+        for index, event in enumerate(events):
+            ref = msgspec.structs.replace(record, index=index) if len(events) > 1 else record
+            delivered.append((ref, self.deliver(event, ref)))
+        return delivered
+
     def apply(self, effects: Iterable[Effect]) -> tuple[int, int]:
         """Fold effects into their SKUs' positions, one batch per SKU; (applied, skipped)."""
         by_sku: dict[str, list[Effect]] = {}
@@ -151,8 +164,12 @@ class Pipeline:
                     safety_stock=view.safety_stock,
                     available=view.available,
                 )
+            specs = {spec.name: spec for spec in self.topology.channels}
             for served in project(position, self.topology).channels:
                 channels[(sku, served.channel)] = ChannelFigures(served.available, served.status)
+                assert served.available == channel_available(
+                    position, specs[served.channel], self.topology
+                )
                 for detail in served.nodes or []:
                     shown = NodeFigures(
                         on_hand=detail.on_hand,
@@ -165,13 +182,42 @@ class Pipeline:
         return Model(verdicts=verdicts, nodes=figures, channels=channels)
 
 
+def _may_share_a_message(first: Event, other: Event) -> bool:
+    family, key = key_group(first)
+    other_family, other_key = key_group(other)
+    return family == other_family and (family == "stock" or key == other_key)
+
+
+def pack(events: Sequence[Event], sizes: Sequence[int] = ()) -> list[list[Event]]:
+    """Cut ``events`` into source messages, in order: runs of up to ``sizes[i]`` events that
+    may share a bulk message (stock events of any SKUs, or events of one order or RMA)."""
+    limits = itertools.cycle(sizes or (1,))
+    messages: list[list[Event]] = []
+    limit = next(limits)
+    for event in events:
+        if messages and len(messages[-1]) < limit and _may_share_a_message(messages[-1][0], event):
+            messages[-1].append(event)
+        else:
+            if messages:
+                limit = next(limits)
+            messages.append([event])
+    return messages
+
+
 def build_model(
     events_in_order: Sequence[Event],
     topology: Topology,
     skus: Sequence[str],
     nodes: Sequence[str],
+    *,
+    sizes: Sequence[int] = (),
 ) -> Model:
-    """Deliver every event once, in this order, and read the resulting model."""
+    """Deliver every event once, in this order, in messages cut by :func:`pack`, and read the
+    resulting model."""
     pipeline = Pipeline(topology)
-    verdicts = [pipeline.deliver(event) for event in events_in_order]
+    verdicts = [
+        verdict
+        for message in pack(events_in_order, sizes)
+        for _, verdict in pipeline.deliver_message(message)
+    ]
     return pipeline.model(skus, nodes, verdicts)

@@ -210,22 +210,10 @@ def inspected(
 # --- strategies ------------------------------------------------------------------------
 
 
-@st.composite
-def topologies(draw: st.DrawFn) -> Topology:
-    """Two channels over subsets of :data:`NODES`, with buffers, bands and node defaults."""
-    channels = []
-    for name in CHANNELS:
-        nodes = draw(st.lists(st.sampled_from(NODES), min_size=1, max_size=3, unique=True))
-        channels.append(
-            ChannelSpec(
-                name=name,
-                nodes=tuple(nodes),
-                buffer=draw(st.integers(0, 3)),
-                low_stock_threshold=draw(st.integers(0, 6)),
-            )
-        )
-    defaults = draw(st.dictionaries(st.sampled_from(NODES), st.integers(0, 3), max_size=2))
-    return Topology(channels=tuple(channels), safety_defaults=defaults)
+_DETAIL = st.integers(0, 2**96)
+_STOCK_EVENTS = st.integers(0, 12)
+_LIFECYCLE_STEPS = st.integers(0, 5)
+_COPIES = st.integers(0, 3)
 
 
 class _Digits:
@@ -254,6 +242,35 @@ class _Digits:
         """One of a few instants, sometimes written in another zone."""
         minute = self.between(0, 6)
         return t(minute).astimezone(self.pick((UTC, PLUS_TWO)))
+
+
+#: Non-empty node sets a channel may sell from, simplest first.
+_NODE_SETS = tuple(
+    subset for size in (1, 2, 3) for subset in itertools.combinations(NODES, size)
+)
+_SKU_SETS = tuple(
+    subset for size in (2, 3) for subset in itertools.combinations(SKUS, size)
+)
+
+
+def _topology(d: _Digits) -> Topology:
+    """Two channels over subsets of :data:`NODES`, with buffers, bands and node defaults."""
+    channels = tuple(
+        ChannelSpec(
+            name=name,
+            nodes=d.pick(_NODE_SETS),
+            buffer=d.pick((0, 0, 1, 2, 3)),
+            low_stock_threshold=d.between(0, 6),
+        )
+        for name in CHANNELS
+    )
+    defaults = {node: safety for node in NODES if (safety := d.pick((0, 0, 0, 1, 2, 3)))}
+    return Topology(channels=channels, safety_defaults=defaults)
+
+
+def topologies() -> st.SearchStrategy[Topology]:
+    """Random topologies: two channels, buffers, low-stock bands and node defaults."""
+    return st.builds(lambda n: _topology(_Digits(n)), _DETAIL)
 
 
 def _stock_event(d: _Digits, eid: str, skus: Sequence[str]) -> Event:
@@ -335,13 +352,8 @@ def _lines_of(event: Event) -> list[str]:
     return [line.line_id for line in getattr(event, "lines", None) or []]
 
 
-_DETAIL = st.integers(0, 2**96)
-
-
 @st.composite
-def keyed_scenarios(
-    draw: st.DrawFn, max_stock: int = 12, max_steps: int = 5, max_copies: int = 3
-) -> tuple[Topology, tuple[str, ...], list[list[Event]]]:
+def keyed_scenarios(draw: st.DrawFn) -> tuple[Topology, tuple[str, ...], list[list[Event]]]:
     """A topology, the SKUs in play, and the events of each key in their order.
 
     Stock events are random; each order and RMA gets a short lifecycle that
@@ -350,15 +362,16 @@ def keyed_scenarios(
     receipts without an authorization). A few exact copies of events (a
     producer's retries) are inserted later under the same key.
     """
-    topology = draw(topologies())
-    skus = tuple(draw(st.lists(st.sampled_from(SKUS), min_size=2, max_size=3, unique=True)))
+    setup = _Digits(draw(_DETAIL))
+    topology = _topology(setup)
+    skus = setup.pick(_SKU_SETS)
     numbers = itertools.count()
 
     def eid() -> str:
         return f"e{next(numbers)}"
 
     stock: dict[str, list[Event]] = {}
-    for _ in range(draw(st.integers(0, max_stock))):
+    for _ in range(draw(_STOCK_EVENTS)):
         event = _stock_event(_Digits(draw(_DETAIL)), eid(), skus)
         stock.setdefault(event.sku, []).append(event)  # type: ignore[union-attr]
     keyed = list(stock.values())
@@ -366,14 +379,14 @@ def keyed_scenarios(
         for key in ids:
             steps: list[Event] = []
             known: list[str] = []
-            for step in range(draw(st.integers(0, max_steps))):
+            for step in range(draw(_LIFECYCLE_STEPS)):
                 event = build(_Digits(draw(_DETAIL)), eid(), key, step == 0, known, skus)
                 if isinstance(event, OrderCreated | ReturnAuthorized | ReturnReceived):
                     known.extend(i for i in _lines_of(event) if i not in known)
                 steps.append(event)
             if steps:
                 keyed.append(steps)
-    for _ in range(draw(st.integers(0, max_copies)) if keyed else 0):
+    for _ in range(draw(_COPIES) if keyed else 0):
         d = _Digits(draw(_DETAIL))
         steps = d.pick(keyed)
         original = d.between(0, len(steps) - 1)

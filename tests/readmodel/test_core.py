@@ -26,6 +26,8 @@ from stocksync.readmodel.core import (
     apply_effects,
     check_placement,
     copy_position,
+    is_oversold,
+    node_view,
     translate,
 )
 from tests.readmodel.oracle import (
@@ -559,6 +561,37 @@ def test_redelivered_stock_event_is_skipped_by_the_watermark() -> None:
     assert pipeline.deliver(delta, where) == APPLIED
     assert pipeline.deliver(delta, where) == DUPLICATE
     assert pipeline.positions[A].nodes[EAST].changes == [(pipeline.sent[0].at, 5)]
+
+
+def test_redelivered_stock_event_after_the_window_is_still_skipped_by_the_watermark() -> None:
+    # After a long outage a consumer may restart from an offset older than the window:
+    # the (source, event_id) entry has expired, the watermark has not.
+    pipeline = Pipeline(TOPOLOGY)
+    delta = adjusted(A, EAST, 5, at=1)
+    where = pipeline.record(delta)
+    assert pipeline.deliver(delta, where) == APPLIED
+    pipeline.now_ms += 3 * WINDOW_MS
+    assert pipeline.deliver(delta, where) == DUPLICATE
+    assert pipeline.model(SKUS, NODES, []).nodes[(A, EAST)].on_hand == 5
+
+
+def test_redelivered_order_event_after_the_window_is_still_skipped_by_the_watermark() -> None:
+    pipeline = Pipeline(TOPOLOGY)
+    ship = shipped("o1", EAST, {"1": 1})
+    assert pipeline.deliver(created("o1", [("1", A, 3, EAST)])) == APPLIED
+    where = pipeline.record(ship)
+    assert pipeline.deliver(ship, where) == APPLIED
+    pipeline.now_ms += 3 * WINDOW_MS
+    assert pipeline.deliver(ship, where) == DUPLICATE
+    assert pipeline.model(SKUS, NODES, []).nodes[(A, EAST)] == NodeFigures(-1, 2, 0, 0, 0)
+
+
+@pytest.mark.parametrize(("on_hand", "reserved", "oversold"), [(3, 4, True), (4, 4, False)])
+def test_oversold_is_on_hand_below_reserved(on_hand: int, reserved: int, oversold: bool) -> None:
+    pipeline = Pipeline(TOPOLOGY)
+    for event in (snapshot(A, EAST, on_hand, as_of=0), created("o1", [("1", A, reserved, EAST)])):
+        pipeline.deliver(event)
+    assert is_oversold(node_view(pipeline.positions[A], EAST, TOPOLOGY)) is oversold
 
 
 # --- placement ---------------------------------------------------------------------------------
