@@ -30,7 +30,7 @@ from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.topics import effects_partition
 from stocksync.codecs.effects import Effect, EffectBatch, batch_decoder, batch_encoder
 from stocksync.codecs.events import Event
-from stocksync.codecs.messages import decode_message
+from stocksync.codecs.messages import Reason, decode_message
 from stocksync.codecs.projections import projection_encoder
 from stocksync.codecs.state import OrderState, Position, RmaState
 from stocksync.readmodel import core
@@ -202,7 +202,12 @@ class Translator:
                 topic=msg.topic,
             )
             state = states.get(entity) if entity is not None else None
-            outcome, new_state = core.translate(event, state, ref, now, self.window_ms)
+            try:
+                outcome, new_state = core.translate(event, state, ref, now, self.window_ms)
+            except Exception as exc:  # a bug must cost one event, not stop the partition
+                log.exception("translating %s event %s failed", event.source, event.event_id)
+                outcome = core.Rejected(Reason.UNPROCESSABLE, f"could not be translated: {exc!r}")
+                new_state = state
             if isinstance(outcome, core.Rejected):
                 letters.append(
                     self._letter(

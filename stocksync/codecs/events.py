@@ -20,6 +20,7 @@ from msgspec import Meta
 __all__ = [
     "MAX_BULK",
     "MAX_LINES",
+    "MAX_QUANTITY",
     "Disposition",
     "Event",
     "EventBase",
@@ -66,8 +67,12 @@ EventId = Annotated[str, Meta(min_length=1, max_length=128)]
 Source = Annotated[str, Meta(min_length=1)]
 CorrelationId = str
 Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with offset or Z")]
-NonNegative = Annotated[int, Meta(ge=0)]
-Positive = Annotated[int, Meta(gt=0)]
+#: Largest quantity an event may carry. Far above any real stock count, and low enough that
+#: no sum of quantities the model keeps can leave 64 bits (the stored encoding).
+MAX_QUANTITY = 1_000_000_000
+NonNegative = Annotated[int, Meta(ge=0, le=MAX_QUANTITY)]
+Positive = Annotated[int, Meta(gt=0, le=MAX_QUANTITY)]
+Delta = Annotated[int, Meta(ge=-MAX_QUANTITY, le=MAX_QUANTITY, description="not 0")]
 
 AdjustReason = Literal[
     "receipt",
@@ -137,7 +142,7 @@ class StockAdjusted(EventBase, frozen=True, tag="stock.adjusted"):
 
     sku: Identifier
     node: Identifier
-    delta: int
+    delta: Delta
     reason: AdjustReason
 
     def __post_init__(self) -> None:

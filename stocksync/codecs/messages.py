@@ -36,6 +36,7 @@ class Reason:
     UNKNOWN_LINE = "unknown_line"
     UNKNOWN_RMA = "unknown_rma"
     LINE_WITHOUT_SKU = "line_without_sku"
+    UNPROCESSABLE = "unprocessable"
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):

@@ -137,3 +137,14 @@ def test_invalid_events_go_to_the_dead_letters_and_the_rest_applies() -> None:
     assert isinstance(letters[0].event, msgspec.Raw)
     assert msgspec.json.decode(letters[0].event) == bad
     assert letters[1].event_text == "{not json"
+
+
+def test_a_quantity_beyond_the_limit_is_dead_lettered_and_the_next_event_applies() -> None:
+    rig = Rig()
+    huge = ev("stock.adjusted", "a1", sku="A", node="dc-west", delta=10**23, reason="receipt")
+    fine = ev("stock.adjusted", "a2", sku="A", node="dc-west", delta=3, reason="receipt")
+    rig.feed("stock", [rig.message("stock", "A", huge), rig.message("stock", "A", fine)])
+    assert rig.available("A") == 3
+    (letter,) = [dead_letter_decoder.decode(x.value) for x in rig.outbox.letters]
+    assert letter.reason == "invalid_field"
+    assert "delta" in letter.message

@@ -169,15 +169,6 @@ def test_every_event_type_reaches_redis_as_the_contract_says(
     assert by_spot[unknown_order].record["topic"] == cluster.topics["orders"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known bug: quantities have no upper bound in the event schema; a delta beyond "
-        "64 bits passes validation, then encoding its effect raises OverflowError in the "
-        "stock translator, the worker exits 75 and dies again on the same message after "
-        "every restart"
-    ),
-)
 def test_a_quantity_beyond_64_bits_is_dead_lettered_not_fatal(
     make_cluster: Callable[..., Cluster],
 ) -> None:
