@@ -12,6 +12,7 @@ import pytest
 from stocksync.codecs.events import (
     MAX_BULK,
     MAX_LINES,
+    MAX_QUANTITY,
     OrderAllocated,
     OrderCreated,
     OrderShipped,
@@ -421,3 +422,40 @@ def test_source_and_correlation_id_have_no_length_limit(field: str, value: str) 
     decoded = decode_message(raw(event("stock.adjusted", **{field: value})))
     assert decoded.rejections == []
     assert getattr(decoded.events[0][1], field) == value
+
+
+# --- quantities out of range --------------------------------------------------------------------
+
+
+QUANTITIES = [
+    ("stock.snapshot", "on_hand", 0), ("stock.policy", "safety_stock", 0),
+    ("stock.adjusted", "delta", 1), ("stock.adjusted", "delta", -1),
+]
+
+
+@pytest.mark.parametrize(("kind", "field", "sign"), QUANTITIES)
+def test_quantities_up_to_the_maximum_are_accepted(kind: str, field: str, sign: int) -> None:
+    value = MAX_QUANTITY * (sign or 1)
+    assert decode_message(raw(event(kind, **{field: value}))).rejections == []
+
+
+@pytest.mark.parametrize(("kind", "field", "sign"), QUANTITIES)
+@pytest.mark.parametrize("beyond", [1, 2**64, 10**30])
+def test_quantity_beyond_the_maximum_is_out_of_range(
+    kind: str, field: str, sign: int, beyond: int
+) -> None:
+    # A number no store can hold must be dead-lettered, not fail the batch when encoded.
+    value = (MAX_QUANTITY + beyond) * (sign or 1)
+    reason, message = rejected(raw(event(kind, **{field: value})))
+    assert reason == Reason.INVALID_FIELD
+    assert message.endswith(f"at `$.{field}`")
+
+
+@pytest.mark.parametrize("kind", ["order.created", "order.cancelled", "order.shipped",
+                                  "return.authorized", "return.received", "return.inspected"])
+def test_line_qty_beyond_the_maximum_is_out_of_range(kind: str) -> None:
+    body = event(kind)
+    body["lines"][0]["qty"] = MAX_QUANTITY
+    assert decode_message(raw(body)).rejections == []
+    body["lines"][0]["qty"] = MAX_QUANTITY + 1
+    assert rejected(raw(body))[1].endswith("at `$.lines[0].qty`")

@@ -13,9 +13,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from stocksync.codecs.events import Event
+from stocksync.codecs.effects import EffectBatch, batch_decoder, batch_encoder
+from stocksync.codecs.events import MAX_LINES, MAX_QUANTITY, Event
 from stocksync.codecs.messages import Reason
-from stocksync.codecs.state import OrderState, Position, state_encoder
+from stocksync.codecs.state import OrderState, Position, position_decoder, state_encoder
 from stocksync.readmodel.core import (
     ChannelSpec,
     Rejected,
@@ -592,6 +593,27 @@ def test_oversold_is_on_hand_below_reserved(on_hand: int, reserved: int, oversol
     for event in (snapshot(A, EAST, on_hand, as_of=0), created("o1", [("1", A, reserved, EAST)])):
         pipeline.deliver(event)
     assert is_oversold(node_view(pipeline.positions[A], EAST, TOPOLOGY)) is oversold
+
+
+def test_largest_quantities_survive_the_stored_encodings() -> None:
+    # Every number an event may carry, and the sums the model keeps of many of them, must fit
+    # the msgpack the effects topic and the store use: an overflow there would stop the batch.
+    big = MAX_QUANTITY
+    lines = [(str(i), A, big, EAST if i % 2 else None) for i in range(MAX_LINES)]
+    events: list[Event] = [
+        snapshot(A, EAST, big, as_of=0), adjusted(A, EAST, big, at=1),
+        adjusted(A, EAST, -big, at=2), policy(A, EAST, big, at=1),
+        *(created(f"o{n}", lines) for n in range(8)),
+        received("r1", EAST, [(str(i), big, A) for i in range(MAX_LINES)]),
+        shipped("o0", WEST, {str(i): big for i in range(MAX_LINES)}),
+    ]
+    pipeline = Pipeline(TOPOLOGY)
+    assert [pipeline.deliver(event) for event in events] == [APPLIED] * len(events)
+    batch = EffectBatch(pipeline.sent)
+    assert batch_decoder.decode(batch_encoder.encode(batch)) == batch
+    position = pipeline.positions[A]
+    assert position_decoder.decode(state_encoder.encode(position)) == position
+    assert position.nodes[EAST].reserved == 7 * (MAX_LINES // 2) * big  # o0 shipped
 
 
 # --- placement ---------------------------------------------------------------------------------
