@@ -17,6 +17,7 @@ from stocksync.codecs.effects import EffectBatch, batch_decoder, batch_encoder
 from stocksync.codecs.events import MAX_LINES, MAX_QUANTITY, Event
 from stocksync.codecs.messages import Reason
 from stocksync.codecs.state import OrderState, Position, position_decoder, state_encoder
+from stocksync.config.settings import ChannelSettings, NodeSettings, Settings
 from stocksync.readmodel.core import (
     ChannelSpec,
     Rejected,
@@ -29,6 +30,7 @@ from stocksync.readmodel.core import (
     copy_position,
     is_oversold,
     node_view,
+    topology_of,
     translate,
 )
 from tests.readmodel.oracle import (
@@ -337,6 +339,19 @@ def test_configured_default_safety_stock_without_a_policy() -> None:
     assert at(model, A, EAST) == figures(on_hand=10, safety_stock=3)
     assert at(model, B, EAST) == figures(on_hand=10, safety_stock=0)
     assert at(model, A, WEST).safety_stock == 0
+
+
+def test_configured_channels_and_node_defaults_become_the_topology() -> None:
+    settings = Settings(
+        channels=[ChannelSettings(name="web", nodes=[EAST, WEST], buffer=2,
+                                  low_stock_threshold=5)],
+        nodes={EAST: NodeSettings(safety_stock=3)},
+    )
+    topology = topology_of(settings)
+    assert topology.channels == (
+        ChannelSpec(name="web", nodes=(EAST, WEST), buffer=2, low_stock_threshold=5),
+    )
+    assert (topology.default_safety(EAST), topology.default_safety(WEST)) == (3, 0)
 
 
 def test_node_available_is_on_hand_minus_reserved_minus_safety_never_below_zero() -> None:
