@@ -43,7 +43,9 @@ Port = Annotated[int, Meta(ge=0, le=65535)]
 NonNegative = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(gt=0)]
 Scope = Literal["availability:read", "admin"]
-Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="lowercase hex SHA-256")]
+Sha256Hex = Annotated[
+    str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)", description="lowercase hex SHA-256")
+]
 # Kafka topic names allow only [A-Za-z0-9._-]; an identifier's ':' or '/' would
 # pass here and fail later, when the worker creates its topics.
 TopicPrefix = Annotated[
@@ -51,7 +53,7 @@ TopicPrefix = Annotated[
     Meta(
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$(?!\n)",
         description="1-64 characters from [A-Za-z0-9._-] (legal in Kafka topic names)",
     ),
 ]

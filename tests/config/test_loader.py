@@ -437,3 +437,15 @@ def test_settings_reject_unknown_fields_directly() -> None:
     # The loader relies on the Struct refusing unknown keys; keep it that way.
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"api": {"prot": 1}}, Settings)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"STOCKSYNC_TOPIC_PREFIX": "stocksync\n"},
+        {"STOCKSYNC_REDIS_NAMESPACE": "stocksync\n"},
+    ],
+)
+def test_a_trailing_newline_is_not_a_valid_name(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(env))):
+        load_settings(None, env)
