@@ -21,7 +21,7 @@ import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 
@@ -41,6 +41,7 @@ __all__ = [
     "Outbox",
     "SourceMessage",
     "Translator",
+    "header_text",
     "retrying",
 ]
 
@@ -61,6 +62,20 @@ class SourceMessage(msgspec.Struct, frozen=True):
     timestamp_ms: int = 0
     #: The ``correlation_id`` header, when the message carried one.
     correlation_id: str | None = None
+
+
+def header_text(headers: Any, name: str) -> str | None:
+    """The first Kafka header ``name`` as UTF-8 text, or None (headers: pairs or a dict)."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    for key, value in items:
+        if key == name and value:
+            try:
+                return bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    return None
 
 
 class Outbox(Protocol):

@@ -23,7 +23,7 @@ import faust
 from stocksync.agents.app import raw_topic
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.metrics import WorkerMetrics
-from stocksync.agents.pipeline import Applier, SourceMessage, Translator
+from stocksync.agents.pipeline import Applier, SourceMessage, Translator, header_text
 from stocksync.agents.topics import TopicNames
 from stocksync.config.settings import Settings
 from stocksync.readmodel import core
@@ -144,19 +144,6 @@ class Pipeline:
         self.metrics.batch_seconds.labels(stage).observe(time.perf_counter() - started)
 
 
-def _header(headers: Any, name: str) -> str | None:
-    if not headers:
-        return None
-    items = headers.items() if isinstance(headers, dict) else headers
-    for key, value in items:
-        if key == name and value:
-            try:
-                return bytes(value).decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-    return None
-
-
 def _source_message(event: Any) -> SourceMessage:
     message = event.message
     value = event.value
@@ -167,7 +154,7 @@ def _source_message(event: Any) -> SourceMessage:
         key=message.key,
         value=value if value is None or isinstance(value, bytes) else bytes(value),
         timestamp_ms=int((message.timestamp or 0) * 1000),
-        correlation_id=_header(message.headers, "correlation_id"),
+        correlation_id=header_text(message.headers, "correlation_id"),
     )
 
 

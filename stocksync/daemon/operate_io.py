@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from stocksync.agents.pipeline import header_text
 from stocksync.agents.topics import bootstrap_servers
 from stocksync.config.connections import kafka_client_options, redis_client_options
 from stocksync.config.settings import Settings
@@ -86,13 +87,7 @@ class Record:
 
     def header(self, name: str) -> str | None:
         """The first header ``name`` as text, or None."""
-        for key, value in self.headers:
-            if key == name and value:
-                try:
-                    return bytes(value).decode("utf-8")
-                except UnicodeDecodeError:
-                    return None
-        return None
+        return header_text(self.headers, name)
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
