@@ -116,7 +116,7 @@ def load_settings(path: str | None, env: Mapping[str, str]) -> Settings:
     origin = "--config" if path is not None else CONFIG_ENV
     raw: dict[str, Any] = {} if file is None else _read_toml(file, origin)
     overridden = _apply_env(raw, env)
-    context = _Context(file, overridden, env)
+    context = _Context(file, overridden, env, namespace_set="redis_namespace" in raw)
     _refuse_inline_passwords(raw, context)
     try:
         settings = msgspec.convert(raw, Settings)
@@ -224,15 +224,6 @@ def _check(settings: Settings, context: _Context) -> Settings:
                     "list each node once",
                 )
             seen[node] = j
-    used = {node for channel in settings.channels for node in channel.nodes}
-    unused = next((node for node in settings.nodes if node not in used), None)
-    if unused is not None:
-        raise ConfigError(
-            f"{_dotted(('nodes', unused))}: no channel lists node {unused!r}, so its settings"
-            f" would have no effect; add it to a channel's nodes or remove the table (a typo?)"
-            f" {context.where}"
-        )
-
     for field in ("name", "sha256"):
         first_token: dict[str, int] = {}
         for i, token in enumerate(settings.api.tokens):
@@ -242,6 +233,11 @@ def _check(settings: Settings, context: _Context) -> Settings:
             first_token[value] = i
     return msgspec.structs.replace(
         settings,
+        # Unless set, the Redis key space follows the topic prefix: deployments that share a
+        # Redis but not topics never see each other's model.
+        redis_namespace=settings.redis_namespace
+        if context.namespace_set
+        else settings.topic_prefix,
         broker="kafka://" + ";".join(servers),
         kafka=_check_kafka(settings.kafka, context),
         redis=_check_redis(settings.redis, settings.redis_url, context),
@@ -501,10 +497,19 @@ def _redis_url_problem(url: str) -> str | None:
 class _Context:
     """Knows where each value came from, to name the field or variable and say what to do."""
 
-    def __init__(self, file: str | None, overridden: dict[Path, str], env: Mapping[str, str]):
+    def __init__(
+        self,
+        file: str | None,
+        overridden: dict[Path, str],
+        env: Mapping[str, str],
+        *,
+        namespace_set: bool = False,
+    ):
         self.where = f"in {file}" if file else "in the configuration file"
         self.overridden = overridden
         self.env = env
+        #: Whether the file or the environment chose ``redis_namespace``.
+        self.namespace_set = namespace_set
 
     def invalid(
         self,

@@ -210,7 +210,7 @@ class Settings(_Config, frozen=True):
     topic_prefix: TopicPrefix = "stocksync"
     #: Partitions of topics stocksync creates (effects, and missing source topics, dlq).
     partitions: Annotated[int, Meta(ge=1, le=1024)] = 8
-    #: Prefix of every Redis key.
+    #: Prefix of every Redis key; the loader makes it ``topic_prefix`` unless it is set.
     redis_namespace: Identifier = "stocksync"
     channels: list[ChannelSettings] = msgspec.field(
         default_factory=lambda: [

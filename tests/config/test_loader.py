@@ -237,12 +237,6 @@ BAD = [
         '[nodes."dc east"]\nsafety_stock = 1\n', {}, ["nodes", "'dc east'", "rename"], id="bad-key"
     ),
     pytest.param(
-        "[nodes.dc-est]\nsafety_stock = 1\n",
-        {},
-        ["nodes.dc-est", "'dc-est'", "no channel"],
-        id="node-in-no-channel",
-    ),
-    pytest.param(
         'broker = "http://k:9092"\n', {}, ["broker", "'http://k:9092'", "kafka://"], id="broker"
     ),
     pytest.param(
@@ -449,3 +443,24 @@ def test_settings_reject_unknown_fields_directly() -> None:
 def test_a_trailing_newline_is_not_a_valid_name(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=next(iter(env))):
         load_settings(None, env)
+
+
+def test_a_node_outside_every_channel_may_have_defaults(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "[nodes.dc-north]\nsafety_stock = 3\n")
+    assert settings.nodes["dc-north"].safety_stock == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("", {}, "stocksync"),
+        ('topic_prefix = "shop-eu"\n', {}, "shop-eu"),
+        ("", {"STOCKSYNC_TOPIC_PREFIX": "t1"}, "t1"),
+        ('topic_prefix = "shop-eu"\nredis_namespace = "inv"\n', {}, "inv"),
+        ("", {"STOCKSYNC_TOPIC_PREFIX": "t1", "STOCKSYNC_REDIS_NAMESPACE": "n1"}, "n1"),
+    ],
+)
+def test_the_redis_namespace_follows_the_topic_prefix_unless_set(
+    tmp_path: Path, text: str, env: dict[str, str], expected: str
+) -> None:
+    assert load_text(tmp_path, text, env).redis_namespace == expected

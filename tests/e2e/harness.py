@@ -935,12 +935,12 @@ class Cluster:
 
     # -- reading Redis --------------------------------------------------------------------
 
-    @staticmethod
-    def _sku_key(sku: str) -> str:
-        return f"stocksync:sku:{{{sku}}}"
+    # Without redis_namespace in the config, the model's key space follows the topic prefix.
+    def _sku_key(self, sku: str) -> str:
+        return f"{self.prefix}:sku:{{{sku}}}"
 
     def _sku_keys(self) -> list[bytes]:
-        return sorted(self._redis.scan_iter(match="stocksync:sku:*", count=1000))
+        return sorted(self._redis.scan_iter(match=f"{self.prefix}:sku:*", count=1000))
 
     def _versions(self) -> dict[bytes, bytes | None]:
         keys = self._sku_keys()
