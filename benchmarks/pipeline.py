@@ -209,6 +209,7 @@ async def _run_worker(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     result: dict[str, Any] = {
+        "batches": _batches(metrics),
         "events": events,
         "seconds": elapsed,
         "events_per_s": events / elapsed,
@@ -288,6 +289,28 @@ async def freshness(bootstrap: str, redis_url: str, events: int) -> dict[str, An
         "p50_ms": _quantile(buckets, 0.5) * 1000,
         "p99_ms": _quantile(buckets, 0.99) * 1000,
     }
+
+
+def _batches(metrics: Any) -> dict[str, dict[str, float]]:
+    """Per stage: batches, mean messages per batch and mean seconds per batch."""
+    sums: dict[tuple[str, str, str], float] = {}
+    for family in (metrics.batch_size, metrics.batch_seconds):
+        for metric in family.collect():
+            for sample in metric.samples:
+                if sample.name.endswith(("_sum", "_count")):
+                    kind = "sum" if sample.name.endswith("_sum") else "count"
+                    sums[(metric.name, sample.labels["stage"], kind)] = sample.value
+    stages = {stage for _, stage, _ in sums}
+    out: dict[str, dict[str, float]] = {}
+    for stage in sorted(stages):
+        count = sums.get(("stocksync_batch_size", stage, "count"), 0.0)
+        if count:
+            out[stage] = {
+                "batches": count,
+                "mean_messages": sums.get(("stocksync_batch_size", stage, "sum"), 0.0) / count,
+                "mean_ms": 1000 * sums.get(("stocksync_batch_seconds", stage, "sum"), 0.0) / count,
+            }
+    return out
 
 
 def _histogram(metrics: Any, basis: str) -> list[tuple[float, float]]:

@@ -90,7 +90,9 @@ def decode_message(value: bytes | None) -> Decoded:
     """Split a message value into valid events and rejections, in array order."""
     if value is None:
         value = b""
-    start = value.lstrip()[:1]
+    start = value[:1]
+    if start.isspace():
+        start = value.lstrip()[:1]
     if start != b"[":
         one = _decode_one(value, None)
         if isinstance(one, Rejection):

@@ -75,6 +75,7 @@ __all__ = [
     "node_view",
     "project",
     "prune_seen",
+    "remember_key",
     "status_of",
     "topology_of",
     "translate",
@@ -235,10 +236,23 @@ def _replayed(
 
 
 def prune_seen(seen: dict[str, int], now_ms: int, window_ms: int) -> None:
-    """Forget idempotency keys older than the de-duplication window."""
-    old = [key for key, at in seen.items() if now_ms - at >= window_ms]
-    for key in old:
+    """Forget idempotency keys older than the de-duplication window.
+
+    Keys are kept in the order they were seen (see :func:`remember_key`), so the
+    oldest come first and pruning stops at the first one still inside the window:
+    O(1) per event when nothing expires, instead of a scan of the whole window.
+    """
+    while seen:
+        key = next(iter(seen))
+        if now_ms - seen[key] < window_ms:
+            return
         del seen[key]
+
+
+def remember_key(seen: dict[str, int], key: str, now_ms: int) -> None:
+    """Record an idempotency key as seen now, keeping ``seen`` in the order keys were seen."""
+    seen.pop(key, None)
+    seen[key] = now_ms
 
 
 def _missing_lines(
@@ -392,7 +406,7 @@ def _remember(
     state: OrderState | RmaState, event: Event, ref: SourceRef, now_ms: int, window_ms: int
 ) -> None:
     prune_seen(state.seen, now_ms, window_ms)
-    state.seen[dedup_key(event.source, event.event_id)] = now_ms
+    remember_key(state.seen, dedup_key(event.source, event.event_id), now_ms)
     state.wm = (ref.partition, ref.offset, ref.index)
     state.src = ref.src
     state.updated_at = now_ms
@@ -430,7 +444,7 @@ def apply_effect(pos: Position, effect: Effect, now_ms: int, window_ms: int) -> 
         seen_at = pos.seen.get(effect.eid)
         if seen_at is not None and now_ms - seen_at < window_ms:
             return False
-        pos.seen[effect.eid] = now_ms
+        remember_key(pos.seen, effect.eid, now_ms)
     if isinstance(effect, Reserve):
         if effect.node is not None:
             _node(pos, effect.node).reserved += effect.qty
