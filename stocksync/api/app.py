@@ -8,6 +8,7 @@ from typing import Final
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -15,7 +16,7 @@ from stocksync.api.auth import Authenticator
 from stocksync.api.bodies import encode
 from stocksync.api.handlers import AvailabilityHandlers, OperationalHandlers
 from stocksync.api.metrics import ApiMetrics
-from stocksync.api.middleware import AccessLog, CorrelationIds, request_middleware
+from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, RequestPipeline
 from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus
 from stocksync.api.openapi import OPENAPI_PATH, openapi_document
 from stocksync.config.connections import redis_client_options
@@ -74,14 +75,10 @@ def create_app(settings: Settings) -> web.Application:
         return None if sync is None else sync.status()
 
     metrics = ApiMetrics(status)
-    app.middlewares.append(
-        request_middleware(
-            metrics=metrics,
-            authenticator=Authenticator(settings.api.tokens),
-            access_log=AccessLog(settings.api.access_log, settings.api.access_log_sample),
-            correlation_ids=CorrelationIds(),
-            public_paths=frozenset({OPENAPI_PATH}),
-        )
+    pipeline = RequestPipeline(
+        metrics=metrics,
+        authenticator=Authenticator(settings.api.tokens),
+        access_log=AccessLog(settings.api.access_log, settings.api.access_log_sample),
     )
     app[SETTINGS] = settings
     app[MODEL] = model
@@ -92,11 +89,25 @@ def create_app(settings: Settings) -> web.Application:
         model, max_skus=settings.api.max_skus, max_body_bytes=settings.api.max_body_bytes
     )
     ops = OperationalHandlers(status, metrics, encode(openapi_document(settings)))
-    app.router.add_post("/v1/availability/query", availability.query)
-    # Any characters, newlines included, so that every bad SKU gets invalid_sku.
-    app.router.add_get(r"/v1/availability/{sku:[\s\S]*}", availability.get)
-    app.router.add_get(OPENAPI_PATH, ops.openapi)
-    app.router.add_get("/healthz", ops.healthz)
-    app.router.add_get("/readyz", ops.readyz)
-    app.router.add_get("/metrics", ops.metrics)
+    routes: list[tuple[str, str, Handler, bool]] = [
+        ("POST", "/v1/availability/query", availability.query, True),
+        # Any characters, newlines included, so that every bad SKU gets invalid_sku.
+        ("GET", r"/v1/availability/{sku:[\s\S]*}", availability.get, True),
+        ("GET", OPENAPI_PATH, ops.openapi, False),
+        ("GET", "/healthz", ops.healthz, False),
+        ("GET", "/readyz", ops.readyz, False),
+        ("GET", "/metrics", ops.metrics, False),
+    ]
+    for method, path, handler, protected in routes:
+        resource = app.router.add_resource(path)
+        wrapped = pipeline.wrap(handler, resource.canonical, protected=protected)
+        if method == "GET":
+            resource.add_route("HEAD", wrapped)
+        resource.add_route(method, wrapped)
+    # Last, so that it only takes what no route above does.
+    app.router.add_route(
+        "*",
+        r"/{path:[\s\S]*}",
+        pipeline.wrap(pipeline.unmatched, UNMATCHED_ROUTE, protected=False),
+    )
     return app

@@ -66,6 +66,16 @@ class AvailabilityHandlers:
         self._max_body_bytes = max_body_bytes
         self._only_slot = next(iter(model.slots.values())) if len(model.slots) == 1 else None
         self._choices = ", ".join(repr(c) for c in model.channels)
+        # The query strings storefronts send, as raw bytes arrive: (slot, detail) at
+        # one dict lookup, without parsing. Any other query string is parsed.
+        self._plain_queries: dict[str, tuple[int, bool]] = {}
+        for channel, slot in model.slots.items():
+            self._plain_queries[f"channel={channel}"] = (slot, False)
+            self._plain_queries[f"channel={channel}&detail=nodes"] = (slot, True)
+            self._plain_queries[f"detail=nodes&channel={channel}"] = (slot, True)
+        if self._only_slot is not None:
+            self._plain_queries[""] = (self._only_slot, False)
+            self._plain_queries["detail=nodes"] = (self._only_slot, True)
 
     def _slot(self, channel: str | None) -> int:
         if channel is None:
@@ -81,6 +91,14 @@ class AvailabilityHandlers:
             )
         return slot
 
+    def _parse_query(self, request: web.Request) -> tuple[int, bool]:
+        query = request.query
+        slot = self._slot(query.get("channel"))
+        detail = query.get("detail")
+        if detail is not None and detail != "nodes":
+            raise BadRequest(f"'detail' may only be 'nodes', not {shown(detail)}.")
+        return slot, detail is not None
+
     async def get(self, request: web.Request) -> web.Response:
         """One SKU on one channel, with ``ETag``; ``304`` on a matching ``If-None-Match``."""
         if not self._model.loaded:
@@ -89,14 +107,11 @@ class AvailabilityHandlers:
         entry = self._entries.get(sku)
         if entry is None and not is_identifier(sku):
             raise InvalidSku(f"SKU {shown(sku)} is not 1-64 characters from [A-Za-z0-9._:/-].")
-        query = request.query
-        slot = self._slot(query.get("channel"))
-        detail = query.get("detail")
-        if detail is not None and detail != "nodes":
-            raise BadRequest(f"'detail' may only be 'nodes', not {shown(detail)}.")
+        plain = self._plain_queries.get(request.rel_url.raw_query_string)
+        slot, detail = self._parse_query(request) if plain is None else plain
         if entry is None:
             raise UnknownSku(f"SKU {shown(sku)} is not known.")
-        doc = entry[slot] if detail is None else detail_document(entry, slot)
+        doc = detail_document(entry, slot) if detail else entry[slot]
         if doc is None:
             raise UnknownSku(f"SKU {shown(sku)} is not known on this channel.")
         etag = f'"{entry[VERSION_SLOT]}"'
