@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import pstats
+import resource
 import subprocess
 import sys
 import tempfile
@@ -102,7 +103,12 @@ async def _wait(condition: Callable[[], bool], timeout: float, what: str) -> Non
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _counter(metric: Any) -> float:
@@ -134,13 +140,18 @@ async def faust_bare(bootstrap: str, redis_url: str, events: int) -> dict[str, A
     for name in names.sources:
         app.agent(raw_topic(app, name), name=f"bare.{name}")(drain)
     worker = await start_worker(app, timeout=60)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     try:
         await _wait(lambda: seen >= events, 600, "the bare agent")
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     finally:
         await stop_worker(worker)
-    return {"messages": events, "seconds": elapsed, "messages_per_s": events / elapsed}
+    return {
+        "messages": events,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "messages_per_s": events / elapsed,
+    }
 
 
 async def aiokafka(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
@@ -188,7 +199,7 @@ async def _run_worker(
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
 
     def translated() -> float:
         return sum(
@@ -202,7 +213,7 @@ async def _run_worker(
 
     try:
         await _wait(applied, 900, "the pipeline")
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     finally:
         if profiler:
             profiler.disable()
@@ -212,13 +223,14 @@ async def _run_worker(
         "batches": _batches(metrics),
         "events": events,
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "events_per_s": events / elapsed,
         "effects": _counter(metrics.effects_sent),
         "skus_written": _counter(metrics.skus_written),
     }
     if profiler:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
         result["profile"] = out.getvalue()
     return result
 
@@ -228,7 +240,8 @@ async def pipeline_single(bootstrap: str, redis_url: str, events: int) -> dict[s
     from stocksync.config.settings import Settings
 
     messages = _single_messages(Settings(), events)
-    result = await _run_worker(bootstrap, redis_url, messages, events, profile=False)
+    profile = os.environ.get("BENCH_PROFILE") == "1"
+    result = await _run_worker(bootstrap, redis_url, messages, events, profile=profile)
     result["messages_per_s"] = result["events_per_s"]
     return result
 
@@ -461,9 +474,10 @@ def _print_table(report: dict[str, Any]) -> None:
             f"{'(e) freshness at ' + format(fresh['rate'], ',.0f') + ' events/s':<45} "
             f"p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms"
         )
-    profile = r.get("pipeline_bulk", {}).get("profile")
-    if profile:
-        print(profile)
+    for name in ("pipeline_single", "pipeline_bulk"):
+        profile = r.get(name, {}).get("profile")
+        if profile:
+            print(f"profile of {name}:\n{profile}")
 
 
 if __name__ == "__main__":
