@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -43,6 +45,16 @@ def test_one_process_serves_and_stops_cleanly(
 def test_several_processes_share_one_port(redis_url: str, store: redis.Redis) -> None:
     settings = make_settings(redis_url, port=free_port())
     with ApiProcess(settings, processes=2) as api:
+        # Each process loads its own model; the first ready one does not wait for the other.
+        ready_in_a_row = 0
+        while ready_in_a_row < 20:
+            req = urllib.request.Request(api.url + "/readyz", headers={"Connection": "close"})
+            try:
+                with urllib.request.urlopen(req, timeout=5):
+                    ready_in_a_row += 1
+            except urllib.error.HTTPError:
+                ready_in_a_row = 0
+                time.sleep(0.05)
         seen = set()
         for _ in range(40):
             # A new connection each time, so the kernel spreads them.
