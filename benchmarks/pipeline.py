@@ -258,23 +258,15 @@ async def pipeline_bulk(bootstrap: str, redis_url: str, events: int) -> dict[str
     return await _run_worker(bootstrap, redis_url, messages, snapshots, profile=profile)
 
 
-async def freshness(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
-    """Produce at a steady 2,000 events/s; the worker's produce-to-Redis freshness."""
+async def paced_producer(bootstrap: str, prefix: str, rate: int, seconds: float) -> float:
+    """Produce the demo mix at ``rate`` events/s for ``seconds``; returns the rate achieved."""
     from aiokafka import AIOKafkaProducer
 
-    from stocksync.agents.metrics import WorkerMetrics
-    from stocksync.agents.topics import ensure_topics, topic_names
-    from stocksync.daemon.worker import serve
+    from stocksync.agents.topics import topic_names
 
-    rate, seconds = 2000, 15
-    settings = _settings(f"kafka://{bootstrap}", redis_url, f"f{uuid.uuid4().hex[:8]}")
-    await ensure_topics(bootstrap, settings)
+    settings = _settings(f"kafka://{bootstrap}", "redis://unused", prefix)
     names = topic_names(settings)
     topic_of = {"stock": names.stock, "orders": names.orders, "returns": names.returns}
-    metrics = WorkerMetrics()
-    ready = asyncio.Event()
-    task = asyncio.create_task(serve(settings, handle_signals=False, metrics=metrics, ready=ready))
-    await asyncio.wait_for(ready.wait(), 60)
     demo = _demo(settings, 10_000)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     await producer.start()
@@ -289,16 +281,56 @@ async def freshness(bootstrap: str, redis_url: str, events: int) -> dict[str, An
             if delay > 0:
                 await asyncio.sleep(delay)
         await producer.flush()
-        achieved = rate * seconds / (time.perf_counter() - started)
-        await asyncio.sleep(2)
+        return rate * seconds / (time.perf_counter() - started)
     finally:
         await producer.stop()
+
+
+async def freshness(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
+    """Steady traffic from another process; the worker's produce-to-Redis freshness per rate."""
+    return {str(rate): await _freshness_at(bootstrap, redis_url, rate) for rate in (1000, 2000)}
+
+
+async def _freshness_at(bootstrap: str, redis_url: str, rate: int) -> dict[str, Any]:
+    from stocksync.agents.metrics import WorkerMetrics
+    from stocksync.agents.topics import ensure_topics
+    from stocksync.daemon.worker import serve
+
+    seconds = 15
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    settings = _settings(f"kafka://{bootstrap}", redis_url, prefix)
+    await ensure_topics(bootstrap, settings)
+    metrics = WorkerMetrics()
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(settings, handle_signals=False, metrics=metrics, ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        # The producer runs in its own process, as a real source system would.
+        producer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.pipeline",
+            "--produce",
+            prefix,
+            "--bootstrap",
+            bootstrap,
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await producer.communicate()
+        achieved = float(out.decode().strip().splitlines()[-1])
+        await asyncio.sleep(2)
+    finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     buckets = _histogram(metrics, "produced")
     return {
         "rate": achieved,
-        "effects": buckets[-1][1],
+        "effects_applied": buckets[-1][1],
+        "effects_sent": _counter(metrics.effects_sent),
         "p50_ms": _quantile(buckets, 0.5) * 1000,
         "p99_ms": _quantile(buckets, 0.99) * 1000,
     }
@@ -390,7 +422,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
+    parser.add_argument("--produce", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=int, default=2000, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=15, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.produce:
+        achieved = asyncio.run(
+            paced_producer(args.bootstrap, args.produce, args.rate, args.seconds)
+        )
+        print(achieved)
+        return 0
     if args.scenario:
         _scenario(args.scenario, args.bootstrap, args.redis, args.events)
         return 0
@@ -399,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     with (
-        tempfile.TemporaryDirectory() as tmp, TansuBroker(data_dir=Path(tmp) / "broker") as broker,
+        tempfile.TemporaryDirectory() as tmp,
+        TansuBroker(data_dir=Path(tmp) / "broker") as broker,
         RedisServer(data_dir=Path(tmp) / "redis") as redis,
     ):
         for name in args.only or SCENARIOS:
@@ -468,12 +510,10 @@ def _print_table(report: dict[str, Any]) -> None:
         print(f"{label:<45} {text:>14}")
     for name, value in report["ratios"].items():
         print(f"{name:<45} {value:>14.2f}")
-    fresh = r.get("freshness", {})
-    if "p50_ms" in fresh:
-        print(
-            f"{'(e) freshness at ' + format(fresh['rate'], ',.0f') + ' events/s':<45} "
-            f"p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms"
-        )
+    for fresh in r.get("freshness", {}).values():
+        if isinstance(fresh, dict) and "p50_ms" in fresh:
+            label = f"(e) freshness at {fresh['rate']:,.0f} events/s"
+            print(f"{label:<45} p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms")
     for name in ("pipeline_single", "pipeline_bulk"):
         profile = r.get(name, {}).get("profile")
         if profile:
