@@ -65,6 +65,16 @@ FIRST_CHANNEL_SLOT: Final = 2
 
 _identifier = re.compile(IDENTIFIER_PATTERN)
 _RELOAD: Final = RELOAD_FIELD.encode()
+#: Projections decoded between two yields to the event loop while loading (~5 ms).
+_YIELD_EVERY: Final = 256
+# KEYS: SKU hashes; ARGV[1]: the field. Their values, in order (nil when absent).
+_READ_PROJECTIONS: Final = """
+local values = {}
+for i, key in ipairs(KEYS) do
+  values[i] = redis.call('HGET', key, ARGV[1])
+end
+return values
+"""
 
 
 def is_identifier(text: str) -> bool:
@@ -295,6 +305,9 @@ class ModelSync:
         self._invalid = 0
         self._applied = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # HGET of a page of keys in one call: a pipeline of 5,000 HGETs costs redis-py
+        # about 50 us of CPU per key here, three times what decoding it costs.
+        self._read_projections = client.register_script(_READ_PROJECTIONS)
 
     # --- lifecycle ---
 
@@ -430,18 +443,20 @@ class ModelSync:
         position, count = info.last_generated, info.entries_added
         started = time.perf_counter()
         seen = 0
-        cursor: int = 0
         pattern = self.keys.sku_pattern()
         kept: set[str] = set()  # with replace: the SKUs of the new generation
         log.info("loading the availability model from Redis (%s)", pattern)
-        while True:
-            cursor, keys = await self.client.scan(cursor, match=pattern, count=self.load_page)
-            if keys:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.hget(key, PROJECTION_FIELD)
-                    values = await pipe.execute()
-                for raw in values:
+        # Redis prepares the next page while this process decodes the current one.
+        pending = asyncio.ensure_future(self._fetch_page(0, pattern))
+        try:
+            while True:
+                cursor, values = await pending
+                if cursor != 0:
+                    pending = asyncio.ensure_future(self._fetch_page(cursor, pattern))
+                for i, raw in enumerate(values):
+                    if i % _YIELD_EVERY == 0:
+                        # Let the next page's commands go out, and requests be served.
+                        await asyncio.sleep(0)
                     if raw is None:
                         continue
                     try:
@@ -451,17 +466,22 @@ class ModelSync:
                     except (ValueError, msgspec.DecodeError) as exc:
                         self._invalid += 1
                         log.error("skipping an invalid stored projection: %s", exc)
-                seen += len(keys)
-            elapsed = time.perf_counter() - started
-            log.info(
-                "loaded %d SKU keys in %.1f s (%.0f/s); model holds %d SKUs",
-                seen,
-                elapsed,
-                seen / elapsed if elapsed else 0.0,
-                len(self.model),
-            )
-            if cursor == 0:
-                break
+                seen += len(values)
+                elapsed = time.perf_counter() - started
+                log.info(
+                    "loaded %d SKU keys in %.1f s (%.0f/s); model holds %d SKUs",
+                    seen,
+                    elapsed,
+                    seen / elapsed if elapsed else 0.0,
+                    len(self.model),
+                )
+                if cursor == 0:
+                    break
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await pending
         if replace:
             dropped = self.model.retain(kept)
             log.info("generation switch: %d SKUs not in the new generation dropped", dropped)
@@ -482,6 +502,14 @@ class ModelSync:
             self._stream,
             _format_id(position),
         )
+
+    async def _fetch_page(self, cursor: int, pattern: str) -> tuple[int, list[bytes | None]]:
+        """One SCAN page and the projections of its keys (one script call, not one per key)."""
+        cursor, keys = await self.client.scan(cursor, match=pattern, count=self.load_page)
+        if not keys:
+            return cursor, []
+        values = await self._read_projections(keys=keys, args=[PROJECTION_FIELD])
+        return cursor, cast("list[bytes | None]", values)
 
     # --- stream checks ---
 
