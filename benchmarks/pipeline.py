@@ -419,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=30_000, help="one-event messages per run")
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="run only these")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of every scenario; the median is reported"
+    )
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
@@ -444,38 +447,67 @@ def main(argv: list[str] | None = None) -> int:
         TansuBroker(data_dir=Path(tmp) / "broker") as broker,
         RedisServer(data_dir=Path(tmp) / "redis") as redis,
     ):
-        for name in args.only or SCENARIOS:
-            print(f"running {name}...", file=sys.stderr, flush=True)
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.pipeline",
-                    "--scenario",
-                    name,
-                    "--bootstrap",
-                    broker.bootstrap,
-                    "--redis",
-                    redis.url,
-                    "--events",
-                    str(args.events),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
-                print(done.stderr[-3000:], file=sys.stderr)
-                results[name] = {"error": f"exit status {done.returncode}"}
-                continue
-            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-            redis.flushall()
+        runs: dict[str, list[dict[str, Any]]] = {}
+        # Rounds interleave the scenarios, so a baseline and its figure share each
+        # round's conditions; the median round is reported, with every round kept.
+        for round_ in range(args.repeat):
+            for name in args.only or SCENARIOS:
+                print(f"round {round_ + 1}/{args.repeat}: {name}...", file=sys.stderr, flush=True)
+                runs.setdefault(name, []).append(_run_scenario(name, broker, redis, args.events))
+                redis.flushall()
+        for name, attempts in runs.items():
+            results[name] = _median_run(attempts)
+            if len(attempts) > 1:
+                results[name]["rounds"] = [_headline(a) for a in attempts]
     report = {"machine": _machine(), "results": results, "ratios": _ratios(results)}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         _print_table(report)
     return 0
+
+
+def _run_scenario(name: str, broker: Any, redis: Any, events: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.pipeline",
+            "--scenario",
+            name,
+            "--bootstrap",
+            broker.bootstrap,
+            "--redis",
+            redis.url,
+            "--events",
+            str(events),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        return {"error": f"exit status {done.returncode}"}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _headline(result: dict[str, Any]) -> float | None:
+    for key in ("events_per_s", "messages_per_s"):
+        if key in result:
+            return float(result[key])
+    if "2000" in result:
+        return float(result["2000"]["p99_ms"])
+    return None
+
+
+def _median_run(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    scored = [a for a in attempts if _headline(a) is not None]
+    if not scored:
+        return attempts[-1]
+    scored.sort(key=lambda a: _headline(a) or 0.0)
+    return dict(scored[len(scored) // 2])
 
 
 def _ratios(results: dict[str, Any]) -> dict[str, float]:
@@ -507,7 +539,9 @@ def _print_table(report: dict[str, Any]) -> None:
     for label, result, key in rows:
         value = result.get(key)
         text = f"{value:,.0f}/s" if value else result.get("error", "-")
-        print(f"{label:<45} {text:>14}")
+        rounds = result.get("rounds")
+        spread = f"  rounds: {', '.join(f'{r:,.0f}' for r in rounds if r)}" if rounds else ""
+        print(f"{label:<45} {text:>14}{spread}")
     for name, value in report["ratios"].items():
         print(f"{name:<45} {value:>14.2f}")
     for fresh in r.get("freshness", {}).values():
