@@ -16,7 +16,7 @@ from stocksync.api.auth import Authenticator
 from stocksync.api.bodies import encode
 from stocksync.api.handlers import AvailabilityHandlers, OperationalHandlers
 from stocksync.api.metrics import ApiMetrics
-from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, RequestPipeline
+from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, RequestPipeline, SyncHandler
 from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus
 from stocksync.api.openapi import OPENAPI_PATH, openapi_document
 from stocksync.config.connections import redis_client_options
@@ -89,7 +89,7 @@ def create_app(settings: Settings) -> web.Application:
         model, max_skus=settings.api.max_skus, max_body_bytes=settings.api.max_body_bytes
     )
     ops = OperationalHandlers(status, metrics, encode(openapi_document(settings)))
-    routes: list[tuple[str, str, Handler, bool]] = [
+    routes: list[tuple[str, str, Handler | SyncHandler, bool]] = [
         ("POST", "/v1/availability/query", availability.query, True),
         # Any characters, newlines included, so that every bad SKU gets invalid_sku.
         ("GET", r"/v1/availability/{sku:[\s\S]*}", availability.get, True),

@@ -99,7 +99,7 @@ class AvailabilityHandlers:
             raise BadRequest(f"'detail' may only be 'nodes', not {shown(detail)}.")
         return slot, detail is not None
 
-    async def get(self, request: web.Request) -> web.Response:
+    def get(self, request: web.Request) -> web.Response:
         """One SKU on one channel, with ``ETag``; ``304`` on a matching ``If-None-Match``."""
         if not self._model.loaded:
             raise NotReady("The availability model is still loading; retry shortly.")
@@ -175,11 +175,11 @@ class OperationalHandlers:
         self._openapi = openapi
         self._health = encode(HealthBody())
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    def healthz(self, request: web.Request) -> web.Response:
         """The process is alive and serving HTTP."""
         return web.Response(body=self._health, headers={"Content-Type": _JSON})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    def readyz(self, request: web.Request) -> web.Response:
         """200 once the model is loaded and following changes; 503 with the reason otherwise."""
         status = self._status()
         if status is None or not status.ready:
@@ -196,12 +196,12 @@ class OperationalHandlers:
         )
         return web.Response(body=encode(body), headers={"Content-Type": _JSON})
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""
         return web.Response(
             body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    async def openapi(self, request: web.Request) -> web.Response:
+    def openapi(self, request: web.Request) -> web.Response:
         """The OpenAPI 3.1 document of this API."""
         return web.Response(body=self._openapi, headers={"Content-Type": _JSON})
