@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from operator import itemgetter
+from typing import Final, cast
 
 import msgspec
 from aiohttp import web
@@ -22,6 +23,7 @@ from stocksync.api.metrics import ApiMetrics
 from stocksync.api.model import (
     VERSION_SLOT,
     AvailabilityModel,
+    Entry,
     SyncStatus,
     detail_document,
     is_identifier,
@@ -34,6 +36,7 @@ _JSON: Final = "application/json"
 _query_decoder: Final = msgspec.json.Decoder(QueryRequest)
 _ITEMS_OPEN: Final = b'{"items":['
 _UNKNOWN_OPEN: Final = b'],"unknown":'
+_NONE_UNKNOWN: Final = b'],"unknown":[]}'
 _SHOWN_MAX: Final = 80
 
 
@@ -140,6 +143,16 @@ class AvailabilityHandlers:
         if len(req.skus) > self._max_skus:
             raise TooManySkus(f"{len(req.skus)} SKUs asked; at most {self._max_skus} per request.")
         slot = self._slot(req.channel)
+        if not req.detail:
+            # Every SKU known on the channel (the usual case): lookups and the join
+            # run in C, no Python loop over the SKUs.
+            found = list(map(self._entries.get, req.skus))
+            if None not in found:
+                docs: list[bytes | None] = list(map(itemgetter(slot), cast("list[Entry]", found)))
+                if None not in docs:
+                    joined = b",".join(cast("list[bytes]", docs))
+                    payload = b"".join((_ITEMS_OPEN, joined, _NONE_UNKNOWN))
+                    return web.Response(body=payload, headers={"Content-Type": _JSON})
         entries = self._entries
         items: list[bytes] = []
         unknown: list[str] = []
