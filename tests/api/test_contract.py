@@ -227,6 +227,15 @@ def test_batch_query(redis_url: str, store: redis.Redis) -> None:
                 + b'],"unknown":["X","Y"]}'
             )
 
+            # All known: the same bytes through the join-only path.
+            status, _, body = await _post(client, {"skus": ["C", "A", "C"], "channel": "web"})
+            assert status == 200
+            assert body == (
+                b'{"items":['
+                + b",".join(_plain(p.channels[0]) for p in (c, a, c))
+                + b'],"unknown":[]}'
+            )
+
             status, _, body = await _post(
                 client, {"skus": ["A"], "channel": "store", "detail": True}
             )
