@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scenarios, print the table (or JSON); 0 unless a run failed."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.api", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON results to this file")
     parser.add_argument("--only", nargs="*", choices=[*SCENARIOS, "memory"])
     parser.add_argument("--skus", type=int, default=100_000)
     parser.add_argument("--memory-skus", type=int, default=1_000_000)
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seeded {args.memory_skus:,} SKUs in {took:.1f} s", file=note)
             results["memory"] = _measure_memory(args, redis.url_for(1), logs)
     results["summary"] = _summary(results)
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
     if args.json:
         print(json.dumps(results, indent=2))
     else:

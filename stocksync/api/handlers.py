@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import itemgetter
-from typing import Final, cast
+from typing import Final
 
 import msgspec
 from aiohttp import web
@@ -23,7 +22,6 @@ from stocksync.api.metrics import ApiMetrics
 from stocksync.api.model import (
     VERSION_SLOT,
     AvailabilityModel,
-    Entry,
     SyncStatus,
     detail_document,
     is_identifier,
@@ -144,15 +142,17 @@ class AvailabilityHandlers:
             raise TooManySkus(f"{len(req.skus)} SKUs asked; at most {self._max_skus} per request.")
         slot = self._slot(req.channel)
         if not req.detail:
-            # Every SKU known on the channel (the usual case): lookups and the join
-            # run in C, no Python loop over the SKUs.
-            found = list(map(self._entries.get, req.skus))
-            if None not in found:
-                docs: list[bytes | None] = list(map(itemgetter(slot), cast("list[Entry]", found)))
-                if None not in docs:
-                    joined = b",".join(cast("list[bytes]", docs))
-                    payload = b"".join((_ITEMS_OPEN, joined, _NONE_UNKNOWN))
-                    return web.Response(body=payload, headers={"Content-Type": _JSON})
+            # Every SKU known on the channel (the usual case): one comprehension and a
+            # join; anything else (KeyError: unknown SKU, TypeError: a SKU without this
+            # channel) takes the general path below.
+            entries = self._entries
+            try:
+                joined = b",".join([entries[sku][slot] for sku in req.skus])
+            except (KeyError, TypeError):
+                pass
+            else:
+                payload = b"".join((_ITEMS_OPEN, joined, _NONE_UNKNOWN))
+                return web.Response(body=payload, headers={"Content-Type": _JSON})
         entries = self._entries
         items: list[bytes] = []
         unknown: list[str] = []
