@@ -17,3 +17,5 @@ Each scenario module exposes ``TITLE``, ``WRK_SCRIPT``, ``READY_PATH`` and
 ``serve(port, redis_url, skus, broker)``; ``python -m benchmarks.api.<name>``
 runs that server alone.
 """
+
+__all__: list[str] = []
