@@ -90,8 +90,6 @@ class Pipeline:
             window_ms=self.window_ms,
             metrics=metrics,
         )
-        self.in_flight = 0
-        self.batches_done = 0
 
     def translator(self, kind: str) -> Translator:
         """The translator of one source topic kind."""
@@ -111,7 +109,6 @@ class Pipeline:
     async def run_batch(self, stage: str, size: int, work: Callable[[], Awaitable[int]]) -> None:
         """Run one batch to completion, shielded from cancellation (see the module docstring)."""
         started = time.perf_counter()
-        self.in_flight += 1
         task = asyncio.ensure_future(work())
         try:
             await asyncio.shield(task)
@@ -137,9 +134,6 @@ class Pipeline:
             log.exception("unexpected error in the %s stage; exiting without committing", stage)
             logging.shutdown()
             os._exit(EXIT_ABANDONED_BATCH)
-        finally:
-            self.in_flight -= 1
-        self.batches_done += 1
         self.metrics.batch_size.labels(stage).observe(size)
         self.metrics.batch_seconds.labels(stage).observe(time.perf_counter() - started)
 
