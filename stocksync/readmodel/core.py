@@ -264,6 +264,13 @@ def _missing_lines(
     return None
 
 
+def _release(emit: _Emitter, channel: str, line: OrderLine, qty: int) -> None:
+    """Release up to ``qty`` of a line's open reservation, wherever it sits."""
+    released = min(qty, line.open)
+    emit.reserve(line.sku, line.node, channel, -released)
+    line.open -= released
+
+
 def translate_order(
     event: OrderEvent,
     state: OrderState | None,
@@ -293,42 +300,31 @@ def translate_order(
             emit.reserve(new.sku, new.node, event.channel, new.qty)
     elif state is None:
         return Rejected(Reason.UNKNOWN_ORDER, f"order {event.order_id!r} is unknown"), None
-    elif isinstance(event, OrderAllocated):
-        missing = _missing_lines(state.lines, (ln.line_id for ln in event.lines), "the order")
-        if missing:
-            return missing, state
-        for alloc in event.lines:
-            line = state.lines[alloc.line_id]
-            if line.node == alloc.node:
-                continue
-            emit.reserve(line.sku, line.node, state.channel, -line.open)
-            emit.reserve(line.sku, alloc.node, state.channel, line.open)
-            line.node = alloc.node
-    elif isinstance(event, OrderCancelled):
-        if event.lines is None:
-            for line in state.lines.values():
-                emit.reserve(line.sku, line.node, state.channel, -line.open)
-                line.open = 0
-        else:
-            missing = _missing_lines(state.lines, (ln.line_id for ln in event.lines), "the order")
-            if missing:
-                return missing, state
-            for cancel in event.lines:
-                line = state.lines[cancel.line_id]
-                released = min(cancel.qty, line.open)
-                emit.reserve(line.sku, line.node, state.channel, -released)
-                line.open -= released
     else:
-        assert isinstance(event, OrderShipped)
-        missing = _missing_lines(state.lines, (ln.line_id for ln in event.lines), "the order")
+        named = (ln.line_id for ln in event.lines or ())
+        missing = _missing_lines(state.lines, named, "the order")
         if missing:
             return missing, state
-        for ship in event.lines:
-            line = state.lines[ship.line_id]
-            released = min(ship.qty, line.open)
-            emit.reserve(line.sku, line.node, state.channel, -released)
-            line.open -= released
-            emit.adjust(line.sku, event.node, -ship.qty)
+        if isinstance(event, OrderAllocated):
+            for alloc in event.lines:
+                line = state.lines[alloc.line_id]
+                if line.node == alloc.node:
+                    continue
+                emit.reserve(line.sku, line.node, state.channel, -line.open)
+                emit.reserve(line.sku, alloc.node, state.channel, line.open)
+                line.node = alloc.node
+        elif isinstance(event, OrderCancelled):
+            if event.lines is None:
+                for line in state.lines.values():
+                    _release(emit, state.channel, line, line.open)
+            else:
+                for cancel in event.lines:
+                    _release(emit, state.channel, state.lines[cancel.line_id], cancel.qty)
+        else:
+            for ship in event.lines:
+                line = state.lines[ship.line_id]
+                _release(emit, state.channel, line, ship.qty)
+                emit.adjust(line.sku, event.node, -ship.qty)
     _remember(state, event, ref, now_ms, window_ms)
     return Translated(emit.effects), state
 
