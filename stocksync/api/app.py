@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -14,6 +14,7 @@ from redis.retry import Retry
 
 from stocksync.api.auth import Authenticator
 from stocksync.api.bodies import encode
+from stocksync.api.dispatch import AVAILABILITY_PREFIX, HOT_ROUTES, QUERY_PATH, HotRoutes
 from stocksync.api.handlers import AvailabilityHandlers, OperationalHandlers
 from stocksync.api.metrics import ApiMetrics
 from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, RequestPipeline, SyncHandler
@@ -65,6 +66,17 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
 
 
+def _sku_from_path(
+    get: Callable[[web.Request, str], Awaitable[web.StreamResponse]],
+) -> Handler:
+    """``get`` as a routed handler: the SKU from the router's match."""
+
+    async def routed(request: web.Request) -> web.StreamResponse:
+        return await get(request, request.match_info["sku"])
+
+    return routed
+
+
 def create_app(settings: Settings) -> web.Application:
     """The availability API for ``settings``; it loads its model from Redis when started."""
     model = AvailabilityModel([c.name for c in settings.channels])
@@ -89,21 +101,29 @@ def create_app(settings: Settings) -> web.Application:
         model, max_skus=settings.api.max_skus, max_body_bytes=settings.api.max_body_bytes
     )
     ops = OperationalHandlers(status, metrics, encode(openapi_document(settings)))
-    routes: list[tuple[str, str, Handler | SyncHandler, bool]] = [
-        ("POST", "/v1/availability/query", availability.query, True),
-        # Any characters, newlines included, so that every bad SKU gets invalid_sku.
-        ("GET", r"/v1/availability/{sku:[\s\S]*}", availability.get, True),
-        ("GET", OPENAPI_PATH, ops.openapi, False),
-        ("GET", "/healthz", ops.healthz, False),
-        ("GET", "/readyz", ops.readyz, False),
-        ("GET", "/metrics", ops.metrics, False),
+    # The hot endpoints: HotRoutes serves them ahead of the router (see
+    # stocksync.api.dispatch), and the router serves what HotRoutes leaves to it.
+    query_resource = app.router.add_resource(QUERY_PATH)
+    query = pipeline.wrap(availability.query, query_resource.canonical, protected=True)
+    query_resource.add_route("POST", query)
+    # Any characters, newlines included, so that every bad SKU gets invalid_sku.
+    sku_resource = app.router.add_resource(AVAILABILITY_PREFIX + r"{sku:[\s\S]*}")
+    get = pipeline.wrap(availability.get, sku_resource.canonical, protected=True)
+    routed_get = _sku_from_path(get)
+    sku_resource.add_route("HEAD", routed_get)
+    sku_resource.add_route("GET", routed_get)
+    app[HOT_ROUTES] = HotRoutes(get, query)
+    routes: list[tuple[str, Handler | SyncHandler]] = [
+        (OPENAPI_PATH, ops.openapi),
+        ("/healthz", ops.healthz),
+        ("/readyz", ops.readyz),
+        ("/metrics", ops.metrics),
     ]
-    for method, path, handler, protected in routes:
+    for path, handler in routes:
         resource = app.router.add_resource(path)
-        wrapped = pipeline.wrap(handler, resource.canonical, protected=protected)
-        if method == "GET":
-            resource.add_route("HEAD", wrapped)
-        resource.add_route(method, wrapped)
+        wrapped = pipeline.wrap(handler, resource.canonical, protected=False)
+        resource.add_route("HEAD", wrapped)
+        resource.add_route("GET", wrapped)
     # Last, so that it only takes what no route above does.
     app.router.add_route(
         "*",

@@ -100,11 +100,10 @@ class AvailabilityHandlers:
             raise BadRequest(f"'detail' may only be 'nodes', not {shown(detail)}.")
         return slot, detail is not None
 
-    def get(self, request: web.Request) -> web.Response:
+    def get(self, request: web.Request, sku: str) -> web.Response:
         """One SKU on one channel, with ``ETag``; ``304`` on a matching ``If-None-Match``."""
         if not self._model.loaded:
             raise NotReady("The availability model is still loading; retry shortly.")
-        sku = request.match_info["sku"]
         entry = self._entries.get(sku)
         if entry is None and not is_identifier(sku):
             raise InvalidSku(f"SKU {shown(sku)} is not 1-64 characters from [A-Za-z0-9._:/-].")

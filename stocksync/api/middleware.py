@@ -21,11 +21,10 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
-from typing import Final, Literal, cast
+from collections.abc import Awaitable, Callable
+from typing import Final, Literal, TypeVarTuple, cast
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from stocksync.api.auth import Authenticator
 from stocksync.api.bodies import error_body
@@ -52,6 +51,9 @@ log = logging.getLogger("stocksync.api")
 
 #: A handler that answers without waiting for anything.
 SyncHandler = Callable[[web.Request], web.StreamResponse]
+
+#: What a handler takes after the request: nothing, or a path parameter.
+Params = TypeVarTuple("Params")
 
 CORRELATION_HEADER: Final = "X-Correlation-ID"
 #: Metrics label of requests no route matched (one label, whatever the path).
@@ -148,21 +150,34 @@ class RequestPipeline:
         """A process-unique id: a random prefix and a counter, cheap per request."""
         return f"{self._id_prefix}{next(self._id_counter):x}"
 
-    def wrap(self, handler: Handler | SyncHandler, route: str, *, protected: bool) -> Handler:
+    def wrap(
+        self,
+        handler: Callable[[web.Request, *Params], Awaitable[web.StreamResponse]]
+        | Callable[[web.Request, *Params], web.StreamResponse],
+        route: str,
+        *,
+        protected: bool,
+    ) -> Callable[[web.Request, *Params], Awaitable[web.StreamResponse]]:
         """``handler`` behind the pipeline; ``protected`` routes need a token if any is set.
 
         ``handler`` may be a plain function when it has nothing to wait for (an
         answer from memory): calling it directly saves a coroutine per request.
+        It may take parameters after the request (the SKU of a path), passed on
+        as they come.
         """
-        async_handler = cast(Handler, handler) if inspect.iscoroutinefunction(handler) else None
-        sync_handler = cast(SyncHandler, handler)
+        async_handler = (
+            cast("Callable[[web.Request, *Params], Awaitable[web.StreamResponse]]", handler)
+            if inspect.iscoroutinefunction(handler)
+            else None
+        )
+        sync_handler = cast("Callable[[web.Request, *Params], web.StreamResponse]", handler)
         check = self.authenticator.check if protected and self.authenticator.enabled else None
         record = self.metrics.recorder(route)
         access_log = self.access_log if self.access_log.enabled else None
         id_prefix, id_counter = self._id_prefix, self._id_counter
         perf_counter = time.perf_counter
 
-        async def handle(request: web.Request) -> web.StreamResponse:
+        async def handle(request: web.Request, *params: *Params) -> web.StreamResponse:
             started = perf_counter()
             correlation_id = request.headers.get(CORRELATION_HEADER)
             if correlation_id is None or _CLIENT_ID.fullmatch(correlation_id) is None:
@@ -172,9 +187,9 @@ class RequestPipeline:
                 if check is not None:
                     token = check(request.headers.get("Authorization"))
                 if async_handler is None:
-                    response = sync_handler(request)
+                    response = sync_handler(request, *params)
                 else:
-                    response = await async_handler(request)
+                    response = await async_handler(request, *params)
             except ApiError as exc:
                 response = error_response(exc)
             except web.HTTPException as exc:

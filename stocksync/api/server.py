@@ -24,6 +24,7 @@ import uvloop
 from aiohttp import web
 
 from stocksync.api.app import create_app
+from stocksync.api.dispatch import ApiRunner
 from stocksync.config.settings import Settings
 
 __all__ = ["run"]
@@ -73,7 +74,7 @@ async def _serve_until_stopped(settings: Settings, port: int, *, reuse_port: boo
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(
+    runner = ApiRunner(
         create_app(settings),
         access_log=None,  # the app logs its own, as configured
         handle_signals=False,

@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 
 import msgspec
 import redis
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from stocksync.api.app import create_app
+from stocksync.api.dispatch import ApiRunner
 from stocksync.codecs.projections import ChannelAvailability, NodeAvailability, SkuProjection
 from stocksync.config.settings import ApiSettings, ChannelSettings, Settings, TokenSettings
 from stocksync.readmodel.keys import PROJECTION_FIELD, VERSION_FIELD, Keys
@@ -137,10 +139,25 @@ def write(
     pipe.execute()
 
 
+class ApiTestServer(TestServer):
+    """A test server that runs the app as ``stocksync api`` does: hot routes first."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return ApiRunner(self.app, **kwargs)
+
+
 @contextlib.asynccontextmanager
-async def serving(settings: Settings, *, ready: bool = True) -> AsyncIterator[TestClient[Any, Any]]:
-    """A test client of a started API; waits until ``/readyz`` is 200 unless told not to."""
-    async with TestClient(TestServer(create_app(settings))) as client:
+async def serving(
+    settings: Settings, *, ready: bool = True, hot_routes: bool = True
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """A test client of a started API; waits until ``/readyz`` is 200 unless told not to.
+
+    ``hot_routes=False`` serves it with aiohttp's plain runner: every request
+    through the router.
+    """
+    app = create_app(settings)
+    server = ApiTestServer(app) if hot_routes else TestServer(app)
+    async with TestClient(server) as client:
         if ready:
             await eventually(lambda: _ready(client), timeout=10)
         yield client

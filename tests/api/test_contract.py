@@ -394,7 +394,7 @@ def test_a_bug_is_500_internal_without_detail(
 ) -> None:
     write(store, projection("A"))
 
-    async def broken(self: AvailabilityHandlers, request: web.Request) -> web.Response:
+    async def broken(self: AvailabilityHandlers, request: web.Request, sku: str) -> web.Response:
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(AvailabilityHandlers, "get", broken)
