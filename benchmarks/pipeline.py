@@ -41,7 +41,14 @@ from typing import Any
 
 __all__ = ["SCENARIOS", "main"]
 
-SCENARIOS = ("faust_bare", "aiokafka", "pipeline_single", "pipeline_bulk", "freshness")
+SCENARIOS = (
+    "faust_bare",
+    "faust_bare_stocksync",
+    "aiokafka",
+    "pipeline_single",
+    "pipeline_bulk",
+    "freshness",
+)
 PARTITIONS = 8
 
 
@@ -121,15 +128,49 @@ def _counter(metric: Any) -> float:
 
 
 async def faust_bare(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
-    """A do-nothing Faust agent on the three source topics."""
-    from stocksync.agents.app import create_app, raw_topic, start_worker, stop_worker
+    """A do-nothing agent on the three source topics, in a stock ``faust.App``.
+
+    The app has every setting of stocksync's (uvloop, raw serializers, Cython,
+    2,000 records per poll, 8 MiB fetches, ...) but Faust's own consumer: this
+    is the Faust ceiling the pipeline is compared with.
+    """
+    import faust
+
+    from stocksync.agents.app import app_options
+
+    return await _bare(
+        bootstrap,
+        redis_url,
+        events,
+        lambda settings, datadir: faust.App(
+            settings.worker.group_id, **app_options(settings, datadir=datadir)
+        ),
+    )
+
+
+async def faust_bare_stocksync(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
+    """The same do-nothing agent in stocksync's app (its consumer delivers without Tasks)."""
+    from stocksync.agents.app import create_app
+
+    return await _bare(
+        bootstrap,
+        redis_url,
+        events,
+        lambda settings, datadir: create_app(settings, datadir=datadir),
+    )
+
+
+async def _bare(
+    bootstrap: str, redis_url: str, events: int, new_app: Callable[[Any, str], Any]
+) -> dict[str, Any]:
+    from stocksync.agents.app import raw_topic, start_worker, stop_worker
     from stocksync.agents.topics import topic_names
 
     settings = _settings(f"kafka://{bootstrap}", redis_url, f"b{uuid.uuid4().hex[:8]}")
     messages = _single_messages(settings, events)
     await _produce(bootstrap, settings, messages)
     names = topic_names(settings)
-    app = create_app(settings, datadir=tempfile.mkdtemp())
+    app = new_app(settings, tempfile.mkdtemp())
     seen = 0
 
     async def drain(stream: Any) -> None:
@@ -518,9 +559,12 @@ def _ratios(results: dict[str, Any]) -> dict[str, float]:
     ratios: dict[str, float] = {}
     c = rate("pipeline_single", "events_per_s")
     a = rate("faust_bare", "messages_per_s")
+    a2 = rate("faust_bare_stocksync", "messages_per_s")
     b = rate("aiokafka", "messages_per_s")
     if c and a:
         ratios["c/a"] = c / a
+    if c and a2:
+        ratios["c/a'"] = c / a2
     if c and b:
         ratios["c/b"] = c / b
     return ratios
@@ -532,6 +576,11 @@ def _print_table(report: dict[str, Any]) -> None:
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
     rows = [
         ("(a) bare Faust agent, one-event messages", r.get("faust_bare", {}), "messages_per_s"),
+        (
+            "(a') the same agent in stocksync's app",
+            r.get("faust_bare_stocksync", {}),
+            "messages_per_s",
+        ),
         ("(b) aiokafka consumer, same messages", r.get("aiokafka", {}), "messages_per_s"),
         ("(c) stocksync pipeline, one-event mix", r.get("pipeline_single", {}), "events_per_s"),
         ("(d) stocksync pipeline, bulk x100", r.get("pipeline_bulk", {}), "events_per_s"),
