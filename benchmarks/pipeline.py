@@ -118,6 +118,18 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def _redis_cpu(redis_url: str) -> float:
+    """CPU seconds the Redis server has used so far (its own INFO figures)."""
+    from redis import asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    try:
+        info = await client.info("cpu")
+    finally:
+        await client.aclose()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _counter(metric: Any) -> float:
     return float(
         sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith("_total"))
@@ -240,6 +252,7 @@ async def _run_worker(
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
+    redis_cpu = await _redis_cpu(redis_url)
     started, cpu = time.perf_counter(), _cpu()
 
     def translated() -> float:
@@ -255,6 +268,7 @@ async def _run_worker(
     try:
         await _wait(applied, 900, "the pipeline")
         elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
+        redis_cpu = await _redis_cpu(redis_url) - redis_cpu
     finally:
         if profiler:
             profiler.disable()
@@ -265,6 +279,7 @@ async def _run_worker(
         "events": events,
         "seconds": elapsed,
         "cpu_seconds": cpu,
+        "redis_cpu_seconds": redis_cpu,
         "events_per_s": events / elapsed,
         "effects": _counter(metrics.effects_sent),
         "skus_written": _counter(metrics.skus_written),

@@ -30,7 +30,7 @@ from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.topics import effects_partition
 from stocksync.codecs.effects import Effect, EffectBatch, batch_decoder, batch_encoder
 from stocksync.codecs.events import Event
-from stocksync.codecs.messages import Reason, decode_message
+from stocksync.codecs.messages import Decoded, Reason, decode_message
 from stocksync.codecs.projections import projection_encoder
 from stocksync.codecs.state import OrderState, Position, RmaState
 from stocksync.readmodel import core
@@ -148,6 +148,7 @@ class Translator:
         window_ms: int,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], int] = _now_ms,
+        chunk_events: int = 2000,
     ) -> None:
         if kind not in ("stock", "orders", "returns"):
             raise ValueError(f"unknown source kind {kind!r}")
@@ -160,16 +161,41 @@ class Translator:
         self.window_ms = window_ms
         self.metrics = metrics or WorkerMetrics()
         self.clock = clock
+        self.chunk_events = chunk_events
 
     async def process(self, messages: Sequence[SourceMessage]) -> int:
-        """Translate a batch; returns how many effects were sent."""
+        """Translate a batch; returns how many effects were sent.
+
+        The batch is translated and sent in chunks of about ``chunk_events``
+        events: a batch of bulk messages can hold 100 times more events than
+        messages, and sending its effects as it goes lets the applier start on
+        the first chunk while this one translates the next. Faust acks the batch
+        only when all of it is done, so a chunk changes nothing on a crash: the
+        batch is redelivered, and its effects keep their ids.
+        """
         now = self.clock()
+        sent = 0
+        chunk: list[tuple[SourceMessage, Decoded]] = []
+        events = 0
+        for msg in messages:
+            decoded = decode_message(msg.value)
+            chunk.append((msg, decoded))
+            events += len(decoded.events) + len(decoded.rejections)
+            if events >= self.chunk_events:
+                sent += await self._translate_chunk(chunk, now)
+                chunk, events = [], 0
+        if chunk:
+            sent += await self._translate_chunk(chunk, now)
+        return sent
+
+    async def _translate_chunk(
+        self, chunk: Sequence[tuple[SourceMessage, Decoded]], now: int
+    ) -> int:
         consumed: Counter[str] = Counter()
         skipped: Counter[str] = Counter()
         letters: list[DeadLetterOut] = []
         valid: list[tuple[SourceMessage, int | None, Event, bytes]] = []
-        for msg in messages:
-            decoded = decode_message(msg.value)
+        for msg, decoded in chunk:
             key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
             for rejection in decoded.rejections:
                 letters.append(

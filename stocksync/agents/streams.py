@@ -103,6 +103,7 @@ class Pipeline:
                 store=None if kind == "stock" else self.store,
                 window_ms=self.window_ms,
                 metrics=self.metrics,
+                chunk_events=self.settings.worker.batch_size,
             )
         return found
 

@@ -10,6 +10,7 @@ import msgspec
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.pipeline import Applier, SourceMessage, Translator
 from stocksync.codecs.dlq import dead_letter_decoder
+from stocksync.codecs.effects import batch_decoder
 from stocksync.codecs.projections import projection_decoder
 from stocksync.readmodel import core
 from stocksync.readmodel.store import MemoryStore
@@ -148,3 +149,53 @@ def test_a_quantity_beyond_the_limit_is_dead_lettered_and_the_next_event_applies
     (letter,) = [dead_letter_decoder.decode(x.value) for x in rig.outbox.letters]
     assert letter.reason == "invalid_field"
     assert "delta" in letter.message
+
+
+def test_a_batch_is_sent_in_chunks_with_the_same_effects_as_whole() -> None:
+    """Chunks of a batch carry order state from one to the next and send what one pass would."""
+
+    def run(chunk_events: int) -> tuple[list[list[bytes]], dict[str, int]]:
+        rig = Rig()
+        rig.translators["orders"].chunk_events = chunk_events
+        sends: list[list[bytes]] = []
+        outbox_send = rig.outbox.send_effects
+
+        async def send_effects(batches: dict[int, bytes]) -> None:
+            sends.append([batches[p] for p in sorted(batches)])
+            await outbox_send(batches)
+
+        rig.outbox.send_effects = send_effects  # type: ignore[method-assign]
+        snaps = [
+            ev("stock.snapshot", f"s{i}", sku=f"S{i}", node="dc-east", on_hand=50,
+               as_of="2026-11-27T08:00:00Z")
+            for i in range(6)
+        ]
+        rig.feed("stock", [rig.message("stock", "any", snaps)])
+        sends.clear()
+        messages = []
+        for i in range(6):
+            order = f"o{i}"
+            line = [{"line_id": "1", "sku": f"S{i}", "qty": 3}]
+            messages.append(rig.message("orders", order, ev(
+                "order.created", f"c{i}", order_id=order, channel="web", node="dc-east",
+                lines=line)))
+            messages.append(rig.message("orders", order, ev(
+                "order.shipped", f"x{i}", order_id=order, shipment_id=f"p{i}", node="dc-east",
+                lines=[{"line_id": "1", "qty": 1}], occurred_at="2026-11-27T10:00:00Z")))
+        rig.feed("orders", messages)
+        return sends, {f"S{i}": rig.available(f"S{i}") for i in range(6)}
+
+    whole, whole_model = run(chunk_events=2000)
+    chunked, chunked_model = run(chunk_events=3)
+    assert len(whole) == 1 and len(chunked) == 4  # 12 events in chunks of 3 (and no more)
+    assert chunked_model == whole_model == {f"S{i}": 45 for i in range(6)}  # 49 - 2 - 2
+    def effects(sends: list[list[bytes]]) -> list[bytes]:
+        return sorted(
+            msgspec.msgpack.encode(effect)
+            for send in sends
+            for payload in send
+            for effect in batch_decoder.decode(payload).effects
+        )
+
+    assert len(effects(whole)) == 6 * 3
+    assert effects(chunked) == effects(whole)
