@@ -39,7 +39,7 @@ import logging
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,6 +47,7 @@ import faust
 import uvloop
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import AppT, EventT, StreamT
+from mode import ServiceT
 from mode.services import WaitResults
 
 from stocksync.config.connections import faust_broker_credentials
@@ -192,7 +193,17 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """faust.App whose Kafka consumer does not sit on the broker for 1.5 s per fetch."""
+    """faust.App with :class:`_Consumer`, and without Faust's statistics sensor.
+
+    Faust's ``Monitor`` sensor keeps per-event statistics for Faust's own web
+    views and is called several times per message; the worker serves its own
+    metrics and has no Faust web server, so it is left out of the sensors.
+    """
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        dependencies = super().on_init_dependencies()
+        self.sensors.remove(self.monitor)
+        return dependencies
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]

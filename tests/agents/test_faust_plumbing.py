@@ -401,3 +401,19 @@ def test_two_workers_in_one_group_split_the_partitions(
     assert mine | theirs == {0, 1, 2, 3}
     assert not mine & theirs
     assert len(mine) == len(theirs) == 2
+
+
+def test_the_app_leaves_faust_statistics_sensor_out(tmp_path: Path) -> None:
+    """Faust's Monitor runs several times per message for views the worker does not serve."""
+
+    async def scenario() -> tuple[bool, bool]:
+        app = create_app(Settings(broker="kafka://127.0.0.1:9"), datadir=tmp_path)
+        stock = faust.App("stock-app", broker="kafka://127.0.0.1:9", datadir=str(tmp_path))
+        app.on_init_dependencies()
+        stock.on_init_dependencies()
+        for each in (app, stock):  # never started: close the loop the consumer thread made
+            each.consumer._thread.thread_loop.close()
+        return app.monitor in set(app.sensors), stock.monitor in set(stock.sensors)
+
+    ours, faust_default = run(scenario())
+    assert faust_default and not ours
