@@ -23,6 +23,7 @@ from stocksync.agents.streams import Pipeline, register
 from stocksync.agents.topics import TopicSetupError, ensure_topics, topic_names
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
+from stocksync.daemon.collector import collect_less
 from stocksync.readmodel.generation import resolve_namespace
 from stocksync.readmodel.keys import Keys
 from stocksync.readmodel.store import RedisStore, StoreUnavailable
@@ -164,6 +165,7 @@ async def serve(
             handle_signals=handle_signals,
             shutdown_timeout=settings.worker.shutdown_timeout,
         )
+        collect_less()
         state["ready"] = True
         if ready is not None:
             ready.set()
