@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Final
 
 import msgspec
@@ -140,13 +141,16 @@ class AvailabilityHandlers:
         if len(req.skus) > self._max_skus:
             raise TooManySkus(f"{len(req.skus)} SKUs asked; at most {self._max_skus} per request.")
         slot = self._slot(req.channel)
-        if not req.detail:
-            # Every SKU known on the channel (the usual case): one comprehension and a
-            # join; anything else (KeyError: unknown SKU, TypeError: a SKU without this
-            # channel) takes the general path below.
-            entries = self._entries
+        if not req.detail and len(req.skus) > 1:
+            # Every SKU known on the channel (the usual case): the entries by one
+            # itemgetter, their documents joined; anything else (KeyError: unknown SKU,
+            # TypeError: a SKU without this channel) takes the general path below.
+            # Nearly all the time goes to cache misses on the model (about 1.3 us a
+            # SKU): itemgetter and join look the SKUs up in tight C loops, whose misses
+            # the CPU overlaps, 30% faster than a comprehension (needs 2+ SKUs: with
+            # one, itemgetter returns the entry itself).
             try:
-                joined = b",".join([entries[sku][slot] for sku in req.skus])
+                joined = b",".join(map(itemgetter(slot), itemgetter(*req.skus)(self._entries)))
             except (KeyError, TypeError):
                 pass
             else:

@@ -201,6 +201,8 @@ def test_sku_missing_on_a_channel_is_unknown_there(redis_url: str, store: redis.
             _error(body, "unknown_sku")
             status, _, body = await _post(client, {"skus": ["SKU-1"], "channel": "store"})
             assert msgspec.json.decode(body) == {"items": [], "unknown": ["SKU-1"]}
+            status, _, body = await _post(client, {"skus": ["SKU-1", "SKU-1"], "channel": "store"})
+            assert msgspec.json.decode(body) == {"items": [], "unknown": ["SKU-1", "SKU-1"]}
 
     run(scenario())
 
@@ -227,7 +229,7 @@ def test_batch_query(redis_url: str, store: redis.Redis) -> None:
                 + b'],"unknown":["X","Y"]}'
             )
 
-            # All known: the same bytes through the join-only path.
+            # All known: the same bytes through the join-only path (two SKUs or more).
             status, _, body = await _post(client, {"skus": ["C", "A", "C"], "channel": "web"})
             assert status == 200
             assert body == (
@@ -235,6 +237,8 @@ def test_batch_query(redis_url: str, store: redis.Redis) -> None:
                 + b",".join(_plain(p.channels[0]) for p in (c, a, c))
                 + b'],"unknown":[]}'
             )
+            status, _, body = await _post(client, {"skus": ["B"], "channel": "web"})
+            assert body == b'{"items":[' + _plain(b.channels[0]) + b'],"unknown":[]}'
 
             status, _, body = await _post(
                 client, {"skus": ["A"], "channel": "store", "detail": True}
