@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--events", type=int, default=30_000, help="one-event messages per run")
+    parser.add_argument("--events", type=int, default=100_000, help="one-event messages per run")
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="run only these")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
