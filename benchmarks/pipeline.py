@@ -5,15 +5,17 @@ It starts one embedded broker and one ``redis-server`` on free loopback ports,
 then runs every scenario in a fresh subprocess against them, so each figure
 and its baseline come from the same run on the same services:
 
-``faust_bare``       a Faust agent with stocksync's settings doing nothing per
-                     one-event message (the Faust ceiling)
+``faust_bare``       a do-nothing agent in a stock ``faust.App`` with stocksync's
+                     settings, on one-event messages (the Faust ceiling)
+``faust_bare_stocksync``  the same agent in stocksync's app (its consumer hands
+                     messages over without Tasks and it has no statistics sensor)
 ``aiokafka``         one aiokafka consumer reading the same messages (the transport ceiling)
 ``pipeline_single``  stocksync's whole pipeline, produce to Redis, one-event
                      messages in a realistic mix (80% stock, 20% orders and returns)
 ``pipeline_bulk``    the same with an ERP full export: 100,000 snapshots in bulk
                      messages of 100 events
-``freshness``        a steady 2,000 events/s; produce-to-Redis age of each
-                     applied effect (p50/p99, from the worker's histogram)
+``freshness``        steady 1,000 and 2,000 events/s from a producer process;
+                     produce-to-Redis age of every applied effect (p50, p99, p99.9, max)
 
 Messages are produced before each consumer starts and timing starts when the
 consumer is ready, so the figures are processing rates, not producer rates.
