@@ -147,7 +147,8 @@ class WorkerSettings(_Config, frozen=True):
     #: Address of the worker's own /healthz, /readyz, /metrics; port 0 picks a free one.
     host: str = "127.0.0.1"
     port: Port = 8081
-    #: Most events taken per batch, and how long to wait for a batch to fill.
+    #: Most messages an agent takes per batch (translators also send effects every this
+    #: many events), and how long to wait for a batch to fill.
     batch_size: Positive = 2000
     batch_window_ms: Positive = 50
     #: (source, event_id) de-duplication window; the contract asks for at least 24 h.
