@@ -7,7 +7,7 @@ from operator import itemgetter
 from typing import Final
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stocksync.api.bodies import HealthBody, ReadyBody, encode, error_body
@@ -116,10 +116,10 @@ class AvailabilityHandlers:
         if doc is None:
             raise UnknownSku(f"SKU {shown(sku)} is not known on this channel.")
         etag = f'"{entry[VERSION_SLOT]}"'
-        if_none_match = request.headers.get("If-None-Match")
+        if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
         if if_none_match is not None and etag_matches(if_none_match, etag):
-            return web.Response(status=304, headers={"ETag": etag})
-        return web.Response(body=doc, headers={"Content-Type": _JSON, "ETag": etag})
+            return web.Response(status=304, headers={hdrs.ETAG: etag})
+        return web.Response(body=doc, headers={hdrs.CONTENT_TYPE: _JSON, hdrs.ETAG: etag})
 
     async def query(self, request: web.Request) -> web.Response:
         """Many SKUs on one channel: known ones in request order, and the unknown ones."""

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Literal, TypeVarTuple, cast
 
 from aiohttp import web
+from multidict import istr
 
 from stocksync.api.auth import Authenticator
 from stocksync.api.bodies import error_body
@@ -55,7 +56,8 @@ SyncHandler = Callable[[web.Request], web.StreamResponse]
 #: What a handler takes after the request: nothing, or a path parameter.
 Params = TypeVarTuple("Params")
 
-CORRELATION_HEADER: Final = "X-Correlation-ID"
+#: Case-insensitive already (multidict's istr): header lookups skip folding its case.
+CORRELATION_HEADER: Final = istr("X-Correlation-ID")
 #: Metrics label of requests no route matched (one label, whatever the path).
 UNMATCHED_ROUTE: Final = "unmatched"
 #: A client's correlation id is echoed when it is 1-256 visible ASCII characters.
