@@ -717,8 +717,10 @@ class Cluster:
         shutdown_timeout: float = 10.0,
         channels: Sequence[Channel] = CHANNELS,
         node_safety: dict[str, int] | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.batch_size = batch_size
         self.broker_url = broker_url
         self.redis_url = redis_url
         self.prefix = prefix
@@ -765,6 +767,8 @@ class Cluster:
             f'group_id = "{self.group_id}"',
             f"shutdown_timeout = {self.shutdown_timeout}",
         ]
+        if self.batch_size is not None:
+            lines.append(f"batch_size = {self.batch_size}")
         for channel in self.channels:
             nodes = ", ".join(f'"{n}"' for n in channel.nodes)
             lines += [

@@ -15,12 +15,20 @@ __all__: list[str] = []
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
+@pytest.mark.parametrize(
+    "batch_size",
+    [None, 7],
+    ids=["default-batches", "batches-translated-in-chunks-of-7"],
+)
 def test_sigkill_twice_mid_stream_loses_nothing_and_applies_nothing_twice(
-    make_cluster: Callable[..., Cluster],
+    make_cluster: Callable[..., Cluster], batch_size: int | None
 ) -> None:
     """A worker SIGKILLed twice while a few thousand events stream in, restarted each time,
-    ends with exactly the reference model (and every dead letter, possibly repeated)."""
-    cluster = make_cluster(partitions=4)
+    ends with exactly the reference model (and every dead letter, possibly repeated).
+
+    With a batch size of 7 events, bulk exports are translated and their effects sent
+    in many chunks per batch, so kills also land between the chunks of a batch."""
+    cluster = make_cluster(partitions=4, batch_size=batch_size)
     rng = random.Random(cluster.seed())
     messages = realistic_stream(rng, cluster.wire, 3000)
     worker = cluster.start_worker()
