@@ -20,6 +20,8 @@ from typing import Final, cast
 
 from aiohttp import hdrs, web
 
+from stocksync.api.protocol import JsonErrorServer
+
 __all__ = ["AVAILABILITY_PREFIX", "HOT_ROUTES", "QUERY_PATH", "ApiRunner", "HotRoutes"]
 
 AVAILABILITY_PREFIX: Final = "/v1/availability/"
@@ -71,6 +73,12 @@ HOT_ROUTES: Final = web.AppKey("hot_routes", HotRoutes)
 
 class ApiRunner(web.AppRunner):
     """An ``AppRunner`` whose server hands requests to the app's :class:`HotRoutes` first."""
+
+    async def _make_server(self) -> web.Server:
+        """The application's server, answering requests it cannot parse in JSON."""
+        server = await super()._make_server()
+        server.__class__ = JsonErrorServer  # same state; only makes other connections
+        return server
 
     async def setup(self) -> None:
         """Start the application and make its server; then put the hot routes in front."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,3 +132,39 @@ def test_many_concurrent_clients(redis_url: str, store: redis.Redis) -> None:
             assert sorted(set(statuses)) == [200, 404]
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/availability/A HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /v1/availability/\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/availability/A HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello on the plain port
+    ],
+    ids=["method", "content-length", "control-byte", "header-too-long", "tls-hello"],
+)
+def test_requests_aiohttp_cannot_parse_get_the_json_error_and_no_traceback(
+    redis_url: str, store: redis.Redis, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> bytes:
+        async with serving(make_settings(redis_url)) as client:
+            assert client.port is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+            try:
+                writer.write(raw)
+                await writer.drain()
+                return await asyncio.wait_for(reader.read(), 5)
+            finally:
+                writer.close()
+
+    with caplog.at_level(logging.DEBUG):
+        answer = run(scenario())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
+    assert b"content-type: application/json" in head.lower()
+    assert _code(body) == "bad_request"
+    assert b"Traceback" not in body and b"aiohttp" not in body
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info]
+    assert [r for r in caplog.records if "unparseable request" in r.getMessage()]
