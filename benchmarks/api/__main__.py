@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -220,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-cpu", type=int, default=0)
     args = parser.parse_args(argv)
     chosen = args.only or [*SCENARIOS, "memory"]
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing and set(chosen) != {"memory"}:
+        print(
+            f"{' and '.join(missing)} not found: install them (Debian: apt-get install wrk "
+            "util-linux), or run only the memory scenario (--only memory)",
+            file=sys.stderr,
+        )
+        return 2
     results: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
         f"{_cpu_model()}, Python {platform.python_version()}",
