@@ -159,6 +159,7 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
     names = pipeline.topics
     size = settings.worker.batch_size
     within = settings.worker.batch_window_ms / 1000
+    apply_within = settings.worker.apply_window_ms / 1000
     effects_topic = raw_topic(app, names.effects)
     pipeline.outbox = FaustOutbox(effects_topic, raw_topic(app, names.dlq))
 
@@ -183,7 +184,7 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
     applier = pipeline.applier
 
     async def apply(stream: Any) -> None:
-        async for events in stream.take_events(size, within):
+        async for events in stream.take_events(size, apply_within):
             payloads = [e.value for e in events if e.value]
             await pipeline.run_batch(
                 "apply",
