@@ -565,25 +565,14 @@ def format_millis(ms: int) -> str:
 
 
 def _node_availability(pos: Position, node: str, topology: Topology) -> NodeAvailability:
-    # node_view's arithmetic, inlined: this runs for every node of every SKU written.
-    state = pos.nodes.get(node)
-    if state is None:
-        safety = topology.default_safety(node)
-        return NodeAvailability(
-            node=node, available=0, on_hand=0, reserved=0, quarantine=0, safety_stock=safety
-        )
-    on_hand = state.snap or 0
-    for _, delta in state.changes:
-        on_hand += delta
-    safety = state.safety if state.safety is not None else topology.default_safety(node)
-    reserved = state.reserved
+    view = node_view(pos, node, topology)
     return NodeAvailability(
         node=node,
-        available=max(0, on_hand - reserved - safety),
-        on_hand=on_hand,
-        reserved=reserved,
-        quarantine=max(0, state.received - state.inspected),
-        safety_stock=safety,
+        available=view.available,
+        on_hand=view.on_hand,
+        reserved=view.reserved,
+        quarantine=view.quarantine,
+        safety_stock=view.safety_stock,
     )
 
 
