@@ -41,6 +41,7 @@ from stocksync.api.metrics import ApiMetrics
 
 __all__ = [
     "CORRELATION_HEADER",
+    "INTERNAL_MESSAGE",
     "UNMATCHED_ROUTE",
     "AccessLog",
     "RequestPipeline",
@@ -58,6 +59,8 @@ Params = TypeVarTuple("Params")
 
 #: Case-insensitive already (multidict's istr): header lookups skip folding its case.
 CORRELATION_HEADER: Final = istr("X-Correlation-ID")
+#: What a client is told of a failure of ours (the detail goes to the log).
+INTERNAL_MESSAGE: Final = "The server failed to answer; the failure is logged."
 #: Metrics label of requests no route matched (one label, whatever the path).
 UNMATCHED_ROUTE: Final = "unmatched"
 #: A client's correlation id is echoed when it is 1-256 visible ASCII characters.
@@ -128,7 +131,7 @@ def _from_http(exc: web.HTTPException) -> web.Response:
     if status < 500:
         return error_response(BadRequest(exc.reason or "Bad request."), status)
     return error_response(
-        InternalError("The server failed to answer; the failure is logged."), status
+        InternalError(INTERNAL_MESSAGE), status
     )
 
 
@@ -204,7 +207,7 @@ class RequestPipeline:
                     extra={"correlation_id": correlation_id},
                 )
                 response = error_response(
-                    InternalError("The server failed to answer; the failure is logged.")
+                    InternalError(INTERNAL_MESSAGE)
                 )
             response.headers[CORRELATION_HEADER] = correlation_id
             elapsed = perf_counter() - started

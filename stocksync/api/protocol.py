@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from stocksync.api.bodies import error_body
+from stocksync.api.errors import ApiError, BadRequest, InternalError
+from stocksync.api.middleware import INTERNAL_MESSAGE, error_response
 
 __all__ = ["JsonErrorProtocol", "JsonErrorServer", "reason_of"]
 
@@ -28,8 +29,8 @@ log = logging.getLogger("stocksync.api")
 
 def reason_of(exc: BaseException | None, message: str | None) -> str:
     """The first line of the parser's complaint, e.g. ``Invalid method encountered``."""
-    text = getattr(exc, "message", None) or message or "malformed request"
-    return str(text).strip().splitlines()[0].rstrip(":").strip() or "malformed request"
+    lines = str(getattr(exc, "message", None) or message or "").strip().splitlines()
+    return (lines[0].rstrip(":").strip() if lines else "") or "malformed request"
 
 
 class JsonErrorProtocol(RequestHandler):
@@ -45,9 +46,10 @@ class JsonErrorProtocol(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """The answer to a request that failed before or outside any handler."""
+        error: ApiError
         if status >= 500:
             self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
-            body = error_body("internal", "The server failed to answer; the failure is logged.")
+            error = InternalError(INTERNAL_MESSAGE)
         else:
             reason = reason_of(exc, message)
             log.info(
@@ -57,13 +59,12 @@ class JsonErrorProtocol(RequestHandler):
                 reason,
                 extra={"status": status, "remote": request.remote},
             )
-            body = error_body("bad_request", f"The request is not valid HTTP/1.1: {reason}.")
+            error = BadRequest(f"The request is not valid HTTP/1.1: {reason}.")
         if request.writer.output_size > 0:
             raise ConnectionError("Response is sent already, cannot send another response")
-        response = web.Response(status=status, body=body, content_type="application/json")
+        response = error_response(error, status)
         response.force_close()
         return response
-
 
 class JsonErrorServer(web.Server):
     """aiohttp's low-level server with :class:`JsonErrorProtocol` connections."""

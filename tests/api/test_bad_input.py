@@ -15,6 +15,7 @@ import redis
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from stocksync.api.protocol import reason_of
 from tests.api.helpers import make_settings, projection, run, serving, write
 
 Client = TestClient[Any, Any]
@@ -168,3 +169,17 @@ def test_requests_aiohttp_cannot_parse_get_the_json_error_and_no_traceback(
     assert b"Traceback" not in body and b"aiohttp" not in body
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info]
     assert [r for r in caplog.records if "unparseable request" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("Invalid method encountered:\n\n  b'GARBAGE'\n     ^", "Invalid method encountered"),
+        ("   \n ", "malformed request"),
+        (None, "malformed request"),
+    ],
+)
+def test_the_reason_of_an_unparseable_request_is_one_line(
+    message: str | None, reason: str
+) -> None:
+    assert reason_of(None, message) == reason
