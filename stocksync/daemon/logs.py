@@ -1,10 +1,14 @@
-"""Structured logging: one JSON object per line on stderr, set up once by the CLI.
+"""Logging on stderr, set up once by the CLI: JSON lines, or text for a person at a terminal.
 
-Each line has ``ts`` (RFC 3339 UTC, milliseconds), ``level``, ``logger`` and
-``msg``, then every field passed with ``extra=`` (``correlation_id``, ``sku``,
-...), and ``exc`` with the formatted traceback when there is one::
+``--log-format json`` (the default when stderr is not a terminal): each line
+has ``ts`` (RFC 3339 UTC, milliseconds), ``level``, ``logger`` and ``msg``,
+then every field passed with ``extra=`` (``correlation_id``, ``sku``, ...), and
+``exc`` with the formatted traceback when there is one::
 
     log.warning("event dead-lettered", extra={"correlation_id": cid, "reason": "invalid"})
+
+``--log-format text`` (the default on a terminal) writes the same facts as
+``09:00:03.120 warning stocksync.worker: event dead-lettered correlation_id=c-1 reason=invalid``.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["LEVELS", "JsonFormatter", "setup_logging"]
+__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "TextFormatter", "setup_logging"]
 
 #: Level names the CLI accepts, lowest first.
 LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+#: Log formats the CLI accepts.
+FORMATS: Final = ("text", "json")
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD: Final = frozenset(
@@ -56,14 +62,47 @@ class JsonFormatter(logging.Formatter):
             return orjson.dumps({key: str(value) for key, value in line.items()}).decode()
 
 
-def setup_logging(level: str | int = "info") -> None:
-    """Send every log record to stderr as JSON lines at ``level`` and above; idempotent."""
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD}
+
+
+class TextFormatter(logging.Formatter):
+    """Format a record as one line for a person: local time, level, logger, msg, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """``HH:MM:SS.mmm level logger: msg key=value ...`` and the traceback, if any."""
+        moment = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        fields = " ".join(f"{key}={_text(value)}" for key, value in _extras(record).items())
+        line = f"{moment} {record.levelname.lower()} {record.name}: {record.getMessage()}"
+        if fields:
+            line += " " + fields
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+def _text(value: object) -> str:
+    shown = value if isinstance(value, str) else repr(value)
+    return orjson.dumps(shown).decode() if (" " in shown or not shown) else shown
+
+
+def setup_logging(level: str | int = "info", fmt: str | None = None) -> None:
+    """Send log records at ``level`` and above to stderr as ``fmt``; idempotent.
+
+    ``fmt`` is ``"json"`` or ``"text"``; ``None`` picks text on a terminal, JSON otherwise.
+    """
     if isinstance(level, str):
         if level.lower() not in LEVELS:
             raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
         level = logging.getLevelNamesMapping()[level.upper()]
+    if fmt is None:
+        fmt = "text" if sys.stderr.isatty() else "json"
+    if fmt not in FORMATS:
+        raise ValueError(f"log format {fmt!r} is not one of {', '.join(FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
