@@ -10,12 +10,17 @@ Fixtures (other test packages code against these names and shapes):
   ``redis_server`` flushed before the test.
 - ``topic_prefix`` (function): a unique prefix such as ``t3f9a0c12d4e5``, so tests
   sharing the broker never see each other's topics.
+
+Every test, and every ``stocksync`` process a test starts, keeps the state file of
+``stocksync dev`` in a folder of the session (``STOCKSYNC_DEV_STATE``): a dev run on
+this machine is never taken for the test's, nor the test's for anyone else's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -24,12 +29,27 @@ import redis
 
 from stocksync.daemon.services import RedisServer, TansuBroker
 
-__all__ = ["broker", "redis_server", "redis_url", "topic_prefix"]
+__all__ = ["broker", "dev_state", "redis_server", "redis_url", "topic_prefix"]
 
 # Tests take the 16 databases in turn, so a client a test forgot to close
 # writes into a database the next test does not use.
 _REDIS_DATABASES = 16
 _next_db = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dev_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The path of the dev state file for this session (set in the environment)."""
+    path = str(tmp_path_factory.mktemp("devstate") / "dev.json")
+    before = os.environ.get("STOCKSYNC_DEV_STATE")
+    os.environ["STOCKSYNC_DEV_STATE"] = path
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop("STOCKSYNC_DEV_STATE", None)
+        else:
+            os.environ["STOCKSYNC_DEV_STATE"] = before
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from stocksync.config.loader import (
     ConfigError,
     bootstrap_servers,
     config_path,
+    load_configuration,
     load_settings,
     redacted_url,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "WorkerSettings",
     "bootstrap_servers",
     "config_path",
+    "load_configuration",
     "load_settings",
     "redacted_url",
 ]

@@ -15,6 +15,10 @@ Passwords for Kafka (SASL) and Redis come from ``STOCKSYNC_KAFKA_PASSWORD`` /
 ``kafka.password_file`` / ``redis.password_file``, read here once; they land on the
 settings as a :class:`~stocksync.config.settings.Secret`, which prints as ``***``.
 A ``password`` key in the TOML is refused, and no message ever shows a password.
+
+Given the running ``stocksync dev`` setup (:mod:`stocksync.config.devsetup`),
+a configuration that names no broker and no Redis (nor their security tables)
+gets that setup's broker, Redis, key space and topic prefix.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from stocksync.config.devsetup import DevSetup
 from stocksync.config.settings import (
     KafkaSecuritySettings,
     RedisSecuritySettings,
@@ -45,6 +50,7 @@ __all__ = [
     "ConfigError",
     "bootstrap_servers",
     "config_path",
+    "load_configuration",
     "load_settings",
     "redacted_url",
 ]
@@ -112,17 +118,40 @@ def config_path(path: str | None, env: Mapping[str, str]) -> str | None:
 
 def load_settings(path: str | None, env: Mapping[str, str]) -> Settings:
     """Read, override from ``env`` and validate the settings; raise :class:`ConfigError`."""
+    return load_configuration(path, env)[0]
+
+
+#: Settings that point at a deployment: with any of them, a running dev setup is not used.
+_CONNECTION_KEYS: Final = frozenset({"broker", "redis_url", "kafka", "redis"})
+
+
+def load_configuration(
+    path: str | None, env: Mapping[str, str], dev: DevSetup | None = None
+) -> tuple[Settings, DevSetup | None]:
+    """The settings, and ``dev`` when they came to use that running dev setup.
+
+    Without broker and Redis settings (from the file or ``env``), ``dev``'s
+    broker, Redis URL, key space and topic prefix are taken.
+    """
     file = config_path(path, env)
     origin = "--config" if path is not None else CONFIG_ENV
     raw: dict[str, Any] = {} if file is None else _read_toml(file, origin)
     overridden = _apply_env(raw, env)
+    used = dev if dev is not None and not (_CONNECTION_KEYS & raw.keys()) else None
+    if used is not None:
+        raw.update(
+            broker=used.broker,
+            redis_url=used.redis_url,
+            redis_namespace=used.redis_namespace,
+            topic_prefix=used.topic_prefix,
+        )
     context = _Context(file, overridden, env, namespace_set="redis_namespace" in raw)
     _refuse_inline_passwords(raw, context)
     try:
         settings = msgspec.convert(raw, Settings)
     except msgspec.ValidationError as exc:
         raise context.from_validation(str(exc), raw) from None
-    return _check(settings, context)
+    return _check(settings, context), used
 
 
 def redacted_url(url: str) -> str:

@@ -29,6 +29,7 @@ from stocksync.config.connections import (
     redis_client_options,
     security_summary,
 )
+from stocksync.config.devsetup import STATE_ENV
 from stocksync.daemon.logs import JsonFormatter
 from stocksync.daemon.services import free_port
 from stocksync.readmodel.keys import Keys
@@ -338,7 +339,9 @@ def test_secrets_are_not_in_repr_or_json(tmp_path: Path) -> None:
 
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_") or k == STATE_ENV
+    }
     return subprocess.run(
         [sys.executable, "-m", "stocksync", *args],
         cwd=tmp_path,
@@ -575,5 +578,5 @@ def test_dev_refuses_secured_connections(tmp_path: Path) -> None:
     config.write_text(SASL)
     done = run_cli(tmp_path, "--config", str(config), "dev", "--no-demo", **ENV)
     assert done.returncode == 2
-    assert "runs a local plaintext broker and Redis" in done.stderr
+    assert "runs a local plaintext broker and uses a plaintext Redis" in done.stderr
     assert KAFKA_SECRET not in done.stdout + done.stderr
