@@ -36,10 +36,11 @@ from stocksync.config import (
     TokenSettings,
     bootstrap_servers,
     config_path,
-    load_settings,
+    load_configuration,
 )
+from stocksync.config.devsetup import running_setup
 from stocksync.config.settings import Scope
-from stocksync.daemon.logs import LEVELS, setup_logging
+from stocksync.daemon.logs import FORMATS, LEVELS, setup_logging
 
 __all__ = ["build_parser", "main", "token_sha256"]
 
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, args.log_format)
         return handler(args)
     except ConfigError as exc:
         print(f"stocksync: configuration error: {exc}", file=sys.stderr)
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_globals(parser, default=None)
-    parser.set_defaults(log_level="info")
+    parser.set_defaults(log_level="info", log_format=None)
     parser.add_argument("--version", action="version", version=f"stocksync {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -197,6 +198,32 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--no-demo", dest="demo", action="store_false", help="start empty, without demo data"
     )
+    dev.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the Redis keys and the folder of logs at exit (default: remove them)",
+    )
+    dev.add_argument(
+        "--quiet",
+        "--no-status",
+        dest="status",
+        action="store_false",
+        help="no status line every few seconds",
+    )
+
+    produce = command(
+        "produce",
+        _produce,
+        "send events from a JSON lines file to their topics",
+        "Each line of FILE (- for stdin) is one event or a bulk message (a JSON array of\n"
+        "events). Each event goes to its topic by its type (stock.* to the stock topic,\n"
+        "order.* to orders, return.* to returns) under the contract's key (sku, order_id,\n"
+        "rma_id). Invalid lines are reported with their line numbers and not sent; the\n"
+        "others are. Exits 1 when any line was rejected or failed to send.",
+    )
+    produce.add_argument("file", metavar="FILE", help="JSON lines to send; - reads stdin")
+    produce.add_argument("--topic", help="send everything to this topic instead")
+    produce.add_argument("--key", help="send every message under this key instead")
 
     dlq = command("dlq", _missing_action, "inspect and replay dead-lettered events")
     dlq_actions = dlq.add_subparsers(title="actions", metavar="ACTION")
@@ -275,13 +302,41 @@ def _add_globals(parser: argparse.ArgumentParser, default: str | None) -> None:
         type=str.lower,
         choices=LEVELS,
         default=default,
-        help="lowest level logged as JSON lines on stderr (default: info)",
+        help="lowest level logged on stderr (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=FORMATS,
+        default=default,
+        help="log lines as text or JSON (default: text on a terminal, else json)",
     )
 
 
 def _add_reason_limit(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reason", metavar="R", help="only events dead-lettered for reason R")
+    parser.add_argument(
+        "--reason",
+        type=_reason,
+        metavar="R",
+        help=f"only events dead-lettered for reason R: {', '.join(_reasons())}",
+    )
     parser.add_argument("--limit", type=_positive, metavar="N", help="at most N events")
+
+
+def _reasons() -> list[str]:
+    """Every reason a dead letter can carry."""
+    from stocksync.codecs.messages import Reason
+
+    return sorted(value for name, value in vars(Reason).items() if name.isupper())
+
+
+def _reason(text: str) -> str:
+    valid = _reasons()
+    if text not in valid:
+        raise argparse.ArgumentTypeError(
+            f"unknown reason {text!r}; expected one of {', '.join(valid)}"
+        )
+    return text
 
 
 def _positive(text: str) -> int:
@@ -311,7 +366,18 @@ def _since(text: str) -> datetime:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config, os.environ)
+    """The settings; without broker and Redis settings, those of a running ``stocksync dev``."""
+    dev = running_setup(os.environ) if args.command != "dev" else None
+    settings, used = load_configuration(args.config, os.environ, dev)
+    if used is not None:
+        print(
+            f"stocksync: using the running `stocksync dev` setup (pid {used.pid}): broker"
+            f" {used.broker}, Redis {_redacted(used.redis_url)} keys {used.redis_namespace}:*,"
+            f" API {used.api_url}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return settings
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -442,7 +508,20 @@ def _api(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     # The worker and API it starts read the same file, so pass its path on.
     config = config_path(args.config, os.environ)
-    return _run(args, "stocksync.daemon.dev", "run", demo=args.demo, config=config)
+    return _run(
+        args,
+        "stocksync.daemon.dev",
+        "run",
+        demo=args.demo,
+        config=config,
+        keep=args.keep,
+        status=args.status,
+        log_format=args.log_format,
+    )
+
+
+def _produce(args: argparse.Namespace) -> int:
+    return _run(args, "stocksync.daemon.produce", "run", args)
 
 
 def _operation(function: str) -> Handler:

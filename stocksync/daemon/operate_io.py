@@ -124,10 +124,14 @@ def _unreachable(settings: Settings, exc: BaseException) -> OperateError:
     )
 
 
-async def open_producer(settings: Settings) -> AIOKafkaProducer:
-    """A started producer that waits for every in-sync replica (acks=all)."""
+async def open_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """A started producer that waits for every in-sync replica (acks=all); ``options`` add."""
     producer = AIOKafkaProducer(
-        **kafka_options(settings), client_id="stocksync-operate", acks="all", linger_ms=5
+        **kafka_options(settings),
+        client_id="stocksync-operate",
+        acks="all",
+        linger_ms=5,
+        **options,
     )
     try:
         await producer.start()

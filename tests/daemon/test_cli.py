@@ -22,6 +22,7 @@ import pytest
 
 from stocksync.codecs.events import Event
 from stocksync.config import Settings
+from stocksync.config.devsetup import STATE_ENV as DEV_STATE
 from stocksync.daemon import cli
 
 SUBCOMMANDS = [
@@ -62,7 +63,7 @@ SAMPLE_EVENT = {
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_") or k == DEV_STATE}
     return env | extra
 
 
@@ -343,9 +344,9 @@ def calls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[list[tuple[str, tuple[Any, ...], dict[str, Any]]]]:
     """Stand-in service modules that record how they were called."""
-    monkeypatch.setattr(cli, "setup_logging", lambda level: None)
+    monkeypatch.setattr(cli, "setup_logging", lambda level, fmt: None)
     for name in list(os.environ):
-        if name.startswith("STOCKSYNC_"):
+        if name.startswith("STOCKSYNC_") and name != DEV_STATE:
             monkeypatch.delenv(name)
     recorded: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
@@ -386,17 +387,28 @@ def test_api_processes_default(calls: list[Any]) -> None:
     assert calls == [("api", (Settings(),), {"processes": 1})]
 
 
-@pytest.mark.parametrize(("args", "demo"), [(["dev"], True), (["dev", "--no-demo"], False)])
-def test_dev_demo(calls: list[Any], args: list[str], demo: bool) -> None:
+_DEV_DEFAULTS = {"demo": True, "config": None, "keep": False, "status": True, "log_format": None}
+
+
+@pytest.mark.parametrize(
+    ("args", "options"),
+    [
+        (["dev"], {}),
+        (["dev", "--no-demo"], {"demo": False}),
+        (["dev", "--keep", "--quiet"], {"keep": True, "status": False}),
+        (["dev", "--no-status", "--log-format", "json"], {"status": False, "log_format": "json"}),
+    ],
+)
+def test_dev_options(calls: list[Any], args: list[str], options: dict[str, Any]) -> None:
     assert cli.main(args) == 0
-    assert calls == [("dev", (Settings(),), {"demo": demo, "config": None})]
+    assert calls == [("dev", (Settings(),), _DEV_DEFAULTS | options)]
 
 
 def test_dev_passes_the_file_on_to_its_children(calls: list[Any], tmp_path: Path) -> None:
     path = write_config(tmp_path, "partitions = 5\n")
     assert cli.main(["dev", "--config", path]) == 0
     ((_, (settings,), kwargs),) = calls
-    assert (settings.partitions, kwargs) == (5, {"demo": True, "config": path})
+    assert (settings.partitions, kwargs) == (5, _DEV_DEFAULTS | {"config": path})
 
 
 def test_config_file_reaches_the_service(calls: list[Any], tmp_path: Path) -> None:
@@ -413,9 +425,9 @@ def operate_args(calls: list[Any], label: str) -> argparse.Namespace:
 
 
 def test_dlq_list(calls: list[Any]) -> None:
-    assert cli.main(["dlq", "list", "--reason", "invalid", "--limit", "20"]) == 0
+    assert cli.main(["dlq", "list", "--reason", "invalid_field", "--limit", "20"]) == 0
     args = operate_args(calls, "dlq_list")
-    assert (args.reason, args.limit) == ("invalid", 20)
+    assert (args.reason, args.limit) == ("invalid_field", 20)
 
 
 def test_dlq_replay_defaults(calls: list[Any]) -> None:
@@ -540,7 +552,7 @@ def test_log_level_is_passed_to_logging_setup(
     calls: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     levels: list[str] = []
-    monkeypatch.setattr(cli, "setup_logging", levels.append)
+    monkeypatch.setattr(cli, "setup_logging", lambda level, fmt: levels.append(level))
     cli.main(["--log-level", "DEBUG", "worker"])
     cli.main(["worker", "--log-level", "warning"])
     cli.main(["worker"])
