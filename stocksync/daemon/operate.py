@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Coroutine
 from typing import Any, Final
@@ -26,8 +27,15 @@ EXIT_FAILED: Final = 1
 
 
 def operator_name() -> str:
-    """Who runs the command, for audit lines: ``$USER``, else ``unknown``."""
-    return os.environ.get("USER") or "unknown"
+    """Who runs the command, for audit lines: ``$USER``, else the login name of the uid."""
+    user = os.environ.get("USER")
+    if user:
+        return user
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        return f"uid:{uid}"
 
 
 def _run(command: str, work: Coroutine[Any, Any, int]) -> int:

@@ -28,6 +28,7 @@ from typing import Annotated, Final, TextIO
 
 import msgspec
 from msgspec import Meta
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from stocksync.agents.topics import topic_names
@@ -40,6 +41,7 @@ from stocksync.daemon.operate_io import (
     audit,
     existing_topics,
     open_producer,
+    redacted_url,
     redis_client,
 )
 from stocksync.readmodel import core
@@ -241,19 +243,35 @@ def compare(
     return Report(compared=compared, differing=differing, newer=newer)
 
 
-async def _load_positions(settings: Settings, skus: list[str]) -> tuple[dict[str, Position], str]:
+async def _load_positions(
+    settings: Settings, skus: list[str]
+) -> tuple[dict[str, Position], str, bool]:
+    """The positions of ``skus``, the namespace read, and whether it holds no SKU at all."""
     client = redis_client(settings)
     try:
         namespace = await resolve_namespace(client, settings.redis_namespace)
-        store = RedisStore(client, Keys(namespace))
+        keys = Keys(namespace)
+        store = RedisStore(client, keys)
         found: dict[str, Position] = {}
         for start in range(0, len(skus), _PAGE):
             found.update(await store.load_positions(skus[start : start + _PAGE]))
-        return found, namespace
+        empty = not found and not await _any_key(client, keys.sku_pattern())
+        return found, namespace, empty
     except (StoreUnavailable, RedisError, OSError) as exc:
         raise OperateError(f"reading the model from Redis failed: {exc}") from exc
     finally:
         await client.aclose()
+
+
+async def _any_key(client: Redis, pattern: str) -> bool:
+    """Whether any key matches ``pattern`` (SCAN until the first one)."""
+    cursor = 0
+    while True:
+        cursor, keys = await client.scan(cursor, match=pattern, count=1000)
+        if keys:
+            return True
+        if cursor == 0:
+            return False
 
 
 # --- output -------------------------------------------------------------------------
@@ -404,6 +422,16 @@ async def _publish(
         await producer.stop()
 
 
+def _warn_empty(err: TextIO, settings: Settings, namespace: str) -> None:
+    print(
+        f"stocksync reconcile: warning: the read model holds no SKU at all (Redis"
+        f" {redacted_url(settings.redis_url)}, keys {namespace}:*), so every row shows as"
+        " missing. Check redis_url and redis_namespace (or topic_prefix, which it follows),"
+        " or start the worker first",
+        file=err,
+    )
+
+
 async def reconcile(
     settings: Settings,
     out: TextIO,
@@ -424,7 +452,7 @@ async def reconcile(
     for problem in parsed.problems:
         print(f"stocksync reconcile: {path}: {problem}", file=err)
     skus = list(dict.fromkeys(row.sku for _, row in parsed.rows))
-    positions, namespace = await _load_positions(settings, skus)
+    positions, namespace, empty = await _load_positions(settings, skus)
     log.debug("compared against the model in namespace %s", namespace)
     report = compare(parsed.rows, positions, core.topology_of(settings))
     _print_report(out, path, parsed, report)
@@ -436,12 +464,18 @@ async def reconcile(
         write_metrics(metrics_file, parsed, report, now)
         print(f"wrote drift metrics to {metrics_file}", file=out)
     if not apply:
-        return 1 if parsed.problems else 0
+        if empty:
+            _warn_empty(err, settings, namespace)
+        return 1 if parsed.problems or empty else 0
     if parsed.problems:
         raise Refused(
             f"not applying: {len(parsed.problems)} invalid row(s) in {path}; fix them and run"
             " again (the valid rows' report is above)"
         )
+    if empty:
+        _warn_empty(err, settings, namespace)
+        print("stocksync reconcile: not applying: the model it would correct is empty", file=err)
+        return 1
     if not report.differing:
         print("nothing to apply: the model agrees with every row", file=out)
         return 0
