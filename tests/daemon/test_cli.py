@@ -557,3 +557,21 @@ def test_log_level_is_passed_to_logging_setup(
     cli.main(["worker", "--log-level", "warning"])
     cli.main(["worker"])
     assert levels == ["debug", "warning", "info"]
+
+
+def test_dlq_reason_must_be_a_known_one(tmp_path: Path) -> None:
+    done = stocksync("dlq", "list", "--reason", "nonsense", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "unknown reason 'nonsense'; expected one of bulk_size, invalid_field," in done.stderr
+    assert "unknown_order" in done.stderr
+
+
+def test_audit_names_the_login_without_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    from stocksync.daemon.operate import operator_name
+
+    monkeypatch.delenv("USER", raising=False)
+    assert operator_name() == pwd.getpwuid(os.getuid()).pw_name
+    monkeypatch.setenv("USER", "alice")
+    assert operator_name() == "alice"

@@ -1,4 +1,4 @@
-"""``stocksync dev`` end to end: its own broker and Redis, worker and API, demo data, Ctrl-C."""
+"""``stocksync dev`` end to end: its services, the demo, and the commands that find it."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 from stocksync.daemon.services import free_port
 
@@ -27,46 +32,164 @@ def _get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_dev_runs_everything_serves_the_demo_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    env = dict(os.environ)
-    # An unreachable configured Redis: dev must start a private redis-server instead.
-    env["STOCKSYNC_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
-    env["STOCKSYNC_API_PORT"] = str(free_port())
-    log = (tmp_path / "dev.log").open("w+b")
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "stocksync", "dev"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        address = None
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and address is None:
-            assert dev.poll() is None, (tmp_path / "dev.log").read_text()
-            found = re.search(r"API: (http://\S+)", (tmp_path / "dev.log").read_text())
-            address = found.group(1) if found else None
-            time.sleep(0.3)
-        assert address is not None, (tmp_path / "dev.log").read_text()
-        text = (tmp_path / "dev.log").read_text()
-        assert "started one at redis://" in text
-        assert "curl" in text
-        assert _get(f"{address}/readyz")[0] == 200
+class Dev:
+    """A running ``stocksync dev`` and its output so far."""
 
-        # The demo's ERP export reaches the API: a demo SKU becomes known.
-        body = b""
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, env: dict[str, str]) -> None:
+        self.process = process
+        self.log = log
+        self.env = env
+
+    @property
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, pattern: str, timeout: float = 90) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status, body = _get(f"{address}/v1/availability/TSHIRT-RED-M?channel=web")
-            if status == 200:
-                break
-            time.sleep(0.5)
-        answer = json.loads(body)
-        assert answer["sku"] == "TSHIRT-RED-M"
-        assert answer["status"] in ("in_stock", "low_stock", "out_of_stock")
-    finally:
-        dev.send_signal(signal.SIGINT)
+            found = re.search(pattern, self.text)
+            if found:
+                return found
+            assert self.process.poll() is None, self.text
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} not in:\n{self.text}")
+
+    def command(self, *args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """Another stocksync command, with no broker or Redis settings at all."""
+        env = {k: v for k, v in self.env.items() if not k.startswith("STOCKSYNC_")}
+        env["STOCKSYNC_DEV_STATE"] = self.env["STOCKSYNC_DEV_STATE"]
+        return subprocess.run(
+            [sys.executable, "-m", "stocksync", *args],
+            env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=90,
+            check=False,
+        )  # fmt: skip
+
+
+@contextmanager
+def dev(tmp_path: Path, *args: str, **env: str) -> Iterator[Dev]:
+    full = dict(os.environ)
+    full["STOCKSYNC_DEV_STATE"] = str(tmp_path / "state" / "dev.json")
+    full.update(env)
+    log_path = tmp_path / "dev.log"
+    with log_path.open("w+b") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stocksync", "dev", *args],
+            env=full, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        running = Dev(process, log_path, full)
         try:
-            status = dev.wait(60)
+            yield running
         finally:
-            if dev.poll() is None:
-                dev.kill()
-        log.close()
-    assert status == 0, (tmp_path / "dev.log").read_text()
-    assert "stopped." in (tmp_path / "dev.log").read_text()
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+
+
+def test_dev_serves_the_demo_once_up_and_other_commands_find_it(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "dev.json"
+    # An unreachable configured Redis: dev must start a private redis-server instead.
+    with dev(
+        tmp_path,
+        STOCKSYNC_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        STOCKSYNC_API_PORT=str(free_port()),
+    ) as running:
+        address = running.wait_for(r"stocksync is up\. API: (http://\S+)")[1]
+        # Up means served: the example request answers at once, no 404 for seconds.
+        status, body = _get(f"{address}/v1/availability/TSHIRT-RED-M?channel=web")
+        assert status == 200, body
+        assert json.loads(body)["sku"] == "TSHIRT-RED-M"
+        text = running.text
+        assert "started one at redis://" in text
+        assert text.index("demo data loaded: the API serves 200 SKUs") < text.index("is up")
+        assert re.search(r"worker metrics: http://127\.0\.0\.1:\d+/metrics", text)
+        assert json.loads(state.read_text())["api_url"] == address
+
+        # A second command without settings uses dev's broker: it says so first.
+        listed = running.command("dlq", "list", cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stderr.startswith("stocksync: using the running `stocksync dev` setup")
+        assert listed.stdout.splitlines()[-1] == "0 dead-lettered event(s)"
+
+        # produce through dev's broker, worker and Redis to its API.
+        events = tmp_path / "events.jsonl"
+        snapshot = {"type": "stock.snapshot", "schema": 1, "event_id": "t-1", "source": "test",
+                    "occurred_at": "2026-11-27T09:00:00Z", "sku": "NEW-SKU-1", "node": "dc-east",
+                    "on_hand": 7, "as_of": "2026-11-27T09:00:00Z"}  # fmt: skip
+        events.write_text(json.dumps(snapshot) + "\nnot json\n")
+        produced = running.command("produce", str(events), cwd=tmp_path)
+        assert produced.returncode == 1, produced.stderr  # line 2 was rejected
+        assert produced.stdout.startswith("sent 1 event(s) in 1 message(s) from 2 line(s)")
+        assert "  line 2: malformed_json: " in produced.stdout
+        deadline = time.monotonic() + 30
+        while (status := _get(f"{address}/v1/availability/NEW-SKU-1?channel=web")[0]) != 200:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.3)
+
+        # reconcile reads dev's key space, not the configured one: no drift, exit 0.
+        counts = tmp_path / "counts.csv"
+        counts.write_text("sku,node,on_hand,as_of\nNEW-SKU-1,dc-east,7,2026-11-27T09:00:00Z\n")
+        reconciled = running.command("reconcile", str(counts), cwd=tmp_path)
+        assert reconciled.returncode == 0, reconciled.stderr + reconciled.stdout
+
+        line = running.wait_for(r"status: (\d+) events/s, (\d+) SKUs, \d+ dead letters", 20)
+        assert int(line[2]) >= 200
+        data = Path(running.wait_for(r"logs in (\S+)\n")[1])
+        running.process.send_signal(signal.SIGINT)
+        assert running.process.wait(60) == 0, running.text
+    assert "stopped." in running.text
+    assert not state.exists()
+    assert not data.exists()
+
+
+def test_dev_on_a_reachable_redis_says_why_it_moved_and_cleans_its_keys(
+    tmp_path: Path, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.set("other:key", "kept")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with dev(
+            tmp_path,
+            "--no-demo",
+            "--quiet",
+            STOCKSYNC_REDIS_URL=redis_url,
+            STOCKSYNC_API_PORT=str(busy),
+            STOCKSYNC_REDIS_NAMESPACE="shop",
+        ) as running:
+            address = running.wait_for(r"stocksync is up\. API: (http://\S+)")[1]
+            text = running.text
+            assert f"api: port {busy} on 127.0.0.1 is taken (another program listens there)" in text
+            assert f"the configured Redis at {redis_url} answers; using it, keys shop-dev:*" in text
+
+            # Nothing was fed: reconcile finds dev's key space empty and says so.
+            counts = tmp_path / "counts.csv"
+            counts.write_text("sku,node,on_hand,as_of\nA-1,dc-east,7,2026-11-27T09:00:00Z\n")
+            reconciled = running.command("reconcile", str(counts), cwd=tmp_path)
+            assert reconciled.returncode == 1
+            assert "the read model holds no SKU at all" in reconciled.stderr
+            assert "keys shop-dev:*" in reconciled.stderr
+
+            snapshot = {"type": "stock.snapshot", "schema": 1, "event_id": "t-1", "source": "t",
+                        "occurred_at": "2026-11-27T09:00:00Z", "sku": "A-1", "node": "dc-east",
+                        "on_hand": 7, "as_of": "2026-11-27T09:00:00Z"}  # fmt: skip
+            produced = running.command("produce", "-", cwd=tmp_path, stdin=json.dumps(snapshot))
+            assert produced.returncode == 0, produced.stderr
+            deadline = time.monotonic() + 30
+            while _get(f"{address}/v1/availability/A-1?channel=web")[0] != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            assert list(client.scan_iter("shop-dev:*"))
+
+            running.process.send_signal(signal.SIGTERM)
+            assert running.process.wait(60) == 0, running.text
+    assert "status:" not in running.text
+    assert re.search(r"removed \d+ keys shop-dev:\* from ", running.text)
+    assert list(client.scan_iter("shop-dev:*")) == []
+    assert client.get("other:key") == b"kept"
+    client.close()

@@ -87,3 +87,33 @@ def test_setup_logging_writes_json_lines_to_stderr() -> None:
 def test_setup_logging_refuses_unknown_level() -> None:
     with pytest.raises(ValueError, match="verbose"):
         setup_logging("verbose")
+
+
+def test_text_format_carries_the_same_facts() -> None:
+    from stocksync.daemon.logs import TextFormatter
+
+    record = logging.LogRecord("stocksync.worker", logging.WARNING, "", 0, "lost %s", ("it",), None)
+    record.correlation_id = "c 1"
+    record.count = 3
+    text = TextFormatter().format(record)
+    assert text.split(" ", 1)[1] == 'warning stocksync.worker: lost it correlation_id="c 1" count=3'
+
+
+@pytest.mark.parametrize(("option", "json_lines"), [("--log-format=json", True),
+                                                    ("--log-format=text", False), (None, True)])
+def test_log_format_option(option: str | None, json_lines: bool) -> None:
+    """Not a terminal here: JSON unless told otherwise."""
+    args = [sys.executable, "-m", "stocksync", "--config", "/nonexistent/x.toml", "check-config"]
+    if option:
+        args.insert(3, option)
+    code = (
+        "import logging, sys; from stocksync.daemon import cli;"
+        f"sys.argv = {args[2:]!r};"
+        "args = cli.build_parser().parse_args(sys.argv[1:]);"
+        "cli.setup_logging(args.log_level, args.log_format);"
+        "logging.getLogger('stocksync.x').warning('hello')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = done.stderr.strip()
+    assert line.startswith("{") is json_lines
+    assert "hello" in line
