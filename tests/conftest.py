@@ -37,6 +37,11 @@ _REDIS_DATABASES = 16
 _next_db = itertools.count()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the fast tests first and the slow end-to-end ones after, each in file order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def dev_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The path of the dev state file for this session (set in the environment)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,12 @@ def test_a_live_setup_is_found_and_removed_only_by_its_writer(tmp_path: Path) ->
     path = tmp_path / "run" / "dev.json"
     env = {STATE_ENV: str(path)}
     # A live process whose command line names stocksync, like `stocksync dev`.
-    sleep = [sys.executable, "-c", "import time; time.sleep(30)", "stocksync", "dev"]
-    with subprocess.Popen(sleep) as dev:
+    code = "import time; print('up', flush=True); time.sleep(30)"
+    with subprocess.Popen(
+        [sys.executable, "-c", code, "stocksync", "dev"], stdout=subprocess.PIPE
+    ) as dev:
         try:
+            assert dev.stdout is not None and dev.stdout.readline() == b"up\n"
             found = setup_of(dev.pid)
             write_state(path, found)
             modes = (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777)
@@ -73,6 +77,9 @@ def test_a_setup_whose_process_is_gone_is_ignored(tmp_path: Path) -> None:
 def test_a_process_that_is_not_stocksync_is_ignored(tmp_path: Path) -> None:
     with subprocess.Popen(["sleep", "30"]) as other:
         try:
+            cmdline = Path(f"/proc/{other.pid}/cmdline")
+            while not cmdline.read_bytes().startswith(b"sleep"):  # until it has exec'd
+                time.sleep(0.01)
             path = tmp_path / "dev.json"
             write_state(path, setup_of(other.pid))
             assert running_setup({STATE_ENV: str(path)}) is None

@@ -15,6 +15,7 @@ from stocksync.config import (
     bootstrap_servers,
     load_settings,
 )
+from tests.unprivileged import as_unprivileged, open_folder
 
 HASH_A = "a" * 64
 HASH_B = "b" * 64
@@ -390,12 +391,12 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
         load_settings(str(tmp_path), {})
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "")
-    os.chmod(path, 0)
-    with pytest.raises(ConfigError, match="cannot be read: Permission denied"):
-        load_settings(path, {})
+def test_unreadable_file() -> None:
+    with open_folder() as folder:
+        path = write(folder, "")
+        os.chmod(path, 0)
+        with pytest.raises(ConfigError, match="cannot be read: Permission denied"):
+            as_unprivileged(lambda: load_settings(path, {}))  # root would read it
 
 
 def test_toml_syntax_error_gives_line(tmp_path: Path) -> None:
