@@ -64,7 +64,11 @@ def write_state(path: Path, setup: DevSetup) -> None:
     """Write ``setup`` to ``path`` (folder 0700, file 0600), atomically."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder = path.parent.stat()
-    if folder.st_uid != os.getuid() or stat.S_IMODE(folder.st_mode) & 0o022:
+    mine = folder.st_uid == os.getuid()
+    private = mine and not stat.S_IMODE(folder.st_mode) & 0o022
+    # A sticky folder (/tmp) keeps others from replacing the file; else it must be ours alone.
+    sticky = bool(folder.st_mode & stat.S_ISVTX) and (mine or folder.st_uid == 0)
+    if not (private or sticky):
         raise OSError(f"{path.parent} is not a private folder of this user")
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

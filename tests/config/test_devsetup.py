@@ -87,12 +87,14 @@ def test_a_process_that_is_not_stocksync_is_ignored(tmp_path: Path) -> None:
             other.kill()
 
 
-def test_a_shared_folder_is_refused(tmp_path: Path) -> None:
+def test_a_folder_others_may_write_is_refused_unless_sticky(tmp_path: Path) -> None:
     folder = tmp_path / "shared"
     folder.mkdir()
     folder.chmod(0o777)
     with pytest.raises(OSError, match="not a private folder"):
         write_state(folder / "dev.json", setup_of(os.getpid()))
+    folder.chmod(0o1777)  # like /tmp: nobody replaces another's file
+    write_state(folder / "dev.json", setup_of(os.getpid()))
 
 
 def test_loader_uses_the_setup_without_connection_settings(tmp_path: Path) -> None:
