@@ -17,7 +17,8 @@ from typing import Any, Final
 import msgspec
 
 from stocksync.codecs.projections import ChannelAvailability, NodeAvailability, SkuProjection
-from stocksync.readmodel.keys import PROJECTION_FIELD, VERSION_FIELD, Keys
+from stocksync.store.layout import SERVED_FIELD, VERSION_FIELD, Keys
+from stocksync.store.served import served_from_channels
 
 __all__ = [
     "CHANNELS",
@@ -124,16 +125,17 @@ def seed(port: int, db: int, count: int, *, naive: bool) -> float:
         stdout=subprocess.DEVNULL,
     ) as proc:
         assert proc.stdin is not None
-        batch: list[bytes] = []
+        # The identity marker of the model, as the worker's first start writes it.
+        batch: list[bytes] = [_resp(b"SET", keys.model().encode(), b"g-benchmark")]
         for proj in projections(count):
-            raw = _encoder.encode(proj)
+            raw = served_from_channels(proj.sku, proj.version, proj.channels)
             batch.append(
                 _resp(
                     b"HSET",
                     keys.sku(proj.sku).encode(),
                     VERSION_FIELD.encode(),
                     str(proj.version).encode(),
-                    PROJECTION_FIELD.encode(),
+                    SERVED_FIELD.encode(),
                     raw,
                 )
             )

@@ -31,13 +31,13 @@ from stocksync.agents.topics import effects_partition
 from stocksync.codecs.effects import Effect, EffectBatch, batch_decoder, batch_encoder
 from stocksync.codecs.events import Event
 from stocksync.codecs.messages import Decoded, Reason, decode_message
-from stocksync.codecs.projections import projection_encoder
 from stocksync.codecs.state import OrderState, Position, RmaState
 from stocksync.readmodel import core
-from stocksync.readmodel.store import PositionStore, StateStore, StoreUnavailable, Write
+from stocksync.store import ModelLost, PositionStore, StateStore, StoreUnavailable, Write
 
 __all__ = [
     "Applier",
+    "Healer",
     "Outbox",
     "SourceMessage",
     "Translator",
@@ -88,6 +88,11 @@ class Outbox(Protocol):
         """Send dead letters and await delivery."""
 
 
+#: What a stage calls when the store says the model is lost: returns once the model is
+#: back (rebuilt by this worker or another), after which the operation is tried again.
+Healer = Callable[[], Awaitable[None]]
+
+
 async def retrying(
     operation: Callable[[], Awaitable[_T]],
     *,
@@ -96,10 +101,14 @@ async def retrying(
     stage: str,
     first_delay: float = 0.05,
     max_delay: float = 5.0,
+    heal: Healer | None = None,
 ) -> _T:
     """Run ``operation`` until it succeeds, backing off on store and broker failures.
 
     Never gives up: giving up would mean acking events that were not applied.
+    When the model is lost (:class:`~stocksync.store.ModelLost`), nothing was
+    read or written: ``heal`` brings it back before the next try (without one,
+    the operation is retried with backoff until someone else does).
     Cancellation (shutdown) passes through.
     """
     delay = first_delay
@@ -107,6 +116,18 @@ async def retrying(
     while True:
         try:
             return await operation()
+        except ModelLost as exc:
+            if heal is not None:
+                log.error("%s stopped: %s; rebuilding the model from the topics", what, exc,
+                          extra={"stage": stage})
+                await heal()
+                continue
+            attempt += 1
+            level = logging.ERROR if attempt == 1 or attempt % 10 == 0 else logging.DEBUG
+            log.log(level, "%s stopped: %s; waiting for the model to be rebuilt", what, exc,
+                    extra={"stage": stage, "attempt": attempt})
+            await asyncio.sleep(delay)
+            delay = min(max_delay, delay * 2)
         except (StoreUnavailable, OSError, TimeoutError, _broker_errors()) as exc:
             attempt += 1
             if metrics is not None:
@@ -135,6 +156,10 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Healed(Exception):
+    """The model was rebuilt while the applier held positions of the lost one."""
+
+
 class Translator:
     """Turns source messages of one topic into effects, dead letters and order/RMA states."""
 
@@ -149,6 +174,7 @@ class Translator:
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], int] = _now_ms,
         chunk_events: int = 2000,
+        heal: Healer | None = None,
     ) -> None:
         if kind not in ("stock", "orders", "returns"):
             raise ValueError(f"unknown source kind {kind!r}")
@@ -162,6 +188,8 @@ class Translator:
         self.metrics = metrics or WorkerMetrics()
         self.clock = clock
         self.chunk_events = chunk_events
+        #: Brings a lost model back (see :func:`retrying`); None in a rebuild's replay.
+        self.heal = heal
 
     async def process(self, messages: Sequence[SourceMessage]) -> int:
         """Translate a batch; returns how many effects were sent.
@@ -292,6 +320,7 @@ class Translator:
                 what=f"saving {len(changed)} {self.kind} states",
                 metrics=self.metrics,
                 stage="state",
+                heal=self.heal,
             )
         return sent
 
@@ -319,6 +348,7 @@ class Translator:
             what=f"loading {len(ids)} {self.kind} states",
             metrics=self.metrics,
             stage="state",
+            heal=self.heal,
         )
         return dict(loaded)
 
@@ -373,8 +403,11 @@ class Applier:
         metrics: WorkerMetrics | None = None,
         cache_size: int = 200_000,
         clock: Callable[[], int] = _now_ms,
+        heal: Healer | None = None,
     ) -> None:
         self.store = store
+        #: Brings a lost model back (see :func:`retrying`); None in a rebuild's replay.
+        self.heal = heal
         self.topology = topology
         self.window_ms = window_ms
         self.metrics = metrics or WorkerMetrics()
@@ -402,11 +435,22 @@ class Applier:
         if not by_sku:
             return 0
         while True:
-            written = await self._apply_once(by_sku)
+            try:
+                written = await self._apply_once(by_sku)
+            except _Healed:
+                # The model was rebuilt under us: every cached position (some changed in
+                # place by this attempt) belongs to the lost one. Start over from the new.
+                self.forget()
+                continue
             if written is not None:
                 return written
             self.metrics.cas_conflicts.inc()
             log.info("another writer changed SKUs of this batch; reloading and re-applying")
+
+    async def _heal_then_restart(self) -> None:
+        assert self.heal is not None
+        await self.heal()
+        raise _Healed
 
     async def _apply_once(self, by_sku: dict[str, list[Effect]]) -> int | None:
         positions = await self._positions(list(by_sku))
@@ -422,14 +466,14 @@ class Applier:
             skipped_total += skipped
             if applied:
                 touched.extend(effects)
-                projection = core.project(pos, self.topology)
-                writes.append(Write(pos, projection_encoder.encode(projection), before))
+                writes.append(Write(pos, before))
         if writes:
             conflicts = await retrying(
                 lambda: self.store.write_batch(writes),
                 what=f"writing {len(writes)} SKUs",
                 metrics=self.metrics,
                 stage="apply",
+                heal=None if self.heal is None else self._heal_then_restart,
             )
             if conflicts:
                 for sku in by_sku:
@@ -455,6 +499,7 @@ class Applier:
                 what=f"loading {len(missing)} positions",
                 metrics=self.metrics,
                 stage="apply",
+                heal=None if self.heal is None else self._heal_then_restart,
             )
             for sku in missing:
                 pos = loaded.get(sku) or Position(sku=sku)
@@ -467,11 +512,11 @@ class Applier:
         self, writes: list[Write], applied: int, skipped: int, touched: list[Effect]
     ) -> None:
         oversold = self._oversold
+        topology = self.topology
         for w in writes:
             pos = w.position
-            for name, node in pos.nodes.items():
-                on_hand = (node.snap or 0) + sum(delta for _, delta in node.changes)
-                if on_hand < node.reserved:
+            for name in pos.nodes:
+                if core.is_oversold(core.node_view(pos, name, topology)):
                     oversold.add((pos.sku, name))
                 else:
                     oversold.discard((pos.sku, name))

@@ -23,11 +23,11 @@ import faust
 from stocksync.agents.app import raw_topic
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.metrics import WorkerMetrics
-from stocksync.agents.pipeline import Applier, SourceMessage, Translator, header_text
+from stocksync.agents.pipeline import Applier, Healer, SourceMessage, Translator, header_text
 from stocksync.agents.topics import TopicNames
 from stocksync.config.settings import Settings
 from stocksync.readmodel import core
-from stocksync.readmodel.store import RedisStore
+from stocksync.store import RedisStore
 
 __all__ = ["EXIT_ABANDONED_BATCH", "FaustOutbox", "Pipeline", "register"]
 
@@ -75,6 +75,7 @@ class Pipeline:
         store: RedisStore,
         metrics: WorkerMetrics,
         outbox: FaustOutbox | None = None,
+        heal: Healer | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -84,11 +85,14 @@ class Pipeline:
         self.effects_partitions = effects_partitions
         self.outbox = outbox
         self.translators: dict[str, Translator] = {}
+        #: Brings a lost model back before a stage tries again (see stocksync.daemon.healing).
+        self.heal = heal
         self.applier = Applier(
             store=store,
             topology=core.topology_of(settings),
             window_ms=self.window_ms,
             metrics=metrics,
+            heal=heal,
         )
 
     def translator(self, kind: str) -> Translator:
@@ -104,6 +108,7 @@ class Pipeline:
                 window_ms=self.window_ms,
                 metrics=self.metrics,
                 chunk_events=self.settings.worker.batch_size,
+                heal=self.heal,
             )
         return found
 

@@ -22,7 +22,8 @@ from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus
 from stocksync.api.openapi import OPENAPI_PATH, openapi_document
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
-from stocksync.readmodel.keys import Keys
+from stocksync.store import RedisStore
+from stocksync.store.layout import Keys
 
 __all__ = ["METRICS", "MODEL", "REDIS", "SETTINGS", "SYNC", "create_app"]
 
@@ -54,7 +55,8 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         **redis_client_options(settings),
     )
     sync = ModelSync(
-        app[MODEL], client, Keys(settings.redis_namespace), load_page=settings.api.load_page
+        app[MODEL], RedisStore(client, Keys(settings.redis_namespace)),
+        load_page=settings.api.load_page,
     )
     app[REDIS] = client
     app[SYNC] = sync

@@ -200,9 +200,10 @@ class OperationalHandlers:
         status = self._status()
         if status is None or not status.ready:
             reason = "the model sync has not started" if status is None else status.reason
+            code = NotReady.code if status is None else status.code
             return web.Response(
                 status=503,
-                body=error_body(NotReady.code, f"Not ready: {reason}."),
+                body=error_body(code, f"Not ready: {reason}."),
                 headers={"Content-Type": _JSON, "Retry-After": "1"},
             )
         body = ReadyBody(

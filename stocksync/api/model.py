@@ -2,23 +2,25 @@
 
 :class:`AvailabilityModel` holds, per SKU, one tuple (see :data:`Entry`): the
 version, the node detail packed as msgpack, and per configured channel the
-JSON document of ``GET /v1/availability/{sku}`` without detail, encoded once
-when the SKU changes. A request without detail is a dict lookup and a tuple
-index; a batch joins ready bytes; only ``detail=nodes`` encodes, from the
-packed node numbers. Keeping each channel's document with its node detail
-instead would add about 400 MB at 1,000,000 SKUs x 2 channels (the API's RSS
-is about 840 MB as it is).
+JSON document of ``GET /v1/availability/{sku}`` without detail. All three are
+the bytes the worker wrote (:mod:`stocksync.store.served`): nothing is decoded
+and encoded again on the way. A request without detail is a dict lookup and a
+tuple index; a batch joins ready bytes; only ``detail=nodes`` encodes, from
+the packed node numbers. Keeping each channel's document with its node detail
+instead would add about 400 MB at 1,000,000 SKUs x 2 channels.
 
-:class:`ModelSync` fills it: at start it records the change stream's last id,
-then loads every projection in pages (SCAN and an HGET per key, one script call
-per page), then follows the
-stream with XREAD BLOCK from the recorded id. It reconnects with backoff when
-Redis goes away and resyncs from its last id, or reloads when entries it had
-not read were trimmed or deleted, or the stream was reset. A version never goes
-backwards in memory, except when ``stocksync rebuild`` switches the live
-generation (:mod:`stocksync.readmodel.generation`): then the model is replaced
-by the new generation's, which a ``reload`` entry on the old stream, or a
-changed generation pointer, announces.
+:class:`ModelSync` fills it through the store: at start it records the change
+stream's last id, then loads every served form in pages (SCAN and an HGET per
+key, one script call per page), then follows the stream with XREAD BLOCK from
+the recorded id. It reconnects with backoff when Redis goes away and resyncs
+from its last id, or reloads when entries it had not read were trimmed or
+deleted, or the stream was reset. A version never goes backwards in memory,
+except when the live generation changes (a rebuild, see
+:mod:`stocksync.store.generation`): then the model is replaced by the new
+generation's, which a reload entry on the old stream, or a changed generation
+pointer, announces. When Redis lost the model (no identity marker) the sync
+keeps serving what it has, reports ``model_lost``, and loads the rebuilt
+generation once a worker has made it live.
 """
 
 from __future__ import annotations
@@ -31,16 +33,15 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
 
 from stocksync.codecs.events import IDENTIFIER_PATTERN
-from stocksync.codecs.projections import NodeAvailability, SkuProjection, projection_decoder
-from stocksync.readmodel.generation import RELOAD_FIELD, resolve_namespace
-from stocksync.readmodel.keys import PROJECTION_FIELD, Keys
+from stocksync.codecs.projections import Served
+from stocksync.store import RedisStore, StoreUnavailable
+from stocksync.store.layout import Reload, decode_change
+from stocksync.store.served import decode_detail, decode_served, detail_nodes, encode_detail
 
 __all__ = [
     "DETAIL_SLOT",
@@ -65,21 +66,8 @@ DETAIL_SLOT: Final = 1
 FIRST_CHANNEL_SLOT: Final = 2
 
 _identifier = re.compile(IDENTIFIER_PATTERN)
-_RELOAD: Final = RELOAD_FIELD.encode()
-#: Projections decoded between two yields to the event loop while loading (~5 ms).
-_YIELD_EVERY: Final = 256
-# One SCAN page and the projection of each key in it, in one call: the client
-# neither sends the keys back nor pays redis-py's per-command cost for each.
-# ARGV: cursor, MATCH pattern, COUNT, hash field. Returns {next cursor, values}.
-# The keys come from SCAN, so this is for a single Redis, as SCAN itself is.
-_READ_PAGE: Final = """
-local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local values = {}
-for i, key in ipairs(page[2]) do
-  values[i] = redis.call('HGET', key, ARGV[4])
-end
-return {page[1], values}
-"""
+#: Served forms taken between two yields to the event loop while loading (~5 ms).
+_YIELD_EVERY: Final = 1024
 
 
 def is_identifier(text: str) -> bool:
@@ -87,27 +75,14 @@ def is_identifier(text: str) -> bool:
     return _identifier.match(text) is not None
 
 
-class _PackedNode(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """A node's numbers as a msgpack array: the compact form kept in memory."""
-
-    node: str
-    available: int
-    on_hand: int
-    reserved: int
-    quarantine: int
-    safety_stock: int
-
-
-_packed_encoder = msgspec.msgpack.Encoder()
-_packed_decoder = msgspec.msgpack.Decoder(list[list[_PackedNode]])
 _json_encoder = msgspec.json.Encoder()
 _NODES_INFIX: Final = b',"nodes":'
 
 
 class AvailabilityModel:
-    """Every known SKU's availability, as ready-encoded JSON per configured channel."""
+    """Every known SKU's availability, as the worker wrote it: ready JSON per channel."""
 
-    __slots__ = ("channels", "entries", "loaded", "slots")
+    __slots__ = ("channels", "entries", "generation", "loaded", "slots")
 
     def __init__(self, channels: Sequence[str]) -> None:
         #: Configured channel names, in configuration order.
@@ -120,6 +95,8 @@ class AvailabilityModel:
         self.entries: dict[str, Entry] = {}
         #: True once the first full load from Redis has finished.
         self.loaded = False
+        #: Id of the generation of the model held (changes on a rebuild; part of ETags).
+        self.generation = ""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -129,47 +106,37 @@ class AvailabilityModel:
         entry = self.entries.get(sku)
         return None if entry is None else int(entry[VERSION_SLOT])
 
-    def apply(self, projection: SkuProjection, *, replace: bool = False) -> bool:
-        """Hold ``projection`` unless what is held is as new (or ``replace``); tell if taken."""
-        held = self.entries.get(projection.sku)
-        if not replace and held is not None and held[VERSION_SLOT] >= projection.version:
+    def apply(self, served: Served, *, replace: bool = False) -> bool:
+        """Hold ``served`` unless what is held is as new (or ``replace``); tell if taken."""
+        sku = served.sku
+        held = self.entries.get(sku)
+        if not replace and held is not None and held[VERSION_SLOT] >= served.version:
             return False
-        if not is_identifier(projection.sku):
-            raise ValueError(f"projection has an invalid SKU {projection.sku!r}")
+        if not is_identifier(sku):
+            raise ValueError(f"served form has an invalid SKU {sku!r}")
+        names = tuple(c.channel for c in served.channels)
+        if names == self.channels:  # the usual case: the worker's channels are ours
+            self.entries[sku] = (
+                served.version, served.detail, *(c.document for c in served.channels)
+            )
+            return True
         docs: list[bytes | None] = [None] * len(self.channels)
-        packed: list[list[tuple[str, int, int, int, int, int]]] = [[] for _ in self.channels]
+        written = decode_detail(served.detail)
+        detail: list[list[tuple[str, int, int, int, int, int]]] = [[] for _ in self.channels]
         slots = self.slots
-        for channel in projection.channels:
+        for index, channel in enumerate(served.channels):
             slot = slots.get(channel.channel)
             if slot is None:
                 continue  # a channel this API is not configured to serve
-            nodes = channel.nodes
-            docs[slot - FIRST_CHANNEL_SLOT] = _json_encoder.encode(
-                msgspec.structs.replace(channel, nodes=msgspec.UNSET)
-            )
-            if isinstance(nodes, list):
-                packed[slot - FIRST_CHANNEL_SLOT] = [
-                    (
-                        n.node,
-                        n.available,
-                        n.on_hand,
-                        n.reserved,
-                        n.quarantine,
-                        n.safety_stock,
-                    )
-                    for n in nodes
-                ]
-        self.entries[projection.sku] = (
-            projection.version,
-            _packed_encoder.encode(packed),
-            *docs,
-        )
+            docs[slot - FIRST_CHANNEL_SLOT] = channel.document
+            detail[slot - FIRST_CHANNEL_SLOT] = written[index]
+        self.entries[sku] = (served.version, encode_detail(detail), *docs)
         return True
 
     def apply_encoded(self, raw: bytes, *, replace: bool = False) -> str | None:
-        """Decode a stored projection (JSON) and :meth:`apply` it; its SKU if taken."""
-        projection = projection_decoder.decode(raw)
-        return projection.sku if self.apply(projection, replace=replace) else None
+        """Decode a stored served form and :meth:`apply` it; its SKU if taken."""
+        served = decode_served(raw)
+        return served.sku if self.apply(served, replace=replace) else None
 
     def retain(self, skus: set[str]) -> int:
         """Forget every SKU not in ``skus``; return how many were forgotten."""
@@ -192,18 +159,7 @@ def detail_document(entry: Entry, slot: int) -> bytes | None:
     doc: bytes | None = entry[slot]
     if doc is None:
         return None
-    packed = _packed_decoder.decode(entry[DETAIL_SLOT])[slot - FIRST_CHANNEL_SLOT]
-    nodes = [
-        NodeAvailability(
-            node=p.node,
-            available=p.available,
-            on_hand=p.on_hand,
-            reserved=p.reserved,
-            quarantine=p.quarantine,
-            safety_stock=p.safety_stock,
-        )
-        for p in packed
-    ]
+    nodes = detail_nodes(entry[DETAIL_SLOT], slot - FIRST_CHANNEL_SLOT)
     # ``nodes`` is the last field of ChannelAvailability, so this is what
     # encoding the whole Struct would give.
     return b"".join((doc[:-1], _NODES_INFIX, _json_encoder.encode(nodes), b"}"))
@@ -255,19 +211,27 @@ class SyncStatus:
     redis_errors: int
     invalid_projections: int
     applied_changes: int
+    #: The error code of ``/readyz`` when not ready: ``not_ready`` or ``model_lost``.
+    code: str = "not_ready"
+    #: Id of the generation of the model served ("" before the first load).
+    generation: str = ""
 
 
 # --- sync --------------------------------------------------------------------
 
 
 class ModelSync:
-    """Loads the model from Redis, then follows the change stream; reports its health."""
+    """Loads the model from Redis, then follows the change stream; reports its health.
+
+    When Redis loses the model (its identity marker is gone) the sync keeps the
+    model it has, says ``model_lost``, and loads the next generation as soon as
+    one is live (a worker rebuilds it).
+    """
 
     def __init__(
         self,
         model: AvailabilityModel,
-        client: aioredis.Redis,
-        keys: Keys,
+        store: RedisStore,
         *,
         load_page: int = 5000,
         read_count: int = 1000,
@@ -278,11 +242,7 @@ class ModelSync:
         backoff_max: float = 5.0,
     ) -> None:
         self.model = model
-        self.client = client
-        #: Keys of the base namespace, where the generation pointer lives.
-        self.base = keys
-        #: Keys of the live generation, resolved at every load.
-        self.keys = keys
+        self.store = store
         self.load_page = load_page
         self.read_count = read_count
         self.block_ms = block_ms
@@ -290,15 +250,15 @@ class ModelSync:
         self.max_lag_seconds = max_lag_seconds
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        self._stream = keys.changes()
         self._last_id: StreamId = _ZERO_ID
         # entries-added of the stream at our position: lag = entries-added - this.
         self._position_count = 0
         # Bumped by every load, so a check that straddled one is discarded.
-        self._generation = 0
+        self._loads = 0
         self._needs_load = True
         self._needs_check = False
         self._loading = False
+        self._lost = False
         self._caught_up = False
         self._follower_ok = False
         self._monitor_ok = False
@@ -310,9 +270,6 @@ class ModelSync:
         self._invalid = 0
         self._applied = 0
         self._tasks: list[asyncio.Task[None]] = []
-        # A pipeline of 5,000 HGETs costs redis-py about 50 us of CPU per key on the
-        # benchmark machine, three times what decoding the projection costs.
-        self._read_page = client.register_script(_READ_PAGE)
 
     # --- lifecycle ---
 
@@ -337,7 +294,15 @@ class ModelSync:
     def status(self) -> SyncStatus:
         """Readiness and the figures behind it."""
         connected = self._follower_ok and self._monitor_ok
-        if not self.model.loaded or self._loading:
+        code = "not_ready"
+        if self._lost:
+            code = "model_lost"
+            reason = (
+                "Redis lost the model; serving the last one until a worker has rebuilt it"
+                if self.model.loaded
+                else "Redis lost the model; waiting until a worker has rebuilt it"
+            )
+        elif not self.model.loaded or self._loading:
             reason = "loading the model from Redis"
         elif self._needs_load:
             reason = "the change stream lost entries; reloading"
@@ -362,6 +327,8 @@ class ModelSync:
             redis_errors=self._redis_errors,
             invalid_projections=self._invalid,
             applied_changes=self._applied,
+            code=code,
+            generation=self.model.generation,
         )
 
     # --- follower ---
@@ -370,19 +337,23 @@ class ModelSync:
         backoff = self.backoff_min
         while True:
             try:
+                if self._lost:
+                    await self._await_model()
                 if self._needs_check:
                     await self._check_stream()
                     self._needs_check = False
                 if self._needs_load:
                     await self._load()
+                    if self._lost:
+                        continue
                     await self._measure()  # readiness need not wait for the monitor's tick
                     self._monitor_ok = True
                 await self._read_changes()
                 if not self._follower_ok and self._redis_errors:
-                    log.info("following the change stream %s again", self._stream)
+                    log.info("following the change stream %s again", self.store.keys.changes())
                 self._follower_ok = True
                 backoff = self.backoff_min
-            except (RedisError, OSError) as exc:
+            except StoreUnavailable as exc:
                 self._loading = False
                 self._redis_errors += 1
                 if self._follower_ok or backoff == self.backoff_min:
@@ -392,88 +363,109 @@ class ModelSync:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self.backoff_max)
 
+    def _model_lost(self) -> None:
+        if not self._lost:
+            log.error(
+                "Redis lost the model %r (no identity marker under %s:); serving the last"
+                " model (%d SKUs) until a worker has rebuilt it",
+                self.model.generation, self.store.namespace, len(self.model),
+            )
+        self._lost = True
+        self._needs_load = True
+
+    async def _await_model(self) -> None:
+        """Wait until a live generation with its identity marker is in Redis."""
+        while True:
+            _namespace, generation = await self.store.live_namespace()
+            self._follower_ok = self._monitor_ok = True
+            if generation is not None:
+                log.info("a rebuilt model is live (generation %s); loading it", generation)
+                self._lost = False
+                self._needs_load = True
+                return
+            await asyncio.sleep(self.monitor_interval)
+
     async def _read_changes(self) -> None:
-        reply = cast(
-            "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
-            await self.client.xread(
-                {self._stream: _format_id(self._last_id)},
-                count=self.read_count,
-                # Until caught up, read without waiting: an empty answer means caught up.
-                block=self.block_ms if self._caught_up else None,
-            ),
+        entries = await self.store.read_changes(
+            _format_id(self._last_id),
+            self.read_count,
+            # Until caught up, read without waiting: an empty answer means caught up.
+            self.block_ms if self._caught_up else None,
         )
         total = 0
-        for _name, entries in reply:
-            for entry_id, fields in entries:
-                if _RELOAD in fields:
-                    log.info(
-                        "the live generation moved to %r; reloading the model",
-                        fields[_RELOAD].decode(errors="replace"),
-                    )
-                    self._needs_load = True
-                    return  # the rest of this stream no longer matters
-                self._apply_change(fields)
-                self._last_id = parse_stream_id(entry_id)
-                total += 1
+        for entry_id, fields in entries:
+            try:
+                change = decode_change(fields)
+            except (KeyError, ValueError) as exc:
+                self._invalid += 1
+                log.error("skipping an invalid change-stream entry: %s", exc)
+                change = None
+            if isinstance(change, Reload):
+                log.info("the live generation moved to %r; reloading the model", change.namespace)
+                self._needs_load = True
+                return  # the rest of this stream no longer matters
+            if change is not None:
+                self._apply_change(change.sku, change.version, change.served)
+            self._last_id = parse_stream_id(entry_id)
+            total += 1
         if total:
             self._position_count += total
             self._last_applied_at = time.time()
         if total < self.read_count:
             self._caught_up = True
 
-    def _apply_change(self, fields: dict[bytes, bytes]) -> None:
+    def _apply_change(self, sku: str, version: int, served: bytes) -> None:
+        held = self.model.entries.get(sku)
+        if held is not None and held[VERSION_SLOT] >= version:
+            return
         try:
-            sku = fields[b"sku"].decode()
-            version = int(fields[b"v"])
-            held = self.model.entries.get(sku)
-            if held is not None and held[VERSION_SLOT] >= version:
-                return
-            if self.model.apply_encoded(fields[b"proj"]):
+            if self.model.apply_encoded(served):
                 self._applied += 1
-        except (KeyError, ValueError, msgspec.DecodeError) as exc:
+        except (ValueError, msgspec.DecodeError) as exc:
             self._invalid += 1
             log.error("skipping an invalid change-stream entry: %s", exc)
 
     async def _load(self) -> None:
-        """Load every projection, recording the stream position first."""
+        """Load every served SKU, recording the stream position first."""
         self._loading = True
         first = not self.model.loaded
-        namespace = await resolve_namespace(self.client, self.base.ns)
-        replace = namespace != self.keys.ns and not first
-        if namespace != self.keys.ns:
+        before = self.store.namespace
+        namespace = await self.store.resolve()
+        generation = self.store.generation
+        if generation is None:
+            self._loading = False
+            self._model_lost()
+            return
+        replace = generation != self.model.generation and not first
+        if namespace != before:
             log.info("the live model is under %r", namespace)
-            self.keys = Keys(namespace)
-            self._stream = self.keys.changes()
         info = await self._stream_info()
         position, count = info.last_generated, info.entries_added
         started = time.perf_counter()
         seen = 0
-        pattern = self.keys.sku_pattern()
         kept: set[str] = set()  # with replace: the SKUs of the new generation
-        log.info("loading the availability model from Redis (%s)", pattern)
+        log.info("loading the availability model from Redis (%s:sku:*)", namespace)
         # Redis prepares the next page while this process decodes the current one.
-        pending = asyncio.ensure_future(self._fetch_page(0, pattern))
+        pending = asyncio.ensure_future(self.store.served_page(0, self.load_page))
         try:
             while True:
                 cursor, values = await pending
                 if cursor != 0:
-                    pending = asyncio.ensure_future(self._fetch_page(cursor, pattern))
+                    pending = asyncio.ensure_future(self.store.served_page(cursor, self.load_page))
                 for i, raw in enumerate(values):
                     if i % _YIELD_EVERY == 0:
                         # Let the next page's commands go out, and requests be served.
                         await asyncio.sleep(0)
-                    if raw is None:
-                        continue
                     try:
                         taken = self.model.apply_encoded(raw, replace=replace)
                         if replace and taken is not None:
                             kept.add(taken)
                     except (ValueError, msgspec.DecodeError) as exc:
                         self._invalid += 1
-                        log.error("skipping an invalid stored projection: %s", exc)
+                        log.error("skipping an invalid stored served form: %s", exc)
                 seen += len(values)
                 elapsed = time.perf_counter() - started
-                log.info(
+                log.debug(
                     "loaded %d SKU keys in %.1f s (%.0f/s); model holds %d SKUs",
                     seen,
                     elapsed,
@@ -485,45 +477,42 @@ class ModelSync:
         finally:
             if not pending.done():
                 pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
                     await pending
+        if not await self.store.model_present():
+            # Lost while loading: what was taken from the new generation may be partial.
+            self._loading = False
+            self._model_lost()
+            return
         if replace:
             dropped = self.model.retain(kept)
             log.info("generation switch: %d SKUs not in the new generation dropped", dropped)
         self._last_id = position
         self._position_count = count
-        self._generation += 1
+        self._loads += 1
         self._caught_up = False
         self._needs_load = False
         self._loading = False
+        self.model.generation = generation
         self.model.loaded = True
         self._last_applied_at = time.time()
         if not first:
             self._reloads += 1
         log.info(
-            "model loaded: %d SKUs in %.1f s; following %s from %s",
+            "model loaded: %d SKUs of generation %s in %.1f s; following %s from %s",
             len(self.model),
+            generation,
             time.perf_counter() - started,
-            self._stream,
+            self.store.keys.changes(),
             _format_id(position),
         )
-
-    async def _fetch_page(self, cursor: int, pattern: str) -> tuple[int, list[bytes | None]]:
-        """One SCAN page's projections (SCAN and HGETs in one script call)."""
-        next_cursor, values = await self._read_page(
-            args=[cursor, pattern, self.load_page, PROJECTION_FIELD]
-        )
-        return int(next_cursor), cast("list[bytes | None]", values)
 
     # --- stream checks ---
 
     async def _stream_info(self) -> _StreamInfo:
-        try:
-            raw = await self.client.xinfo_stream(self._stream)
-        except ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return _StreamInfo(exists=False)
-            raise
+        raw = await self.store.changes_info()
+        if raw is None:
+            return _StreamInfo(exists=False)
         first = raw.get("first-entry")
         return _StreamInfo(
             exists=True,
@@ -563,6 +552,9 @@ class ModelSync:
 
     async def _check_stream(self) -> None:
         last, count = self._last_id, self._position_count
+        if self.model.loaded and not await self.store.model_present():
+            self._model_lost()
+            return
         info = await self._stream_info()
         reason = self._lost_entries(info, last, count)
         if reason is not None and self.model.loaded:
@@ -574,25 +566,30 @@ class ModelSync:
     async def _monitor(self) -> None:
         while True:
             await asyncio.sleep(self.monitor_interval)
-            if not self.model.loaded or self._loading or self._needs_load:
+            if not self.model.loaded or self._loading or self._needs_load or self._lost:
                 continue
             try:
                 await self._measure()
                 self._monitor_ok = True
-            except (RedisError, OSError) as exc:
+            except StoreUnavailable as exc:
                 if self._monitor_ok:
                     log.warning("Redis failed while measuring lag: %s", exc)
                 self._redis_errors += 1
                 self._monitor_ok = False
 
     async def _measure(self) -> None:
-        """Measure how far behind the stream the model is, and spot lost entries."""
-        last, count, generation = self._last_id, self._position_count, self._generation
-        namespace = await resolve_namespace(self.client, self.base.ns)
+        """Measure how far behind the stream the model is; spot lost entries and a lost model."""
+        last, count, loads = self._last_id, self._position_count, self._loads
+        namespace, generation = await self.store.live_namespace()
+        present = await self.store.model_present()
         info = await self._stream_info()
-        if generation != self._generation:
+        if loads != self._loads:
             return  # a load moved our position meanwhile: this answer is about the old one
-        if namespace != self.keys.ns:  # e.g. a rollback, which appends no reload entry
+        if not present and generation is None:
+            self._model_lost()
+            return
+        if namespace != self.store.namespace or generation != self.model.generation:
+            # e.g. a rollback, which appends no reload entry
             log.info("the live generation is now %r; reloading the model", namespace)
             self._needs_load = True
             return
@@ -604,15 +601,10 @@ class ModelSync:
         behind = max(0, info.entries_added - self._position_count) if info.exists else 0
         lag = 0.0
         if behind:
-            after = cast(  # the oldest entry not applied yet
-                "list[tuple[bytes, dict[bytes, bytes]]]",
-                await self.client.xrange(
-                    self._stream, min=f"({_format_id(self._last_id)}", count=1
-                ),
-            )
-            if after:
-                seconds, micros = await self.client.time()
-                oldest_unread_ms = parse_stream_id(after[0][0])[0]
-                lag = max(0.0, seconds + micros / 1e6 - oldest_unread_ms / 1000)
+            after = await self.store.first_change_after(_format_id(self._last_id))
+            if after is not None:
+                now = await self.store.server_time()
+                oldest_unread_ms = parse_stream_id(after)[0]
+                lag = max(0.0, now - oldest_unread_ms / 1000)
         self._entries_behind = behind
         self._lag_seconds = lag

@@ -1,4 +1,10 @@
-"""Projections: the availability of one SKU as the API serves it, and the API bodies."""
+"""Projections: the availability of one SKU as the API serves it, and the API bodies.
+
+:class:`Served` is what the worker stores per SKU (the ``srv`` field, see
+:mod:`stocksync.store.served`): per channel the answer without detail, ready to
+send, and the node detail packed once for every channel. An API replica keeps
+these bytes as they are; nothing is decoded and encoded again on the way.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ __all__ = [
     "NodeAvailability",
     "QueryRequest",
     "QueryResponse",
+    "Served",
+    "ServedChannel",
     "SkuProjection",
     "Status",
     "projection_decoder",
@@ -52,6 +60,27 @@ class SkuProjection(msgspec.Struct, kw_only=True, frozen=True):
     version: int
     updated_at: str
     channels: list[ChannelAvailability]
+
+
+class ServedChannel(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One channel of a stored SKU: the channel's figure and its answer without detail."""
+
+    channel: str
+    #: ``available`` before holds: what a hold is granted against, and what they subtract from.
+    available: int
+    #: The JSON of :class:`ChannelAvailability` without ``nodes``, as ``GET`` answers it.
+    document: bytes
+
+
+class Served(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Everything an API replica answers for one SKU (msgpack; grows only at the end)."""
+
+    sku: str
+    version: int
+    channels: list[ServedChannel]
+    #: msgpack of one list per channel (in ``channels`` order) of
+    #: ``[node, available, on_hand, reserved, quarantine, safety_stock]``.
+    detail: bytes
 
 
 class QueryRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

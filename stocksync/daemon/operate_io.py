@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
@@ -29,6 +28,9 @@ from stocksync.agents.pipeline import header_text
 from stocksync.agents.topics import bootstrap_servers
 from stocksync.config.connections import kafka_client_options, redis_client_options
 from stocksync.config.settings import Settings
+from stocksync.readmodel import core
+from stocksync.store import RedisStore
+from stocksync.store.layout import Keys
 
 __all__ = [
     "AUDIT_LOGGER",
@@ -39,9 +41,9 @@ __all__ = [
     "existing_topics",
     "kafka_options",
     "open_producer",
+    "open_store",
     "read_topics",
     "redacted_url",
-    "redis_client",
 ]
 
 log = logging.getLogger("stocksync.operate")
@@ -99,13 +101,17 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """A Redis client for the configured URL and credentials, bytes responses."""
-    return aioredis.Redis.from_url(
+def open_store(settings: Settings) -> RedisStore:
+    """The configured Redis as a store, bound to nothing yet (call ``resolve``)."""
+    return RedisStore.from_url(
         settings.redis_url,
-        socket_timeout=30,
-        socket_connect_timeout=5,
-        **redis_client_options(settings),
+        Keys(settings.redis_namespace),
+        client_options={
+            "socket_timeout": 30, "socket_connect_timeout": 5, **redis_client_options(settings)
+        },
+        topology=core.topology_of(settings),
+        changes_maxlen=settings.worker.changes_maxlen,
+        state_ttl_seconds=settings.worker.state_ttl_days * 86_400,
     )
 
 

@@ -28,8 +28,6 @@ from typing import Annotated, Final, TextIO
 
 import msgspec
 from msgspec import Meta
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.events import Identifier, to_micros
@@ -41,13 +39,11 @@ from stocksync.daemon.operate_io import (
     audit,
     existing_topics,
     open_producer,
+    open_store,
     redacted_url,
-    redis_client,
 )
 from stocksync.readmodel import core
-from stocksync.readmodel.generation import resolve_namespace
-from stocksync.readmodel.keys import Keys
-from stocksync.readmodel.store import RedisStore, StoreUnavailable
+from stocksync.store import StoreError
 
 __all__ = [
     "BULK_EVENTS",
@@ -247,31 +243,20 @@ async def _load_positions(
     settings: Settings, skus: list[str]
 ) -> tuple[dict[str, Position], str, bool]:
     """The positions of ``skus``, the namespace read, and whether it holds no SKU at all."""
-    client = redis_client(settings)
+    store = open_store(settings)
     try:
-        namespace = await resolve_namespace(client, settings.redis_namespace)
-        keys = Keys(namespace)
-        store = RedisStore(client, keys)
+        namespace = await store.resolve()
         found: dict[str, Position] = {}
+        if store.generation is None:  # no model at all (never built, or Redis lost it)
+            return found, namespace, True
         for start in range(0, len(skus), _PAGE):
             found.update(await store.load_positions(skus[start : start + _PAGE]))
-        empty = not found and not await _any_key(client, keys.sku_pattern())
+        empty = not found and not await store.any_sku()
         return found, namespace, empty
-    except (StoreUnavailable, RedisError, OSError) as exc:
+    except StoreError as exc:
         raise OperateError(f"reading the model from Redis failed: {exc}") from exc
     finally:
-        await client.aclose()
-
-
-async def _any_key(client: Redis, pattern: str) -> bool:
-    """Whether any key matches ``pattern`` (SCAN until the first one)."""
-    cursor = 0
-    while True:
-        cursor, keys = await client.scan(cursor, match=pattern, count=1000)
-        if keys:
-            return True
-        if cursor == 0:
-            return False
+        await store.close()
 
 
 # --- output -------------------------------------------------------------------------

@@ -10,8 +10,13 @@ stop it within ``worker.shutdown_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
+from typing import Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,9 +29,11 @@ from stocksync.agents.topics import TopicSetupError, ensure_topics, topic_names
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
 from stocksync.daemon.collector import collect_less
-from stocksync.readmodel.generation import resolve_namespace
-from stocksync.readmodel.keys import Keys
-from stocksync.readmodel.store import RedisStore, StoreUnavailable
+from stocksync.daemon.healing import Healer
+from stocksync.daemon.operate_rebuild import HEARTBEAT_FRESH_SECONDS
+from stocksync.readmodel import core
+from stocksync.store import RedisStore, StoreUnavailable
+from stocksync.store.layout import Keys
 
 __all__ = ["WorkerError", "quiet_libraries", "run", "serve"]
 
@@ -42,6 +49,7 @@ async def _connect_redis(settings: Settings, timeout: float = 30.0) -> RedisStor
         settings.redis_url,
         Keys(settings.redis_namespace),
         client_options=redis_client_options(settings),
+        topology=core.topology_of(settings),
         changes_maxlen=settings.worker.changes_maxlen,
         state_ttl_seconds=settings.worker.state_ttl_days * 86_400,
     )
@@ -51,9 +59,9 @@ async def _connect_redis(settings: Settings, timeout: float = 30.0) -> RedisStor
         try:
             await store.ping()
             # After a rebuild the live model is a newer generation of the key space.
-            namespace = await resolve_namespace(store.client, settings.redis_namespace)
-            store.keys = Keys(namespace)
-            log.info("read model in Redis key space %s:*", namespace)
+            namespace = await store.resolve()
+            log.info("read model in Redis key space %s:* (generation %s)", namespace,
+                     store.generation)
             return store
         except (StoreUnavailable, RedisError, OSError) as exc:
             if time.monotonic() >= deadline:
@@ -75,7 +83,23 @@ def _redacted(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def _health_app(pipeline: Pipeline, state: dict[str, bool]) -> web.Application:
+#: Seconds between two heartbeats of a worker in Redis.
+HEARTBEAT_SECONDS: Final = 3.0
+
+
+async def _keep_heartbeat(store: RedisStore, worker_id: str) -> None:
+    """Record in Redis, every few seconds, that this worker runs (``stocksync rebuild`` asks)."""
+    while True:
+        try:
+            await store.beat(worker_id, HEARTBEAT_FRESH_SECONDS)
+        except StoreUnavailable as exc:
+            log.debug("heartbeat failed: %s", exc)
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def _health_app(
+    pipeline: Pipeline, state: dict[str, bool], healer: Healer | None = None
+) -> web.Application:
     metrics = pipeline.metrics
 
     async def healthz(request: web.Request) -> web.Response:
@@ -85,6 +109,12 @@ def _health_app(pipeline: Pipeline, state: dict[str, bool]) -> web.Application:
         if not state.get("ready"):
             return web.json_response(
                 {"error": {"code": "not_ready", "message": "the worker is starting"}}, status=503
+            )
+        if healer is not None and healer.healing:
+            return web.json_response(
+                {"error": {"code": "model_lost", "message": "Redis lost the model; rebuilding"
+                           " it from the topics"}},
+                status=503,
             )
         try:
             await asyncio.wait_for(pipeline.store.ping(), 1.0)
@@ -129,22 +159,32 @@ async def serve(
     )
     store = await _connect_redis(settings)
     metrics = metrics or WorkerMetrics()
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    healer = Healer(settings, store, worker_id=worker_id)
     pipeline = Pipeline(
         settings=settings,
         topics=names,
         effects_partitions=counts[names.effects],
         store=store,
         metrics=metrics,
+        heal=healer,
     )
+    healer.on_healed = pipeline.applier.forget
+    heartbeat = asyncio.create_task(_keep_heartbeat(store, worker_id), name="stocksync-heartbeat")
+    if store.generation is None:
+        log.warning("no model is live under %s:* (a new deployment, or Redis lost it)",
+                    store.namespace)
+        await healer()
     app = create_app(settings)
     register(app, pipeline)
     state = {"ready": False}
-    runner = web.AppRunner(_health_app(pipeline, state), access_log=None)
+    runner = web.AppRunner(_health_app(pipeline, state, healer), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.worker.host, settings.worker.port, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:
+        heartbeat.cancel()
         await runner.cleanup()
         await store.close()
         raise WorkerError(
@@ -175,6 +215,11 @@ async def serve(
         state["ready"] = False
         if worker is not None and not worker.finished.is_set():
             await stop_worker(worker, settings.worker.shutdown_timeout)
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        with contextlib.suppress(StoreUnavailable):
+            await store.forget_worker(worker_id)
         await runner.cleanup()
         await store.close()
         log.info("worker stopped")

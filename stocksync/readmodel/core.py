@@ -542,9 +542,19 @@ def is_oversold(view: NodeView) -> bool:
     return view.on_hand < view.reserved
 
 
-def channel_available(pos: Position, channel: ChannelSpec, topology: Topology) -> int:
-    """What ``channel`` may sell of this SKU."""
-    total = sum(node_view(pos, node, topology).available for node in channel.nodes)
+def channel_available(
+    pos: Position,
+    channel: ChannelSpec,
+    topology: Topology,
+    views: Mapping[str, NodeView] | None = None,
+) -> int:
+    """What ``channel`` may sell of this SKU (``views``: node views the caller already has)."""
+    total = 0
+    for node in channel.nodes:
+        view = views.get(node) if views is not None else None
+        if view is None:
+            view = node_view(pos, node, topology)
+        total += view.available
     return max(0, total - pos.demand.get(channel.name, 0) - channel.buffer)
 
 
@@ -564,8 +574,7 @@ def format_millis(ms: int) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
 
 
-def _node_availability(pos: Position, node: str, topology: Topology) -> NodeAvailability:
-    view = node_view(pos, node, topology)
+def _node_availability(node: str, view: NodeView) -> NodeAvailability:
     return NodeAvailability(
         node=node,
         available=view.available,
@@ -580,17 +589,17 @@ def project(pos: Position, topology: Topology) -> SkuProjection:
     """What the API serves for this SKU: every configured channel, with node detail."""
     updated = format_millis(pos.updated_at)
     channels: list[ChannelAvailability] = []
+    views: dict[str, NodeView] = {}
     details: dict[str, NodeAvailability] = {}
     for spec in topology.channels:
         nodes: list[NodeAvailability] = []
-        total = 0
         for node in spec.nodes:
             detail = details.get(node)
             if detail is None:
-                detail = details[node] = _node_availability(pos, node, topology)
-            total += detail.available
+                view = views[node] = node_view(pos, node, topology)
+                detail = details[node] = _node_availability(node, view)
             nodes.append(detail)
-        available = max(0, total - pos.demand.get(spec.name, 0) - spec.buffer)
+        available = channel_available(pos, spec, topology, views)
         channels.append(
             ChannelAvailability(
                 sku=pos.sku,

@@ -11,9 +11,8 @@ from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.pipeline import Applier, SourceMessage, Translator
 from stocksync.codecs.dlq import dead_letter_decoder
 from stocksync.codecs.effects import batch_decoder
-from stocksync.codecs.projections import projection_decoder
 from stocksync.readmodel import core
-from stocksync.readmodel.store import MemoryStore
+from stocksync.store import MemoryStore
 
 DAY_MS = 86_400_000
 TOPOLOGY = core.Topology(
@@ -53,7 +52,7 @@ class Rig:
 
     def __init__(self) -> None:
         self.outbox = MemoryOutbox()
-        self.store = MemoryStore()
+        self.store = asyncio.run(MemoryStore.fresh(TOPOLOGY))
         self.offsets: dict[str, int] = {"stock": 0, "orders": 0, "returns": 0}
         self.translators = {
             kind: Translator(
@@ -88,7 +87,9 @@ class Rig:
         asyncio.run(main())
 
     def available(self, sku: str) -> int:
-        return projection_decoder.decode(self.store.projections[sku]).channels[0].available
+        served = self.store.served_of(sku)
+        assert served is not None
+        return served.channels[0].available
 
 
 def test_order_lifecycle_end_to_end_in_memory() -> None:
@@ -112,11 +113,11 @@ def test_redelivered_batch_changes_nothing() -> None:
     adj = ev("stock.adjusted", "a1", sku="A", node="dc-west", delta=5, reason="receipt")
     msg = rig.message("stock", "A", adj)
     rig.feed("stock", [msg])
-    version = rig.store.versions["A"]
+    version = rig.store.version_of("A")
     rig.feed("stock", [msg])  # same offset: the watermark skips it
     dup = rig.message("stock", "A", adj)  # producer duplicate at a new offset
     rig.feed("stock", [dup])
-    assert rig.store.versions["A"] == version
+    assert rig.store.version_of("A") == version
     assert rig.available("A") == 5
 
 

@@ -16,14 +16,21 @@ from typing import Any, TypeVar
 
 import msgspec
 import redis
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from stocksync.api.app import create_app
 from stocksync.api.dispatch import ApiRunner
-from stocksync.codecs.projections import ChannelAvailability, NodeAvailability, SkuProjection
+from stocksync.codecs.projections import (
+    ChannelAvailability,
+    NodeAvailability,
+    Served,
+    SkuProjection,
+)
 from stocksync.config.settings import ApiSettings, ChannelSettings, Settings, TokenSettings
-from stocksync.readmodel.keys import PROJECTION_FIELD, VERSION_FIELD, Keys
+from stocksync.store.layout import POSITION_FIELD, SERVED_FIELD, VERSION_FIELD, Keys, change_fields
+from stocksync.store.served import decode_served, served_from_channels
 
 __all__ = [
     "NAMESPACE",
@@ -33,6 +40,7 @@ __all__ = [
     "make_settings",
     "projection",
     "run",
+    "served",
     "serving",
     "write",
 ]
@@ -41,6 +49,8 @@ NAMESPACE = "apitest"
 UPDATED_AT = "2026-11-27T09:01:10.512Z"
 _T = TypeVar("_T")
 _encoder = msgspec.json.Encoder()
+#: The generation (identity marker) :func:`write` gives a namespace it writes first.
+GENERATION = "g-test"
 
 
 def run(coro: Awaitable[_T]) -> _T:
@@ -113,26 +123,36 @@ def projection(
     return SkuProjection(sku=sku, version=version, updated_at=UPDATED_AT, channels=docs)
 
 
+def served(proj: SkuProjection) -> Served:
+    """The served form the worker would store for ``proj``."""
+    return decode_served(served_from_channels(proj.sku, proj.version, proj.channels))
+
+
 def write(
     client: redis.Redis,
     *projections: SkuProjection,
     maxlen: int | None = None,
     stream: bool = True,
     namespace: str = NAMESPACE,
+    generation: str = GENERATION,
 ) -> None:
-    """HSET each projection and XADD its change in one MULTI/EXEC, as the worker does."""
+    """HSET each served form and XADD its change in one MULTI/EXEC, as the worker does.
+
+    The namespace gets its identity marker ``generation`` unless it has one.
+    """
     keys = Keys(namespace)
     pipe = client.pipeline(transaction=True)
+    pipe.set(keys.model(), generation, nx=True)
     for proj in projections:
-        raw = _encoder.encode(proj)
+        raw = served_from_channels(proj.sku, proj.version, proj.channels)
         pipe.hset(
             keys.sku(proj.sku),
-            mapping={VERSION_FIELD: str(proj.version), "pos": b"", PROJECTION_FIELD: raw},
+            mapping={VERSION_FIELD: str(proj.version), POSITION_FIELD: b"", SERVED_FIELD: raw},
         )
         if stream:
             pipe.xadd(
                 keys.changes(),
-                {"sku": proj.sku, "v": str(proj.version), "proj": raw},
+                change_fields(proj.sku, proj.version, raw),  # type: ignore[arg-type]
                 maxlen=maxlen,
                 approximate=False,
             )
@@ -153,8 +173,17 @@ async def serving(
     """A test client of a started API; waits until ``/readyz`` is 200 unless told not to.
 
     ``hot_routes=False`` serves it with aiohttp's plain runner: every request
-    through the router.
+    through the router. With ``ready``, a namespace without a model gets an empty
+    one (its identity marker), as a worker's first start leaves it.
     """
+    if ready:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            keys = Keys(settings.redis_namespace)
+            if await client.get(keys.generation()) is None:
+                await client.set(keys.model(), GENERATION, nx=True)
+        finally:
+            await client.aclose()
     app = create_app(settings)
     server = ApiTestServer(app) if hot_routes else TestServer(app)
     async with TestClient(server) as client:

@@ -7,7 +7,7 @@ import pytest
 
 from stocksync.api.model import AvailabilityModel, is_identifier, parse_stream_id
 from stocksync.codecs.projections import SkuProjection
-from tests.api.helpers import projection
+from tests.api.helpers import projection, served
 
 _enc = msgspec.json.Encoder()
 
@@ -15,7 +15,7 @@ _enc = msgspec.json.Encoder()
 def test_answers_are_the_encoded_structs() -> None:
     model = AvailabilityModel(["web", "store"])
     proj = projection("SKU-1", 3)
-    assert model.apply(proj)
+    assert model.apply(served(proj))
     for channel in proj.channels:
         plain = model.document("SKU-1", channel.channel)
         assert plain == _enc.encode(msgspec.structs.replace(channel, nodes=msgspec.UNSET))
@@ -27,17 +27,17 @@ def test_answers_are_the_encoded_structs() -> None:
 
 def test_versions_never_go_backwards_unless_replacing() -> None:
     model = AvailabilityModel(["web"])
-    assert model.apply(projection("A", 5, channels=["web"]))
-    assert not model.apply(projection("A", 5, available=1, channels=["web"]))
-    assert not model.apply(projection("A", 4, channels=["web"]))
+    assert model.apply(served(projection("A", 5, channels=["web"])))
+    assert not model.apply(served(projection("A", 5, available=1, channels=["web"])))
+    assert not model.apply(served(projection("A", 4, channels=["web"])))
     assert model.version("A") == 5
-    assert model.apply(projection("A", 2, channels=["web"]), replace=True)
+    assert model.apply(served(projection("A", 2, channels=["web"])), replace=True)
     assert model.version("A") == 2
 
 
 def test_unconfigured_and_missing_channels() -> None:
     model = AvailabilityModel(["web", "store"])
-    model.apply(projection("A", 1, channels=["web", "marketplace"]))
+    model.apply(served(projection("A", 1, channels=["web", "marketplace"])))
     assert model.document("A", "web") is not None
     assert model.document("A", "store") is None
     assert model.document("A", "store", detail=True) is None
@@ -52,16 +52,16 @@ def test_a_projection_without_node_detail() -> None:
         updated_at=proj.updated_at,
         channels=[msgspec.structs.replace(proj.channels[0], nodes=msgspec.UNSET)],
     )
-    model.apply(bare)
+    model.apply(served(bare))
     assert msgspec.json.decode(model.document("A", "web", detail=True) or b"")["nodes"] == []
 
 
 def test_invalid_skus_are_refused_and_retain_forgets() -> None:
     model = AvailabilityModel(["web"])
     with pytest.raises(ValueError):
-        model.apply(projection("bad sku", 1, channels=["web"]))
-    model.apply(projection("A", 1, channels=["web"]))
-    model.apply(projection("B", 1, channels=["web"]))
+        model.apply(served(projection("bad sku", 1, channels=["web"])))
+    model.apply(served(projection("A", 1, channels=["web"])))
+    model.apply(served(projection("B", 1, channels=["web"])))
     assert model.retain({"A"}) == 1
     assert len(model) == 1
 

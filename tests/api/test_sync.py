@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from stocksync.api.model import ModelSync, _StreamInfo
 from stocksync.daemon.services import RedisServer
-from stocksync.readmodel.generation import GENERATION_FIELD, RELOAD_FIELD, effective_namespace
-from stocksync.readmodel.keys import Keys
+from stocksync.store.generation import effective_namespace
+from stocksync.store.layout import Keys, reload_fields
 from tests.api.helpers import (
     NAMESPACE,
     TcpProxy,
@@ -222,9 +222,10 @@ def test_follows_a_generation_switch_and_its_rollback(redis_url: str, store: red
             # What `stocksync rebuild` does: a full model in a new key space,
             # the pointer switched, a reload entry on the old stream.
             new_ns = effective_namespace(NAMESPACE, "g20261127T090003123Z")
-            write(store, projection("A", 2), projection("C", 1), namespace=new_ns)
+            write(store, projection("A", 2), projection("C", 1), namespace=new_ns,
+                  generation="g20261127T090003123Z")
             store.set(base.generation(), "g20261127T090003123Z")
-            store.xadd(base.changes(), {RELOAD_FIELD: new_ns, GENERATION_FIELD: "g1"})
+            store.xadd(base.changes(), reload_fields(new_ns, "g20261127T090003123Z"))  # type: ignore[arg-type]
 
             async def switched() -> bool:
                 return await _is(client, "C", 1) and not await _has(client, "B")
@@ -233,7 +234,8 @@ def test_follows_a_generation_switch_and_its_rollback(redis_url: str, store: red
             assert await _version(client, "A") == 2  # the new generation wins, even if lower
             assert await _metric(client, "stocksync_api_model_reloads_total") == 1
             await eventually(lambda: _ready(client))
-            write(store, projection("A", 3), namespace=new_ns)
+            write(store, projection("A", 3), namespace=new_ns,
+                  generation="g20261127T090003123Z")
             await eventually(lambda: _is(client, "A", 3))
 
             # A rollback only moves the pointer back.
@@ -250,3 +252,39 @@ def test_follows_a_generation_switch_and_its_rollback(redis_url: str, store: red
 
 async def _ready(client: Client) -> bool:
     return await _status(client, "/readyz") == 200
+
+
+async def _lost(client: Client) -> bool:
+    async with client.get("/readyz") as resp:
+        if resp.status != 503:
+            return False
+        code: str = msgspec.json.decode(await resp.read())["error"]["code"]
+        return code == "model_lost"
+
+
+def test_a_lost_model_is_served_until_the_rebuilt_one_is_live(
+    redis_url: str, store: redis.Redis
+) -> None:
+    write(store, projection("A", 5), projection("B", 1))
+    rebuilt = "g20261127T090003123Z"
+
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            store.flushdb()  # what a Redis restarted without persistence holds
+            await eventually(lambda: _lost(client))
+            assert await _version(client, "A") == 5  # the last model, meanwhile
+            async with serving(make_settings(redis_url), ready=False) as fresh:
+                await eventually(lambda: _lost(fresh))
+                assert not await _has(fresh, "A")
+                # A worker rebuilds the model into a new generation and switches to it.
+                new_ns = effective_namespace(NAMESPACE, rebuilt)
+                write(store, projection("A", 1), projection("C", 1), namespace=new_ns,
+                      generation=rebuilt)
+                store.set(Keys(NAMESPACE).generation(), rebuilt)
+                for replica in (client, fresh):
+                    await eventually(lambda r=replica: _is(r, "C", 1))  # type: ignore[misc]
+                    assert await _version(replica, "A") == 1
+                    assert not await _has(replica, "B")
+                    await eventually(lambda r=replica: _ready(r))  # type: ignore[misc]
+
+    run(scenario())

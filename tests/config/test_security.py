@@ -32,8 +32,8 @@ from stocksync.config.connections import (
 from stocksync.config.devsetup import STATE_ENV
 from stocksync.daemon.logs import JsonFormatter
 from stocksync.daemon.services import free_port
-from stocksync.readmodel.keys import Keys
-from stocksync.readmodel.store import RedisStore, StoreUnavailable
+from stocksync.store import RedisStore, StoreUnavailable
+from stocksync.store.layout import Keys
 from tests.unprivileged import as_unprivileged, open_folder
 
 KAFKA_SECRET = "kafka-pw-7f3a9c"
@@ -556,7 +556,7 @@ def test_redis_acl_user_from_settings(tmp_path: Path, secured_redis: SecuredRedi
 
 
 def test_operator_client_over_tls(tmp_path: Path, secured_redis: SecuredRedis) -> None:
-    from stocksync.daemon.operate_io import redis_client
+    from stocksync.daemon.operate_io import open_store
 
     if secured_redis.tls_url is None:
         pytest.skip("no certificate for a TLS port")
@@ -566,11 +566,11 @@ def test_operator_client_over_tls(tmp_path: Path, secured_redis: SecuredRedis) -
     untrusted = f'redis_url = "{secured_redis.tls_url}"\n'
 
     async def ping(settings: Settings) -> bool:
-        client = redis_client(settings)
+        store = open_store(settings)
         try:
-            return bool(await client.ping())
+            return bool(await store.client.ping())
         finally:
-            await client.aclose()
+            await store.close()
 
     assert asyncio.run(ping(load(tmp_path, text, REDIS_ENV)))
     with pytest.raises(redis.ConnectionError):  # the system's CAs do not know our certificate

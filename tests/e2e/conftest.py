@@ -34,14 +34,15 @@ def make_cluster(
 
     def build(**options: Any) -> Cluster:
         assert not made, "one cluster per test"
-        cluster = Cluster(
-            bootstrap=broker.bootstrap,
-            broker_url=broker.url,
-            redis_url=redis_url,
-            prefix=topic_prefix,
-            workdir=tmp_path,
-            **options,
-        )
+        chosen: dict[str, Any] = {
+            "bootstrap": broker.bootstrap,
+            "broker_url": broker.url,
+            "redis_url": redis_url,
+            "prefix": topic_prefix,
+            "workdir": tmp_path,
+        }
+        chosen.update(options)  # e.g. a Redis of the test's own
+        cluster = Cluster(**chosen)
         made.append(cluster)
         return cluster
 

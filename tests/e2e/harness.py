@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -47,7 +48,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from stocksync.agents.topics import effects_partition
 from stocksync.codecs.events import Event
 from stocksync.codecs.messages import Reason
+from stocksync.codecs.projections import Served
+from stocksync.daemon.services import free_port
 from stocksync.readmodel.core import ChannelSpec, Topology
+from stocksync.store import RedisStore
+from stocksync.store.layout import Keys
+from stocksync.store.served import decode_detail, decode_served
 from tests.readmodel.oracle import (
     APPLIED,
     DUPLICATE,
@@ -666,6 +672,88 @@ class WorkerProcess:
             self._reap()
 
 
+class ApiReplica:
+    """One ``stocksync api`` subprocess of the deployment, answering on a free port."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                env={**env, "STOCKSYNC_API_PORT": str(self.port)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        """``/readyz``: status and body (0 and {} while nothing answers)."""
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=2) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> ApiReplica:
+        """Wait until ``/readyz`` is 200."""
+        deadline = time.monotonic() + timeout
+        while self.readyz()[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the API replica was not ready:\n{self.tail()}")
+            time.sleep(0.1)
+        return self
+
+    def query(self, skus: Sequence[str], channel: str) -> dict[str, Any]:
+        """``POST /v1/availability/query`` with node detail."""
+        body = json.dumps({"skus": list(skus), "channel": channel, "detail": True}).encode()
+        request = urllib.request.Request(
+            self.url + "/v1/availability/query", data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
+
+    def read_model(self, skus: Sequence[str], channels: Sequence[str]) -> Observed:
+        """What this replica serves for ``skus`` on ``channels``, in the oracle's shapes."""
+        seen = Observed()
+        for channel in channels:
+            for start in range(0, len(skus), 1000):
+                for item in self.query(skus[start : start + 1000], channel)["items"]:
+                    sku = item["sku"]
+                    seen.versions[sku] = item["version"]
+                    seen.channels[(sku, channel)] = ChannelFigures(item["available"],
+                                                                   item["status"])
+                    for node in item["nodes"]:
+                        figures = NodeFigures(
+                            on_hand=node["on_hand"], reserved=node["reserved"],
+                            quarantine=node["quarantine"], safety_stock=node["safety_stock"],
+                            available=node["available"],
+                        )
+                        shown = seen.nodes.setdefault((sku, node["node"]), figures)
+                        if shown != figures:
+                            seen.problems.append(f"{sku}@{node['node']}: differs between "
+                                                 "channels")
+        return seen
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of the replica's log."""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def close(self) -> None:
+        """Stop the replica."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
 # --- the deployment under test ------------------------------------------------------------
 
 
@@ -750,11 +838,14 @@ class Cluster:
         self.ledger = Ledger(self.topology)
         self.wire = Wire()
         self.workers: dict[str, WorkerProcess] = {}
+        self.apis: list[ApiReplica] = []
         #: Facts shown when a test fails (seeds, what happened when).
         self.notes: list[str] = []
         self._io = _LoopThread()
         self._producer: AIOKafkaProducer | None = None
         self._redis = redis.Redis.from_url(redis_url)
+        # The model is read through the store, as the API reads it (in the I/O thread's loop).
+        self._store = RedisStore.from_url(redis_url, Keys(prefix))
         self._rounds = itertools.count(1)
 
     # -- configuration and processes ----------------------------------------------------
@@ -804,6 +895,32 @@ class Cluster:
         )
         return found
 
+    def start_api(self) -> ApiReplica:
+        """Start one ``stocksync api`` replica of this deployment (not waited for)."""
+        command = [sys.executable, "-m", "stocksync", "--config", str(self.config_path), "api"]
+        replica = ApiReplica(command, self.worker_env(),
+                             self.workdir / f"api-{len(self.apis) + 1}.log")
+        self.apis.append(replica)
+        return replica
+
+    def rebuild(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``stocksync rebuild ARGS`` with this deployment's configuration."""
+        command = [sys.executable, "-m", "stocksync", "--config", str(self.config_path),
+                   "rebuild", *args]
+        done = subprocess.run(command, env=self.worker_env(), capture_output=True, text=True,
+                              timeout=180, check=False)
+        self.note(f"rebuild {' '.join(args)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
+        return done
+
+    def check_api(self, replica: ApiReplica, reference: Reference) -> None:
+        """Assert ``replica`` serves exactly the reference model."""
+        skus = sorted({sku for sku, _ in reference.model.channels})
+        observed = replica.read_model(skus, [c.name for c in self.channels])
+        differences = diff_models(reference.model, observed)
+        assert not differences, (
+            "the API replica differs from the reference model:\n" + "\n".join(differences)
+        )
+
     def start_worker(self, name: str = "w1") -> WorkerProcess:
         """Start a worker and wait until it has its partitions."""
         return self.worker(name).start().wait_ready()
@@ -829,15 +946,21 @@ class Cluster:
                 f"worker {worker.describe()}, log {worker.log_path}",
                 worker.tail(80),
             ))
+        for replica in self.apis:
+            sections.append((f"API replica, log {replica.log_path}", replica.tail(40)))
         return sections
 
     def close(self) -> None:
         """Stop every worker, the producer and the clients."""
         for worker in self.workers.values():
             worker.close()
+        for replica in self.apis:
+            replica.close()
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 self._io.run(self._producer.stop(), timeout=30)
+        with contextlib.suppress(Exception):
+            self._io.run(self._store.close(), timeout=10)
         self._io.close()
         self._redis.close()
 
@@ -915,15 +1038,14 @@ class Cluster:
         round_ = next(self._rounds)
         messages, skus = self._sentinels(round_)
         self.send(messages)
-        keys = [self._sku_key(sku) for sku in skus]
         deadline = time.monotonic() + timeout
         while True:
-            present = self._redis.exists(*keys)
-            if present == len(keys):
+            present = len(self._io.run(self._live_versions(skus)))
+            if present == len(skus):
                 break
             if time.monotonic() > deadline or not any(w.alive for w in self.workers.values()):
                 raise AssertionError(
-                    f"only {present} of {len(keys)} sentinel SKUs of round {round_} reached "
+                    f"only {present} of {len(skus)} sentinel SKUs of round {round_} reached "
                     "Redis; workers: " + "; ".join(w.describe() for w in self.workers.values())
                 )
             time.sleep(0.1)
@@ -939,57 +1061,59 @@ class Cluster:
 
     # -- reading Redis --------------------------------------------------------------------
 
-    # Without redis_namespace in the config, the model's key space follows the topic prefix.
-    def _sku_key(self, sku: str) -> str:
-        return f"{self.prefix}:sku:{{{sku}}}"
+    async def _live_versions(self, skus: Sequence[str]) -> dict[str, int]:
+        """Versions of ``skus`` in the live generation (after a rebuild, the new one)."""
+        await self._store.resolve()
+        return await self._store.load_versions(list(skus))
 
-    def _sku_keys(self) -> list[bytes]:
-        return sorted(self._redis.scan_iter(match=f"{self.prefix}:sku:*", count=1000))
+    async def _served(self) -> list[Served]:
+        """Every SKU's served form in the live generation, as an API replica loads it."""
+        await self._store.resolve()
+        found: list[Served] = []
+        cursor = 0
+        while True:
+            cursor, page = await self._store.served_page(cursor, 1000)
+            found += [decode_served(raw) for raw in page]
+            if cursor == 0:
+                return found
 
-    def _versions(self) -> dict[bytes, bytes | None]:
-        keys = self._sku_keys()
-        with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hget(key, "v")
-            return dict(zip(keys, pipe.execute(), strict=True))
+    def _versions(self) -> dict[str, int]:
+        return {s.sku: s.version for s in self._io.run(self._served())}
+
+    def namespace(self) -> str:
+        """The effective namespace of the live model."""
+        return str(self._io.run(self._store.resolve()))
 
     def read_model(self) -> Observed:
-        """Every SKU hash in Redis, its ``proj`` decoded, in the oracle's shapes."""
-        keys = self._sku_keys()
-        with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, "v", "proj")
-            rows = pipe.execute()
+        """Every SKU's served form in Redis, in the oracle's shapes."""
         seen = Observed()
-        for key, (version, proj) in zip(keys, rows, strict=True):
-            name = key.decode()
-            if proj is None or version is None:
-                seen.problems.append(f"{name}: no 'v' or 'proj' field")
-                continue
-            body = json.loads(proj)
-            sku = body["sku"]
-            if name != self._sku_key(sku):
-                seen.problems.append(f"{name}: holds the projection of {sku!r}")
-            seen.versions[sku] = int(version)
-            if body["version"] != int(version):
-                seen.problems.append(f"{sku}: proj version {body['version']} but v={version!r}")
-            for channel in body["channels"]:
-                if channel["version"] != body["version"] or channel["sku"] != sku:
-                    seen.problems.append(f"{sku}/{channel['channel']}: inconsistent header")
-                seen.channels[(sku, channel["channel"])] = ChannelFigures(
-                    channel["available"], channel["status"]
+        for served in self._io.run(self._served()):
+            sku = served.sku
+            seen.versions[sku] = served.version
+            details = decode_detail(served.detail)
+            if len(details) != len(served.channels):
+                seen.problems.append(f"{sku}: {len(details)} node lists for "
+                                     f"{len(served.channels)} channels")
+            for channel, nodes in zip(served.channels, details, strict=False):
+                body = json.loads(channel.document)
+                if body["version"] != served.version or body["sku"] != sku:
+                    seen.problems.append(f"{sku}/{channel.channel}: inconsistent header")
+                if body["available"] != channel.available:
+                    seen.problems.append(f"{sku}/{channel.channel}: figure differs from answer")
+                seen.channels[(sku, channel.channel)] = ChannelFigures(
+                    body["available"], body["status"]
                 )
-                for node in channel["nodes"]:
+                for node, available, on_hand, reserved, quarantine, safety in nodes:
                     figures = NodeFigures(
-                        on_hand=node["on_hand"],
-                        reserved=node["reserved"],
-                        quarantine=node["quarantine"],
-                        safety_stock=node["safety_stock"],
-                        available=node["available"],
+                        on_hand=on_hand,
+                        reserved=reserved,
+                        quarantine=quarantine,
+                        safety_stock=safety,
+                        available=available,
                     )
-                    shown = seen.nodes.setdefault((sku, node["node"]), figures)
+                    shown = seen.nodes.setdefault((sku, node), figures)
                     if shown != figures:
-                        seen.problems.append(f"{sku}@{node['node']}: differs between channels")
+                        seen.problems.append(f"{sku}@{node}: differs between channels")
         return seen
 
     def check_model(self, reference: Reference | None = None) -> Reference:

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer
 
+from stocksync.agents.pipeline import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.messages import decode_message
-from stocksync.codecs.projections import projection_decoder, projection_encoder
 from stocksync.codecs.state import OrderState, Position, position_decoder
 from stocksync.config.settings import NodeSettings, Settings, WorkerSettings
 from stocksync.daemon import operate
-from stocksync.daemon.operate_rebuild import active_workers
+from stocksync.daemon.operate_io import open_store
+from stocksync.daemon.operate_rebuild import _Progress, active_workers
 from stocksync.readmodel import core
-from stocksync.readmodel.generation import GENERATION_PATTERN
-from stocksync.readmodel.keys import Keys
+from stocksync.store import Write
+from stocksync.store.generation import GENERATION_PATTERN
+from stocksync.store.layout import Keys
+from stocksync.store.served import decode_detail, decode_served, served_bytes
 from tests.operate.helpers import produce, run
 
 NOW_MS = 1_795_770_000_000
@@ -134,14 +137,14 @@ def core_model(sent: list[tuple[str, str, bytes]], topology: core.Topology) -> d
     return positions
 
 
-def figures(projection: bytes | Position, topology: core.Topology) -> object:
+def figures(served: bytes | Position, topology: core.Topology) -> object:
     """What the API serves of a SKU, without version and time."""
-    if isinstance(projection, Position):
-        projection = projection_encoder.encode(core.project(projection, topology))
-    decoded = projection_decoder.decode(projection)
+    if isinstance(served, Position):
+        served = served_bytes(served, topology)
+    decoded = decode_served(served)
     return [
-        (c.channel, c.available, c.status, [msgspec.structs.asdict(n) for n in c.nodes or []])
-        for c in decoded.channels
+        (c.channel, c.available, msgspec.json.decode(c.document)["status"], nodes)
+        for c, nodes in zip(decoded.channels, decode_detail(decoded.detail), strict=True)
     ]
 
 
@@ -204,7 +207,7 @@ def test_rebuild_equals_the_core_and_switches_the_pointer(
     topology = core.topology_of(settings)
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        client.hset("ops:sku:{OLD}", mapping={"v": 1, "pos": b"", "proj": b"{}"})
+        client.hset("ops:sku:{OLD}", mapping={"v": 1, "pos": b"", "srv": b""})
         caplog.set_level(logging.INFO, logger="stocksync.audit")
 
         assert operate.rebuild(settings, args()) == 0
@@ -221,13 +224,16 @@ def test_rebuild_equals_the_core_and_switches_the_pointer(
         for sku, fields in model.items():
             position = position_decoder.decode(fields[b"pos"])
             assert int(fields[b"v"]) == position.version
-            assert figures(fields[b"proj"], topology) == figures(expected[sku], topology), sku
+            assert figures(fields[b"srv"], topology) == figures(expected[sku], topology), sku
             assert figures(position, topology) == figures(expected[sku], topology), sku
         # Hand-checked figures: A at dc-east is 100 - 3 - 2 shipped + 1 restocked, safety 4.
         a_east = core.node_view(position_decoder.decode(model["A"][b"pos"]), "dc-east", topology)
         assert (a_east.on_hand, a_east.reserved, a_east.safety_stock) == (96, 0, 4)
-        assert client.get(f"{namespace}:order:{{o1}}") is not None
+        # Order and RMA state as the worker keeps it: hashes, with a time to live.
+        assert client.type(f"{namespace}:order:{{o1}}") == b"hash"
+        assert client.type(f"{namespace}:rma:{{r1}}") == b"hash"
         assert client.ttl(f"{namespace}:rma:{{r1}}") > 0
+        assert client.get(f"{namespace}:model") == pointer
         assert client.hget(f"{namespace}:meta", "previous") == b"ops"
 
         # The old generation is untouched and tells its followers where the model went.
@@ -254,56 +260,163 @@ def test_rebuild_equals_the_core_and_switches_the_pointer(
             version = int(fields[b"v"])
             assert version == int(model[sku][b"v"]) * 2, sku
             assert position_decoder.decode(fields[b"pos"]).version == version
-            assert projection_decoder.decode(fields[b"proj"]).version == version
-            assert figures(fields[b"proj"], topology) == figures(expected[sku], topology), sku
+            assert decode_served(fields[b"srv"]).version == version
+            assert figures(fields[b"srv"], topology) == figures(expected[sku], topology), sku
     finally:
         client.close()
 
 
 async def _resolve(url: str) -> str:
-    import redis.asyncio as aioredis
+    from stocksync.store import RedisStore
 
-    from stocksync.readmodel.generation import resolve_namespace
-
-    client = aioredis.Redis.from_url(url)
+    store = RedisStore.from_url(url, Keys("ops"))
     try:
-        return await resolve_namespace(client, "ops")
+        return await store.resolve()
     finally:
-        await client.aclose()
+        await store.close()
 
 
-def test_rebuild_refuses_while_a_worker_is_in_the_group(
+def test_rebuild_refuses_while_a_worker_keeps_a_heartbeat(
     rebuilt_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = rebuilt_settings
 
-    async def scenario() -> tuple[str | None, int, int]:
-        consumer = AIOKafkaConsumer(
-            topic_names(settings).stock,
-            bootstrap_servers=settings.broker.removeprefix("kafka://"),
-            group_id=settings.worker.group_id,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        )
-        await consumer.start()
+    async def beat() -> str | None:
+        store = open_store(settings)
         try:
-            async with asyncio.timeout(30):
-                while not consumer.assignment():
-                    await consumer.getmany(timeout_ms=500)
-            why = await active_workers(settings)
-            refused = await asyncio.to_thread(operate.rebuild, settings, args())
-            forced = await asyncio.to_thread(operate.rebuild, settings, args(force=True))
-            return why, refused, forced
+            await store.beat("host:42:abc", 15)
+            return await active_workers(store)
         finally:
-            await consumer.stop()
+            await store.close()
 
-    why, refused, forced = run(scenario())
-    assert why is not None and "member(s)" in why
-    assert refused == 1
+    why = run(beat())
+    assert why is not None and "host:42:abc" in why
+    assert operate.rebuild(settings, args()) == 1
     err = capsys.readouterr().err
     assert "Stop every `stocksync worker` first" in err
-    assert "going on despite --force" in err
-    assert forced == 0
+    assert operate.rebuild(settings, args(force=True)) == 0
+    assert "going on despite --force" in capsys.readouterr().err
+
+
+def test_a_stopped_worker_does_not_block_a_rebuild(
+    rebuilt_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker that stopped cleanly took its heartbeat with it (whatever the broker says)."""
+    settings = rebuilt_settings
+
+    async def beat_then_stop() -> None:
+        store = open_store(settings)
+        try:
+            await store.beat("w1", 15)
+            await store.forget_worker("w1")
+        finally:
+            await store.close()
+
+    run(beat_then_stop())
+    assert operate.rebuild(settings, args()) == 0
+
+
+def test_rebuild_refuses_when_the_topics_hold_far_less_than_the_model(
+    filled: tuple[Settings, list[tuple[str, str, bytes]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, _ = filled
+    assert operate.rebuild(settings, args()) == 0
+    capsys.readouterr()
+
+    async def grow() -> int:
+        # The live model knows many more SKUs than the topics now hold (a broker that
+        # lost its history): a rebuild would replace it with a fragment.
+        store = open_store(settings)
+        try:
+            await store.resolve()
+            extra = [Write(Position(sku=f"X{i}", version=1), 0) for i in range(40)]
+            assert await store.write_batch(extra) == []
+            return await store.sku_count()
+        finally:
+            await store.close()
+
+    live = run(grow())
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        before = get(client, "ops:generation")
+        assert operate.rebuild(settings, args()) == 1
+        err = capsys.readouterr().err
+        assert f"but the live model under 'ops:{before.decode()}' has {live:,}" in err  # type: ignore[union-attr]
+        assert "Nothing changed; --force rebuilds anyway" in err
+        assert get(client, "ops:generation") == before
+        assert operate.rebuild(settings, args(force=True)) == 0
+        assert "going on despite --force: the topics hold" in capsys.readouterr().err
+        assert get(client, "ops:generation") != before
+    finally:
+        client.close()
+
+
+def test_progress_never_reads_more_than_expected() -> None:
+    out = io.StringIO()
+    progress = _Progress(out)
+    progress.show(100, 274, 5)
+    progress.last = 0.0
+    progress.show(344, 274, 9)
+    progress.show(344, 274, 9, final=True)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "rebuild: read 100 of ~274 messages (36%), 5 SKUs"
+    assert lines[1] == "rebuild: read 344 messages (past the ~274 expected), 9 SKUs"
+    assert lines[2] == "rebuild: read 344 messages, 9 SKUs"
+
+
+def test_the_worker_goes_on_from_a_rebuilt_model(
+    filled: tuple[Settings, list[tuple[str, str, bytes]]],
+) -> None:
+    """The translators and the applier read and write what the rebuild wrote."""
+    settings, sent = filled
+    assert operate.rebuild(settings, args()) == 0
+    topology = core.topology_of(settings)
+    names = topic_names(settings)
+    after = [
+        ("orders", "o4", ev("order.allocated", "o4a", order_id="o4",
+                             lines=[{"line_id": "1", "node": "dc-west"}])),
+        ("orders", "o4", ev("order.shipped", "o4s", "13:00", order_id="o4", shipment_id="7",
+                             node="dc-west", lines=[{"line_id": "1", "qty": 5}])),
+        ("returns", "r2", ev("return.inspected", "r2i", "13:00", rma_id="r2", node="dc-west",
+                              lines=[{"line_id": "1", "qty": 2, "disposition": "restock"}])),
+    ]
+
+    async def go_on() -> dict[str, Position]:
+        store = open_store(settings)
+        letters: list[object] = []
+        try:
+            await store.resolve()
+            applier = Applier(store=store, topology=topology, window_ms=WINDOW_MS,
+                              clock=lambda: NOW_MS)
+
+            class Outbox:
+                async def send_effects(self, batches: dict[int, bytes]) -> None:
+                    await applier.process(list(batches.values()))
+
+                async def send_dead_letters(self, found: Sequence[object]) -> None:
+                    letters.extend(found)
+
+            offsets = {"orders": sum(1 for k, _, _ in sent if k == "orders"),
+                       "returns": sum(1 for k, _, _ in sent if k == "returns")}
+            for kind, key, value in after:
+                translator = Translator(kind=kind, effects_partitions=1, outbox=Outbox(),
+                                        store=store, window_ms=WINDOW_MS, clock=lambda: NOW_MS)
+                topic = names.orders if kind == "orders" else names.returns
+                await asyncio.wait_for(translator.process([SourceMessage(
+                    topic=topic, partition=0, offset=offsets[kind], key=key.encode(),
+                    value=msgspec.json.encode(value))]), 10)
+                offsets[kind] += 1
+            assert letters == []
+            return await store.load_positions(["A", "B"])
+        finally:
+            await store.close()
+
+    positions = run(go_on())
+    expected = core_model(
+        sent + [(k, key, msgspec.json.encode(v)) for k, key, v in after], topology
+    )
+    for sku in ("A", "B"):
+        assert figures(positions[sku], topology) == figures(expected[sku], topology), sku
 
 
 def test_rebuild_asks_first(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,6 @@ from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.pipeline import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.events import to_micros
-from stocksync.codecs.projections import projection_encoder
 from stocksync.codecs.state import NodePosition, Position
 from stocksync.config.settings import Settings
 from stocksync.daemon import operate
@@ -29,8 +28,8 @@ from stocksync.daemon.operate_reconcile import (
     snapshot_messages,
 )
 from stocksync.readmodel import core
-from stocksync.readmodel.keys import Keys
-from stocksync.readmodel.store import RedisStore, Write
+from stocksync.store import RedisStore, Write
+from stocksync.store.layout import Keys
 from tests.operate.helpers import read_all, run
 
 DAY_MS = 86_400_000
@@ -46,13 +45,14 @@ def plant(settings: Settings, positions: Sequence[Position]) -> None:
     topology = core.topology_of(settings)
 
     async def main() -> None:
-        store = RedisStore.from_url(settings.redis_url, Keys(settings.redis_namespace))
+        store = RedisStore.from_url(
+            settings.redis_url, Keys(settings.redis_namespace), topology=topology
+        )
         try:
-            writes = [
-                Write(p, projection_encoder.encode(core.project(p, topology)), 0)
-                for p in positions
-            ]
-            assert await store.write_batch(writes) == []
+            await store.resolve()
+            if store.generation is None:
+                await store.begin_generation("g-test")
+            assert await store.write_batch([Write(p, 0) for p in positions]) == []
         finally:
             await store.close()
 
@@ -233,7 +233,10 @@ def apply_stock_messages(settings: Settings, messages: list[SourceMessage]) -> N
 
     async def main() -> None:
         client = aioredis.Redis.from_url(settings.redis_url)
-        store = RedisStore(client, Keys(settings.redis_namespace))
+        store = RedisStore(
+            client, Keys(settings.redis_namespace), topology=core.topology_of(settings)
+        )
+        await store.resolve()
         applier = Applier(store=store, topology=core.topology_of(settings), window_ms=DAY_MS)
 
         class Outbox:

@@ -81,3 +81,8 @@ def test_core_imports_and_runs_with_io_libraries_blocked() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_the_readmodel_package_holds_only_the_pure_core() -> None:
+    names = sorted(p.name for p in CORE.parent.glob("*.py"))
+    assert names == ["__init__.py", "core.py"]

@@ -1,0 +1,207 @@
+"""The Redis layout of the read model: every key, its type, its fields and their codecs.
+
+Per-entity keys carry the entity id as a hash tag (``{sku}``, ``{order_id}``,
+``{rma_id}``) so they spread over a Redis Cluster and each one lives in one
+slot. A namespace (``redis_namespace``, default ``stocksync``) separates
+deployments; each generation of the model (see
+:mod:`stocksync.store.generation`) lives in a namespace of its own,
+``{base}:{generation}``. Keys of one generation (``ns`` below)::
+
+    {ns}:sku:{SKU}      hash    v     version (decimal)
+                                pos   msgpack Position (codecs.state)
+                                srv   msgpack Served: what the API answers (store.served)
+    {ns}:order:{ID}     hash    s     msgpack OrderState
+                                src   source topic partition of its last event
+                                m     how far it has read that partition (state_mark)
+    {ns}:rma:{ID}       hash    the same fields, msgpack RmaState in s
+    {ns}:changes        stream  one entry per written SKU: sku, v, srv (see Change);
+                                or a reload marker: reload, generation (see Reload)
+    {ns}:model          string  the identity marker: the generation id, written before the
+                                generation's first write and checked by every script
+    {ns}:meta           hash    facts about the generation (who rebuilt it, from what)
+
+Keys of the base namespace (``base``), shared by every generation::
+
+    {base}:generation   string  id of the live generation
+    {base}:rebuild-lock string  who is rebuilding the model (expires)
+    {base}:workers      zset    worker id -> time (s) of its last heartbeat
+
+Nothing outside :mod:`stocksync.store` names a key or a field.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from stocksync.codecs.state import OrderState, Position, RmaState, position_decoder, state_encoder
+
+__all__ = [
+    "GENERATION_FIELD",
+    "ORDER_STATE_FIELD",
+    "POSITION_FIELD",
+    "RELOAD_FIELD",
+    "SERVED_FIELD",
+    "SKU_FIELD",
+    "SOURCE_FIELD",
+    "STATE_MARK_FIELD",
+    "VERSION_FIELD",
+    "Change",
+    "Keys",
+    "Reload",
+    "change_fields",
+    "decode_change",
+    "decode_order",
+    "decode_position",
+    "decode_rma",
+    "encode_position",
+    "encode_state",
+    "reload_fields",
+    "state_mark",
+]
+
+#: Fields of a SKU hash.
+VERSION_FIELD: Final = "v"
+POSITION_FIELD: Final = "pos"
+SERVED_FIELD: Final = "srv"
+#: Fields of an order or RMA hash.
+ORDER_STATE_FIELD: Final = "s"
+SOURCE_FIELD: Final = "src"
+STATE_MARK_FIELD: Final = "m"
+#: Fields of a change-stream entry: a written SKU ...
+SKU_FIELD: Final = "sku"
+#: ... or a reload marker: the new effective namespace and generation id.
+RELOAD_FIELD: Final = "reload"
+GENERATION_FIELD: Final = "generation"
+
+_SKU: Final = SKU_FIELD.encode()
+_VERSION: Final = VERSION_FIELD.encode()
+_SERVED: Final = SERVED_FIELD.encode()
+_RELOAD: Final = RELOAD_FIELD.encode()
+_GENERATION: Final = GENERATION_FIELD.encode()
+
+_order_decoder = msgspec.msgpack.Decoder(OrderState)
+_rma_decoder = msgspec.msgpack.Decoder(RmaState)
+
+
+class Keys:
+    """Key builders for one effective namespace (a generation) and its base."""
+
+    __slots__ = ("base", "ns")
+
+    def __init__(self, namespace: str = "stocksync", base: str | None = None) -> None:
+        self.ns = namespace
+        self.base = namespace if base is None else base
+
+    def sku(self, sku: str) -> str:
+        """Hash of one SKU (fields ``v``, ``pos``, ``srv``)."""
+        return f"{self.ns}:sku:{{{sku}}}"
+
+    def sku_pattern(self) -> str:
+        """SCAN match pattern of every SKU hash."""
+        return f"{self.ns}:sku:*"
+
+    def sku_of(self, key: str | bytes) -> str:
+        """The SKU inside a key built by :meth:`sku`."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text[text.index("{") + 1 : text.rindex("}")]
+
+    def order(self, order_id: str) -> str:
+        """Hash of one order (fields ``s``, ``src``, ``m``)."""
+        return f"{self.ns}:order:{{{order_id}}}"
+
+    def rma(self, rma_id: str) -> str:
+        """Hash of one RMA (fields ``s``, ``src``, ``m``)."""
+        return f"{self.ns}:rma:{{{rma_id}}}"
+
+    def state_pattern(self, kind: str) -> str:
+        """SCAN match pattern of every order (``kind`` "order") or RMA ("rma") hash."""
+        return f"{self.ns}:{kind}:*"
+
+    def changes(self) -> str:
+        """Capped stream with one entry per written SKU (see :class:`Change`)."""
+        return f"{self.ns}:changes"
+
+    def model(self) -> str:
+        """String holding the generation id: the model's identity marker."""
+        return f"{self.ns}:model"
+
+    def meta(self) -> str:
+        """Hash of facts about this generation."""
+        return f"{self.ns}:meta"
+
+    def generation(self) -> str:
+        """String naming the live generation of the base namespace."""
+        return f"{self.base}:generation"
+
+    def rebuild_lock(self) -> str:
+        """String held (with an expiry) by whoever rebuilds the model."""
+        return f"{self.base}:rebuild-lock"
+
+    def workers(self) -> str:
+        """Sorted set of worker ids scored by the time (s) of their last heartbeat."""
+        return f"{self.base}:workers"
+
+
+def encode_position(position: Position) -> bytes:
+    """The ``pos`` field of a SKU hash."""
+    return state_encoder.encode(position)
+
+
+def decode_position(raw: bytes) -> Position:
+    """A ``pos`` field back into a Position."""
+    return position_decoder.decode(raw)
+
+
+def encode_state(state: OrderState | RmaState) -> bytes:
+    """The ``s`` field of an order or RMA hash."""
+    return state_encoder.encode(state)
+
+
+def decode_order(raw: bytes) -> OrderState:
+    """The ``s`` field of an order hash."""
+    return _order_decoder.decode(raw)
+
+
+def decode_rma(raw: bytes) -> RmaState:
+    """The ``s`` field of an RMA hash."""
+    return _rma_decoder.decode(raw)
+
+
+def state_mark(state: OrderState | RmaState) -> str:
+    """The ``m`` field: how far a state has read its source partition, sorting in read order."""
+    _, offset, index = state.wm
+    return f"{offset:020d}:{index:06d}"
+
+
+class Change(msgspec.Struct, frozen=True):
+    """A change-stream entry for one written SKU: its version and served form."""
+
+    sku: str
+    version: int
+    served: bytes
+
+
+class Reload(msgspec.Struct, frozen=True):
+    """A change-stream entry telling followers the live model moved to another generation."""
+
+    namespace: str
+    generation: str
+
+
+def change_fields(sku: str, version: int, served: bytes) -> dict[str, str | int | bytes]:
+    """The fields of a :class:`Change` entry (the batch script writes the same ones)."""
+    return {SKU_FIELD: sku, VERSION_FIELD: version, SERVED_FIELD: served}
+
+
+def reload_fields(namespace: str, generation: str) -> dict[str, str]:
+    """The fields of a :class:`Reload` entry."""
+    return {RELOAD_FIELD: namespace, GENERATION_FIELD: generation}
+
+
+def decode_change(fields: dict[bytes, bytes]) -> Change | Reload:
+    """A change-stream entry's fields; raises ValueError (or KeyError) when malformed."""
+    if _RELOAD in fields:
+        return Reload(fields[_RELOAD].decode(), fields.get(_GENERATION, b"").decode())
+    return Change(fields[_SKU].decode(), int(fields[_VERSION]), fields[_SERVED])

@@ -1,0 +1,318 @@
+"""One suite, two stores: the Redis store (against a real redis-server) and the memory store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import pytest
+import redis
+
+from stocksync.codecs.state import NodePosition, OrderLine, OrderState, Position, RmaLine, RmaState
+from stocksync.readmodel import core
+from stocksync.store import (
+    WRITE_CHUNK,
+    MemoryServer,
+    MemoryStore,
+    ModelLost,
+    RedisStore,
+    StoreUnavailable,
+    SwitchRefused,
+    Write,
+)
+from stocksync.store.layout import Change, Keys, Reload, decode_change
+from stocksync.store.served import decode_detail, decode_served, served_bytes
+
+Store = MemoryStore | RedisStore
+Scenario = Callable[[Store], Awaitable[None]]
+
+TOPOLOGY = core.Topology(
+    channels=(
+        core.ChannelSpec(name="web", nodes=("dc-east", "dc-west"), buffer=1,
+                         low_stock_threshold=5),
+        core.ChannelSpec(name="store", nodes=("dc-west",)),
+    ),
+    safety_defaults={"dc-east": 2},
+)
+GENERATION = "g20261127T090000000Z"
+
+
+def _write(sku: str, version: int, expected: int, **fields: object) -> Write:
+    position = Position(sku=sku, version=version, **fields)  # type: ignore[arg-type]
+    return Write(position, expected)
+
+
+class StoreContract:
+    """What every store must do; subclasses say how to open one and how to lose its data."""
+
+    def opened(self) -> AbstractAsyncContextManager[Store]:
+        """A store bound to a fresh generation ``GENERATION`` of namespace ``t``."""
+        raise NotImplementedError
+
+    async def lose(self, store: Store) -> None:
+        """Empty the store's server, as a Redis restarted without persistence is."""
+        raise NotImplementedError
+
+    def check(self, scenario: Scenario) -> None:
+        async def main() -> None:
+            async with self.opened() as store:
+                await scenario(store)
+
+        asyncio.run(main())
+
+    # --- positions ---
+
+    def test_unknown_positions_are_absent(self) -> None:
+        async def scenario(store: Store) -> None:
+            assert await store.load_positions(["A", "B"]) == {}
+
+        self.check(scenario)
+
+    def test_write_then_load_round_trips(self) -> None:
+        async def scenario(store: Store) -> None:
+            write = _write("A", 1, 0, updated_at=5, demand={"web": 2})
+            assert await store.write_batch([write]) == []
+            assert await store.load_positions(["A", "B"]) == {"A": write.position}
+            assert await store.load_versions(["A", "B"]) == {"A": 1}
+
+        self.check(scenario)
+
+    def test_stale_version_refuses_the_whole_batch(self) -> None:
+        async def scenario(store: Store) -> None:
+            await store.write_batch([_write("A", 1, 0)])
+            conflicts = await store.write_batch([_write("B", 1, 0), _write("A", 2, 0)])
+            assert conflicts == ["A"]
+            assert await store.load_positions(["A", "B"]) == {"A": Position(sku="A", version=1)}
+
+        self.check(scenario)
+
+    def test_served_form_is_the_cores_figures_ready_to_serve(self) -> None:
+        position = Position(
+            sku="A", version=3, updated_at=1_795_770_000_512,
+            nodes={"dc-east": NodePosition(snap=10, reserved=1),
+                   "dc-west": NodePosition(snap=4, received=3, inspected=1)},
+            demand={"web": 2},
+        )
+
+        async def scenario(store: Store) -> None:
+            await store.write_batch([Write(position, 0)])
+            cursor, pages = 0, []
+            while True:
+                cursor, page = await store.served_page(cursor, 10)
+                pages += page
+                if cursor == 0:
+                    break
+            (raw,) = pages
+            assert raw == served_bytes(position, TOPOLOGY)
+            served = decode_served(raw)
+            assert (served.sku, served.version) == ("A", 3)
+            web, shop = served.channels
+            expected = core.channel_available(position, TOPOLOGY.channels[0], TOPOLOGY)
+            assert (web.channel, web.available) == ("web", expected) == ("web", 8)
+            assert web.document == (
+                b'{"sku":"A","channel":"web","available":8,"status":"in_stock","version":3,'
+                b'"updated_at":"2026-11-27T09:00:00.512Z"}'
+            )
+            assert (shop.channel, shop.available) == ("store", 4)
+            views = {n: core.node_view(position, n, TOPOLOGY) for n in ("dc-east", "dc-west")}
+            assert decode_detail(served.detail) == [
+                [(n, v.available, v.on_hand, v.reserved, v.quarantine, v.safety_stock)
+                 for n, v in views.items()],
+                [("dc-west", 4, 4, 0, 2, 0)],
+            ]
+            assert await store.sku_count() == 1
+            assert await store.any_sku()
+
+        self.check(scenario)
+
+    # --- order and RMA states ---
+
+    def test_order_and_rma_states_round_trip(self) -> None:
+        async def scenario(store: Store) -> None:
+            order = OrderState(order_id="o1", channel="web", lines={"1": OrderLine("A", 2, None)})
+            rma = RmaState(rma_id="r1", lines={"1": RmaLine("A", 1, 0, 0)})
+            await store.save_states([order, rma])
+            assert await store.load_orders(["o1", "o2"]) == {"o1": order}
+            assert await store.load_rmas(["r1", "o1"]) == {"r1": rma}
+
+        self.check(scenario)
+
+    def test_a_state_is_never_rolled_back_by_a_late_writer(self) -> None:
+        async def scenario(store: Store) -> None:
+            newer = OrderState(order_id="o1", channel="web", wm=(0, 9, 0), src="orders/0")
+            older = OrderState(order_id="o1", channel="app", wm=(0, 5, 0), src="orders/0")
+            await store.save_states([newer])
+            await store.save_states([older])
+            assert await store.load_orders(["o1"]) == {"o1": newer}
+            moved = OrderState(order_id="o1", channel="b2b", wm=(1, 0, 0), src="other/1")
+            await store.save_states([moved])
+            assert await store.load_orders(["o1"]) == {"o1": moved}
+
+        self.check(scenario)
+
+    # --- the change stream ---
+
+    def test_every_write_appends_its_change(self) -> None:
+        async def scenario(store: Store) -> None:
+            await store.write_batch([_write("A", 1, 0), _write("B", 1, 0)])
+            await store.write_batch([_write("C", 1, 0)], announce=False)
+            entries = await store.read_changes("0-0", 10, None)
+            changes = [decode_change(fields) for _, fields in entries]
+            assert [c.sku for c in changes if isinstance(c, Change)] == ["A", "B"]
+            first = changes[0]
+            assert isinstance(first, Change) and first.version == 1
+            assert first.served == served_bytes(Position(sku="A", version=1), TOPOLOGY)
+            after = await store.read_changes(entries[0][0].decode(), 10, None)
+            assert [e[0] for e in after] == [entries[1][0]]
+
+        self.check(scenario)
+
+    # --- identity and generations ---
+
+    def test_a_lost_model_refuses_every_read_and_write(self) -> None:
+        async def scenario(store: Store) -> None:
+            await store.write_batch([_write("A", 1, 0)])
+            await store.save_states([OrderState(order_id="o1", channel="web")])
+            assert await store.model_present()
+            await self.lose(store)
+            assert not await store.model_present()
+            with pytest.raises(ModelLost):
+                await store.write_batch([_write("A", 1, 0)])
+            with pytest.raises(ModelLost):
+                await store.load_positions(["A"])
+            with pytest.raises(ModelLost):
+                await store.load_orders(["o1"])
+            with pytest.raises(ModelLost):
+                await store.load_rmas(["r1"])
+            with pytest.raises(ModelLost):
+                await store.save_states([OrderState(order_id="o2", channel="web")])
+            # Nothing was written over the lost model: no key came back.
+            assert await store.sku_count() == 0
+            assert await store.live_namespace() == ("t", None)
+
+        self.check(scenario)
+
+    def test_a_new_generation_is_switched_to_and_announced(self) -> None:
+        async def scenario(store: Store) -> None:
+            await store.write_batch([_write("A", 1, 0)])
+            rebuilt = "g20261127T100000000Z"
+            beside = store.beside(f"t:{rebuilt}")
+            await beside.begin_generation(rebuilt)
+            await beside.write_batch([_write("A", 7, 0)], announce=False)
+            assert await store.live_namespace() == ("t", GENERATION)
+            await beside.switch_to(rebuilt, None)
+            with pytest.raises(SwitchRefused):
+                await beside.switch_to("g20261127T110000000Z", None)
+            assert await store.live_namespace() == (f"t:{rebuilt}", rebuilt)
+            entries = await store.read_changes("0-0", 10, None)
+            assert decode_change(entries[-1][1]) == Reload(f"t:{rebuilt}", rebuilt)
+            assert await store.resolve() == f"t:{rebuilt}"
+            assert store.generation == rebuilt
+            assert await store.load_versions(["A"]) == {"A": 7}
+            # The old generation's writer is still bound to its own model, which is intact.
+            assert await store.model_present()
+
+        self.check(scenario)
+
+    # --- workers and the rebuild lock ---
+
+    def test_heartbeats_name_live_workers(self) -> None:
+        async def scenario(store: Store) -> None:
+            assert await store.live_workers(15) == []
+            await store.beat("w1", 15)
+            await store.beat("w2", 15)
+            assert await store.live_workers(15) == ["w1", "w2"]
+            await store.forget_worker("w1")
+            assert await store.live_workers(15) == ["w2"]
+
+        self.check(scenario)
+
+    def test_one_rebuilder_at_a_time(self) -> None:
+        async def scenario(store: Store) -> None:
+            assert await store.take_rebuild_lock("w1", 30)
+            assert not await store.take_rebuild_lock("w2", 30)
+            assert await store.renew_rebuild_lock("w1", 30)
+            assert not await store.renew_rebuild_lock("w2", 30)
+            await store.release_rebuild_lock("w2")  # not its lock: nothing happens
+            assert not await store.take_rebuild_lock("w2", 30)
+            await store.release_rebuild_lock("w1")
+            assert await store.take_rebuild_lock("w2", 30)
+
+        self.check(scenario)
+
+
+class TestMemoryStore(StoreContract):
+    """The memory store keeps the contract."""
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Store]:
+        store = MemoryStore("t", topology=TOPOLOGY, server=MemoryServer())
+        await store.begin_generation(GENERATION)
+        yield store
+
+    async def lose(self, store: Store) -> None:
+        assert isinstance(store, MemoryStore)
+        store.server.lose()
+
+
+class TestRedisStore(StoreContract):
+    """The Redis store keeps the contract, and writes the layout the API reads."""
+
+    @pytest.fixture(autouse=True)
+    def _url(self, redis_url: str) -> None:
+        self.url = redis_url
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Store]:
+        store = RedisStore.from_url(self.url, Keys("t"), topology=TOPOLOGY)
+        try:
+            await store.begin_generation(GENERATION)
+            yield store
+        finally:
+            await store.close()
+
+    async def lose(self, store: Store) -> None:
+        assert isinstance(store, RedisStore)
+        await store.client.flushdb()
+
+    def test_a_batch_larger_than_one_script_call_is_written_whole(self) -> None:
+        count = WRITE_CHUNK * 2 + 1
+
+        async def scenario(store: Store) -> None:
+            skus = [f"S{i}" for i in range(count)]
+            assert await store.write_batch([_write(s, 1, 0) for s in skus]) == []
+            loaded = await store.load_positions(skus)
+            assert sorted(p.version for p in loaded.values()) == [1] * count
+            states = [OrderState(order_id=f"o{i}", channel="web") for i in range(count)]
+            await store.save_states(states)
+            assert len(await store.load_orders([s.order_id for s in states])) == count
+
+        self.check(scenario)
+
+    def test_states_are_hashes_with_a_time_to_live(self) -> None:
+        async def scenario(store: Store) -> None:
+            await store.save_states([OrderState(order_id="o1", channel="web", src="orders/0")])
+
+        self.check(scenario)
+        client = redis.Redis.from_url(self.url)
+        try:
+            key = Keys("t").order("o1")
+            assert client.type(key) == b"hash"
+            assert client.hget(key, "src") == b"orders/0"
+            assert client.ttl(key) > 0
+            assert client.type(Keys("t").sku("A")) == b"none"
+        finally:
+            client.close()
+
+
+def test_unreachable_redis_is_store_unavailable() -> None:
+    async def main() -> None:
+        store = RedisStore.from_url("redis://127.0.0.1:1/0", Keys(), generation="g")
+        try:
+            with pytest.raises(StoreUnavailable, match="positions"):
+                await store.load_positions(["A"])
+        finally:
+            await store.close()
+
+    asyncio.run(main())
