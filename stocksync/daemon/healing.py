@@ -103,7 +103,8 @@ class Healer:
         renew = asyncio.create_task(self._renew(), name="stocksync-rebuild-lock")
         try:
             result = await rebuild_generation(
-                self.settings, self.store, who=f"worker {self.worker_id}"
+                self.settings, self.store, who=f"worker {self.worker_id}",
+                resend_dead_letters=True,
             )
         finally:
             renew.cancel()

@@ -165,14 +165,17 @@ async def read_topics(
     *,
     idle: float = 1.0,
     stall: float = 15.0,
+    grace: float | None = None,
 ) -> AsyncIterator[tuple[list[Record], dict[str, int]]]:
     """Batches of records of ``topics`` from the earliest offset to the end, with progress.
 
     Yields ``(records, progress)`` where progress has ``read`` (records so far)
     and ``expected`` (the sum of end minus start offsets at start). Missing
     topics are skipped with a warning. Stops once every partition has reached its
-    end offset and a poll has found nothing for ``idle`` seconds, or when
-    nothing came for ``stall`` seconds before that (a warning says where).
+    end offset and a poll has found nothing for ``idle`` seconds, or ``grace``
+    seconds after reaching the end offsets while producers keep the topics busy
+    (None: no such limit), or when nothing came for ``stall`` seconds before that
+    (a warning says where).
     """
     consumer = AIOKafkaConsumer(
         **kafka_options(settings),
@@ -209,7 +212,14 @@ async def read_topics(
         }
         positions = {tp: starts[tp] for tp in assigned}
         quiet_since = time.monotonic()
+        reached_at: float | None = None
         while True:
+            if reached_at is None and all(positions[tp] >= ends[tp] for tp in assigned):
+                reached_at = time.monotonic()
+            if grace is not None and reached_at is not None and (
+                time.monotonic() - reached_at >= grace
+            ):
+                return
             batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_POLL_RECORDS)
             records: list[Record] = []
             for tp, messages in batches.items():

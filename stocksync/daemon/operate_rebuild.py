@@ -46,6 +46,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.pipeline import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
@@ -56,6 +59,8 @@ from stocksync.daemon.operate_io import (
     Refused,
     audit,
     existing_topics,
+    kafka_options,
+    open_producer,
     open_store,
     read_topics,
     redacted_url,
@@ -76,6 +81,7 @@ __all__ = [
     "RebuildResult",
     "active_workers",
     "ask",
+    "committed_offsets",
     "rebuild",
     "rebuild_generation",
 ]
@@ -86,6 +92,8 @@ log = logging.getLogger("stocksync.operate")
 _PAGE: Final = 2000
 #: Seconds between progress lines when stderr is not a terminal.
 _PROGRESS_EVERY: Final = 2.0
+#: Seconds a rebuild goes on reading past the end offsets it saw at start.
+_GRACE_SECONDS: Final = 5.0
 #: A worker whose last heartbeat is older than this is taken for stopped.
 HEARTBEAT_FRESH_SECONDS: Final = 15.0
 
@@ -115,19 +123,36 @@ class _Clock:
 
 
 class _DirectOutbox:
-    """Hands effects straight to the applier; counts dead letters (already on the DLQ)."""
+    """Hands effects straight to the applier; counts dead letters (mostly on the DLQ already).
 
-    def __init__(self, applier: Applier) -> None:
+    With ``committed`` (the worker group's committed offset per source topic
+    partition), the letters of events at or past it are kept to be sent again:
+    the worker may not have dead-lettered those yet, and once the rebuilt state
+    has them it would skip them as replays.
+    """
+
+    def __init__(self, applier: Applier, committed: dict[tuple[str, int], int] | None) -> None:
         self.applier = applier
         self.invalid = 0
+        self.committed = committed
+        self.resend: list[DeadLetterOut] = []
 
     async def send_effects(self, batches: dict[int, bytes]) -> None:
         """Apply the effects now, in partition order."""
         await self.applier.process([batches[p] for p in sorted(batches)])
 
     async def send_dead_letters(self, letters: Sequence[DeadLetterOut]) -> None:
-        """Count them: the worker dead-lettered them when it first saw them."""
+        """Count them; keep those the worker may not have sent yet."""
         self.invalid += len(letters)
+        if self.committed is None:
+            return
+        for letter in letters:
+            where = dict(letter.headers)
+            topic = where.get("source_topic", b"").decode()
+            partition = int(where.get("source_partition", b"-1"))
+            offset = int(where.get("source_offset", b"-1"))
+            if offset >= self.committed.get((topic, partition), 0):
+                self.resend.append(letter)
 
 
 async def active_workers(store: RedisStore) -> str | None:
@@ -181,9 +206,15 @@ class _Progress:
 
 
 async def _replay_sources(
-    settings: Settings, err: TextIO | None, result: RebuildResult
-) -> MemoryStore:
-    """Run the worker's stages over every source message into a memory store."""
+    settings: Settings,
+    err: TextIO | None,
+    result: RebuildResult,
+    committed: dict[tuple[str, int], int] | None = None,
+) -> tuple[MemoryStore, list[DeadLetterOut]]:
+    """Run the worker's stages over every source message into a memory store.
+
+    Returns the store and the dead letters to send again (see :class:`_DirectOutbox`).
+    """
     names = topic_names(settings)
     present = await existing_topics(settings)
     if not any(topic in present for topic in names.sources):
@@ -197,7 +228,7 @@ async def _replay_sources(
     applier = Applier(
         store=store, topology=core.topology_of(settings), window_ms=window_ms, clock=clock
     )
-    outbox = _DirectOutbox(applier)
+    outbox = _DirectOutbox(applier, committed)
     kinds = {names.stock: "stock", names.orders: "orders", names.returns: "returns"}
     translators = {
         kind: Translator(
@@ -212,7 +243,8 @@ async def _replay_sources(
     }
     progress = _Progress(err)
     expected = 0
-    async for records, seen in read_topics(settings, names.sources):
+    # Producers may keep the topics busy: stop a while after the end offsets seen at start.
+    async for records, seen in read_topics(settings, names.sources, grace=_GRACE_SECONDS):
         by_kind: dict[str, list[SourceMessage]] = defaultdict(list)
         for rec in records:
             by_kind[kinds[rec.topic]].append(
@@ -234,7 +266,7 @@ async def _replay_sources(
         progress.show(result.messages, expected, await store.sku_count())
     progress.show(result.messages, expected, await store.sku_count(), True)
     result.invalid = outbox.invalid
-    return store
+    return store, outbox.resend
 
 
 
@@ -277,11 +309,14 @@ async def rebuild_generation(
     who: str,
     err: TextIO | None = None,
     check: Callable[[MemoryStore, RedisStore], Awaitable[None]] | None = None,
+    resend_dead_letters: bool = False,
 ) -> RebuildResult:
     """Replay the topics into a new generation beside ``store``'s live one and switch to it.
 
     ``store`` is re-bound to the new generation. ``check`` may refuse (raise) once the
-    topics were replayed, before anything is written.
+    topics were replayed, before anything is written. With ``resend_dead_letters``
+    (workers were running), the dead letters of events past the worker group's
+    committed offsets are sent again before the switch.
     """
     result = RebuildResult()
     previous = await store.pointer()
@@ -292,8 +327,9 @@ async def rebuild_generation(
     pipeline_log = logging.getLogger("stocksync.pipeline")
     level = pipeline_log.level
     pipeline_log.setLevel(logging.ERROR)
+    committed = await committed_offsets(settings) if resend_dead_letters else None
     try:
-        model = await _replay_sources(settings, err, result)
+        model, resend = await _replay_sources(settings, err, result, committed)
     finally:
         pipeline_log.setLevel(level)
     if check is not None:
@@ -313,6 +349,8 @@ async def rebuild_generation(
         result.skus, result.orders, result.rmas = await _write_generation(
             target, old, model, generation, meta
         )
+        if resend:
+            await _send_dead_letters(settings, resend)
         await target.switch_to(generation, previous)
     except SwitchRefused as exc:
         raise OperateError(str(exc)) from exc
@@ -324,6 +362,40 @@ async def rebuild_generation(
     await store.resolve()
     result.generation, result.namespace, result.previous = generation, new_ns, old_ns
     return result
+
+
+async def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    """The worker group's committed offset per source topic partition ({} if unknown)."""
+    admin = AIOKafkaAdminClient(**kafka_options(settings), client_id="stocksync-operate")
+    try:
+        await admin.start()
+        found = await admin.list_consumer_group_offsets(settings.worker.group_id)
+    except (KafkaError, OSError) as exc:
+        log.warning("could not read the committed offsets of %r (%s); every dead letter of"
+                    " the rebuild is sent again", settings.worker.group_id, exc)
+        return {}
+    finally:
+        await admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()
+            if meta.offset >= 0}
+
+
+async def _send_dead_letters(settings: Settings, letters: Sequence[DeadLetterOut]) -> None:
+    topic = topic_names(settings).dlq
+    producer = await open_producer(settings)
+    try:
+        pending = [
+            await producer.send(topic, key=letter.key, value=letter.value,
+                                headers=letter.headers)
+            for letter in letters
+        ]
+        for fut in pending:
+            await fut
+    except KafkaError as exc:
+        raise OperateError(f"sending {len(letters)} dead letter(s) failed: {exc!r}") from exc
+    finally:
+        await producer.stop()
+    log.info("sent %d dead letter(s) of events the workers had not committed", len(letters))
 
 
 async def rebuild(
