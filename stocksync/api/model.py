@@ -499,10 +499,10 @@ class ModelSync:
         if not first:
             self._reloads += 1
         log.info(
-            "model loaded: %d SKUs of generation %s in %.1f s; following %s from %s",
+            "model loaded: %d SKUs in %.1f s (generation %s); following %s from %s",
             len(self.model),
-            generation,
             time.perf_counter() - started,
+            generation,
             self.store.keys.changes(),
             _format_id(position),
         )
