@@ -192,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         _dev,
         "run everything on this machine: broker, Redis, worker and API",
         "Starts an embedded Kafka-compatible broker, uses the configured Redis when it\n"
-        "answers or starts a local one, then the worker and the API, and prints the\n"
-        "API's address.",
+        "answers (keys under {redis_namespace}-dev) or starts a local one, then the worker\n"
+        "and the API; says it is up once the API serves the demo data, with example\n"
+        "requests. While it runs, other stocksync commands without broker or Redis\n"
+        "settings use it, and a status line comes every few seconds. Ctrl-C stops it\n"
+        "(exit 0) and removes its Redis keys and temporary folder unless --keep.",
     )
     dev.add_argument(
         "--no-demo", dest="demo", action="store_false", help="start empty, without demo data"

@@ -120,12 +120,19 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
 # --- reading the file -------------------------------------------------------------
 
 
+#: What the identifier pattern of the event contract allows, in words.
+_IDENTIFIER_WORDS: Final = "expected 1-64 characters from A-Z, a-z, 0-9 and . _ : / -"
+
+
 def _problem(line: int, exc: msgspec.ValidationError, raw: object) -> str:
     text = str(exc)
     field = text.rsplit("`$.", 1)[1].rstrip("`") if "`$." in text else None
     if field is not None and isinstance(raw, dict):
         shown = repr(raw.get(field))
-        return f"line {line}: {field} = {shown} is invalid: {text.split(' - at ')[0]}"
+        why = text.split(" - at ")[0]
+        if "matching regex" in why:  # the identifier pattern: say it in words
+            why = _IDENTIFIER_WORDS
+        return f"line {line}: {field} = {shown} is invalid: {why}"
     return f"line {line}: {text}"
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -99,8 +100,13 @@ def _key(event: Event) -> str:
     return own if own is not None else str(getattr(event, "sku", ""))
 
 
+_REGEX = re.compile(r"Expected `str` matching regex '.*?'(?= - at |$)")
+_IDENTIFIER_WORDS = "Expected 1-64 characters from A-Z, a-z, 0-9 and . _ : / -"
+
+
 def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
+    """One line of at most ``limit`` characters, the identifier pattern said in words."""
+    text = _REGEX.sub(_IDENTIFIER_WORDS, " ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -113,6 +113,14 @@ def test_invalid_lines_are_rejected_with_number_and_reason(raw: bytes, reason: s
     assert plan_line(raw, 3, TOPICS, summary) == []
     ((number, why),) = summary.rejected
     assert (number, why.split(": ")[0:2]) == (3, ["line 3", reason])
+    assert "regex" not in why
+
+
+def test_a_bad_identifier_is_explained_in_words() -> None:
+    summary = Summary()
+    plan_line(line(snapshot(1, "bad sku")), 1, TOPICS, summary)
+    assert summary.rejected == [(1, "line 1: invalid_field: Expected 1-64 characters from A-Z,"
+                                    " a-z, 0-9 and . _ : / - - at `$.sku`")]  # fmt: skip
 
 
 def test_topic_and_key_overrides_apply_to_every_message() -> None:

@@ -156,7 +156,8 @@ def test_bad_rows_are_reported_by_line_and_block_apply(
         f"stocksync reconcile: {path}: line 5: sku 'A' at node 'dc-east' is counted on line 2"
         " already"
     )
-    assert "line 6: sku = 'bad sku' is invalid" in err[3]
+    assert "line 6: sku = 'bad sku' is invalid: expected 1-64 characters from A-Z" in err[3]
+    assert "regex" not in err[3]
     assert err[4].startswith("stocksync reconcile: not applying: 4 invalid row(s)")
     assert "1 valid row(s), 4 invalid" in captured.out
     assert read_all(settings, [topic_names(settings).stock]) == []
