@@ -26,6 +26,10 @@ Every choice below was measured with faust-streaming 0.15.3 against Tansu:
   default partition count as soon as a client names it.
 - Faust's worker installs SIGUSR2 -> pdb; this worker never does.
 
+Everything that reaches into Faust's, mode's or aiokafka's private parts (the
+fetch wait, the consumer's in-place delivery, the missing statistics sensor,
+the crash hook) lives in :mod:`stocksync.compat`, with a version check.
+
 Run workers on :func:`new_event_loop` (uvloop: about 20% more messages per second
 than the default loop); it also sets the policy, which is the only way to reach
 the loop of the Kafka consumer thread Faust starts.
@@ -34,22 +38,21 @@ the loop of the Kafka consumer thread Faust starts.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import faust
 import uvloop
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import AppT, EventT, StreamT
-from mode import ServiceT
-from mode.services import WaitResults
 
+from stocksync.compat import faust as compat_faust
+from stocksync.compat import mode as compat_mode
+from stocksync.compat.faust import FETCH_MAX_WAIT_MS, App
 from stocksync.config.connections import faust_broker_credentials
 from stocksync.config.settings import Settings
 
@@ -105,113 +108,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-#: How long a fetch may wait at the broker for data. Faust hard-codes 1,500 ms, and
-#: Tansu holds a fetch for a good part of that even when records arrive meanwhile: a
-#: trickle of events measured 360 ms median per hop (5 ms with 50), so two hops alone
-#: would blow any freshness target.
-FETCH_MAX_WAIT_MS = 50
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread with a short fetch wait."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        return consumer
-
-
-class _Resumed:
-    """An awaitable that carries on a coroutine already run up to its first suspension."""
-
-    __slots__ = ("coro", "pending")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
-        self.coro = coro
-        self.pending = pending
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, pending = self.coro, self.pending
-        while True:
-            try:
-                sent = yield pending
-            except BaseException as exc:  # cancellation included: the coroutine handles it
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    pending = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, on :class:`_ConsumerThread`, without four Tasks per message.
-
-    Faust's fetch loop hands every message to the conductor as
-    ``wait_first(callback(message), suspend_flow.wait())``, and ``wait_first``
-    wraps both in Tasks, plus two more for the stopped and crashed events, then
-    runs ``asyncio.wait``: 20% of the worker's CPU in a profile of one-event
-    messages. Delivering a message almost never waits (it decodes the raw bytes
-    and puts the event on the agent's queue), so this runs the callback's first
-    step in place and returns when it finishes there; only a callback that has
-    to wait (a full queue, flow control, a stopping consumer) is handed, where
-    it stands, to Faust's ``wait_first`` with the same events to race against.
-    """
-
-    def _new_consumer_thread(self) -> _ConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-        first = coros[0] if coros else None
-        if (
-            not inspect.iscoroutine(first)
-            or timeout is not None
-            or self._stopped.is_set()
-            or self._crashed.is_set()
-            or self.suspend_flow.is_set()
-        ):
-            return await super().wait_first(*coros, timeout=timeout)
-        try:
-            pending = first.send(None)
-        except BaseException as exc:
-            for other in coros[1:]:
-                if inspect.iscoroutine(other):
-                    other.close()  # never started: nothing to cancel, no warning
-            if isinstance(exc, StopIteration):
-                return WaitResults([first], [exc.value], False)
-            raise
-        return await super().wait_first(_Resumed(first, pending), *coros[1:])
-
-
-class _Transport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with :class:`_Consumer`."""
-
-    Consumer = _Consumer
-
-
-class App(faust.App):
-    """faust.App with :class:`_Consumer`, and without Faust's statistics sensor.
-
-    Faust's ``Monitor`` sensor keeps per-event statistics for Faust's own web
-    views and is called several times per message; the worker serves its own
-    metrics and has no Faust web server, so it is left out of the sensors.
-    """
-
-    def on_init_dependencies(self) -> Iterable[ServiceT]:
-        dependencies = super().on_init_dependencies()
-        self.sensors.remove(self.monitor)
-        return dependencies
-
-    def _new_transport(self) -> Any:
-        url = self.conf.broker_consumer[0]
-        if url.scheme == "kafka":
-            return _Transport(self.conf.broker_consumer, self)
-        return super()._new_transport()
-
-
 def app_options(
     settings: Settings,
     *,
@@ -264,7 +160,7 @@ def create_app(
     """
     options = app_options(settings, worker_id=worker_id, datadir=datadir)
     options.update(overrides)
-    return App(settings.worker.group_id, **options)
+    return compat_faust.app_class()(settings.worker.group_id, **options)
 
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -297,7 +193,7 @@ def _broker_text(app: AppT) -> str:
     return ";".join(str(url) for url in app.conf.broker)
 
 
-class Worker(faust.Worker):
+class Worker(compat_mode.StopsWhenCrashed, faust.Worker):
     """A Faust worker for use from code: quiet, bounded stop, signals handled only if asked."""
 
     def __init__(
@@ -338,10 +234,9 @@ class Worker(faust.Worker):
         if self._stop_task is None and not self.finished.is_set():
             self._stop_task = self.loop.create_task(stop_worker(self, self.stop_timeout))
 
-    def _crash(self, reason: BaseException) -> None:
-        # A crashed Faust app stops consuming but keeps the process alive; stop it,
-        # so that wait_finished() returns and the caller sees crash_reason.
-        super()._crash(reason)
+    def on_crashed(self, reason: BaseException) -> None:
+        """Stop a crashed worker, so that wait_finished() returns and crash_reason tells why."""
+        # A crashed Faust app stops consuming but keeps the process alive.
         logger.error("The Faust worker crashed (%r); stopping it", reason)
         self.loop.call_soon_threadsafe(self._begin_stop)
 
@@ -410,20 +305,7 @@ async def stop_worker(worker: faust.Worker, timeout: float = 15.0) -> float:
     except TimeoutError:
         logger.error("The Faust worker did not stop within %.1f s; abandoning it", timeout)
     finally:
-        _close_unused_consumer_loop(worker.app)
+        compat_faust.close_unused_consumer_loop(worker.app)
         if isinstance(worker, Worker):
             worker.finished.set()
     return time.monotonic() - started
-
-
-def _close_unused_consumer_loop(app: AppT) -> None:
-    """Close the consumer thread's loop when the thread never ran to close it itself.
-
-    Faust creates that loop with the consumer; a worker that failed to start
-    leaves it open, and it would be reported as an unclosed event loop.
-    """
-    consumer = getattr(app, "_consumer", None)
-    thread = getattr(consumer, "_thread", None)
-    loop = getattr(thread, "thread_loop", None)
-    if isinstance(loop, asyncio.AbstractEventLoop) and not (loop.is_running() or loop.is_closed()):
-        loop.close()
