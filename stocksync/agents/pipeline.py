@@ -21,7 +21,7 @@ import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import msgspec
 
@@ -34,6 +34,9 @@ from stocksync.codecs.messages import Decoded, Reason, decode_message
 from stocksync.codecs.state import OrderState, Position, RmaState
 from stocksync.readmodel import core
 from stocksync.store import ModelLost, PositionStore, StateStore, StoreUnavailable, Write
+
+if TYPE_CHECKING:
+    from stocksync.agents.incarnations import IncarnationSource
 
 __all__ = [
     "Applier",
@@ -152,6 +155,11 @@ def _broker_errors() -> type[Exception]:
     return KafkaError  # type: ignore[no-any-return]
 
 
+def _first(topic: str, partition: int) -> int:
+    """The incarnation of every partition when nobody keeps track: the first."""
+    return 0
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -175,6 +183,7 @@ class Translator:
         clock: Callable[[], int] = _now_ms,
         chunk_events: int = 2000,
         heal: Healer | None = None,
+        incarnations: IncarnationSource | None = None,
     ) -> None:
         if kind not in ("stock", "orders", "returns"):
             raise ValueError(f"unknown source kind {kind!r}")
@@ -190,6 +199,8 @@ class Translator:
         self.chunk_events = chunk_events
         #: Brings a lost model back (see :func:`retrying`); None in a rebuild's replay.
         self.heal = heal
+        #: Which incarnation of its topic each source partition is (None: always the first).
+        self.incarnations = incarnations
 
     async def process(self, messages: Sequence[SourceMessage]) -> int:
         """Translate a batch; returns how many effects were sent.
@@ -202,6 +213,14 @@ class Translator:
         batch is redelivered, and its effects keep their ids.
         """
         now = self.clock()
+        incarnations = self.incarnations
+        if incarnations is not None:
+            await retrying(
+                lambda: incarnations.prepare(messages),
+                what="checking the source partitions' incarnations",
+                metrics=self.metrics,
+                stage="incarnations",
+            )
         sent = 0
         chunk: list[tuple[SourceMessage, Decoded]] = []
         events = 0
@@ -260,6 +279,7 @@ class Translator:
         changed: dict[str, OrderState | RmaState] = {}
         by_partition: dict[int, list[Effect]] = defaultdict(list)
         sent = 0
+        incarnation = self.incarnations.of if self.incarnations is not None else _first
         for msg, index, event, raw in valid:
             entity = core.key_of(event)
             ref = core.SourceRef(
@@ -269,6 +289,7 @@ class Translator:
                 index=index or 0,
                 produced=msg.timestamp_ms,
                 topic=msg.topic,
+                incarnation=incarnation(msg.topic, msg.partition),
             )
             state = states.get(entity) if entity is not None else None
             try:

@@ -22,6 +22,7 @@ import faust
 
 from stocksync.agents.app import raw_topic
 from stocksync.agents.dlq import DeadLetterOut
+from stocksync.agents.incarnations import IncarnationSource
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.pipeline import Applier, Healer, SourceMessage, Translator, header_text
 from stocksync.agents.topics import TopicNames
@@ -76,6 +77,7 @@ class Pipeline:
         metrics: WorkerMetrics,
         outbox: FaustOutbox | None = None,
         heal: Healer | None = None,
+        incarnations: IncarnationSource | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -84,6 +86,7 @@ class Pipeline:
         self.window_ms = int(settings.worker.dedup_window_hours * 3_600_000)
         self.effects_partitions = effects_partitions
         self.outbox = outbox
+        self.incarnations = incarnations
         self.translators: dict[str, Translator] = {}
         #: Brings a lost model back before a stage tries again (see stocksync.daemon.healing).
         self.heal = heal
@@ -109,6 +112,7 @@ class Pipeline:
                 metrics=self.metrics,
                 chunk_events=self.settings.worker.batch_size,
                 heal=self.heal,
+                incarnations=self.incarnations,
             )
         return found
 

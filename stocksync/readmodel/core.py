@@ -125,11 +125,15 @@ class SourceRef(msgspec.Struct, frozen=True, kw_only=True):
     #: The topic's name. Watermarks are kept per topic name, so a model that outlives its
     #: topics (new prefix, recreated broker) never mistakes new offsets for old ones.
     topic: str = ""
+    #: Which incarnation of the topic partition this is (0: the first the worker saw); a
+    #: topic deleted and created again restarts its offsets (stocksync.agents.incarnations).
+    incarnation: int = 0
 
     @property
     def src(self) -> str:
-        """The watermark key of this source partition."""
-        return f"{self.topic or self.kind}/{self.partition}"
+        """The watermark key of this source partition (and incarnation, after the first)."""
+        base = f"{self.topic or self.kind}/{self.partition}"
+        return f"{base}#{self.incarnation}" if self.incarnation else base
 
 
 class Translated(msgspec.Struct, frozen=True):

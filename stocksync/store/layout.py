@@ -25,6 +25,8 @@ Keys of the base namespace (``base``), shared by every generation::
     {base}:generation   string  id of the live generation
     {base}:rebuild-lock string  who is rebuilding the model (expires)
     {base}:workers      zset    worker id -> time (s) of its last heartbeat
+    {base}:incarnations hash    ``topic/partition`` -> "n offset crc": which incarnation of
+                                its topic a source partition is (agents.incarnations)
 
 Nothing outside :mod:`stocksync.store` names a key or a field.
 """
@@ -142,6 +144,10 @@ class Keys:
     def workers(self) -> str:
         """Sorted set of worker ids scored by the time (s) of their last heartbeat."""
         return f"{self.base}:workers"
+
+    def incarnations(self) -> str:
+        """Hash ``topic/partition`` -> that source partition's incarnation record."""
+        return f"{self.base}:incarnations"
 
 
 def encode_position(position: Position) -> bytes:
