@@ -178,6 +178,17 @@ class WorkerMetrics:
         self.skus_written = Counter(
             "stocksync_skus_written_total", "SKU projections written to Redis.", registry=r
         )
+        self.topic_incarnations = Counter(
+            "stocksync_topic_incarnations_total",
+            "Source partitions found to be a new incarnation of their topic (offsets restarted).",
+            ["topic"],
+            registry=r,
+        )
+        self.broker_up = Gauge(
+            "stocksync_broker_up",
+            "1 while the worker reaches the Kafka broker, 0 during an outage.",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "stocksync_dead_letters_total", "Records written to the dead-letter topic.", registry=r
         )

@@ -135,6 +135,7 @@ async def _ensure(
     names: TopicNames,
     partitions: int,
     replication_factor: int | None,
+    created: list[str] | None,
 ) -> dict[str, int]:
     wanted = list(names)
     existing = set(await admin.list_topics())
@@ -153,6 +154,8 @@ async def _ensure(
                 f"The broker refused to create {detail.strip()}. Create these topics by hand "
                 f"with {partitions} partitions, or give stocksync the right to create topics."
             )
+        if created is not None:
+            created.extend(missing)
     # Every wanted topic exists now, so naming them cannot auto-create anything.
     counts = _partition_counts(await admin.describe_topics(wanted))
     absent = [name for name in wanted if name not in counts]
@@ -167,8 +170,11 @@ async def ensure_topics(
     *,
     timeout: float = 30.0,
     replication_factor: int | None = None,
+    created: list[str] | None = None,
 ) -> dict[str, int]:
     """Create the missing topics with ``settings.partitions`` partitions; return name -> count.
+
+    The names of the topics it created are appended to ``created`` when given.
 
     Existing topics are used as they are, whatever their partition count (source
     topics belong to the systems that produce them). New topics get
@@ -194,7 +200,7 @@ async def ensure_topics(
                     f"No Kafka broker answered at {servers!r} ({exc}). Start the broker, or "
                     "fix the broker setting (STOCKSYNC_BROKER, kafka://host:port)."
                 ) from exc
-            return await _ensure(admin, names, settings.partitions, replication_factor)
+            return await _ensure(admin, names, settings.partitions, replication_factor, created)
     except TimeoutError as exc:
         raise BrokerUnavailable(
             f"The Kafka broker at {servers!r} did not finish setting up topics within "

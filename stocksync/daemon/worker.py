@@ -3,8 +3,12 @@
 Start-up is all or nothing: topics are created (or found) first, Redis must
 answer, then the Faust worker joins its consumer group. The worker's own
 aiohttp server answers ``/healthz``, ``/readyz`` and ``/metrics`` on
-``worker.port`` (0 picks a free port, logged at start). SIGTERM and SIGINT
-stop it within ``worker.shutdown_timeout``.
+``worker.port`` (0 picks a free port, logged at start). ``/readyz`` is 503,
+with the reason, while starting, while Redis does not answer and while the
+broker is unreachable (:mod:`stocksync.daemon.brokerwatch`, which also
+recreates topics that disappeared). SIGTERM and SIGINT stop it within
+``worker.shutdown_timeout``, hard: past it the process exits whatever Faust is
+doing (:data:`~stocksync.agents.app.EXIT_SHUTDOWN_DEADLINE`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from stocksync.agents.app import create_app, new_event_loop, start_worker, stop_worker
+from stocksync.agents.incarnations import KafkaRecordReader, TopicIncarnations
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.streams import Pipeline, register
 from stocksync.agents.topics import TopicSetupError, ensure_topics, topic_names
+from stocksync.compat import aiokafka as compat_aiokafka
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
+from stocksync.daemon.brokerwatch import BrokerWatch, ClientLogGate
 from stocksync.daemon.collector import collect_less
 from stocksync.daemon.healing import Healer
 from stocksync.daemon.operate_rebuild import HEARTBEAT_FRESH_SECONDS
@@ -97,8 +104,15 @@ async def _keep_heartbeat(store: RedisStore, worker_id: str) -> None:
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
+def _not_ready(message: str) -> web.Response:
+    return web.json_response({"error": {"code": "not_ready", "message": message}}, status=503)
+
+
 def _health_app(
-    pipeline: Pipeline, state: dict[str, bool], healer: Healer | None = None
+    pipeline: Pipeline,
+    state: dict[str, bool],
+    healer: Healer | None = None,
+    watch: BrokerWatch | None = None,
 ) -> web.Application:
     metrics = pipeline.metrics
 
@@ -107,22 +121,20 @@ def _health_app(
 
     async def readyz(request: web.Request) -> web.Response:
         if not state.get("ready"):
-            return web.json_response(
-                {"error": {"code": "not_ready", "message": "the worker is starting"}}, status=503
-            )
+            return _not_ready("the worker is starting")
         if healer is not None and healer.healing:
             return web.json_response(
                 {"error": {"code": "model_lost", "message": "Redis lost the model; rebuilding"
                            " it from the topics"}},
                 status=503,
             )
+        problem = watch.problem() if watch is not None else None
+        if problem is not None:
+            return _not_ready(problem)
         try:
             await asyncio.wait_for(pipeline.store.ping(), 1.0)
         except (StoreUnavailable, TimeoutError):
-            return web.json_response(
-                {"error": {"code": "not_ready", "message": "Redis is not answering"}},
-                status=503,
-            )
+            return _not_ready("Redis is not answering")
         return web.json_response({"status": "ready"})
 
     async def prometheus(request: web.Request) -> web.Response:
@@ -161,6 +173,14 @@ async def serve(
     metrics = metrics or WorkerMetrics()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     healer = Healer(settings, store, worker_id=worker_id)
+    incarnations = TopicIncarnations(
+        client=store.client,
+        # Topics outlive a rebuild's generations: their records live in the base namespace.
+        key=Keys(settings.redis_namespace).incarnations(),
+        reader=KafkaRecordReader(settings),
+        topics=names.sources,
+        metrics=metrics,
+    )
     pipeline = Pipeline(
         settings=settings,
         topics=names,
@@ -168,6 +188,7 @@ async def serve(
         store=store,
         metrics=metrics,
         heal=healer,
+        incarnations=incarnations,
     )
     healer.on_healed = pipeline.applier.forget
     heartbeat = asyncio.create_task(_keep_heartbeat(store, worker_id), name="stocksync-heartbeat")
@@ -175,16 +196,30 @@ async def serve(
         log.warning("no model is live under %s:* (a new deployment, or Redis lost it)",
                     store.namespace)
         await healer()
+    # Only this worker creates topics, with the configured partition counts.
+    compat_aiokafka.forbid_topic_auto_creation()
     app = create_app(settings)
     register(app, pipeline)
+    if not incarnations.watch_resets():
+        log.warning("offset resets while running go unnoticed (see stocksync.compat.aiokafka)")
+
+    async def _recheck(sender: object, /, *args: object, **kwargs: object) -> None:
+        incarnations.forget()
+
+    app.on_partitions_revoked.connect(_recheck)
+    watch = BrokerWatch(settings, metrics)
+    gate = ClientLogGate(watch)
+    gate.install()
+    watching = asyncio.ensure_future(watch.run())
     state = {"ready": False}
-    runner = web.AppRunner(_health_app(pipeline, state, healer), access_log=None)
+    runner = web.AppRunner(_health_app(pipeline, state, healer, watch), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.worker.host, settings.worker.port, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:
         heartbeat.cancel()
+        await _stop_watching(watching, gate, incarnations)
         await runner.cleanup()
         await store.close()
         raise WorkerError(
@@ -205,6 +240,7 @@ async def serve(
             handle_signals=handle_signals,
             shutdown_timeout=settings.worker.shutdown_timeout,
         )
+        gate.install()  # again: loggers the start created
         collect_less()
         state["ready"] = True
         if ready is not None:
@@ -220,9 +256,22 @@ async def serve(
             await heartbeat
         with contextlib.suppress(StoreUnavailable):
             await store.forget_worker(worker_id)
+        await _stop_watching(watching, gate, incarnations)
         await runner.cleanup()
         await store.close()
         log.info("worker stopped")
+
+
+async def _stop_watching(
+    watching: asyncio.Future[None], gate: ClientLogGate, incarnations: TopicIncarnations
+) -> None:
+    watching.cancel()
+    with contextlib.suppress(BaseException):
+        await watching
+    gate.remove()
+    incarnations.close()
+    with contextlib.suppress(StoreUnavailable):
+        await asyncio.wait_for(incarnations.flush(), 2.0)
 
 
 #: Libraries whose start-up chatter hides our own lines at info level.
