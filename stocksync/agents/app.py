@@ -38,9 +38,12 @@ the loop of the Kafka consumer thread Faust starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -58,6 +61,7 @@ from stocksync.config.settings import Settings
 
 __all__ = [
     "CONSUMER_MAX_FETCH_SIZE",
+    "EXIT_SHUTDOWN_DEADLINE",
     "FETCH_MAX_WAIT_MS",
     "MAX_POLL_RECORDS",
     "App",
@@ -66,6 +70,7 @@ __all__ = [
     "app_options",
     "create_app",
     "cython_available",
+    "exit_deadline",
     "new_event_loop",
     "raw_topic",
     "start_worker",
@@ -78,6 +83,10 @@ logger = logging.getLogger(__name__)
 
 MAX_POLL_RECORDS = 2000
 CONSUMER_MAX_FETCH_SIZE = 8 * 1024 * 1024
+#: Exit status of a process whose stop outlasted the shutdown timeout (nothing more committed).
+EXIT_SHUTDOWN_DEADLINE = 75
+#: Share of the shutdown timeout the orderly stop may take; the rest is for leaving.
+_ORDERLY_SHARE = 0.8
 
 
 class WorkerStartError(Exception):
@@ -232,7 +241,10 @@ class Worker(compat_mode.StopsWhenCrashed, faust.Worker):
 
     def _begin_stop(self) -> None:
         if self._stop_task is None and not self.finished.is_set():
-            self._stop_task = self.loop.create_task(stop_worker(self, self.stop_timeout))
+            if self.handle_signals:  # this worker owns the process: bound its exit too
+                exit_deadline(self.stop_timeout)
+            orderly = self.stop_timeout * _ORDERLY_SHARE
+            self._stop_task = self.loop.create_task(stop_worker(self, orderly))
 
     def on_crashed(self, reason: BaseException) -> None:
         """Stop a crashed worker, so that wait_finished() returns and crash_reason tells why."""
@@ -243,6 +255,40 @@ class Worker(compat_mode.StopsWhenCrashed, faust.Worker):
     async def wait_finished(self) -> None:
         """Wait until the worker was stopped: by :func:`stop_worker`, a signal, or a crash."""
         await self.finished.wait()
+
+
+_deadline_lock = threading.Lock()
+_deadline: threading.Timer | None = None
+
+
+def exit_deadline(seconds: float) -> None:
+    """Exit the process in ``seconds`` unless it has exited by then; armed once per process.
+
+    Faust's stop can hang (a consumer stuck in ``Stopping...`` for minutes was seen,
+    and its thread keeps the interpreter from exiting), so the shutdown timeout is
+    held by a timer thread, not by the event loop.
+    """
+    global _deadline
+    with _deadline_lock:
+        if _deadline is not None:
+            return
+        _deadline = threading.Timer(seconds, _exit_now, args=(seconds,))
+        _deadline.daemon = True
+        _deadline.start()
+
+
+def _exit_now(seconds: float) -> None:
+    logger.critical(
+        "The worker did not stop within its shutdown timeout of %.1f s; exiting now "
+        "(status %d). Uncommitted events are redelivered on restart.",
+        seconds,
+        EXIT_SHUTDOWN_DEADLINE,
+        extra={"exit_status": EXIT_SHUTDOWN_DEADLINE},
+    )
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(EXIT_SHUTDOWN_DEADLINE)
 
 
 async def start_worker(
