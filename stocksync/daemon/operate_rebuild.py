@@ -50,6 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from stocksync.agents.dlq import DeadLetterOut
+from stocksync.agents.incarnations import IncarnationSource, StoredIncarnations
 from stocksync.agents.pipeline import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.state import OrderState
@@ -75,6 +76,7 @@ from stocksync.store import (
     Write,
 )
 from stocksync.store.generation import effective_namespace, new_generation
+from stocksync.store.layout import Keys
 
 __all__ = [
     "HEARTBEAT_FRESH_SECONDS",
@@ -210,10 +212,12 @@ async def _replay_sources(
     err: TextIO | None,
     result: RebuildResult,
     committed: dict[tuple[str, int], int] | None = None,
+    incarnations: IncarnationSource | None = None,
 ) -> tuple[MemoryStore, list[DeadLetterOut]]:
     """Run the worker's stages over every source message into a memory store.
 
     Returns the store and the dead letters to send again (see :class:`_DirectOutbox`).
+    ``incarnations`` are the live topics' (the watermarks get the workers' keys).
     """
     names = topic_names(settings)
     present = await existing_topics(settings)
@@ -238,6 +242,7 @@ async def _replay_sources(
             store=None if kind == "stock" else store,
             window_ms=window_ms,
             clock=clock,
+            incarnations=incarnations,
         )
         for kind in kinds.values()
     }
@@ -328,8 +333,12 @@ async def rebuild_generation(
     level = pipeline_log.level
     pipeline_log.setLevel(logging.ERROR)
     committed = await committed_offsets(settings) if resend_dead_letters else None
+    # A recreated topic is read as incarnation n by the workers: rebuild with their keys.
+    incarnations = await StoredIncarnations.load(
+        store.client, Keys(settings.redis_namespace).incarnations()
+    )
     try:
-        model, resend = await _replay_sources(settings, err, result, committed)
+        model, resend = await _replay_sources(settings, err, result, committed, incarnations)
     finally:
         pipeline_log.setLevel(level)
     if check is not None:

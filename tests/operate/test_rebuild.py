@@ -427,3 +427,30 @@ def test_rebuild_asks_first(settings: Settings, capsys: pytest.CaptureFixture[st
         assert client.get("ops:generation") is None
     finally:
         client.close()
+
+
+def test_rebuild_keys_watermarks_by_the_live_topics_incarnations(
+    filled: tuple[Settings, list[tuple[str, str, bytes]]],
+) -> None:
+    """After a topic was recreated the worker reads it as incarnation 1: the rebuilt
+    watermarks must carry the same keys, or the worker would apply its events again."""
+    settings, _ = filled
+    names = topic_names(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        # Every partition of the stock topic is in its second incarnation.
+        client.hset(
+            Keys("ops").incarnations(),
+            mapping={f"{names.stock}/{p}": "1 0 0" for p in range(settings.partitions)},
+        )
+        assert operate.rebuild(settings, args()) == 0
+        pointer = get(client, "ops:generation")
+        assert pointer is not None
+        model = stored(client, f"ops:{pointer.decode()}")
+        marks = {src for fields in model.values() for src in position_decoder.decode(
+            fields[b"pos"]).wm}
+    finally:
+        client.close()
+    stock = {src for src in marks if src.startswith(names.stock)}
+    assert stock and all(src.endswith("#1") for src in stock), stock
+    assert any(src.startswith(names.orders) and "#" not in src for src in marks), marks
