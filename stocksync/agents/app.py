@@ -212,6 +212,7 @@ class Worker(compat_mode.StopsWhenCrashed, faust.Worker):
         loop: asyncio.AbstractEventLoop,
         handle_signals: bool = False,
         shutdown_timeout: float = 15.0,
+        hard_exit: bool = False,
     ) -> None:
         super().__init__(
             app,
@@ -224,6 +225,8 @@ class Worker(compat_mode.StopsWhenCrashed, faust.Worker):
         self.spinner = None  # the terminal spinner writes escape codes to stdout
         self.handle_signals = handle_signals
         self.stop_timeout = shutdown_timeout
+        #: Whether a stop also arms :func:`exit_deadline` (a worker that owns its process).
+        self.hard_exit = hard_exit
         #: Set once :func:`stop_worker` has finished (or given up) stopping this worker.
         self.finished = asyncio.Event()
         self._stop_task: asyncio.Task[float] | None = None
@@ -241,7 +244,7 @@ class Worker(compat_mode.StopsWhenCrashed, faust.Worker):
 
     def _begin_stop(self) -> None:
         if self._stop_task is None and not self.finished.is_set():
-            if self.handle_signals:  # this worker owns the process: bound its exit too
+            if self.hard_exit:
                 exit_deadline(self.stop_timeout)
             orderly = self.stop_timeout * _ORDERLY_SHARE
             self._stop_task = self.loop.create_task(stop_worker(self, orderly))
@@ -298,12 +301,16 @@ async def start_worker(
     timeout: float = 60.0,
     handle_signals: bool = False,
     shutdown_timeout: float = 15.0,
+    hard_exit: bool = False,
 ) -> Worker:
     """Start a worker for ``app`` and return once its partitions are assigned.
 
     ``loop`` defaults to the running loop. With ``handle_signals`` SIGTERM and
     SIGINT stop the worker within ``shutdown_timeout`` seconds (await
     :meth:`Worker.wait_finished`); otherwise the process keeps its own handlers.
+    With ``hard_exit`` (a worker that owns its process) any stop also arms
+    :func:`exit_deadline`: the process exits ``shutdown_timeout`` seconds later
+    if it has not by then.
     Raises :class:`WorkerStartError`, after stopping the worker, if it is not
     ready within ``timeout`` seconds.
     """
@@ -312,6 +319,7 @@ async def start_worker(
         loop=loop or asyncio.get_running_loop(),
         handle_signals=handle_signals,
         shutdown_timeout=shutdown_timeout,
+        hard_exit=hard_exit,
     )
     started = time.monotonic()
     try:

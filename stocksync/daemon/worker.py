@@ -239,6 +239,7 @@ async def serve(
             app,
             handle_signals=handle_signals,
             shutdown_timeout=settings.worker.shutdown_timeout,
+            hard_exit=handle_signals,
         )
         gate.install()  # again: loggers the start created
         collect_less()
