@@ -171,6 +171,8 @@ class TopicIncarnations:
         self._latest: dict[TP, SourceMessage] = {}
         #: Partitions aiokafka reset by policy (added from the consumer's thread).
         self._reset: set[TP] = set()
+        #: Known partitions to check again (a rebalance happened since).
+        self._stale: set[TP] = set()
         self._flushed = clock()
         self._unwatch: Callable[[], None] | None = None
 
@@ -194,9 +196,11 @@ class TopicIncarnations:
             self._reset.add((topic, partition))
 
     def forget(self) -> None:
-        """Check every partition again before its next batch (after a rebalance)."""
-        self._known.clear()
-        self._latest.clear()
+        """Check every partition again before its next batch (after a rebalance).
+
+        The numbers stay known meanwhile: a batch already translating keeps them.
+        """
+        self._stale.update(self._known)
 
     # -- the translators' side -------------------------------------------------------------
 
@@ -213,13 +217,15 @@ class TopicIncarnations:
         suspects: set[TP] = set()
         while reset:
             suspects.add(reset.pop())
-        pending = [tp for tp in last if tp not in self._known or tp in suspects]
+        stale = self._stale
+        pending = [tp for tp in last if tp not in self._known or tp in suspects or tp in stale]
         if pending:
             try:
                 await self._check(pending, last, suspects)
             except BaseException:
                 self._reset.update(suspects)  # checked again when the batch is retried
                 raise
+            stale.difference_update(pending)
         self._reset.update(tp for tp in suspects if tp not in last)
         self._latest.update(last)
         if self.clock() - self._flushed >= self.flush_every:
@@ -244,14 +250,20 @@ class TopicIncarnations:
         compare: dict[TP, Incarnation] = {}
         fresh: dict[TP, Incarnation] = {}
         for tp in pending:
-            seen = self._latest.get(tp) if tp in self._known else None
-            if seen is not None:  # reset while running: compare with what we last read
-                compare[tp] = Incarnation(
-                    self._known[tp].n, seen.offset, record_crc(seen.key, seen.value)
-                )
-            elif (record := stored.get(tp)) is None:
+            record = stored.get(tp)
+            known = self._known.get(tp)
+            seen = self._latest.get(tp)
+            if (
+                tp in suspects
+                and known is not None
+                and seen is not None
+                and (record is None or record.n <= known.n)
+            ):  # reset while reading it: compare with the last record read
+                compare[tp] = Incarnation(known.n, seen.offset, record_crc(seen.key, seen.value))
+            elif record is None:
                 msg = last[tp]
-                fresh[tp] = Incarnation(0, msg.offset, record_crc(msg.key, msg.value))
+                n = known.n if known is not None else 0
+                fresh[tp] = Incarnation(n, msg.offset, record_crc(msg.key, msg.value))
             elif record.offset < 0:
                 self._known[tp] = record
             else:

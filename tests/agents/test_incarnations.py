@@ -225,3 +225,23 @@ def test_the_incarnation_joins_the_watermark_key_only_after_the_first() -> None:
     assert ref.src == "x.orders.v1/3"
     again = core.SourceRef(kind="orders", partition=3, offset=5, topic="x.orders.v1", incarnation=2)
     assert again.src == "x.orders.v1/3#2"
+
+
+def test_a_rebalance_checks_again_and_adopts_another_workers_incarnation(rig: Rig) -> None:
+    async def scenario() -> list[int]:
+        client = Redis.from_url(rig.url)
+        mine, theirs = rig.make(client), rig.make(client)
+        await mine.prepare([rig.log.write(0, 0, b"a")])
+        numbers = [mine.of(TOPIC, 0)]
+        mine.forget()  # revoked: the other worker takes the partition
+        numbers.append(mine.of(TOPIC, 0))  # a batch still translating keeps its number
+        rig.log.recreate(0)
+        await theirs.prepare([rig.log.write(0, 0, b"b")])  # finds it recreated
+        numbers.append(theirs.of(TOPIC, 0))
+        await mine.prepare([SourceMessage(TOPIC, 0, 0, b"k", b"b")])  # assigned back
+        numbers.append(mine.of(TOPIC, 0))
+        await client.aclose()
+        return numbers
+
+    assert run(scenario()) == [0, 0, 1, 1]
+    assert rig.counted() == 1
