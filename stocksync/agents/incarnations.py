@@ -6,7 +6,8 @@ at 0 again: without more, its new events would sit under the old watermarks and
 be skipped. Kafka's topic ids would tell the incarnations apart, but aiokafka
 speaks Metadata up to v5 (ids came with v10), so the worker keeps its own record.
 
-For every source partition Redis holds one :class:`Incarnation`: its number
+For every source partition Redis holds one record
+(:class:`~stocksync.store.incarnations.Incarnation`): its number
 (0 for the first the worker saw, which keeps the watermark keys of older
 releases), and one record read in it (offset and CRC-32 of key and value).
 Whenever a worker starts reading a partition (first batch after an assignment)
@@ -39,8 +40,6 @@ from typing import Protocol
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.pipeline import SourceMessage
@@ -48,11 +47,10 @@ from stocksync.agents.topics import bootstrap_servers
 from stocksync.compat import aiokafka as compat_aiokafka
 from stocksync.config.connections import kafka_client_options
 from stocksync.config.settings import Settings
-from stocksync.store import StoreUnavailable
+from stocksync.store.incarnations import TP, Incarnation, IncarnationRecords
 
 __all__ = [
     "FLUSH_EVERY",
-    "Incarnation",
     "IncarnationSource",
     "KafkaRecordReader",
     "RecordReader",
@@ -67,56 +65,10 @@ log = logging.getLogger("stocksync.incarnations")
 #: Seconds between writes of the record each partition has reached.
 FLUSH_EVERY = 5.0
 
-TP = tuple[str, int]
-
-
-class Incarnation(msgspec.Struct, frozen=True):
-    """What Redis keeps for one source partition, as text ``"n offset crc"``."""
-
-    #: 0 for the first incarnation the worker saw, then 1, 2, ...
-    n: int = 0
-    #: Offset of a record read in this incarnation; -1 before any.
-    offset: int = -1
-    #: CRC-32 of that record's key and value (:func:`record_crc`).
-    crc: int = 0
-
-    def encode(self) -> str:
-        """The stored text (parsed by the save script: keep ``n`` and ``offset`` first)."""
-        return f"{self.n} {self.offset} {self.crc}"
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> Incarnation:
-        """Parse the stored text."""
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        n, offset, crc = (int(part) for part in text.split())
-        return cls(n, offset, crc)
-
 
 def record_crc(key: bytes | None, value: bytes | None) -> int:
     """CRC-32 of a record's key, then its value (an absent one counts as empty)."""
     return zlib.crc32(value or b"", zlib.crc32(key or b""))
-
-
-def _field(tp: TP) -> str:
-    return f"{tp[0]}/{tp[1]}"
-
-
-# Store a record unless the stored one is of a later incarnation, or of the same one and
-# at least as far on: two workers during a rebalance never move a partition backwards.
-_SAVE = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local n, o = string.match(cur, '^(%-?%d+) (%-?%d+)')
-  n = tonumber(n)
-  o = tonumber(o)
-  local nn = tonumber(ARGV[2])
-  if nn < n or (nn == n and tonumber(ARGV[3]) <= o) then
-    return cur
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-return ARGV[4]
-"""
 
 
 class RecordSeen(msgspec.Struct, frozen=True):
@@ -144,27 +96,24 @@ class IncarnationSource(Protocol):
 
 
 class TopicIncarnations:
-    """The worker's view of its source partitions' incarnations, kept in one Redis hash."""
+    """The worker's view of its source partitions' incarnations, kept in Redis."""
 
     def __init__(
         self,
         *,
-        client: Redis,
-        key: str,
+        records: IncarnationRecords,
         reader: RecordReader,
         topics: Iterable[str],
         metrics: WorkerMetrics | None = None,
         flush_every: float = FLUSH_EVERY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client = client
-        self.key = key
+        self.records = records
         self.reader = reader
         self.topics = frozenset(topics)
         self.metrics = metrics or WorkerMetrics()
         self.flush_every = flush_every
         self.clock = clock
-        self._save = client.register_script(_SAVE)
         #: Partitions checked since they were assigned, with their incarnation.
         self._known: dict[TP, Incarnation] = {}
         #: The last message of each known partition read since the last flush.
@@ -302,22 +251,10 @@ class TopicIncarnations:
         self.metrics.topic_incarnations.labels(topic).inc()
 
     async def _load(self, tps: Sequence[TP]) -> dict[TP, Incarnation]:
-        try:
-            raw = await self.client.hmget(self.key, [_field(tp) for tp in tps])
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"loading topic incarnations failed: {exc}") from exc
-        return {tp: Incarnation.decode(r) for tp, r in zip(tps, raw, strict=True) if r}
+        return await self.records.load(tps)
 
     async def _store(self, records: dict[TP, Incarnation]) -> dict[TP, Incarnation]:
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for tp, record in records.items():
-                    args: list[str | int] = [_field(tp), record.n, record.offset, record.encode()]
-                    await self._save(keys=[self.key], args=args, client=pipe)
-                raw = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"saving topic incarnations failed: {exc}") from exc
-        return {tp: Incarnation.decode(r) for tp, r in zip(records, raw, strict=True)}
+        return await self.records.save(records)
 
 
 class StoredIncarnations:
@@ -327,15 +264,9 @@ class StoredIncarnations:
         self.numbers = numbers
 
     @classmethod
-    async def load(cls, client: Redis, key: str) -> StoredIncarnations:
-        """Read every stored incarnation under ``key``."""
-        raw = await client.hgetall(key)
-        numbers: dict[TP, int] = {}
-        for field, value in raw.items():
-            name = field.decode() if isinstance(field, bytes) else str(field)
-            topic, _, partition = name.rpartition("/")
-            numbers[(topic, int(partition))] = Incarnation.decode(value).n
-        return cls(numbers)
+    async def load(cls, records: IncarnationRecords) -> StoredIncarnations:
+        """Read every stored incarnation."""
+        return cls({tp: record.n for tp, record in (await records.load_all()).items()})
 
     async def prepare(self, messages: Sequence[SourceMessage]) -> None:
         """Nothing to check: the numbers are the stored ones."""

@@ -76,7 +76,7 @@ from stocksync.store import (
     Write,
 )
 from stocksync.store.generation import effective_namespace, new_generation
-from stocksync.store.layout import Keys
+from stocksync.store.incarnations import IncarnationRecords
 
 __all__ = [
     "HEARTBEAT_FRESH_SECONDS",
@@ -334,9 +334,7 @@ async def rebuild_generation(
     pipeline_log.setLevel(logging.ERROR)
     committed = await committed_offsets(settings) if resend_dead_letters else None
     # A recreated topic is read as incarnation n by the workers: rebuild with their keys.
-    incarnations = await StoredIncarnations.load(
-        store.client, Keys(settings.redis_namespace).incarnations()
-    )
+    incarnations = await StoredIncarnations.load(IncarnationRecords(store.client, store.keys))
     try:
         model, resend = await _replay_sources(settings, err, result, committed, incarnations)
     finally:

@@ -40,6 +40,7 @@ from stocksync.daemon.healing import Healer
 from stocksync.daemon.operate_rebuild import HEARTBEAT_FRESH_SECONDS
 from stocksync.readmodel import core
 from stocksync.store import RedisStore, StoreUnavailable
+from stocksync.store.incarnations import IncarnationRecords
 from stocksync.store.layout import Keys
 
 __all__ = ["WorkerError", "quiet_libraries", "run", "serve"]
@@ -174,9 +175,7 @@ async def serve(
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     healer = Healer(settings, store, worker_id=worker_id)
     incarnations = TopicIncarnations(
-        client=store.client,
-        # Topics outlive a rebuild's generations: their records live in the base namespace.
-        key=Keys(settings.redis_namespace).incarnations(),
+        records=IncarnationRecords(store.client, store.keys),
         reader=KafkaRecordReader(settings),
         topics=names.sources,
         metrics=metrics,

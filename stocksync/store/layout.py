@@ -26,7 +26,7 @@ Keys of the base namespace (``base``), shared by every generation::
     {base}:rebuild-lock string  who is rebuilding the model (expires)
     {base}:workers      zset    worker id -> time (s) of its last heartbeat
     {base}:incarnations hash    ``topic/partition`` -> "n offset crc": which incarnation of
-                                its topic a source partition is (agents.incarnations)
+                                its topic a source partition is (store.incarnations)
 
 Nothing outside :mod:`stocksync.store` names a key or a field.
 """

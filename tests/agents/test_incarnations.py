@@ -11,7 +11,6 @@ import pytest
 from redis.asyncio import Redis
 
 from stocksync.agents.incarnations import (
-    Incarnation,
     RecordSeen,
     StoredIncarnations,
     TopicIncarnations,
@@ -20,6 +19,8 @@ from stocksync.agents.incarnations import (
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.pipeline import SourceMessage
 from stocksync.readmodel import core
+from stocksync.store.incarnations import Incarnation, IncarnationRecords
+from stocksync.store.layout import Keys
 
 __all__: list[str] = []
 
@@ -72,8 +73,7 @@ class Rig:
 
     def make(self, client: Redis) -> TopicIncarnations:
         return TopicIncarnations(
-            client=client,
-            key=KEY,
+            records=IncarnationRecords(client, Keys("test")),
             reader=self.log,
             topics=[TOPIC],
             metrics=self.metrics,
@@ -212,7 +212,7 @@ def test_stored_incarnations_give_the_numbers_to_a_rebuild(rig: Rig) -> None:
     async def scenario() -> StoredIncarnations:
         client = Redis.from_url(rig.url)
         await client.hset(KEY, mapping={f"{TOPIC}/0": "2 10 5", "a/b.v1/3": "1 0 0"})
-        stored = await StoredIncarnations.load(client, KEY)
+        stored = await StoredIncarnations.load(IncarnationRecords(client, Keys("test")))
         await client.aclose()
         return stored
 

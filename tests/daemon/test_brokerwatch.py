@@ -94,7 +94,10 @@ def test_the_gate_holds_client_lines_back_during_an_outage_and_counts_them(
     client = logging.getLogger("aiokafka.consumer.fetcher")
     gate.install()
     try:
-        with caplog.at_level(logging.INFO):
+        with (
+            caplog.at_level(logging.INFO, logger="aiokafka.consumer.fetcher"),
+            caplog.at_level(logging.INFO, logger="stocksync.broker"),
+        ):
             broker.up = False
             asyncio.run(watch.check())
             for _ in range(50):
