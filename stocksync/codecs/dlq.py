@@ -6,13 +6,37 @@ base64 in ``event_b64`` when not even UTF-8), so a record can be replayed to its
 source topic unchanged. The same facts are also set as Kafka headers
 (``reason``, ``source_topic``, ``source_partition``, ``source_offset``,
 ``index``, ``correlation_id``) for tools that only read headers.
+
+A record that would be larger than the broker accepts is sent **truncated**
+(``truncated`` true): it keeps the reason, the location, the key and the
+correlation id (each cut to their first :data:`FIELD_MAX` characters when
+longer, as is ``message``), the first :data:`HEAD_BYTES` bytes of the value in
+``event_text`` or ``event_b64`` (whichever is smaller encoded; ``event`` is
+never set, since a cut JSON value is no JSON), and the SHA-256 and length of
+the whole value in ``event_sha256`` and ``event_length``. Such a record
+cannot be replayed: the original is on the source topic at the location given.
+Fields only ever grow at the end, with defaults, so a record that is not
+truncated is byte for byte what it was before they existed.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 
-__all__ = ["DeadLetter", "dead_letter_decoder", "dead_letter_encoder"]
+__all__ = [
+    "FIELD_MAX",
+    "HEAD_BYTES",
+    "DeadLetter",
+    "dead_letter_decoder",
+    "dead_letter_encoder",
+]
+
+#: Bytes of the value a truncated record keeps (at most; fewer on a very small broker limit).
+HEAD_BYTES: Final = 64 * 1024
+#: Characters a truncated record keeps of its key, correlation id and message.
+FIELD_MAX: Final = 1024
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -35,6 +59,14 @@ class DeadLetter(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     event_text: str | None = None
     #: The event as received, base64, when it was not even UTF-8.
     event_b64: str | None = None
+    #: True when the record holds only the first bytes of the value (see the module
+    #: docstring): ``event_text``/``event_b64`` are a head, ``key``, ``correlation_id``
+    #: and ``message`` may be cut.
+    truncated: bool = False
+    #: Lowercase hex SHA-256 of the whole value, set when ``truncated``.
+    event_sha256: str | None = None
+    #: Length in bytes of the whole value, set when ``truncated``.
+    event_length: int | None = None
 
 
 dead_letter_encoder = msgspec.json.Encoder()

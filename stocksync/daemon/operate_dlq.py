@@ -6,7 +6,9 @@ single-event message), with a ``correlation_id`` header when one is known and
 a ``replayed_from`` header naming the dead-letter record. Replaying is safe:
 an event that was invalid and now is valid (its order arrived since, say) is
 applied once; an event that was already applied is skipped by its
-(``source``, ``event_id``).
+(``source``, ``event_id``). A truncated record (its message was larger than
+the broker takes) is never replayed: it holds only the head of the value;
+the replay says so and where the original is.
 """
 
 from __future__ import annotations
@@ -124,16 +126,17 @@ def _clean(text: str | None) -> str:
 def format_letter(letter: Letter) -> str:
     """One line: time, reason, where, key, correlation id, message."""
     r = letter.record
-    return "  ".join(
-        [
-            r.rejected_at,
-            _clean(r.reason),
-            letter.where,
-            f"key={_clean(r.key)}",
-            f"cid={_clean(r.correlation_id)}",
-            _clean(r.message),
-        ]
-    )
+    fields = [
+        r.rejected_at,
+        _clean(r.reason),
+        letter.where,
+        f"key={_clean(r.key)}",
+        f"cid={_clean(r.correlation_id)}",
+        _clean(r.message),
+    ]
+    if r.truncated:
+        fields.append(f"[truncated: {r.event_length} bytes, sha256 {_clean(r.event_sha256)}]")
+    return "  ".join(fields)
 
 
 async def list_letters(
@@ -156,6 +159,13 @@ def _plan(letter: Letter, sources: tuple[str, ...]) -> Replay | str:
     r = letter.record
     if r.topic not in sources:
         return f"its topic {r.topic!r} is not a source topic of this configuration"
+    if r.truncated:
+        return (
+            f"the record is truncated (the value was {r.event_length} bytes, more than the "
+            "broker takes; only its first 64 KiB and its SHA-256 were kept), so it cannot be "
+            f"replayed whole: take the original from {letter.where} while the topic still "
+            "holds it, or have its producer send it again"
+        )
     try:
         value = letter.event_bytes()
     except (binascii.Error, ValueError):

@@ -215,3 +215,27 @@ def test_replaying_twice_applies_once(planted: Settings) -> None:
     run(feed())
     # Applied by the first copy, skipped for the second.
     assert store.version_of("TSHIRT-RED-M") == 1
+
+
+def test_a_truncated_record_is_not_replayed_and_says_why(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record cut to fit the broker holds only the head of its event: replaying it would
+    send something else, so it is skipped with what to do, and the others still replay."""
+    names = topic_names(settings)
+    huge = b"A" * 1_200_000
+    produce(settings, [
+        letter(settings, reason="malformed_json", message="not valid JSON", topic=names.stock,
+               partition=0, offset=9, key=b"SKU-1", raw=huge),
+        letter(settings),
+    ])
+    assert operate.dlq_list(settings, ns()) == 0
+    listed = capsys.readouterr().out
+    assert "[truncated: 1200000 bytes, sha256 " in listed
+    assert operate.dlq_replay(settings, ns()) == 0
+    out = capsys.readouterr().out
+    assert "skip  " in out and f"{names.stock}[0]@9" in out
+    assert "cannot be replayed whole" in out and f"take the original from {names.stock}[0]@9" in out
+    assert "sending 1 of 2 matching dead-lettered event(s)" in out
+    (sent,) = read_all(settings, names.sources)
+    assert (sent.topic, sent.value) == (names.orders, msgspec.json.encode(CANCEL))
