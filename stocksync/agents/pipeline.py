@@ -17,20 +17,28 @@ because an exception escaping a Faust agent acks (loses) its batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 import msgspec
 
-from stocksync.agents.dlq import DeadLetterOut, dead_letter
+from stocksync.agents.dlq import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    RECORD_OVERHEAD,
+    DeadLetterOut,
+    cut_text,
+    dead_letter,
+)
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.topics import effects_partition
+from stocksync.codecs.dlq import FIELD_MAX
 from stocksync.codecs.effects import Effect, EffectBatch, batch_decoder, batch_encoder
 from stocksync.codecs.events import Event
-from stocksync.codecs.messages import Decoded, Reason, decode_message
+from stocksync.codecs.messages import Decoded, Reason, Rejection, decode_message
 from stocksync.codecs.state import OrderState, Position, RmaState
 from stocksync.readmodel import core
 from stocksync.store import ModelLost, PositionStore, StateStore, StoreUnavailable, Write
@@ -41,10 +49,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Applier",
     "Healer",
+    "MessageTooLarge",
     "Outbox",
     "SourceMessage",
     "Translator",
+    "effects_messages",
     "header_text",
+    "is_too_large",
     "retrying",
 ]
 
@@ -81,8 +92,26 @@ def header_text(headers: Any, name: str) -> str | None:
     return None
 
 
+class MessageTooLarge(Exception):
+    """The producer or the broker refused messages for their size."""
+
+    def __init__(self, size: int | None, refused: Sequence[int] | None = None) -> None:
+        super().__init__(
+            f"{len(refused) if refused is not None else 'some'} message(s) refused as too large"
+            + (f" (the smallest {size} bytes)" if size is not None else "")
+        )
+        #: The size of the smallest refused message, when known.
+        self.size = size
+        #: Positions of the refused messages in what was sent; None: unknown, assume all.
+        self.refused = list(refused) if refused is not None else None
+
+
 class Outbox(Protocol):
-    """Where translators send: effects by partition, and dead letters. Each call awaits delivery."""
+    """Where translators send: effects by partition, and dead letters. Each call awaits delivery.
+
+    Both raise :class:`MessageTooLarge` when messages were refused for their size
+    (the others of the call were delivered).
+    """
 
     async def send_effects(self, batches: dict[int, bytes]) -> None:
         """Send one effects message per destination partition and await delivery."""
@@ -94,6 +123,26 @@ class Outbox(Protocol):
 #: What a stage calls when the store says the model is lost: returns once the model is
 #: back (rebuilt by this worker or another), after which the operation is tried again.
 Healer = Callable[[], Awaitable[None]]
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a producer's or broker's "message too large"."""
+    too_large = _size_errors()
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, too_large):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@functools.cache
+def _size_errors() -> tuple[type[Exception], ...]:
+    from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+
+    return (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 async def retrying(
@@ -112,13 +161,17 @@ async def retrying(
     When the model is lost (:class:`~stocksync.store.ModelLost`), nothing was
     read or written: ``heal`` brings it back before the next try (without one,
     the operation is retried with backoff until someone else does).
-    Cancellation (shutdown) passes through.
+    Cancellation (shutdown) passes through, and so does :class:`MessageTooLarge`
+    (a refusal for size, raised as one if the operation did not): sending the
+    same bytes again would be refused again, the caller has to send smaller ones.
     """
     delay = first_delay
     attempt = 0
     while True:
         try:
             return await operation()
+        except MessageTooLarge:
+            raise
         except ModelLost as exc:
             if heal is not None:
                 log.error("%s stopped: %s; rebuilding the model from the topics", what, exc,
@@ -131,7 +184,11 @@ async def retrying(
                     extra={"stage": stage, "attempt": attempt})
             await asyncio.sleep(delay)
             delay = min(max_delay, delay * 2)
-        except (StoreUnavailable, OSError, TimeoutError, _broker_errors()) as exc:
+        except Exception as exc:
+            if is_too_large(exc):
+                raise MessageTooLarge(None) from exc
+            if not _retriable(exc):
+                raise
             attempt += 1
             if metrics is not None:
                 metrics.redis_retries.labels(stage).inc()
@@ -149,7 +206,14 @@ async def retrying(
             delay = min(max_delay, delay * 2)
 
 
-def _broker_errors() -> type[Exception]:
+def _retriable(exc: Exception) -> bool:
+    """Store and broker failures, also when wrapped (Faust's ``ProducerSendError``)."""
+    kinds = (StoreUnavailable, OSError, TimeoutError, _broker_error())
+    return isinstance(exc, kinds) or isinstance(exc.__cause__, kinds)
+
+
+@functools.cache
+def _broker_error() -> type[Exception]:
     from aiokafka.errors import KafkaError
 
     return KafkaError  # type: ignore[no-any-return]
@@ -160,6 +224,28 @@ def _first(topic: str, partition: int) -> int:
     return 0
 
 
+#: The smallest message limit a refusal for size can lower a translator's limit to.
+_MIN_MESSAGE_BYTES: Final = 16 * 1024
+
+
+def effects_messages(effects: list[Effect], max_bytes: int) -> list[bytes]:
+    """``effects`` as one or more :class:`EffectBatch` payloads of at most ``max_bytes``
+    each (a single effect larger than that still goes alone), in order."""
+    payload = batch_encoder.encode(EffectBatch(effects))
+    if len(payload) <= max_bytes or len(effects) == 1:
+        return [payload]
+    half = len(effects) // 2
+    return effects_messages(effects[:half], max_bytes) + effects_messages(
+        effects[half:], max_bytes
+    )
+
+
+def _summary(exc: BaseException) -> str:
+    """``Type: message`` on one short line, for a dead letter (no stack trace)."""
+    text = " ".join(str(exc).split())
+    return cut_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, 500) or ""
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -168,8 +254,21 @@ class _Healed(Exception):
     """The model was rebuilt while the applier held positions of the lost one."""
 
 
+#: Builds the dead-letter record of one rejected event for a message size limit.
+_Letter = Callable[[int], DeadLetterOut]
+
+
 class Translator:
-    """Turns source messages of one topic into effects, dead letters and order/RMA states."""
+    """Turns source messages of one topic into effects, dead letters and order/RMA states.
+
+    No message stops it: decoding a message and everything done for one event
+    run inside an error boundary, so an unexpected exception dead-letters that
+    message or event (reason ``internal_error``) and the others go on. Nothing it
+    sends is larger than ``max_message_bytes``: dead letters that would be are
+    truncated, effects are split into several messages per partition (sent
+    round by round, so those of one partition arrive in order), and a refusal
+    for size lowers the limit and sends again, smaller.
+    """
 
     def __init__(
         self,
@@ -184,6 +283,7 @@ class Translator:
         chunk_events: int = 2000,
         heal: Healer | None = None,
         incarnations: IncarnationSource | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if kind not in ("stock", "orders", "returns"):
             raise ValueError(f"unknown source kind {kind!r}")
@@ -201,6 +301,9 @@ class Translator:
         self.heal = heal
         #: Which incarnation of its topic each source partition is (None: always the first).
         self.incarnations = incarnations
+        #: The largest message sent; lowered when the broker refuses one for its size.
+        self.max_message_bytes = max_message_bytes
+        self._stuck = 0
 
     async def process(self, messages: Sequence[SourceMessage]) -> int:
         """Translate a batch; returns how many effects were sent.
@@ -225,7 +328,10 @@ class Translator:
         chunk: list[tuple[SourceMessage, Decoded]] = []
         events = 0
         for msg in messages:
-            decoded = decode_message(msg.value)
+            try:
+                decoded = decode_message(msg.value)
+            except Exception as exc:  # a bug must cost one message, not stop the partition
+                decoded = self._undecodable(msg, exc)
             chunk.append((msg, decoded))
             events += len(decoded.events) + len(decoded.rejections)
             if events >= self.chunk_events:
@@ -235,13 +341,46 @@ class Translator:
             sent += await self._translate_chunk(chunk, now)
         return sent
 
+    def _undecodable(self, msg: SourceMessage, exc: Exception) -> Decoded:
+        log.error(
+            "decoding the message at %s[%d]@%d raised an unexpected error",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            exc_info=exc,
+        )
+        rejection = Rejection(
+            reason=Reason.INTERNAL_ERROR,
+            message=f"decoding it raised an unexpected error: {_summary(exc)}",
+            index=None,
+            raw=msg.value or b"",
+        )
+        return Decoded(events=[], rejections=[rejection], bulk=False)
+
+    def _internal_error(
+        self, msg: SourceMessage, index: int | None, what: str, exc: Exception, traced: bool
+    ) -> str:
+        """Log an unexpected error of one event (with its stack trace unless ``traced``)."""
+        log.error(
+            "%s the event at %s[%d]@%d%s raised an unexpected error: %s",
+            what,
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            f" #{index}" if index is not None else "",
+            _summary(exc),
+            exc_info=None if traced else exc,
+        )
+        return f"{what} it raised an unexpected error: {_summary(exc)}"
+
     async def _translate_chunk(
         self, chunk: Sequence[tuple[SourceMessage, Decoded]], now: int
     ) -> int:
         consumed: Counter[str] = Counter()
         skipped: Counter[str] = Counter()
-        letters: list[DeadLetterOut] = []
+        letters: list[_Letter] = []
         valid: list[tuple[SourceMessage, int | None, Event, bytes]] = []
+        traced = False  # one stack trace per chunk is enough to find a bug
         for msg, decoded in chunk:
             key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
             for rejection in decoded.rejections:
@@ -257,9 +396,19 @@ class Translator:
                     )
                 )
             for index, event, raw in decoded.events:
-                if event.correlation_id is None and msg.correlation_id is not None:
-                    event = msgspec.structs.replace(event, correlation_id=msg.correlation_id)
-                misplaced = core.check_placement(event, self.kind, key, decoded.bulk)
+                try:
+                    if event.correlation_id is None and msg.correlation_id is not None:
+                        event = msgspec.structs.replace(event, correlation_id=msg.correlation_id)
+                    misplaced = core.check_placement(event, self.kind, key, decoded.bulk)
+                except Exception as exc:  # a bug must cost one event, not stop the partition
+                    why = self._internal_error(msg, index, "checking", exc, traced)
+                    traced = True
+                    letters.append(
+                        self._letter(
+                            msg, index, Reason.INTERNAL_ERROR, why, raw, msg.correlation_id, now
+                        )
+                    )
+                    continue
                 if misplaced is not None:
                     letters.append(
                         self._letter(
@@ -280,24 +429,37 @@ class Translator:
         by_partition: dict[int, list[Effect]] = defaultdict(list)
         sent = 0
         incarnation = self.incarnations.of if self.incarnations is not None else _first
+        # An event this long may make an effect that does not fit in a message alone.
+        long_event = self.max_message_bytes - RECORD_OVERHEAD - 2 * FIELD_MAX - 512
         for msg, index, event, raw in valid:
-            entity = core.key_of(event)
-            ref = core.SourceRef(
-                kind=self.kind,
-                partition=msg.partition,
-                offset=msg.offset,
-                index=index or 0,
-                produced=msg.timestamp_ms,
-                topic=msg.topic,
-                incarnation=incarnation(msg.topic, msg.partition),
-            )
-            state = states.get(entity) if entity is not None else None
             try:
+                entity = core.key_of(event)
+                ref = core.SourceRef(
+                    kind=self.kind,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    index=index or 0,
+                    produced=msg.timestamp_ms,
+                    topic=msg.topic,
+                    incarnation=incarnation(msg.topic, msg.partition),
+                )
+                state = states.get(entity) if entity is not None else None
                 outcome, new_state = core.translate(event, state, ref, now, self.window_ms)
+                if isinstance(outcome, core.Translated):
+                    cid = event.correlation_id
+                    if cid is not None and len(cid) > FIELD_MAX:
+                        outcome = self._short_cids(outcome, cid)
+                    if len(raw) > long_event:
+                        outcome = self._fits(outcome)
             except Exception as exc:  # a bug must cost one event, not stop the partition
-                log.exception("translating %s event %s failed", event.source, event.event_id)
-                outcome = core.Rejected(Reason.UNPROCESSABLE, f"could not be translated: {exc!r}")
-                new_state = state
+                why = self._internal_error(msg, index, "translating", exc, traced)
+                traced = True
+                letters.append(
+                    self._letter(
+                        msg, index, Reason.INTERNAL_ERROR, why, raw, event.correlation_id, now
+                    )
+                )
+                continue
             if isinstance(outcome, core.Rejected):
                 letters.append(
                     self._letter(
@@ -317,22 +479,11 @@ class Translator:
                 by_partition[effects_partition(effect.sku, self.effects_partitions)].append(effect)
                 sent += 1
 
-        payloads = {p: batch_encoder.encode(EffectBatch(e)) for p, e in by_partition.items()}
         if letters:
-            await retrying(
-                lambda: self.outbox.send_dead_letters(letters),
-                what=f"sending {len(letters)} dead letters",
-                metrics=self.metrics,
-                stage="dlq",
-            )
+            await self._send_letters(letters)
             self.metrics.dead_letters.inc(len(letters))
-        if payloads:
-            await retrying(
-                lambda: self.outbox.send_effects(payloads),
-                what=f"sending {sent} effects",
-                metrics=self.metrics,
-                stage="effects",
-            )
+        if by_partition:
+            await self._send_effects(by_partition, sent)
         self._count(consumed, skipped, sent)
         if changed and self.store is not None:
             store = self.store
@@ -344,6 +495,109 @@ class Translator:
                 heal=self.heal,
             )
         return sent
+
+    @staticmethod
+    def _short_cids(outcome: core.Translated, cid: str) -> core.Translated:
+        """Effects carry at most ``FIELD_MAX`` characters of a correlation id: one long id
+        on a 500-line order must not make 500 long effects."""
+        short = cid[:FIELD_MAX]
+        return core.Translated(
+            [msgspec.structs.replace(e, cid=short) for e in outcome.effects]
+        )
+
+    def _fits(self, outcome: core.Translated) -> core.Translated | core.Rejected:
+        """Reject an event with an effect that cannot fit in a message even alone."""
+        limit = self.max_message_bytes - RECORD_OVERHEAD
+        for effect in outcome.effects:
+            size = len(batch_encoder.encode(EffectBatch([effect])))
+            if size > limit:
+                return core.Rejected(
+                    Reason.INTERNAL_ERROR,
+                    f"it cannot be processed: one of its effects is {size} bytes, more than "
+                    f"the {limit} a message to the broker may carry (is a field such as "
+                    "source that long?)",
+                )
+        return outcome
+
+    async def _lower_limit(self, exc: MessageTooLarge) -> None:
+        """After a refusal for size, send at most 3/4 of that size (or of the limit) from now on.
+
+        At the floor nothing smaller can be made: wait, like any broker failure, so a
+        broker that refuses everything is retried with backoff, not in a busy loop.
+        """
+        refused = exc.size if exc.size is not None else self.max_message_bytes
+        lowered = max(_MIN_MESSAGE_BYTES, min(self.max_message_bytes, refused) * 3 // 4)
+        if lowered >= self.max_message_bytes:
+            self._stuck += 1
+            delay = min(5.0, 0.05 * 2 ** min(self._stuck, 7))
+            log.error(
+                "the broker refuses messages of %d bytes as too large, and none is sent "
+                "smaller; retrying in %.2fs (check the broker's message.max.bytes)",
+                refused,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            return
+        self._stuck = 0
+        log.warning(
+            "the broker refused a message of %s bytes as too large; sending at most %d bytes "
+            "from now on (set worker.max_message_bytes, or the broker's message.max.bytes)",
+            exc.size if exc.size is not None else "about",
+            lowered,
+        )
+        self.max_message_bytes = lowered
+
+    async def _send_letters(self, letters: Sequence[_Letter]) -> None:
+        """Send dead letters, truncated to fit; resend smaller those refused for size."""
+        pending = list(letters)
+        built = [make(self.max_message_bytes) for make in pending]
+        truncated = sum(out.truncated for out in built)
+        if truncated:
+            log.warning(
+                "%d dead letter(s) would be larger than the %d bytes the broker takes: sent "
+                "truncated (reason, location, key, correlation id, the first 64 KiB of the "
+                "value, its SHA-256 and length)",
+                truncated,
+                self.max_message_bytes,
+            )
+        while True:
+            try:
+                await retrying(
+                    lambda b=built: self.outbox.send_dead_letters(b),  # type: ignore[misc]
+                    what=f"sending {len(built)} dead letters",
+                    metrics=self.metrics,
+                    stage="dlq",
+                )
+                return
+            except MessageTooLarge as exc:
+                await self._lower_limit(exc)
+                again = exc.refused if exc.refused is not None else range(len(pending))
+                pending = [pending[i] for i in again]
+                built = [make(self.max_message_bytes) for make in pending]
+
+    async def _send_effects(self, by_partition: dict[int, list[Effect]], sent: int) -> None:
+        """Send effects in messages that fit, round by round: the n-th message of every
+        partition in round n, so a partition's messages are delivered in order."""
+        while True:
+            budget = self.max_message_bytes - RECORD_OVERHEAD
+            rounds: list[dict[int, bytes]] = []
+            for partition, effects in by_partition.items():
+                for n, payload in enumerate(effects_messages(effects, budget)):
+                    if n == len(rounds):
+                        rounds.append({})
+                    rounds[n][partition] = payload
+            try:
+                for payloads in rounds:
+                    await retrying(
+                        lambda p=payloads: self.outbox.send_effects(p),  # type: ignore[misc]
+                        what=f"sending {sent} effects",
+                        metrics=self.metrics,
+                        stage="effects",
+                    )
+                return
+            except MessageTooLarge as exc:
+                # Resent from the first round: what was delivered is skipped as duplicate.
+                await self._lower_limit(exc)
 
     def _count(self, consumed: Counter[str], skipped: Counter[str], sent: int) -> None:
         # Counted per batch, not per event: a labelled inc costs more than translating.
@@ -382,7 +636,8 @@ class Translator:
         raw: bytes,
         correlation_id: str | None,
         now: int,
-    ) -> DeadLetterOut:
+    ) -> _Letter:
+        """Count and log a rejected event; return what builds its record for a size limit."""
         self.metrics.events_rejected.labels(self.kind, reason).inc()
         log.warning(
             "rejected event at %s[%d]@%d%s: %s: %s",
@@ -391,10 +646,10 @@ class Translator:
             msg.offset,
             f" #{index}" if index is not None else "",
             reason,
-            message,
-            extra={"correlation_id": correlation_id, "reason": reason},
+            cut_text(message),
+            extra={"correlation_id": cut_text(correlation_id), "reason": reason},
         )
-        return dead_letter(
+        return lambda max_bytes: dead_letter(
             reason=reason,
             message=message,
             topic=msg.topic,
@@ -405,6 +660,7 @@ class Translator:
             correlation_id=correlation_id,
             raw=raw,
             now_ms=now,
+            max_bytes=max_bytes,
         )
 
 

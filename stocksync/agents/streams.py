@@ -12,6 +12,7 @@ once without committing, and the batch is redelivered on restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -21,10 +22,18 @@ from typing import Any
 import faust
 
 from stocksync.agents.app import raw_topic
-from stocksync.agents.dlq import DeadLetterOut
+from stocksync.agents.dlq import DeadLetterOut, record_size
 from stocksync.agents.incarnations import IncarnationSource
 from stocksync.agents.metrics import WorkerMetrics
-from stocksync.agents.pipeline import Applier, Healer, SourceMessage, Translator, header_text
+from stocksync.agents.pipeline import (
+    Applier,
+    Healer,
+    MessageTooLarge,
+    SourceMessage,
+    Translator,
+    header_text,
+    is_too_large,
+)
 from stocksync.agents.topics import TopicNames
 from stocksync.config.settings import Settings
 from stocksync.readmodel import core
@@ -39,7 +48,13 @@ EXIT_ABANDONED_BATCH = 75
 
 
 class FaustOutbox:
-    """Sends effects and dead letters through the app's producer and awaits delivery."""
+    """Sends effects and dead letters through the app's producer and awaits delivery.
+
+    A message refused for its size, by the producer (Faust raises
+    ``ProducerSendError`` at once) or by the broker (its delivery fails), is
+    reported as :class:`MessageTooLarge` once the others were delivered; any
+    other failure is raised as it is, for the caller to retry.
+    """
 
     def __init__(self, effects: faust.TopicT, dlq: faust.TopicT) -> None:
         self.effects = effects
@@ -47,21 +62,53 @@ class FaustOutbox:
 
     async def send_effects(self, batches: dict[int, bytes]) -> None:
         """One message per destination partition, explicitly partitioned."""
-        pending = [
-            await self.effects.send(value=payload, partition=partition)
-            for partition, payload in batches.items()
-        ]
-        for fut in pending:
-            await fut
+        await _send_all(
+            [
+                (len(payload), functools.partial(self.effects.send, value=payload, partition=n))
+                for n, payload in batches.items()
+            ]
+        )
 
     async def send_dead_letters(self, letters: Sequence[DeadLetterOut]) -> None:
         """One message per rejected event, keyed like its source message."""
-        pending = [
-            await self.dlq.send(key=letter.key, value=letter.value, headers=letter.headers)
-            for letter in letters
-        ]
-        for fut in pending:
+        await _send_all(
+            [
+                (
+                    record_size(letter.key, letter.value, letter.headers),
+                    functools.partial(
+                        self.dlq.send, key=letter.key, value=letter.value, headers=letter.headers
+                    ),
+                )
+                for letter in letters
+            ]
+        )
+
+
+async def _send_all(sends: Sequence[tuple[int, Callable[[], Awaitable[Any]]]]) -> None:
+    """Start every send, await every delivery; then raise the first failure, if any."""
+    started: list[tuple[int, Any]] = []
+    refused: list[tuple[int, int]] = []
+    failure: BaseException | None = None
+    for n, (size, send) in enumerate(sends):
+        try:
+            started.append((n, await send()))
+        except Exception as exc:
+            if not is_too_large(exc):
+                failure = failure or exc
+                break  # the rest would fail alike; the caller sends all again
+            refused.append((n, size))
+    for n, fut in started:
+        try:
             await fut
+        except Exception as exc:
+            if is_too_large(exc):
+                refused.append((n, sends[n][0]))
+            else:
+                failure = failure or exc
+    if failure is not None:
+        raise failure
+    if refused:
+        raise MessageTooLarge(min(size for _, size in refused), sorted(n for n, _ in refused))
 
 
 class Pipeline:
@@ -78,8 +125,12 @@ class Pipeline:
         outbox: FaustOutbox | None = None,
         heal: Healer | None = None,
         incarnations: IncarnationSource | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.settings = settings
+        #: The largest message the translators send (the broker's limit, see
+        #: :func:`stocksync.agents.topics.message_limit`; the setting when not known).
+        self.max_message_bytes = max_message_bytes or settings.worker.max_message_bytes
         self.topics = topics
         self.metrics = metrics
         self.store = store
@@ -113,6 +164,7 @@ class Pipeline:
                 chunk_events=self.settings.worker.batch_size,
                 heal=self.heal,
                 incarnations=self.incarnations,
+                max_message_bytes=self.max_message_bytes,
             )
         return found
 
@@ -171,6 +223,14 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
     apply_within = settings.worker.apply_window_ms / 1000
     effects_topic = raw_topic(app, names.effects)
     pipeline.outbox = FaustOutbox(effects_topic, raw_topic(app, names.dlq))
+    # The producer refuses anything larger than its own limit, whatever the broker takes.
+    producer_limit = int(app.conf.producer_max_request_size)
+    if producer_limit < pipeline.max_message_bytes:
+        log.info(
+            "messages sent are at most %d bytes (the producer's max_request_size)",
+            producer_limit,
+        )
+        pipeline.max_message_bytes = producer_limit
 
     def translator_agent(kind: str, topic_name: str) -> None:
         translator = pipeline.translator(kind)

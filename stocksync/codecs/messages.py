@@ -36,7 +36,9 @@ class Reason:
     UNKNOWN_LINE = "unknown_line"
     UNKNOWN_RMA = "unknown_rma"
     LINE_WITHOUT_SKU = "line_without_sku"
-    UNPROCESSABLE = "unprocessable"
+    #: Decoding or translating it raised an unexpected exception (a bug): it costs this
+    #: event (or message, when decoding itself failed), never the batch.
+    INTERNAL_ERROR = "internal_error"
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):

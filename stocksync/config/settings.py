@@ -165,6 +165,10 @@ class WorkerSettings(_Config, frozen=True):
     group_id: Identifier = "stocksync"
     #: Most seconds a SIGTERM may take to drain and commit.
     shutdown_timeout: Annotated[float, Meta(gt=0)] = 15.0
+    #: Largest message the worker sends when the broker does not say (its
+    #: ``message.max.bytes``, asked at start, wins; so does a smaller producer limit).
+    #: At least 128 KiB, so a truncated dead letter keeps the first 64 KiB of its value.
+    max_message_bytes: Annotated[int, Meta(ge=131_072)] = 1_000_000
 
 
 class KafkaSecuritySettings(_Config, frozen=True):
