@@ -15,10 +15,13 @@ topics are found by listing all topics, never by naming the missing ones.
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from stocksync.config.connections import kafka_client_options
@@ -31,8 +34,11 @@ __all__ = [
     "bootstrap_servers",
     "effects_partition",
     "ensure_topics",
+    "message_limit",
     "topic_names",
 ]
+
+log = logging.getLogger("stocksync.topics")
 
 # Kafka error codes the creation step expects.
 _TOPIC_ALREADY_EXISTS = 36
@@ -212,3 +218,82 @@ async def ensure_topics(
         ) from exc
     finally:
         await admin.close()
+
+
+#: The topic setting that bounds a message (record batch), and the broker's default of it.
+_TOPIC_LIMIT = "max.message.bytes"
+_BROKER_LIMIT = "message.max.bytes"
+
+
+def _config_values(responses: Iterable[Any], name: str) -> list[int]:
+    """The integer values of config ``name`` in DescribeConfigs answers (errors skipped)."""
+    values: list[int] = []
+    for response in responses:
+        for resource in response.resources:
+            if resource[0] != 0:  # error_code
+                continue
+            for entry in resource[4]:  # config_entries: (name, value, ...)
+                if entry[0] == name and entry[1] is not None:
+                    try:
+                        values.append(int(entry[1]))
+                    except ValueError:
+                        continue
+    return values
+
+
+async def _describe_limit(admin: AIOKafkaAdminClient, topics: list[str]) -> int | None:
+    # All entries: a filter by name makes some brokers (Tansu) drop the connection.
+    topic_answers = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in topics]
+    )
+    found = _config_values(topic_answers, _TOPIC_LIMIT)
+    if found:
+        return min(found)
+    cluster = await admin.describe_cluster()
+    broker_answers = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.BROKER, str(b["node_id"])) for b in cluster["brokers"]]
+    )
+    found = _config_values(broker_answers, _BROKER_LIMIT)
+    return min(found) if found else None
+
+
+async def message_limit(settings: Settings, topics: Iterable[str], *, timeout: float = 10.0) -> int:
+    """The largest message the broker takes on ``topics`` (bytes), asked with DescribeConfigs.
+
+    The smallest ``max.message.bytes`` of the topics, else the brokers'
+    ``message.max.bytes``; when the broker does not say (Tansu answers with no
+    entries) or cannot be asked, ``settings.worker.max_message_bytes``, and the
+    log says so once.
+    """
+    fallback = settings.worker.max_message_bytes
+    names = list(topics)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings.broker),
+        client_id="stocksync-topics",
+        request_timeout_ms=max(1000, int(timeout * 1000)),
+        **kafka_client_options(settings),
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            limit = await _describe_limit(admin, names)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        log.warning(
+            "could not ask the broker for its message size limit (%r); assuming "
+            "worker.max_message_bytes = %d",
+            exc,
+            fallback,
+        )
+        return fallback
+    finally:
+        await admin.close()
+    if limit is None:
+        log.info(
+            "the broker does not report %s or %s; assuming worker.max_message_bytes = %d",
+            _TOPIC_LIMIT,
+            _BROKER_LIMIT,
+            fallback,
+        )
+        return fallback
+    log.info("the broker takes messages of up to %d bytes on %s", limit, ", ".join(names))
+    return limit

@@ -30,7 +30,7 @@ from stocksync.agents.app import create_app, new_event_loop, start_worker, stop_
 from stocksync.agents.incarnations import KafkaRecordReader, TopicIncarnations
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.streams import Pipeline, register
-from stocksync.agents.topics import TopicSetupError, ensure_topics, topic_names
+from stocksync.agents.topics import TopicSetupError, ensure_topics, message_limit, topic_names
 from stocksync.compat import aiokafka as compat_aiokafka
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
@@ -170,6 +170,7 @@ async def serve(
         "topics ready: %s",
         ", ".join(f"{name} ({count} partitions)" for name, count in counts.items()),
     )
+    max_message_bytes = await message_limit(settings, names.owned)
     store = await _connect_redis(settings)
     metrics = metrics or WorkerMetrics()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -188,6 +189,7 @@ async def serve(
         metrics=metrics,
         heal=healer,
         incarnations=incarnations,
+        max_message_bytes=max_message_bytes,
     )
     healer.on_healed = pipeline.applier.forget
     heartbeat = asyncio.create_task(_keep_heartbeat(store, worker_id), name="stocksync-heartbeat")

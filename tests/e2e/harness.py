@@ -968,7 +968,11 @@ class Cluster:
 
     async def _started_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+            # Producers may send messages far larger than aiokafka's 1 MiB default; the poison
+            # tests send 10 MB (the embedded broker takes it without a topic setting).
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, linger_ms=5, max_request_size=16 * 1024 * 1024
+            )
             await producer.start()
             self._producer = producer
         return self._producer
