@@ -73,6 +73,8 @@ class Reserve(EffectBase, frozen=True, tag="resv"):
     node: str | None
     channel: str | None
     qty: int
+    #: The checkout hold whose line of this SKU this reservation takes over, if any.
+    hold: str | None = None
 
 
 class Policy(EffectBase, frozen=True, tag="pol"):

@@ -196,6 +196,8 @@ class OrderCreated(EventBase, frozen=True, tag="order.created"):
     order_id: Identifier
     channel: Identifier
     lines: Lines
+    #: The checkout hold this order converts (api-v1, Holds).
+    hold_id: Identifier | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

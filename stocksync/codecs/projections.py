@@ -50,6 +50,8 @@ class ChannelAvailability(msgspec.Struct, kw_only=True, frozen=True, omit_defaul
     status: Status
     version: int
     updated_at: str
+    #: What active holds keep of ``available`` on this channel (API answers always carry it).
+    held: int | msgspec.UnsetType = msgspec.UNSET
     nodes: list[NodeAvailability] | msgspec.UnsetType = msgspec.UNSET
 
 

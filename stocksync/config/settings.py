@@ -27,6 +27,7 @@ from stocksync.codecs.events import Identifier
 __all__ = [
     "ApiSettings",
     "ChannelSettings",
+    "HoldSettings",
     "KafkaSecurityProtocol",
     "KafkaSecuritySettings",
     "NodeSettings",
@@ -42,7 +43,7 @@ __all__ = [
 Port = Annotated[int, Meta(ge=0, le=65535)]
 NonNegative = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(gt=0)]
-Scope = Literal["availability:read", "admin"]
+Scope = Literal["availability:read", "holds:write", "admin"]
 Sha256Hex = Annotated[
     str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)", description="lowercase hex SHA-256")
 ]
@@ -124,6 +125,17 @@ class TokenSettings(_Config, frozen=True):
     burst: NonNegative = 0
 
 
+class HoldSettings(_Config, frozen=True):
+    """Checkout holds (``[api.holds]``)."""
+
+    #: Time to live of a hold whose request names none.
+    default_ttl_seconds: Positive = 900
+    #: Longest time to live a request may ask for.
+    max_ttl_seconds: Positive = 86_400
+    #: Most lines one hold may have.
+    max_lines: Positive = 100
+
+
 class ApiSettings(_Config, frozen=True):
     """The availability API."""
 
@@ -139,6 +151,7 @@ class ApiSettings(_Config, frozen=True):
     #: SKUs loaded per page when warming the model from Redis.
     load_page: Positive = 5000
     tokens: list[TokenSettings] = msgspec.field(default_factory=list)
+    holds: HoldSettings = msgspec.field(default_factory=HoldSettings)
 
 
 class WorkerSettings(_Config, frozen=True):

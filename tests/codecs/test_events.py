@@ -101,6 +101,7 @@ def _defaults(body: dict[str, Any]) -> dict[str, Any]:
         extra["correlation_id"] = None
     if body["type"] == "order.created":
         extra["lines"] = [{**line, "node": None} for line in body["lines"]]
+        extra.setdefault("hold_id", body.get("hold_id"))
     return extra
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "APPLIED",
     "DUPLICATE",
     "ChannelFigures",
+    "HoldsOracle",
     "Model",
     "NodeFigures",
     "expected_model",
@@ -332,3 +333,71 @@ def expected_model(
                 available, _status(available, spec.low_stock_threshold)
             )
     return Model(verdicts=verdicts, nodes=figures, channels=channels)
+
+
+# --- checkout holds (api-v1, "Holds") ---------------------------------------------------
+
+
+@dataclass
+class _OracleHold:
+    channel: str
+    requested: dict[str, int]
+    held: dict[str, int]
+    expires_ms: int
+    ended: str | None = None  # "released" or "converted"
+
+
+@dataclass
+class HoldsOracle:
+    """Holds as the contract states them, over pre-hold channel figures, with no cleverness.
+
+    ``pre`` is the channel's available figure before holds (what the event
+    contract's formula gives), per (sku, channel). Every question scans every
+    hold ever made.
+    """
+
+    pre: dict[tuple[str, str], int]
+    holds: dict[str, _OracleHold] = field(default_factory=dict)
+
+    def held(self, sku: str, channel: str, now_ms: int) -> int:
+        """Quantity held on ``channel`` of ``sku`` by holds active at ``now_ms``."""
+        return sum(
+            hold.held.get(sku, 0)
+            for hold in self.holds.values()
+            if hold.channel == channel and hold.ended is None and hold.expires_ms > now_ms
+        )
+
+    def available(self, sku: str, channel: str, now_ms: int) -> int:
+        """max(0, pre-hold available - held by active holds)."""
+        return max(0, self.pre.get((sku, channel), 0) - self.held(sku, channel, now_ms))
+
+    def request(
+        self,
+        hold_id: str,
+        channel: str,
+        lines: dict[str, int],
+        *,
+        partial: bool,
+        now_ms: int,
+        ttl_ms: int,
+    ) -> tuple[str, dict[str, int]]:
+        """``("created"|"exists"|"conflict"|"short", held per SKU)`` of one POST."""
+        known = self.holds.get(hold_id)
+        if known is not None:
+            if known.channel != channel or known.requested != lines:
+                return "conflict", {}
+            return "exists", dict(known.held)
+        available = {sku: self.available(sku, channel, now_ms) for sku in lines}
+        if not partial and any(qty > available[sku] for sku, qty in lines.items()):
+            return "short", available
+        held = {sku: min(qty, available[sku]) for sku, qty in lines.items()}
+        self.holds[hold_id] = _OracleHold(channel, dict(lines), held, now_ms + ttl_ms)
+        return "created", held
+
+    def end(self, hold_id: str, how: str, now_ms: int) -> bool:
+        """Release or convert a hold if it is active; tell whether it was."""
+        hold = self.holds.get(hold_id)
+        if hold is None or hold.ended is not None or hold.expires_ms <= now_ms:
+            return False
+        hold.ended = how
+        return True

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 import stocksync.readmodel.core
+import stocksync.readmodel.holds
 
 CORE = Path(stocksync.readmodel.core.__file__)
+HOLDS = Path(stocksync.readmodel.holds.__file__)
 #: Libraries that mean I/O; the core must not reach them, directly or through what it imports.
 FORBIDDEN = ("asyncio", "redis", "faust", "aiohttp", "aiokafka", "mode")
 
@@ -44,8 +46,9 @@ def test_imported_modules_sees_every_form_of_import() -> None:
     assert imported_modules(source) == {"asyncio.events", "redis", "faust", "aiohttp"}
 
 
-def test_core_source_imports_no_io_library() -> None:
-    roots = {name.split(".")[0] for name in imported_modules(CORE.read_text(encoding="utf-8"))}
+@pytest.mark.parametrize("module", [CORE, HOLDS], ids=["core", "holds"])
+def test_core_source_imports_no_io_library(module: Path) -> None:
+    roots = {name.split(".")[0] for name in imported_modules(module.read_text(encoding="utf-8"))}
     assert roots.isdisjoint(FORBIDDEN), sorted(roots & set(FORBIDDEN))
 
 
@@ -57,7 +60,7 @@ def test_core_imports_and_runs_with_io_libraries_blocked() -> None:
         import sys
         for name in {FORBIDDEN!r}:
             sys.modules[name] = None
-        from stocksync.readmodel import core
+        from stocksync.readmodel import core, holds
         from stocksync.codecs.messages import decode_message
         from stocksync.codecs.state import Position
         topology = core.Topology(channels=(core.ChannelSpec(name="web", nodes=("n",)),))
@@ -71,6 +74,7 @@ def test_core_imports_and_runs_with_io_libraries_blocked() -> None:
         position = Position(sku="A")
         core.apply_effects(position, outcome.effects, 0, 86_400_000)
         assert core.project(position, topology).channels[0].available == 3
+        assert holds.available_after_holds(3, 1) == 2
         loaded = sorted(
             name for name, module in sys.modules.items()
             if module is not None and name.split(".")[0] in {FORBIDDEN!r}
@@ -85,4 +89,5 @@ def test_core_imports_and_runs_with_io_libraries_blocked() -> None:
 
 def test_the_readmodel_package_holds_only_the_pure_core() -> None:
     names = sorted(p.name for p in CORE.parent.glob("*.py"))
-    assert names == ["__init__.py", "core.py"]
+    # holds.py: the hold arithmetic, held to the same purity checks as the core above.
+    assert names == ["__init__.py", "core.py", "holds.py"]

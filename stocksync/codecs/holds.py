@@ -1,0 +1,139 @@
+"""Holds: the bodies of ``/v1/holds`` and the stored forms of a hold.
+
+A hold is stored twice over, in two shapes (layout in
+:mod:`stocksync.store.holds`): the hold itself, keyed by ``hold_id``
+(its request, status, expiry and :class:`StoredLine` list, what ``GET
+/v1/holds/{hold_id}`` answers from), and one line per SKU, kept with the SKU
+(:class:`HeldLine`), which is what availability subtracts. Every change to a
+SKU's lines publishes :class:`HeldSnapshot`, the SKU's active lines and its
+hold version, on the change stream the API follows. Stored forms are msgpack
+arrays written by Lua (``cmsgpack``); they only grow at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from stocksync.codecs.events import Identifier
+
+__all__ = [
+    "ExtendRequest",
+    "HeldLine",
+    "HeldSnapshot",
+    "Hold",
+    "HoldLine",
+    "HoldLineRequest",
+    "HoldRequest",
+    "HoldStatus",
+    "InsufficientBody",
+    "InsufficientDetail",
+    "ShortLine",
+    "StoredLine",
+    "hold_encoder",
+    "snapshot_decoder",
+    "stored_lines_decoder",
+]
+
+HoldStatus = Literal["held", "partial", "released", "expired", "converted"]
+Quantity = Annotated[int, Meta(gt=0, le=1_000_000_000)]
+Ttl = Annotated[int, Meta(ge=1, description="seconds, at most api.holds.max_ttl_seconds")]
+
+
+class _Request(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Request bodies reject unknown fields."""
+
+
+class HoldLineRequest(_Request, frozen=True):
+    """One line of ``POST /v1/holds``: a SKU and how many to hold."""
+
+    sku: Identifier
+    qty: Quantity
+
+
+class HoldRequest(_Request, frozen=True):
+    """``POST /v1/holds``: ``hold_id`` is the client's idempotency key."""
+
+    hold_id: Identifier
+    lines: Annotated[list[HoldLineRequest], Meta(min_length=1)]
+    channel: Identifier | None = None
+    ttl_seconds: Ttl | None = None
+    partial: bool = False
+
+
+class ExtendRequest(_Request, frozen=True):
+    """``POST /v1/holds/{hold_id}/extend``: ``expires_at`` becomes now + ``ttl_seconds``."""
+
+    ttl_seconds: Ttl
+
+
+class HoldLine(msgspec.Struct, kw_only=True, frozen=True):
+    """One line of a hold as answered: what was asked and what is held."""
+
+    sku: str
+    requested: int
+    held: int
+
+
+class Hold(msgspec.Struct, kw_only=True, frozen=True):
+    """A hold as every ``/v1/holds`` endpoint answers it."""
+
+    hold_id: str
+    channel: str
+    status: HoldStatus
+    expires_at: str
+    lines: list[HoldLine]
+
+
+class ShortLine(msgspec.Struct, kw_only=True, frozen=True):
+    """A line an all-or-nothing hold could not have: what the channel had available."""
+
+    sku: str
+    requested: int
+    available: int
+
+
+class InsufficientDetail(msgspec.Struct, kw_only=True, frozen=True):
+    """The error object of ``409 insufficient_stock``: the usual two fields and the lines."""
+
+    code: str
+    message: str
+    lines: list[ShortLine]
+
+
+class InsufficientBody(msgspec.Struct, kw_only=True, frozen=True):
+    """``{"error": {"code": "insufficient_stock", "message": ..., "lines": [...]}}``."""
+
+    error: InsufficientDetail
+
+
+class StoredLine(msgspec.Struct, array_like=True, frozen=True):
+    """A line as the hold keeps it: ``[sku, requested, held]``."""
+
+    sku: str
+    requested: int
+    held: int
+
+
+class HeldLine(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One active line of a SKU: ``[hold_id, channel, qty, expires_ms]``."""
+
+    hold_id: str
+    channel: str
+    qty: int
+    #: Milliseconds since the epoch (Redis time) at which the line stops counting.
+    expires_ms: int
+
+
+class HeldSnapshot(msgspec.Struct, array_like=True, frozen=True):
+    """A SKU's lines after a change: ``[hold_version, lines]``; the version only grows."""
+
+    version: int
+    lines: list[HeldLine]
+
+
+hold_encoder = msgspec.json.Encoder()
+snapshot_decoder = msgspec.msgpack.Decoder(HeldSnapshot)
+stored_lines_decoder = msgspec.msgpack.Decoder(list[StoredLine])
