@@ -170,6 +170,12 @@ class WorkerMetrics:
             "Batches refused because another writer changed a SKU first.",
             registry=r,
         )
+        self.holds_converted = Counter(
+            "stocksync_holds_total",
+            "Checkout holds by outcome; a worker counts those it converted.",
+            ["outcome"],
+            registry=r,
+        ).labels("converted")
         self.oversold = Gauge(
             "stocksync_oversold_positions",
             "SKU-node positions of this worker with on_hand below reserved.",

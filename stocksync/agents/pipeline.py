@@ -36,8 +36,8 @@ from stocksync.agents.dlq import (
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.topics import effects_partition
 from stocksync.codecs.dlq import FIELD_MAX
-from stocksync.codecs.effects import Effect, EffectBatch, batch_decoder, batch_encoder
-from stocksync.codecs.events import Event
+from stocksync.codecs.effects import Effect, EffectBatch, Reserve, batch_decoder, batch_encoder
+from stocksync.codecs.events import Event, OrderCreated
 from stocksync.codecs.messages import Decoded, Reason, Rejection, decode_message
 from stocksync.codecs.state import OrderState, Position, RmaState
 from stocksync.readmodel import core
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Applier",
     "Healer",
+    "HoldConverter",
     "MessageTooLarge",
     "Outbox",
     "SourceMessage",
@@ -104,6 +105,13 @@ class MessageTooLarge(Exception):
         self.size = size
         #: Positions of the refused messages in what was sent; None: unknown, assume all.
         self.refused = list(refused) if refused is not None else None
+class HoldConverter(Protocol):
+    """Where the order translator converts checkout holds (api-v1, Holds: conversion)."""
+
+    async def convert(
+        self, hold_id: str, order_id: str, order_skus: Sequence[str]
+    ) -> frozenset[str]:
+        """Convert the hold; the SKUs whose lines the order's reservations take over."""
 
 
 class Outbox(Protocol):
@@ -284,6 +292,7 @@ class Translator:
         heal: Healer | None = None,
         incarnations: IncarnationSource | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        holds: HoldConverter | None = None,
     ) -> None:
         if kind not in ("stock", "orders", "returns"):
             raise ValueError(f"unknown source kind {kind!r}")
@@ -304,6 +313,8 @@ class Translator:
         #: The largest message sent; lowered when the broker refuses one for its size.
         self.max_message_bytes = max_message_bytes
         self._stuck = 0
+        #: Converts checkout holds (order.created with hold_id); None in a rebuild's replay.
+        self.holds = holds
 
     async def process(self, messages: Sequence[SourceMessage]) -> int:
         """Translate a batch; returns how many effects were sent.
@@ -475,7 +486,10 @@ class Translator:
             if entity is not None and new_state is not None:
                 states[entity] = new_state
                 changed[entity] = new_state
-            for effect in outcome.effects:
+            effects: Sequence[Effect] = outcome.effects
+            if type(event) is OrderCreated and event.hold_id is not None and self.holds:
+                effects = await self._convert(event, event.hold_id, effects)
+            for effect in effects:
                 by_partition[effects_partition(effect.sku, self.effects_partitions)].append(effect)
                 sent += 1
 
@@ -598,6 +612,29 @@ class Translator:
             except MessageTooLarge as exc:
                 # Resent from the first round: what was delivered is skipped as duplicate.
                 await self._lower_limit(exc)
+
+    async def _convert(
+        self, event: OrderCreated, hold_id: str, effects: Sequence[Effect]
+    ) -> Sequence[Effect]:
+        """Convert the order's hold: its reservations of the held SKUs carry ``hold_id``."""
+        holds = self.holds
+        assert holds is not None
+        skus = [line.sku for line in event.lines]
+        taken = await retrying(
+            lambda: holds.convert(hold_id, event.order_id, skus),
+            what=f"converting hold {hold_id!r}",
+            metrics=self.metrics,
+            stage="state",
+        )
+        if not taken:
+            return effects
+        self.metrics.holds_converted.inc()
+        return [
+            msgspec.structs.replace(e, hold=hold_id)
+            if type(e) is Reserve and e.sku in taken
+            else e
+            for e in effects
+        ]
 
     def _count(self, consumed: Counter[str], skipped: Counter[str], sent: int) -> None:
         # Counted per batch, not per event: a labelled inc costs more than translating.
@@ -743,7 +780,10 @@ class Applier:
             skipped_total += skipped
             if applied:
                 touched.extend(effects)
-                writes.append(Write(pos, before))
+                holds = tuple(
+                    {e.hold: None for e in effects if type(e) is Reserve and e.hold is not None}
+                )
+                writes.append(Write(pos, before, holds))
         if writes:
             conflicts = await retrying(
                 lambda: self.store.write_batch(writes),

@@ -38,6 +38,7 @@ from stocksync.agents.topics import TopicNames
 from stocksync.config.settings import Settings
 from stocksync.readmodel import core
 from stocksync.store import RedisStore
+from stocksync.store.holds import HoldStore
 
 __all__ = ["EXIT_ABANDONED_BATCH", "FaustOutbox", "Pipeline", "register"]
 
@@ -139,6 +140,10 @@ class Pipeline:
         self.outbox = outbox
         self.incarnations = incarnations
         self.translators: dict[str, Translator] = {}
+        #: Converts checkout holds for the orders translator, on the live generation's keys.
+        self.holds = HoldStore(
+            store.client, lambda: store.keys, changes_maxlen=settings.worker.changes_maxlen
+        )
         #: Brings a lost model back before a stage tries again (see stocksync.daemon.healing).
         self.heal = heal
         self.applier = Applier(
@@ -165,6 +170,7 @@ class Pipeline:
                 heal=self.heal,
                 incarnations=self.incarnations,
                 max_message_bytes=self.max_message_bytes,
+                holds=self.holds if kind == "orders" else None,
             )
         return found
 

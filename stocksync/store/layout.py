@@ -14,7 +14,9 @@ deployments; each generation of the model (see
                                 src   source topic partition of its last event
                                 m     how far it has read that partition (state_mark)
     {ns}:rma:{ID}       hash    the same fields, msgpack RmaState in s
-    {ns}:changes        stream  one entry per written SKU: sku, v, srv (see Change);
+    {ns}:changes        stream  one entry per written SKU: sku, v, srv (see Change), and
+                                held when the write converted checkout holds; one per
+                                change of a SKU's hold lines: sku, held (see HeldChange);
                                 or a reload marker: reload, generation (see Reload)
     {ns}:model          string  the identity marker: the generation id, written before the
                                 generation's first write and checked by every script
@@ -27,6 +29,12 @@ Keys of the base namespace (``base``), shared by every generation::
     {base}:workers      zset    worker id -> time (s) of its last heartbeat
     {base}:incarnations hash    ``topic/partition`` -> "n offset crc": which incarnation of
                                 its topic a source partition is (store.incarnations)
+    {base}:hold:{ID}    hash    a checkout hold: fp, ch, st, exp, lines, end, ord
+                                (see store.holds); expires 24 h after the hold ends
+    {base}:held:{SKU}   hash    a SKU's hold lines: v hold version, h:{hold id} msgpack
+                                [channel, qty, expires ms] (codecs.holds.HeldLine)
+
+Holds live in the base namespace so that a rebuild (a new generation) keeps them.
 
 Nothing outside :mod:`stocksync.store` names a key or a field.
 """
@@ -41,6 +49,7 @@ from stocksync.codecs.state import OrderState, Position, RmaState, position_deco
 
 __all__ = [
     "GENERATION_FIELD",
+    "HELD_FIELD",
     "ORDER_STATE_FIELD",
     "POSITION_FIELD",
     "RELOAD_FIELD",
@@ -50,6 +59,7 @@ __all__ = [
     "STATE_MARK_FIELD",
     "VERSION_FIELD",
     "Change",
+    "HeldChange",
     "Keys",
     "Reload",
     "change_fields",
@@ -77,6 +87,9 @@ SKU_FIELD: Final = "sku"
 RELOAD_FIELD: Final = "reload"
 GENERATION_FIELD: Final = "generation"
 
+#: Field of a change entry carrying a SKU's hold lines (msgpack codecs.holds.HeldSnapshot).
+HELD_FIELD: Final = "held"
+_HELD: Final = HELD_FIELD.encode()
 _SKU: Final = SKU_FIELD.encode()
 _VERSION: Final = VERSION_FIELD.encode()
 _SERVED: Final = SERVED_FIELD.encode()
@@ -141,6 +154,18 @@ class Keys:
         """String held (with an expiry) by whoever rebuilds the model."""
         return f"{self.base}:rebuild-lock"
 
+    def hold(self, hold_id: str) -> str:
+        """Hash of one checkout hold (base namespace; fields in :mod:`stocksync.store.holds`)."""
+        return f"{self.base}:hold:{{{hold_id}}}"
+
+    def held(self, sku: str) -> str:
+        """Hash of one SKU's hold lines (base namespace): ``v`` and ``h:{hold_id}``."""
+        return f"{self.base}:held:{{{sku}}}"
+
+    def held_pattern(self) -> str:
+        """SCAN match pattern of every SKU's hold lines."""
+        return f"{self.base}:held:*"
+
     def workers(self) -> str:
         """Sorted set of worker ids scored by the time (s) of their last heartbeat."""
         return f"{self.base}:workers"
@@ -187,6 +212,15 @@ class Change(msgspec.Struct, frozen=True):
     sku: str
     version: int
     served: bytes
+    #: The SKU's hold lines after the write, when it converted checkout holds.
+    held: bytes | None = None
+
+
+class HeldChange(msgspec.Struct, frozen=True):
+    """A change-stream entry for a change of one SKU's hold lines (no new position)."""
+
+    sku: str
+    held: bytes
 
 
 class Reload(msgspec.Struct, frozen=True):
@@ -206,8 +240,11 @@ def reload_fields(namespace: str, generation: str) -> dict[str, str]:
     return {RELOAD_FIELD: namespace, GENERATION_FIELD: generation}
 
 
-def decode_change(fields: dict[bytes, bytes]) -> Change | Reload:
+def decode_change(fields: dict[bytes, bytes]) -> Change | HeldChange | Reload:
     """A change-stream entry's fields; raises ValueError (or KeyError) when malformed."""
     if _RELOAD in fields:
         return Reload(fields[_RELOAD].decode(), fields.get(_GENERATION, b"").decode())
-    return Change(fields[_SKU].decode(), int(fields[_VERSION]), fields[_SERVED])
+    held = fields.get(_HELD)
+    if held is not None and _SERVED not in fields:
+        return HeldChange(fields[_SKU].decode(), held)
+    return Change(fields[_SKU].decode(), int(fields[_VERSION]), fields[_SERVED], held)

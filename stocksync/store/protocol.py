@@ -46,6 +46,10 @@ class Write(msgspec.Struct, frozen=True):
 
     position: Position
     expected_version: int
+    #: Checkout holds whose line of this SKU the write converts (order.created with
+    #: hold_id); only :class:`~stocksync.store.RedisStore` keeps holds, the memory store
+    #: (a rebuild's replay) leaves them alone.
+    holds: tuple[str, ...] = ()
 
 
 class PositionStore(Protocol):

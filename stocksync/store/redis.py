@@ -305,6 +305,7 @@ class RedisStore:
             chunk = writes[start : start + WRITE_CHUNK]
             keys = [self.keys.sku(w.position.sku) for w in chunk]
             keys += [self.keys.changes(), self.keys.model()]
+            keys += [self.keys.held(w.position.sku) for w in chunk if w.holds]
             args: list[bytes | str | int] = [
                 len(chunk), self.changes_maxlen, self._generation or "", 1 if announce else 0
             ]
@@ -315,6 +316,7 @@ class RedisStore:
                     encode_position(w.position),
                     served_bytes(w.position, topology),
                     w.position.sku,
+                    ",".join(w.holds),
                 ]
             try:
                 conflicts = await self._evalsha("WRITE_BATCH", keys, args)

@@ -1,6 +1,8 @@
 """Every Lua script of the store, written with the layout's field names.
 
-The scripts are generic (compare, read, write); no domain logic lives in Lua.
+The scripts of the model are generic (compare, read, write); no domain logic
+lives in them. The hold scripts are the exception, by design: a hold is decided
+where the SKU's figure is, in one atomic call (see :mod:`stocksync.store.holds`).
 Each one that reads or writes the model first compares the identity marker
 with the generation the caller is bound to, in the same call, so nothing is
 read from or written over a model Redis has lost.
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from stocksync.store.layout import (
+    HELD_FIELD,
     ORDER_STATE_FIELD,
     POSITION_FIELD,
     SERVED_FIELD,
@@ -22,11 +25,17 @@ from stocksync.store.layout import (
 
 __all__ = [
     "BEAT",
+    "CONVERT_HOLD",
+    "CREATE_HOLD",
+    "EXTEND_HOLD",
+    "GET_HOLD",
     "LIVE_WORKERS",
     "LOAD_POSITIONS",
     "LOAD_STATES",
     "LOST",
+    "READ_HELD_PAGE",
     "READ_SERVED_PAGE",
+    "RELEASE_HOLD",
     "RELEASE_LOCK",
     "RENEW_LOCK",
     "SAVE_STATES",
@@ -46,17 +55,77 @@ def _lua(text: str) -> str:
         ("$s", ORDER_STATE_FIELD),
         ("$src", SOURCE_FIELD),
         ("$m", STATE_MARK_FIELD),
+        ("$held", HELD_FIELD),
     ):
         text = text.replace(f"'{name}'", f"'{value}'")
     assert "'$" not in text, text
     return text
 
 
-# KEYS: n SKU hashes, the change stream, the identity marker.
+# Lua helpers of the hold scripts and of WRITE_BATCH's conversions.
+_HOLD_PRELUDE: Final = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The active lines of a held hash as {hold_id, channel, qty, exp}; deletes expired ones.
+local function active_lines(key, now)
+  local flat = redis.call('HGETALL', key)
+  local lines, pruned = {}, 0
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    if string.sub(f, 1, 2) == 'h:' then
+      local l = cmsgpack.unpack(flat[i + 1])
+      if l[3] <= now then
+        redis.call('HDEL', key, f)
+        pruned = pruned + 1
+      else
+        lines[#lines + 1] = {string.sub(f, 3), l[1], l[2], l[3]}
+      end
+    end
+  end
+  return lines, pruned
+end
+-- Count `changes` on the hold version; the snapshot as a change-stream field value.
+local function snapshot(key, lines, changes)
+  local hv = redis.call('HINCRBY', key, 'v', changes)
+  return cmsgpack.pack({hv, lines})
+end
+local function publish(key, stream, maxlen, sku, lines, changes)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+             'sku', sku, 'held', snapshot(key, lines, changes))
+end
+local function without(lines, hold_id)
+  local kept, removed = {}, 0
+  for _, l in ipairs(lines) do
+    if l[1] == hold_id then removed = removed + 1 else kept[#kept + 1] = l end
+  end
+  return kept, removed
+end
+"""
+
+# KEYS: n SKU hashes, the change stream, the identity marker, then the held hash of
+# each SKU with conversions, in order.
 # ARGV: n, maxlen, generation, announce (1: append change entries, 0: not), then per SKU:
-# expected version, new version, position, served form, sku.
+# expected version, new version, position, served form, sku, checkout holds it converts
+# ('' for none, else comma-separated ids). Converting deletes the holds' lines of the SKU
+# in this call and puts the SKU's remaining lines in its change entry, so the order's
+# reservation starts to count in the same step in which the held quantity stops.
 # Returns LOST, or the (1-based) indexes of SKUs whose version did not match (none written).
-WRITE_BATCH: Final = _lua("""
+WRITE_BATCH: Final = _lua(_HOLD_PRELUDE + """
+local function convert_lines(key, ids, now)
+  local lines, changes = active_lines(key, now)
+  for id in string.gmatch(ids, '[^,]+') do
+    local kept, removed = without(lines, id)
+    if removed > 0 then
+      redis.call('HDEL', key, 'h:' .. id)
+      lines, changes = kept, changes + removed
+    end
+  end
+  if changes == 0 then return false end
+  return snapshot(key, lines, changes)
+end
+
 local n = tonumber(ARGV[1])
 if redis.call('GET', KEYS[n + 2]) ~= ARGV[3] then
   return -1
@@ -64,7 +133,7 @@ end
 local conflicts = {}
 for i = 1, n do
   local cur = redis.call('HGET', KEYS[i], '$v') or '0'
-  if cur ~= ARGV[5 + (i - 1) * 5] then
+  if cur ~= ARGV[5 + (i - 1) * 6] then
     conflicts[#conflicts + 1] = i
   end
 end
@@ -73,10 +142,21 @@ if #conflicts > 0 then
 end
 local stream = KEYS[n + 1]
 local announce = ARGV[4] == '1'
+local held_key = n + 2
+local now = nil
 for i = 1, n do
-  local a = 5 + (i - 1) * 5
+  local a = 5 + (i - 1) * 6
   redis.call('HSET', KEYS[i], '$v', ARGV[a + 1], '$pos', ARGV[a + 2], '$srv', ARGV[a + 3])
-  if announce then
+  local snap = false
+  if ARGV[a + 5] ~= '' then
+    held_key = held_key + 1
+    now = now or now_ms()
+    snap = convert_lines(KEYS[held_key], ARGV[a + 5], now)
+  end
+  if snap then
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*',
+               '$sku', ARGV[a + 4], '$v', ARGV[a + 1], '$srv', ARGV[a + 3], '$held', snap)
+  elseif announce then
     redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*',
                '$sku', ARGV[a + 4], '$v', ARGV[a + 1], '$srv', ARGV[a + 3])
   end
@@ -179,3 +259,223 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+# KEYS: hold, stream, then per line: SKU hash (live), held hash (base).
+# ARGV: fp, channel, ttl ms, partial, memory ms, maxlen, hold_id, n, then per line: sku, qty.
+# Returns {'conflict', now} | {'exists', now, st, exp, lines, ch} | {'short', now, avail...}
+#       | {'created', now, st, exp, lines, ch}
+CREATE_HOLD: Final = _lua(_HOLD_PRELUDE + """
+-- A msgpack item's header at byte i of s: kind ('int', 'str' for str and bin, 'arr'),
+-- its value or length, and where what follows the header starts. Redis's cmsgpack
+-- cannot read msgpack bin, which the served form holds, so the figure is read here.
+local function mp_uint(s, i, n)
+  local v = 0
+  for k = 0, n - 1 do v = v * 256 + string.byte(s, i + k) end
+  return v
+end
+local function mp(s, i)
+  local b = string.byte(s, i)
+  if b < 0x80 then return 'int', b, i + 1 end
+  if b >= 0xe0 then return 'int', b - 256, i + 1 end
+  if b >= 0xa0 and b <= 0xbf then return 'str', b - 0xa0, i + 1 end
+  if b >= 0x90 and b <= 0x9f then return 'arr', b - 0x90, i + 1 end
+  if b == 0xcc then return 'int', mp_uint(s, i + 1, 1), i + 2 end
+  if b == 0xcd then return 'int', mp_uint(s, i + 1, 2), i + 3 end
+  if b == 0xce then return 'int', mp_uint(s, i + 1, 4), i + 5 end
+  if b == 0xcf then return 'int', mp_uint(s, i + 1, 8), i + 9 end
+  if b == 0xd9 or b == 0xc4 then return 'str', mp_uint(s, i + 1, 1), i + 2 end
+  if b == 0xda or b == 0xc5 then return 'str', mp_uint(s, i + 1, 2), i + 3 end
+  if b == 0xdb or b == 0xc6 then return 'str', mp_uint(s, i + 1, 4), i + 5 end
+  if b == 0xdc then return 'arr', mp_uint(s, i + 1, 2), i + 3 end
+  if b == 0xdd then return 'arr', mp_uint(s, i + 1, 4), i + 5 end
+  error('unexpected msgpack byte ' .. b .. ' in a served form')
+end
+-- The channel's pre-hold available figure, from the SKU's served form (codecs.projections
+-- Served: [sku, version, [[channel, available, document], ...], detail]); 0 if none.
+local function pre_available(key, channel)
+  local srv = redis.call('HGET', key, '$srv')
+  if not srv then return 0 end
+  local _, n, i = mp(srv, 1)
+  _, n, i = mp(srv, i)
+  i = i + n
+  _, n, i = mp(srv, i)
+  local count
+  _, count, i = mp(srv, i)
+  for _ = 1, count do
+    _, n, i = mp(srv, i)
+    _, n, i = mp(srv, i)
+    local name = string.sub(srv, i, i + n - 1)
+    local available
+    _, available, i = mp(srv, i + n)
+    _, n, i = mp(srv, i)
+    i = i + n
+    if name == channel then return available end
+  end
+  return 0
+end
+
+local now = now_ms()
+local hold = KEYS[1]
+local found = redis.call('HMGET', hold, 'fp', 'st', 'exp', 'lines', 'ch')
+if found[1] then
+  if found[1] ~= ARGV[1] then return {'conflict', now} end
+  return {'exists', now, found[2], found[3], found[4], found[5]}
+end
+local channel, partial, maxlen, hold_id = ARGV[2], ARGV[4] == '1', ARGV[6], ARGV[7]
+local n = tonumber(ARGV[8])
+local exp = now + tonumber(ARGV[3])
+local state, grants, avails, short = {}, {}, {}, false
+for i = 1, n do
+  local qty = tonumber(ARGV[8 + 2 * i])
+  local lines, pruned = active_lines(KEYS[2 + 2 * i], now)
+  local held = 0
+  for _, l in ipairs(lines) do
+    if l[2] == channel then held = held + l[3] end
+  end
+  local avail = pre_available(KEYS[1 + 2 * i], channel) - held
+  if avail < 0 then avail = 0 end
+  local g = qty
+  if avail < qty then
+    if partial then g = avail else g = 0; short = true end
+  end
+  state[i], grants[i], avails[i] = {lines, pruned}, g, avail
+end
+local full = true
+for i = 1, n do
+  local sku, qty = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  local lines, changes = state[i][1], state[i][2]
+  if not short and grants[i] > 0 then
+    redis.call('HSET', KEYS[2 + 2 * i], 'h:' .. hold_id, cmsgpack.pack({channel, grants[i], exp}))
+    lines[#lines + 1] = {hold_id, channel, grants[i], exp}
+    changes = changes + 1
+  end
+  if changes > 0 then publish(KEYS[2 + 2 * i], KEYS[2], maxlen, sku, lines, changes) end
+  if grants[i] < qty then full = false end
+end
+if short then
+  local reply = {'short', now}
+  for i = 1, n do reply[#reply + 1] = avails[i] end
+  return reply
+end
+local stored = {}
+for i = 1, n do stored[i] = {ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i]), grants[i]} end
+local st = 'held'
+if not full then st = 'partial' end
+local packed = cmsgpack.pack(stored)
+redis.call('HSET', hold, 'fp', ARGV[1], 'ch', channel, 'st', st, 'exp', exp, 'lines', packed)
+redis.call('PEXPIREAT', hold, exp + tonumber(ARGV[5]))
+return {'created', now, st, tostring(exp), packed, channel}
+""")
+
+# KEYS: hold. Returns {now, st, exp, lines, ch} or {now} when unknown.
+GET_HOLD: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local f = redis.call('HMGET', KEYS[1], 'st', 'exp', 'lines', 'ch')
+if not f[1] then return {now} end
+return {now, f[1], f[2], f[3], f[4]}
+""")
+
+# KEYS: hold, stream, then the held hash of each SKU of the hold.
+# ARGV: memory ms, maxlen, hold_id, then the SKUs. Ends an active hold as released.
+# Returns {now, st, exp, lines, ch} (st as it is after the call) or {now} when unknown.
+RELEASE_HOLD: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local hold = KEYS[1]
+local f = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch')
+if not f[1] then return {now} end
+if (f[1] == 'held' or f[1] == 'partial') and tonumber(f[2]) > now then
+  redis.call('HSET', hold, 'st', 'released', 'end', now)
+  redis.call('PEXPIRE', hold, ARGV[1])
+  f[1] = 'released'
+  for i = 3, #KEYS do
+    local lines, pruned = active_lines(KEYS[i], now)
+    local kept, removed = without(lines, ARGV[3])
+    if removed > 0 then redis.call('HDEL', KEYS[i], 'h:' .. ARGV[3]) end
+    if pruned + removed > 0 then
+      publish(KEYS[i], KEYS[2], ARGV[2], ARGV[1 + i], kept, pruned + removed)
+    end
+  end
+end
+return {now, f[1], f[2], f[3], f[4]}
+""")
+
+# KEYS: hold, stream, then the held hash of each SKU of the hold.
+# ARGV: ttl ms, memory ms, maxlen, hold_id, then the SKUs.
+# Returns {'ended' | 'extended', now, st, exp, lines, ch} or {'unknown', now}.
+EXTEND_HOLD: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local hold = KEYS[1]
+local f = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch')
+if not f[1] then return {'unknown', now} end
+if not ((f[1] == 'held' or f[1] == 'partial') and tonumber(f[2]) > now) then
+  return {'ended', now, f[1], f[2], f[3], f[4]}
+end
+local exp = now + tonumber(ARGV[1])
+redis.call('HSET', hold, 'exp', exp)
+redis.call('PEXPIREAT', hold, exp + tonumber(ARGV[2]))
+local field = 'h:' .. ARGV[4]
+for i = 3, #KEYS do
+  local lines, pruned = active_lines(KEYS[i], now)
+  local changes = pruned
+  for _, l in ipairs(lines) do
+    if l[1] == ARGV[4] then
+      l[4] = exp
+      redis.call('HSET', KEYS[i], field, cmsgpack.pack({l[2], l[3], exp}))
+      changes = changes + 1
+    end
+  end
+  if changes > 0 then publish(KEYS[i], KEYS[2], ARGV[3], ARGV[2 + i], lines, changes) end
+end
+return {'extended', now, f[1], tostring(exp), f[3], f[4]}
+""")
+
+# KEYS: hold, stream, then the held hash of each SKU of the hold that the order lacks.
+# ARGV: order_id, memory ms, maxlen, hold_id, then those SKUs.
+# Converts an active hold (or one this order converted already): releases the listed
+# SKUs and returns {1, lines}; else {0}. The applier deletes the other lines.
+CONVERT_HOLD: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local hold = KEYS[1]
+local f = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ord')
+if not f[1] then return {0} end
+local active = (f[1] == 'held' or f[1] == 'partial') and tonumber(f[2]) > now
+if not active and not (f[1] == 'converted' and f[4] == ARGV[1]) then return {0} end
+if active then
+  redis.call('HSET', hold, 'st', 'converted', 'end', now, 'ord', ARGV[1])
+  redis.call('PEXPIRE', hold, ARGV[2])
+end
+for i = 3, #KEYS do
+  local lines, pruned = active_lines(KEYS[i], now)
+  local kept, removed = without(lines, ARGV[4])
+  if removed > 0 then redis.call('HDEL', KEYS[i], 'h:' .. ARGV[4]) end
+  if pruned + removed > 0 then
+    publish(KEYS[i], KEYS[2], ARGV[3], ARGV[2 + i], kept, pruned + removed)
+  end
+end
+return {1, f[3]}
+""")
+
+# One SCAN page of held hashes: per key, the key and its snapshot (hold version and
+# every line, expired ones too: a replica counts those by its clock, as followers do).
+# ARGV: cursor, MATCH pattern, COUNT. Returns {next cursor, {key, snapshot, ...}}.
+READ_HELD_PAGE: Final = _lua("""
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local out = {}
+for _, key in ipairs(page[2]) do
+  local flat = redis.call('HGETALL', key)
+  local hv, lines = 0, {}
+  for j = 1, #flat, 2 do
+    local f = flat[j]
+    if f == 'v' then
+      hv = tonumber(flat[j + 1])
+    elseif string.sub(f, 1, 2) == 'h:' then
+      local l = cmsgpack.unpack(flat[j + 1])
+      lines[#lines + 1] = {string.sub(f, 3), l[1], l[2], l[3]}
+    end
+  end
+  out[#out + 1] = key
+  out[#out + 1] = cmsgpack.pack({hv, lines})
+end
+return {page[1], out}
+""")

@@ -81,6 +81,7 @@ def served_bytes(pos: Position, topology: core.Topology) -> bytes:
                 status=core.status_of(available, spec.low_stock_threshold),
                 version=pos.version,
                 updated_at=updated,
+                held=0,  # what holds keep is subtracted by each API replica
             )
         )
         channels.append(ServedChannel(spec.name, available, document))
@@ -96,7 +97,8 @@ def served_from_channels(
     detail: list[list[PackedNode]] = []
     for channel in channels:
         nodes = channel.nodes if isinstance(channel.nodes, list) else []
-        plain = msgspec.structs.replace(channel, nodes=msgspec.UNSET)
+        held = 0 if channel.held is msgspec.UNSET else channel.held
+        plain = msgspec.structs.replace(channel, held=held, nodes=msgspec.UNSET)
         parts.append(ServedChannel(channel.channel, channel.available, _json.encode(plain)))
         detail.append([
             (n.node, n.available, n.on_hand, n.reserved, n.quarantine, n.safety_stock)

@@ -112,7 +112,7 @@ class StoreContract:
             assert (web.channel, web.available) == ("web", expected) == ("web", 8)
             assert web.document == (
                 b'{"sku":"A","channel":"web","available":8,"status":"in_stock","version":3,'
-                b'"updated_at":"2026-11-27T09:00:00.512Z"}'
+                b'"updated_at":"2026-11-27T09:00:00.512Z","held":0}'
             )
             assert (shop.channel, shop.available) == ("store", 4)
             views = {n: core.node_view(position, n, TOPOLOGY) for n in ("dc-east", "dc-west")}
