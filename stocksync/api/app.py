@@ -9,6 +9,8 @@ from typing import Final
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_urldispatcher import Resource
+from redis.asyncio import BlockingConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -16,16 +18,18 @@ from stocksync.api.auth import Authenticator
 from stocksync.api.bodies import encode
 from stocksync.api.dispatch import AVAILABILITY_PREFIX, HOT_ROUTES, QUERY_PATH, HotRoutes
 from stocksync.api.handlers import AvailabilityHandlers, OperationalHandlers
+from stocksync.api.holds import HOLDS_PATH, HoldHandlers
 from stocksync.api.metrics import ApiMetrics
 from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, RequestPipeline, SyncHandler
-from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus
+from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus, now_ms
 from stocksync.api.openapi import OPENAPI_PATH, openapi_document
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
 from stocksync.store import RedisStore
+from stocksync.store.holds import HoldStore
 from stocksync.store.layout import Keys
 
-__all__ = ["METRICS", "MODEL", "REDIS", "SETTINGS", "SYNC", "create_app"]
+__all__ = ["HOLDS", "METRICS", "MODEL", "REDIS", "SETTINGS", "SYNC", "create_app"]
 
 log = logging.getLogger("stocksync.api")
 
@@ -34,10 +38,13 @@ MODEL: Final = web.AppKey("model", AvailabilityModel)
 METRICS: Final = web.AppKey("metrics", ApiMetrics)
 REDIS: Final = web.AppKey("redis", aioredis.Redis)
 SYNC: Final = web.AppKey("sync", ModelSync)
+HOLDS: Final = web.AppKey("holds", HoldStore)
 
 #: Longer than the XREAD block, so a silent Redis is noticed without cutting off reads.
 _SOCKET_TIMEOUT: Final = 5.0
 _CONNECT_TIMEOUT: Final = 2.0
+#: Redis connections one process uses for holds at most (more requests wait for one).
+_HOLD_CONNECTIONS: Final = 32
 
 
 async def _model_sync(app: web.Application) -> AsyncIterator[None]:
@@ -60,11 +67,30 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
     )
     app[REDIS] = client
     app[SYNC] = sync
+    # Holds on a pool of their own that waits for a free connection instead of
+    # failing: a burst of checkouts queues for Redis rather than getting 503s.
+    holds_client = aioredis.Redis.from_pool(  # owns the pool: aclose() closes it
+        BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=_HOLD_CONNECTIONS,
+            timeout=_SOCKET_TIMEOUT,
+            socket_timeout=_SOCKET_TIMEOUT,
+            socket_connect_timeout=_CONNECT_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+            **redis_client_options(settings),
+        )
+    )
+    holds = HoldStore(
+        holds_client, lambda: sync.store.keys, changes_maxlen=settings.worker.changes_maxlen
+    )
+    app[HOLDS] = holds
+    sync.holds = holds
     await sync.start()
     try:
         yield
     finally:
         await sync.stop()
+        await holds_client.aclose()
         await client.aclose()
 
 
@@ -79,9 +105,22 @@ def _sku_from_path(
     return routed
 
 
+def _param_from_path(
+    handler: Callable[[web.Request, str], Awaitable[web.StreamResponse]], name: str
+) -> Handler:
+    """``handler`` as a routed handler: its parameter from the router's match."""
+
+    async def routed(request: web.Request) -> web.StreamResponse:
+        return await handler(request, request.match_info[name])
+
+    return routed
+
+
 def create_app(settings: Settings) -> web.Application:
     """The availability API for ``settings``; it loads its model from Redis when started."""
-    model = AvailabilityModel([c.name for c in settings.channels])
+    model = AvailabilityModel(
+        [c.name for c in settings.channels], [c.low_stock_threshold for c in settings.channels]
+    )
     app = web.Application(client_max_size=settings.api.max_body_bytes)
 
     def status() -> SyncStatus | None:
@@ -89,6 +128,7 @@ def create_app(settings: Settings) -> web.Application:
         return None if sync is None else sync.status()
 
     metrics = ApiMetrics(status)
+    metrics.hold_figures = lambda: (model.holds_active(now_ms()), model.expired_holds)
     pipeline = RequestPipeline(
         metrics=metrics,
         authenticator=Authenticator(settings.api.tokens),
@@ -115,6 +155,25 @@ def create_app(settings: Settings) -> web.Application:
     sku_resource.add_route("HEAD", routed_get)
     sku_resource.add_route("GET", routed_get)
     app[HOT_ROUTES] = HotRoutes(get, query)
+    holds = HoldHandlers(
+        lambda: app.get(HOLDS), [c.name for c in settings.channels], settings.api.holds, metrics
+    )
+    create = app.router.add_resource(HOLDS_PATH)
+    create.add_route(
+        "POST", pipeline.wrap(holds.create, create.canonical, protected=True, scope="holds:write")
+    )
+    one = app.router.add_resource(HOLDS_PATH + "/{hold_id}")
+    extend = app.router.add_resource(HOLDS_PATH + "/{hold_id}/extend")
+    by_id: list[tuple[Resource, str, Callable[[web.Request, str], Awaitable[web.Response]]]] = [
+        (one, "GET", holds.get),
+        (one, "DELETE", holds.release),
+        (extend, "POST", holds.extend),
+    ]
+    for hold_resource, method, hold_handler in by_id:
+        hold_route = pipeline.wrap(
+            hold_handler, hold_resource.canonical, protected=True, scope="holds:write"
+        )
+        hold_resource.add_route(method, _param_from_path(hold_route, "hold_id"))
     routes: list[tuple[str, Handler | SyncHandler]] = [
         (OPENAPI_PATH, ops.openapi),
         ("/healthz", ops.healthz),

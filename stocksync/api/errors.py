@@ -11,7 +11,11 @@ Handlers raise these; the error middleware turns them into
     ├── NotFound              404 not_found (no such endpoint)
     ├── UnknownSku            404 unknown_sku
     ├── UnknownChannel        404 unknown_channel
+    ├── UnknownHold           404 unknown_hold
     ├── MethodNotAllowed      405 method_not_allowed
+    ├── InsufficientStock     409 insufficient_stock (with the short lines)
+    ├── HoldConflict          409 hold_conflict
+    ├── HoldEnded             409 hold_ended
     ├── TooManySkus           413 too_many_skus
     ├── RateLimited           429 rate_limited
     ├── InternalError         500 internal
@@ -31,6 +35,9 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "Forbidden",
+    "HoldConflict",
+    "HoldEnded",
+    "InsufficientStock",
     "InternalError",
     "InvalidSku",
     "MethodNotAllowed",
@@ -40,6 +47,7 @@ __all__ = [
     "TooManySkus",
     "Unauthorized",
     "UnknownChannel",
+    "UnknownHold",
     "UnknownSku",
 ]
 
@@ -105,6 +113,34 @@ class UnknownChannel(ApiError):
 
     status = 404
     code = "unknown_channel"
+
+
+class UnknownHold(ApiError):
+    """No hold has this ``hold_id`` (or it ended more than 24 hours ago)."""
+
+    status = 404
+    code = "unknown_hold"
+
+
+class InsufficientStock(ApiError):
+    """An all-or-nothing hold has a line the channel cannot hold; nothing is held."""
+
+    status = 409
+    code = "insufficient_stock"
+
+
+class HoldConflict(ApiError):
+    """The ``hold_id`` names a hold with another channel or other lines."""
+
+    status = 409
+    code = "hold_conflict"
+
+
+class HoldEnded(ApiError):
+    """The hold was released, converted or has expired: it can no longer be extended."""
+
+    status = 409
+    code = "hold_ended"
 
 
 class MethodNotAllowed(ApiError):

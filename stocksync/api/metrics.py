@@ -25,7 +25,12 @@ from prometheus_client.core import (
 
 from stocksync.api.model import SyncStatus
 
-__all__ = ["LATENCY_BUCKETS", "ApiMetrics"]
+__all__ = ["HOLD_OUTCOMES", "LATENCY_BUCKETS", "ApiMetrics"]
+
+#: Outcomes of ``stocksync_holds_total`` (api-v1, Holds: metrics). A worker counts
+#: ``converted``; each API replica counts the rest.
+HOLD_OUTCOMES: Final = ("held", "partial", "insufficient", "conflict", "released", "expired",
+                        "converted")
 
 #: Upper bounds (seconds) of the request latency histogram.
 LATENCY_BUCKETS: Final = (
@@ -61,6 +66,10 @@ class ApiMetrics:
     def __init__(self, status: Callable[[], SyncStatus | None] = lambda: None) -> None:
         self._status = status
         self._series: dict[tuple[str, int], _Latencies] = {}
+        self._hold_outcomes: dict[str, int] = dict.fromkeys(HOLD_OUTCOMES, 0)
+        self._hold_latency = _Latencies()
+        #: Hold figures of the model at scrape time: (active holds, holds seen expiring).
+        self.hold_figures: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
@@ -82,6 +91,16 @@ class ApiMetrics:
             series.total += seconds
 
         return record
+
+    def count_hold(self, outcome: str) -> None:
+        """Count one hold request's outcome (``held``, ``partial``, ``insufficient``, ...)."""
+        self._hold_outcomes[outcome] += 1
+
+    def observe_hold(self, seconds: float) -> None:
+        """Time one hold request (create, extend or release)."""
+        series = self._hold_latency
+        series.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        series.total += seconds
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -110,9 +129,40 @@ class ApiMetrics:
             latency.add_metric(labels, buckets, series.total)
         yield requests
         yield latency
+        yield from self._hold_families()
         health = self._status()
         if health is not None:
             yield from _health_families(health)
+
+
+    def _hold_families(self) -> Iterator[Metric]:
+        active, expired = self.hold_figures()
+        yield _gauge(
+            "stocksync_holds_active",
+            "Holds with an active line, as this replica sees them.",
+            active,
+        )
+        outcomes = CounterMetricFamily(
+            "stocksync_holds",
+            "Hold requests by outcome; expired: holds this replica saw expire.",
+            labels=["outcome"],
+        )
+        counts = {**self._hold_outcomes, "expired": expired}
+        for outcome in HOLD_OUTCOMES:
+            outcomes.add_metric([outcome], counts[outcome])
+        yield outcomes
+        series = self._hold_latency
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip(_BUCKET_LABELS, series.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        latency = HistogramMetricFamily(
+            "stocksync_hold_request_seconds",
+            "Time to answer a hold request (create, extend, release).",
+        )
+        latency.add_metric([], buckets, series.total)
+        yield latency
 
 
 def _health_families(status: SyncStatus) -> Iterator[Metric]:

@@ -22,12 +22,13 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final, Literal, TypeVarTuple, cast
 
 from aiohttp import web
 from multidict import istr
 
-from stocksync.api.auth import Authenticator
+from stocksync.api.auth import READ_SCOPE, Authenticator
 from stocksync.api.bodies import error_body
 from stocksync.api.errors import (
     ApiError,
@@ -38,6 +39,7 @@ from stocksync.api.errors import (
     TooManySkus,
 )
 from stocksync.api.metrics import ApiMetrics
+from stocksync.config.settings import Scope
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -162,6 +164,7 @@ class RequestPipeline:
         route: str,
         *,
         protected: bool,
+        scope: Scope = READ_SCOPE,
     ) -> Callable[[web.Request, *Params], Awaitable[web.StreamResponse]]:
         """``handler`` behind the pipeline; ``protected`` routes need a token if any is set.
 
@@ -176,7 +179,10 @@ class RequestPipeline:
             else None
         )
         sync_handler = cast("Callable[[web.Request, *Params], web.StreamResponse]", handler)
-        check = self.authenticator.check if protected and self.authenticator.enabled else None
+        check: Callable[[str | None], str] | None = None
+        if protected and self.authenticator.enabled:
+            authenticate = self.authenticator.check
+            check = authenticate if scope == READ_SCOPE else partial(authenticate, scope=scope)
         record = self.metrics.recorder(route)
         access_log = self.access_log if self.access_log.enabled else None
         id_prefix, id_counter = self._id_prefix, self._id_counter

@@ -27,20 +27,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 
 from stocksync.codecs.events import IDENTIFIER_PATTERN
-from stocksync.codecs.projections import Served
+from stocksync.codecs.holds import HeldSnapshot, snapshot_decoder
+from stocksync.codecs.projections import ChannelAvailability, Served
+from stocksync.readmodel.core import status_of
+from stocksync.readmodel.holds import (
+    available_after_holds,
+    held_by_channel,
+    next_expiry,
+    served_version,
+)
 from stocksync.store import RedisStore, StoreUnavailable
-from stocksync.store.layout import Reload, decode_change
+from stocksync.store.holds import HoldStore
+from stocksync.store.layout import HeldChange, Reload, decode_change
 from stocksync.store.served import decode_detail, decode_served, detail_nodes, encode_detail
 
 __all__ = [
@@ -76,17 +86,55 @@ def is_identifier(text: str) -> bool:
 
 
 _json_encoder = msgspec.json.Encoder()
+_channel_decoder = msgspec.json.Decoder(ChannelAvailability)
 _NODES_INFIX: Final = b',"nodes":'
 
 
+def now_ms() -> int:
+    """Milliseconds since the epoch: the clock hold expiries are compared with."""
+    return time.time_ns() // 1_000_000
+
+
 class AvailabilityModel:
-    """Every known SKU's availability, as the worker wrote it: ready JSON per channel."""
+    """Every known SKU's availability, as the worker wrote it: ready JSON per channel.
 
-    __slots__ = ("channels", "entries", "generation", "loaded", "slots")
+    Checkout holds are a second input: for a SKU with a hold snapshot, ``entries``
+    holds the worker's entry (kept in ``base``) with each channel's active holds
+    subtracted, ``held`` set and the served version, encoded again whenever the
+    position, the holds or (at a line's expiry, see :meth:`expire`) the time changes.
+    """
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    __slots__ = (
+        "_expired_until",
+        "base",
+        "channels",
+        "entries",
+        "expired_holds",
+        "expiries",
+        "generation",
+        "held",
+        "loaded",
+        "slots",
+        "thresholds",
+        "wake",
+    )
+
+    def __init__(self, channels: Sequence[str], thresholds: Sequence[int] = ()) -> None:
         #: Configured channel names, in configuration order.
         self.channels: tuple[str, ...] = tuple(channels)
+        #: Each channel's low-stock threshold (the status band of a figure less its holds).
+        self.thresholds: tuple[int, ...] = tuple(thresholds) or (0,) * len(self.channels)
+        #: SKU -> the worker's entry, for SKUs with a hold snapshot.
+        self.base: dict[str, Entry] = {}
+        #: SKU -> its hold lines and hold version, as Redis last published them.
+        self.held: dict[str, HeldSnapshot] = {}
+        #: Heap of (expiry ms, SKU): when a SKU's answer next changes by itself.
+        self.expiries: list[tuple[int, str]] = []
+        #: Called when an expiry earlier than every other one is added.
+        self.wake: Callable[[], None] | None = None
+        #: Holds this replica saw expire (by its clock), for the metrics.
+        self.expired_holds = 0
+        self._expired_until = now_ms()
         #: Channel name -> index of its document in an :data:`Entry`.
         self.slots: dict[str, int] = {
             name: FIRST_CHANNEL_SLOT + i for i, name in enumerate(self.channels)
@@ -102,23 +150,26 @@ class AvailabilityModel:
         return len(self.entries)
 
     def version(self, sku: str) -> int | None:
-        """The version held for ``sku``, or None if it was never seen."""
-        entry = self.entries.get(sku)
+        """The position version held for ``sku`` (holds aside), or None if never seen."""
+        entry = self.base.get(sku) or self.entries.get(sku)
         return None if entry is None else int(entry[VERSION_SLOT])
 
     def apply(self, served: Served, *, replace: bool = False) -> bool:
         """Hold ``served`` unless what is held is as new (or ``replace``); tell if taken."""
         sku = served.sku
-        held = self.entries.get(sku)
+        held = self.base.get(sku) or self.entries.get(sku)
         if not replace and held is not None and held[VERSION_SLOT] >= served.version:
             return False
         if not is_identifier(sku):
             raise ValueError(f"served form has an invalid SKU {sku!r}")
         names = tuple(c.channel for c in served.channels)
         if names == self.channels:  # the usual case: the worker's channels are ours
-            self.entries[sku] = (
-                served.version, served.detail, *(c.document for c in served.channels)
-            )
+            entry = (served.version, served.detail, *(c.document for c in served.channels))
+            if sku in self.held:
+                self.base[sku] = entry
+                self._render(sku, now_ms())
+            else:
+                self.entries[sku] = entry
             return True
         docs: list[bytes | None] = [None] * len(self.channels)
         written = decode_detail(served.detail)
@@ -130,8 +181,96 @@ class AvailabilityModel:
                 continue  # a channel this API is not configured to serve
             docs[slot - FIRST_CHANNEL_SLOT] = channel.document
             detail[slot - FIRST_CHANNEL_SLOT] = written[index]
-        self.entries[sku] = (served.version, encode_detail(detail), *docs)
+        entry = (served.version, encode_detail(detail), *docs)
+        if sku in self.held:
+            self.base[sku] = entry
+            self._render(sku, now_ms())
+        else:
+            self.entries[sku] = entry
         return True
+
+    def apply_held(self, sku: str, snapshot: HeldSnapshot, *, replace: bool = False) -> bool:
+        """Hold ``snapshot`` of ``sku``'s hold lines unless as new (or ``replace``)."""
+        current = self.held.get(sku)
+        if not replace and current is not None and current.version >= snapshot.version:
+            return False
+        self.held[sku] = snapshot
+        if sku not in self.base:
+            entry = self.entries.get(sku)
+            if entry is None:
+                return True  # served once its position arrives
+            self.base[sku] = entry
+        self._render(sku, now_ms())
+        return True
+
+    def _render(self, sku: str, now: int) -> None:
+        """Serve ``sku``'s base entry less its active holds, at ``now``."""
+        base = self.base[sku]
+        snapshot = self.held[sku]
+        lines = snapshot.lines
+        held = held_by_channel(lines, now)
+        version = served_version(base[VERSION_SLOT], snapshot.version, lines, now)
+        docs: list[bytes | None] = []
+        for index, name in enumerate(self.channels):
+            doc = base[FIRST_CHANNEL_SLOT + index]
+            if doc is None:
+                docs.append(None)
+                continue
+            channel = _channel_decoder.decode(doc)
+            quantity = held.get(name, 0)
+            available = available_after_holds(channel.available, quantity)
+            docs.append(
+                _json_encoder.encode(
+                    msgspec.structs.replace(
+                        channel,
+                        available=available,
+                        status=status_of(available, self.thresholds[index]),
+                        version=version,
+                        held=quantity,
+                    )
+                )
+            )
+        self.entries[sku] = (version, base[DETAIL_SLOT], *docs)
+        upcoming = next_expiry(lines, now)
+        if upcoming is not None:
+            earliest = self.expiries[0][0] if self.expiries else None
+            heapq.heappush(self.expiries, (upcoming, sku))
+            if self.wake is not None and (earliest is None or upcoming < earliest):
+                self.wake()
+
+    def next_expiry(self) -> int | None:
+        """When (ms) the next held SKU's answer changes by itself, or None."""
+        return self.expiries[0][0] if self.expiries else None
+
+    def expire(self, now: int) -> int:
+        """Serve again every SKU whose lines expired by ``now``; returns how many SKUs."""
+        due: set[str] = set()
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= now:
+            due.add(heapq.heappop(expiries)[1])
+        ended = {
+            line.hold_id
+            for sku in due
+            for line in self.held[sku].lines
+            if self._expired_until < line.expires_ms <= now
+        }
+        self.expired_holds += len(ended)
+        self._expired_until = max(self._expired_until, now)
+        for sku in due:
+            if sku in self.base:
+                self._render(sku, now)
+        return len(due)
+
+    def holds_active(self, now: int) -> int:
+        """How many holds have an active line, as this replica sees them."""
+        return len(
+            {
+                line.hold_id
+                for snapshot in self.held.values()
+                for line in snapshot.lines
+                if line.expires_ms > now
+            }
+        )
 
     def apply_encoded(self, raw: bytes, *, replace: bool = False) -> str | None:
         """Decode a stored served form and :meth:`apply` it; its SKU if taken."""
@@ -143,7 +282,16 @@ class AvailabilityModel:
         gone = [sku for sku in self.entries if sku not in skus]
         for sku in gone:
             del self.entries[sku]
+            self.base.pop(sku, None)
         return len(gone)
+
+    def retain_held(self, skus: set[str]) -> None:
+        """Forget the hold snapshots of SKUs not in ``skus`` (after a reload)."""
+        for sku in [s for s in self.held if s not in skus]:
+            del self.held[sku]
+            base = self.base.pop(sku, None)
+            if base is not None:
+                self.entries[sku] = base
 
     def document(self, sku: str, channel: str, *, detail: bool = False) -> bytes | None:
         """The JSON answer for ``sku`` on ``channel``, or None if unknown there."""
@@ -270,6 +418,10 @@ class ModelSync:
         self._invalid = 0
         self._applied = 0
         self._tasks: list[asyncio.Task[None]] = []
+        #: Where the hold snapshots are loaded from (None: this replica ignores holds).
+        self.holds: HoldStore | None = None
+        self._wake = asyncio.Event()
+        model.wake = self._wake.set
 
     # --- lifecycle ---
 
@@ -278,6 +430,7 @@ class ModelSync:
         self._tasks = [
             asyncio.create_task(self._follow(), name="stocksync-api-follow"),
             asyncio.create_task(self._monitor(), name="stocksync-api-monitor"),
+            asyncio.create_task(self._expire(), name="stocksync-api-hold-expiry"),
         ]
 
     async def stop(self) -> None:
@@ -404,7 +557,13 @@ class ModelSync:
                 log.info("the live generation moved to %r; reloading the model", change.namespace)
                 self._needs_load = True
                 return  # the rest of this stream no longer matters
-            if change is not None:
+            if isinstance(change, HeldChange):
+                self._apply_held(change.sku, change.held)
+            elif change is not None:
+                if change.held is not None:
+                    # A conversion: the holds first, so the new position is served less
+                    # the holds that remain, in the same step.
+                    self._apply_held(change.sku, change.held)
                 self._apply_change(change.sku, change.version, change.served)
             self._last_id = parse_stream_id(entry_id)
             total += 1
@@ -414,9 +573,17 @@ class ModelSync:
         if total < self.read_count:
             self._caught_up = True
 
+    def _apply_held(self, sku: str, raw: bytes) -> None:
+        try:
+            if self.model.apply_held(sku, snapshot_decoder.decode(raw)):
+                self._applied += 1
+        except (ValueError, msgspec.DecodeError) as exc:
+            self._invalid += 1
+            log.error("skipping an invalid hold snapshot: %s", exc)
+
     def _apply_change(self, sku: str, version: int, served: bytes) -> None:
-        held = self.model.entries.get(sku)
-        if held is not None and held[VERSION_SLOT] >= version:
+        held = self.model.version(sku)
+        if held is not None and held >= version:
             return
         try:
             if self.model.apply_encoded(served):
@@ -487,6 +654,7 @@ class ModelSync:
         if replace:
             dropped = self.model.retain(kept)
             log.info("generation switch: %d SKUs not in the new generation dropped", dropped)
+        await self._load_held(replace=not first)
         self._last_id = position
         self._position_count = count
         self._loads += 1
@@ -506,6 +674,41 @@ class ModelSync:
             self.store.keys.changes(),
             _format_id(position),
         )
+
+    async def _load_held(self, *, replace: bool) -> None:
+        """Load every SKU's hold snapshot (holds live in the base namespace)."""
+        holds = self.holds
+        if holds is None:
+            return
+        cursor = 0
+        seen: set[str] = set()
+        while True:
+            cursor, pairs = await holds.held_page(cursor, self.load_page)
+            for sku, raw in pairs:
+                try:
+                    self.model.apply_held(sku, snapshot_decoder.decode(raw), replace=replace)
+                    seen.add(sku)
+                except (ValueError, msgspec.DecodeError) as exc:
+                    self._invalid += 1
+                    log.error("skipping an invalid stored hold snapshot: %s", exc)
+            if cursor == 0:
+                break
+            await asyncio.sleep(0)
+        if replace:
+            self.model.retain_held(seen)
+        if seen:
+            log.info("hold lines of %d SKUs loaded", len(seen))
+
+    async def _expire(self) -> None:
+        """Serve held SKUs again as their lines expire, without waiting for any event."""
+        model = self.model
+        while True:
+            upcoming = model.next_expiry()
+            timeout = None if upcoming is None else max(0.0, (upcoming - now_ms() + 1) / 1000)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            model.expire(now_ms())
 
     # --- stream checks ---
 

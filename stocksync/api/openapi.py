@@ -8,6 +8,7 @@ import msgspec
 
 from stocksync.api.bodies import HealthBody, ReadyBody
 from stocksync.codecs.events import IDENTIFIER_PATTERN
+from stocksync.codecs.holds import ExtendRequest, Hold, HoldRequest, InsufficientBody
 from stocksync.codecs.projections import (
     ChannelAvailability,
     ErrorBody,
@@ -33,6 +34,80 @@ _ERRORS: Final = {
     "500": "internal: a bug; details are logged, never returned.",
     "503": "not_ready: the in-memory model is still loading.",
 }
+_HOLD_ERRORS: Final = {
+    "400": "bad_request: malformed body, a ttl or line count over the configured limits.",
+    "403": "forbidden: the token lacks the holds:write scope.",
+    "404": "unknown_hold, or unknown_channel.",
+    "409": "hold_conflict (another channel or other lines), or hold_ended.",
+    "503": "not_ready: Redis did not answer.",
+}
+
+
+def _hold_errors(*statuses: str) -> dict[str, Any]:
+    return {
+        s: {"description": _HOLD_ERRORS.get(s) or _ERRORS[s], "content": _json("ErrorBody")}
+        for s in statuses
+    }
+
+
+def _hold_paths(settings: Settings, auth: tuple[str, ...], secured: dict[str, Any]) -> Any:
+    """The ``/v1/holds`` operations (api-v1, Holds)."""
+    limits = settings.api.holds
+    hold_id = {
+        "name": "hold_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": IDENTIFIER_PATTERN},
+    }
+    answered = {"description": "The hold.", "content": _json("Hold")}
+    create = {
+        "operationId": "createHold",
+        "summary": (
+            f"Hold stock for a cart: up to {limits.max_lines} lines, ttl_seconds up to"
+            f" {limits.max_ttl_seconds} (default {limits.default_ttl_seconds})."
+        ),
+        "requestBody": {"required": True, "content": _json("HoldRequest")},
+        "responses": {
+            "201": {"description": "The hold was granted.", "content": _json("Hold")},
+            "200": {"description": "The same hold again: as it is.", "content": _json("Hold")},
+            "409": {
+                "description": (
+                    "insufficient_stock (all or nothing, a line short: nothing is held; the"
+                    " error lists the short lines), or hold_conflict."
+                ),
+                "content": _json("InsufficientBody"),
+            },
+            **_hold_errors("400", *auth, "404", "503"),
+        },
+        **secured,
+    }
+    get = {
+        "operationId": "getHold",
+        "summary": "A hold and its status.",
+        "parameters": [hold_id],
+        "responses": {"200": answered, **_hold_errors(*auth, "404", "503")},
+        **secured,
+    }
+    release = {
+        "operationId": "releaseHold",
+        "summary": "Release a hold (or show the end state it already had).",
+        "parameters": [hold_id],
+        "responses": {"200": answered, **_hold_errors(*auth, "404", "503")},
+        **secured,
+    }
+    extend = {
+        "operationId": "extendHold",
+        "summary": "expires_at becomes now + ttl_seconds.",
+        "parameters": [hold_id],
+        "requestBody": {"required": True, "content": _json("ExtendRequest")},
+        "responses": {"200": answered, **_hold_errors("400", *auth, "404", "409", "503")},
+        **secured,
+    }
+    return {
+        "/v1/holds": {"post": create},
+        "/v1/holds/{hold_id}": {"get": get, "delete": release},
+        "/v1/holds/{hold_id}/extend": {"post": extend},
+    }
 
 
 def _json(ref: str) -> dict[str, Any]:
@@ -66,7 +141,18 @@ def _constrain_query(schema: dict[str, Any], channels: list[str], max_skus: int)
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an API configured by ``settings``."""
     (_, components) = msgspec.json.schema_components(
-        [ChannelAvailability, QueryRequest, QueryResponse, ErrorBody, HealthBody, ReadyBody],
+        [
+            ChannelAvailability,
+            QueryRequest,
+            QueryResponse,
+            ErrorBody,
+            HealthBody,
+            ReadyBody,
+            HoldRequest,
+            ExtendRequest,
+            Hold,
+            InsufficientBody,
+        ],
         ref_template=_REF,
     )
     channels = [c.name for c in settings.channels]
@@ -162,6 +248,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "paths": {
             "/v1/availability/{sku}": {"get": get_sku},
             "/v1/availability/query": {"post": query},
+            **_hold_paths(settings, auth_errors, secured),
             "/healthz": {
                 "get": {
                     "operationId": "health",

@@ -100,6 +100,7 @@ def projection(
                 status="out_of_stock" if qty == 0 else "low_stock" if qty <= 5 else "in_stock",
                 version=version,
                 updated_at=UPDATED_AT,
+                held=0,
                 nodes=[
                     NodeAvailability(
                         node="dc-east",

@@ -24,8 +24,8 @@ _enc = msgspec.json.Encoder()
 
 
 def _plain(channel: ChannelAvailability) -> bytes:
-    """The document without node detail, as msgspec encodes it."""
-    return _enc.encode(msgspec.structs.replace(channel, nodes=msgspec.UNSET))
+    """The document without node detail, as msgspec encodes it (no holds: ``held`` 0)."""
+    return _enc.encode(msgspec.structs.replace(channel, held=0, nodes=msgspec.UNSET))
 
 
 def _error(body: bytes, code: str) -> str:
@@ -77,6 +77,7 @@ def test_get_one_sku(redis_url: str, store: redis.Redis) -> None:
                 "status": "in_stock",
                 "version": 42,
                 "updated_at": "2026-11-27T09:01:10.512Z",
+                "held": 0,
             }
             assert headers["Content-Type"] == "application/json"
             assert headers["ETag"] == '"42"'

@@ -1,0 +1,412 @@
+"""``/v1/holds`` end to end against a real redis-server: the contract's rules one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+
+from stocksync.config.settings import HoldSettings, TokenSettings
+from tests.api.helpers import eventually, make_settings, projection, run, serving, write
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[redis.Redis]:
+    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
+        # web: A 10, B 3, C 1; store: one more each (see projection()).
+        write(client, projection("A", 1, available=10), projection("B", 1, available=3))
+        write(client, projection("C", 1, available=1))
+        yield client
+
+
+def _hold(hold_id: str, *lines: tuple[str, int], **extra: Any) -> dict[str, Any]:
+    return {
+        "hold_id": hold_id,
+        "channel": "web",
+        "lines": [{"sku": s, "qty": q} for s, q in lines],
+        **extra,
+    }
+
+
+async def _post(client: Client, path: str, body: Any) -> tuple[int, Any]:
+    async with client.post(path, json=body) as resp:
+        return resp.status, msgspec.json.decode(await resp.read())
+
+
+async def _get(client: Client, path: str) -> tuple[int, Any, str | None]:
+    async with client.get(path) as resp:
+        return resp.status, msgspec.json.decode(await resp.read()), resp.headers.get("ETag")
+
+
+async def _delete(client: Client, path: str) -> tuple[int, Any]:
+    async with client.delete(path) as resp:
+        return resp.status, msgspec.json.decode(await resp.read())
+
+
+async def _available(client: Client, sku: str, channel: str = "web") -> tuple[int, int]:
+    status, body, _ = await _get(client, f"/v1/availability/{sku}?channel={channel}")
+    assert status == 200
+    return body["available"], body["held"]
+
+
+async def _becomes(client: Client, sku: str, figures: tuple[int, int]) -> None:
+    async def check() -> bool:
+        return await _available(client, sku) == figures
+
+    await eventually(check, timeout=3)
+
+
+def _expires(body: dict[str, Any]) -> float:
+    return datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def test_a_hold_is_granted_and_counts_against_its_channel(
+    redis_url: str, store: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            _, before, etag_before = await _get(
+                client, "/v1/availability/A?channel=web&detail=nodes"
+            )
+            started = time.time()
+            status, body = await _post(client, "/v1/holds", _hold("cart-1", ("A", 2), ("B", 1)))
+            assert status == 201
+            assert body == {
+                "hold_id": "cart-1",
+                "channel": "web",
+                "status": "held",
+                "expires_at": body["expires_at"],
+                "lines": [
+                    {"sku": "A", "requested": 2, "held": 2},
+                    {"sku": "B", "requested": 1, "held": 1},
+                ],
+            }
+            # The default time to live is 900 s.
+            assert abs(_expires(body) - (started + 900)) < 2
+            await _becomes(client, "A", (8, 2))
+            await _becomes(client, "B", (2, 1))
+            # Node figures are unchanged; the other channel is not held on.
+            _, detail, etag = await _get(client, "/v1/availability/A?channel=web&detail=nodes")
+            assert detail["nodes"] == before["nodes"]
+            assert detail["held"] == 2 and detail["available"] == 8
+            assert detail["version"] > before["version"]
+            assert etag != etag_before
+            assert await _available(client, "A", "store") == (11, 0)
+            # Batch answers subtract too.
+            status, batch = await _post(
+                client, "/v1/availability/query", {"skus": ["A", "B"], "channel": "web"}
+            )
+            assert [(i["available"], i["held"]) for i in batch["items"]] == [(8, 2), (2, 1)]
+            status, batch = await _post(
+                client,
+                "/v1/availability/query",
+                {"skus": ["B"], "channel": "web", "detail": True},
+            )
+            assert (batch["items"][0]["available"], batch["items"][0]["held"]) == (2, 1)
+            # The status band follows the figure less the holds (threshold 5).
+            await _post(client, "/v1/holds", _hold("cart-2", ("A", 4)))
+            await _becomes(client, "A", (4, 6))
+            _, body, _ = await _get(client, "/v1/availability/A?channel=web")
+            assert body["status"] == "low_stock"
+
+    run(scenario())
+
+
+def test_all_or_nothing_refuses_a_short_line_and_holds_nothing(
+    redis_url: str, store: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            status, body = await _post(
+                client, "/v1/holds", _hold("cart-1", ("A", 2), ("B", 4), ("NEVER-SEEN", 1))
+            )
+            assert status == 409
+            assert body["error"]["code"] == "insufficient_stock"
+            assert body["error"]["lines"] == [
+                {"sku": "B", "requested": 4, "available": 3},
+                {"sku": "NEVER-SEEN", "requested": 1, "available": 0},
+            ]
+            await asyncio.sleep(0.2)
+            assert await _available(client, "A") == (10, 0)
+            assert await _available(client, "B") == (3, 0)
+            # Nothing was kept under that id: it may be used again.
+            status, _, _ = await _get(client, "/v1/holds/cart-1")
+            assert status == 404
+            status, body = await _post(client, "/v1/holds", _hold("cart-1", ("A", 2), ("B", 3)))
+            assert (status, body["status"]) == (201, "held")
+
+    run(scenario())
+
+
+def test_partial_holds_what_is_available(redis_url: str, store: redis.Redis) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            status, body = await _post(
+                client,
+                "/v1/holds",
+                _hold("cart-1", ("A", 2), ("B", 5), ("NEVER-SEEN", 1), partial=True),
+            )
+            assert status == 201
+            assert body["status"] == "partial"
+            assert body["lines"] == [
+                {"sku": "A", "requested": 2, "held": 2},
+                {"sku": "B", "requested": 5, "held": 3},
+                {"sku": "NEVER-SEEN", "requested": 1, "held": 0},
+            ]
+            await _becomes(client, "B", (0, 3))
+            status, body = await _post(
+                client, "/v1/holds", _hold("cart-2", ("A", 8), partial=True)
+            )
+            assert (status, body["status"], body["lines"][0]["held"]) == (201, "held", 8)
+            status, body = await _post(
+                client, "/v1/holds", _hold("cart-3", ("A", 1), partial=True)
+            )
+            assert (status, body["status"], body["lines"][0]["held"]) == (201, "partial", 0)
+
+    run(scenario())
+
+
+def test_the_same_hold_id_is_idempotent_and_conflicts_otherwise(
+    redis_url: str, store: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            first = _hold("cart-1", ("A", 2), ("B", 1))
+            status, created = await _post(client, "/v1/holds", first)
+            assert status == 201
+            # Same channel and lines, in another order and with another ttl: the same hold.
+            again = _hold("cart-1", ("B", 1), ("A", 2), ttl_seconds=60)
+            status, body = await _post(client, "/v1/holds", again)
+            assert (status, body) == (200, created)
+            await asyncio.sleep(0.2)
+            assert await _available(client, "A") == (8, 2)
+            for other in (
+                _hold("cart-1", ("A", 3), ("B", 1)),
+                _hold("cart-1", ("A", 2)),
+                {**first, "channel": "store"},
+            ):
+                status, body = await _post(client, "/v1/holds", other)
+                assert (status, body["error"]["code"]) == (409, "hold_conflict")
+            # An ended hold is remembered: same body 200 (as it is), other body 409.
+            await _delete(client, "/v1/holds/cart-1")
+            status, body = await _post(client, "/v1/holds", first)
+            assert (status, body["status"]) == (200, "released")
+            status, body = await _post(client, "/v1/holds", _hold("cart-1", ("C", 1)))
+            assert (status, body["error"]["code"]) == (409, "hold_conflict")
+            ttl = store.pttl("apitest:hold:{cart-1}")
+            assert 86_300_000 < ttl <= 86_400_000
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"hold_id": "h", "lines": [{"sku": "A", "qty": 1}]}, 400, "bad_request"),  # 2 channels
+        (_hold("h", ("A", 1), channel="nowhere"), 404, "unknown_channel"),
+        (_hold("h", ("A", 1), ttl_seconds=86_401), 400, "bad_request"),
+        (_hold("h", ("A", 1), ttl_seconds=0), 400, "bad_request"),
+        (_hold("h", ("A", 0)), 400, "bad_request"),
+        (_hold("h", ("A", 1), ("A", 2)), 400, "bad_request"),
+        (_hold("h"), 400, "bad_request"),
+        (_hold("h", *((f"S{i}", 1) for i in range(4))), 400, "bad_request"),  # max_lines 3
+        (_hold("bad id", ("A", 1)), 400, "bad_request"),
+        ({**_hold("h", ("A", 1)), "extra": 1}, 400, "bad_request"),
+        ("not an object", 400, "bad_request"),
+    ],
+)
+def test_bad_hold_requests(
+    redis_url: str, store: redis.Redis, body: Any, status: int, code: str
+) -> None:
+    settings = make_settings(redis_url, holds=HoldSettings(max_lines=3))
+
+    async def scenario() -> None:
+        async with serving(settings) as client:
+            got, answer = await _post(client, "/v1/holds", body)
+            assert (got, answer["error"]["code"]) == (status, code)
+
+    run(scenario())
+
+
+def test_one_channel_may_be_omitted(redis_url: str, store: redis.Redis) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url, channels=("web",))) as client:
+            status, body = await _post(
+                client, "/v1/holds", {"hold_id": "h", "lines": [{"sku": "A", "qty": 1}]}
+            )
+            assert (status, body["channel"]) == (201, "web")
+
+    run(scenario())
+
+
+def test_get_extend_and_release(redis_url: str, store: redis.Redis) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            status, created = await _post(client, "/v1/holds", _hold("cart-1", ("A", 2)))
+            status, body, _ = await _get(client, "/v1/holds/cart-1")
+            assert (status, body) == (200, created)
+            for path in ("/v1/holds/nope", "/v1/holds/bad%20id"):
+                status, body, _ = await _get(client, path)
+                assert (status, body["error"]["code"]) == (404, "unknown_hold")
+
+            started = time.time()
+            status, body = await _post(client, "/v1/holds/cart-1/extend", {"ttl_seconds": 3600})
+            assert status == 200
+            assert abs(_expires(body) - (started + 3600)) < 2
+            status, body = await _post(client, "/v1/holds/cart-1/extend", {"ttl_seconds": 0})
+            assert status == 400
+            status, body = await _post(client, "/v1/holds/nope/extend", {"ttl_seconds": 5})
+            assert (status, body["error"]["code"]) == (404, "unknown_hold")
+
+            status, body = await _delete(client, "/v1/holds/cart-1")
+            assert (status, body["status"]) == (200, "released")
+            await _becomes(client, "A", (10, 0))
+            status, body = await _delete(client, "/v1/holds/cart-1")
+            assert (status, body["status"]) == (200, "released")
+            status, body = await _post(client, "/v1/holds/cart-1/extend", {"ttl_seconds": 5})
+            assert (status, body["error"]["code"]) == (409, "hold_ended")
+            status, body = await _delete(client, "/v1/holds/nope")
+            assert (status, body["error"]["code"]) == (404, "unknown_hold")
+
+    run(scenario())
+
+
+def test_a_hold_stops_counting_at_its_expiry_without_any_event(
+    redis_url: str, store: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            status, body = await _post(
+                client, "/v1/holds", _hold("cart-1", ("A", 2), ttl_seconds=1)
+            )
+            assert status == 201
+            expires = _expires(body)
+            await _becomes(client, "A", (8, 2))
+            _, _, etag_held = await _get(client, "/v1/availability/A?channel=web")
+            entries = store.xlen("apitest:changes")
+            while await _available(client, "A") != (10, 0):
+                assert time.time() < expires + 1.0, "still held 1 s after expires_at"
+                await asyncio.sleep(0.01)
+            assert time.time() >= expires - 0.05
+            assert store.xlen("apitest:changes") == entries  # nothing was written
+            _, _, etag = await _get(client, "/v1/availability/A?channel=web")
+            assert etag != etag_held
+            status, body, _ = await _get(client, "/v1/holds/cart-1")
+            assert body["status"] == "expired"
+            status, body = await _delete(client, "/v1/holds/cart-1")
+            assert (status, body["status"]) == (200, "expired")
+            status, body = await _post(client, "/v1/holds/cart-1/extend", {"ttl_seconds": 5})
+            assert (status, body["error"]["code"]) == (409, "hold_ended")
+            # The units are available to the next hold.
+            status, body = await _post(client, "/v1/holds", _hold("cart-2", ("A", 10)))
+            assert status == 201
+
+    run(scenario())
+
+
+def test_every_replica_and_a_restarted_one_serve_the_holds(
+    redis_url: str, store: redis.Redis
+) -> None:
+    settings = make_settings(redis_url)
+
+    async def scenario() -> None:
+        async with serving(settings) as first, serving(settings) as second:
+            await _post(first, "/v1/holds", _hold("cart-1", ("A", 3), ttl_seconds=2))
+            await _post(second, "/v1/holds", _hold("cart-2", ("A", 1)))
+            await _becomes(first, "A", (6, 4))
+            await _becomes(second, "A", (6, 4))
+            _, _, etag_1 = await _get(first, "/v1/availability/A?channel=web")
+            _, _, etag_2 = await _get(second, "/v1/availability/A?channel=web")
+            assert etag_1 == etag_2
+        # A replica started later loads the holds from Redis, expiry times included.
+        async with serving(settings) as third:
+            assert await _available(third, "A") == (6, 4)
+            await _becomes(third, "A", (9, 1))
+            await _delete(third, "/v1/holds/cart-2")
+            await _becomes(third, "A", (10, 0))
+
+    run(scenario())
+
+
+def test_holds_need_the_holds_write_scope(redis_url: str, store: redis.Redis) -> None:
+    tokens = [
+        TokenSettings(name="reader", sha256=hashlib.sha256(b"r").hexdigest()),
+        TokenSettings(
+            name="checkout",
+            sha256=hashlib.sha256(b"w").hexdigest(),
+            scopes=["holds:write"],
+        ),
+        TokenSettings(name="ops", sha256=hashlib.sha256(b"a").hexdigest(), scopes=["admin"]),
+    ]
+
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url, tokens=tokens)) as client:
+            body = _hold("cart-1", ("A", 1))
+            async with client.post("/v1/holds", json=body) as resp:
+                assert resp.status == 401
+            async with client.post(
+                "/v1/holds", json=body, headers={"Authorization": "Bearer r"}
+            ) as resp:
+                assert resp.status == 403
+            async with client.post(
+                "/v1/holds", json=body, headers={"Authorization": "Bearer w"}
+            ) as resp:
+                assert resp.status == 201
+            async with client.get(
+                "/v1/holds/cart-1", headers={"Authorization": "Bearer a"}
+            ) as resp:
+                assert resp.status == 200
+            async with client.delete(
+                "/v1/holds/cart-1", headers={"Authorization": "Bearer r"}
+            ) as resp:
+                assert resp.status == 403
+
+    run(scenario())
+
+
+def test_metrics_and_openapi(redis_url: str, store: redis.Redis) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            await _post(client, "/v1/holds", _hold("cart-1", ("A", 2)))
+            await _post(client, "/v1/holds", _hold("cart-2", ("C", 5)))
+            await _post(client, "/v1/holds", _hold("cart-3", ("C", 5), partial=True))
+            await _post(client, "/v1/holds", _hold("cart-1", ("C", 5)))
+            await _delete(client, "/v1/holds/cart-3")
+
+            async def active_is_one() -> bool:
+                async with client.get("/metrics") as resp:
+                    return "stocksync_holds_active 1.0" in await resp.text()
+
+            await eventually(active_is_one, timeout=3)
+            async with client.get("/metrics") as resp:
+                text = await resp.text()
+            for outcome, count in (
+                ("held", 1),
+                ("partial", 1),
+                ("insufficient", 1),
+                ("conflict", 1),
+                ("released", 1),
+            ):
+                assert f'stocksync_holds_total{{outcome="{outcome}"}} {count}.0' in text
+            assert "stocksync_hold_request_seconds_count 5.0" in text
+            async with client.get("/v1/openapi.json") as resp:
+                document = await resp.json()
+            assert set(document["paths"]["/v1/holds/{hold_id}"]) == {"get", "delete"}
+            assert "post" in document["paths"]["/v1/holds"]
+            assert "post" in document["paths"]["/v1/holds/{hold_id}/extend"]
+            schemas = document["components"]["schemas"]
+            assert {"HoldRequest", "Hold", "ExtendRequest", "InsufficientBody"} <= set(schemas)
+            assert "held" in schemas["ChannelAvailability"]["properties"]
+
+    run(scenario())
