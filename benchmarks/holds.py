@@ -1,0 +1,259 @@
+"""Checkout holds under load: ``python -m benchmarks.holds [--json] [--seconds S]``.
+
+Every scenario runs in the same run, on the same seeded Redis, each server fresh:
+
+- ``hold``: ``POST /v1/holds`` (one unit of a random SKU, partial) through
+  ``stocksync api --processes 2``;
+- ``evalsha``: a bare aiohttp handler doing one Redis ``EVALSHA`` per request,
+  in two processes on one port: the floor a hold cannot go below (one round trip);
+- ``get`` and ``get_held``: ``GET /v1/availability/{sku}`` over SKUS_GET SKUs
+  through ``api --processes 2``, without holds and with 1,000 active holds on
+  exactly those SKUs (every answer is one less its holds).
+
+Each at 32 and 64 connections. Reported: requests/s, p50/p99, and the ratios the
+issue sets targets for. Nothing is pinned: two API processes, wrk and Redis
+share the machine's two cores, as a small deployment would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Final
+
+from benchmarks.api.common import LUA_DIR, NAMESPACE, run_wrk, seed, sku_name, wait_http
+from stocksync.daemon.services import RedisServer, free_port
+
+__all__ = ["main"]
+
+#: SKUs the GET scenarios ask for (and get_held holds one unit of each).
+SKUS_GET: Final = 1000
+_TARGETS: Final = {
+    "hold_p99_ms_at_64": 10.0,
+    "hold_over_evalsha_at_64": 0.8,
+    "get_held_over_get_at_64": 0.9,
+}
+_BARE_BODY: Final = b'{"sku":"SKU-0000001","channel":"web","available":118,"held":0}'
+
+
+def _settings_json(port: int, redis_url: str) -> str:
+    import msgspec
+
+    from benchmarks.api.single import settings
+
+    return msgspec.json.encode(settings(port, redis_url)).decode()
+
+
+def _serve_api(settings_json: str) -> None:
+    import logging
+
+    import msgspec
+
+    from stocksync.api.server import run
+    from stocksync.config.settings import Settings
+
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run(msgspec.json.decode(settings_json, type=Settings), processes=2))
+
+
+def _serve_bare(port: int, redis_url: str) -> None:
+    """Two processes on one port, each: aiohttp on uvloop, one EVALSHA per request."""
+    import redis.asyncio as aioredis
+    import uvloop
+    from aiohttp import web
+
+    script = "return redis.call('HGET', KEYS[1], 'v')"
+    key = f"{NAMESPACE}:sku:{{{sku_name(1)}}}"
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            break
+        children.append(pid)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: [os.kill(c, signal.SIGTERM) for c in children])
+        for child in children:
+            os.waitpid(child, 0)
+        return
+
+    async def start(app: web.Application) -> Any:
+        client = aioredis.Redis.from_url(redis_url)
+        app["sha"] = await client.script_load(script)
+        app["client"] = client
+        yield
+        await client.aclose()
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.app["client"].evalsha(request.app["sha"], 1, key)
+        return web.Response(body=_BARE_BODY, content_type="application/json")
+
+    app = web.Application()
+    app.cleanup_ctx.append(start)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    web.run_app(
+        app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None,
+        loop=uvloop.new_event_loop(),
+    )
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.holds", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _hold_some(url: str, count: int) -> None:
+    """``count`` active holds, one unit each of SKU 0 .. count-1."""
+    for i in range(count):
+        body = json.dumps({
+            "hold_id": f"standing-{i}", "channel": "web", "ttl_seconds": 3600, "partial": True,
+            "lines": [{"sku": sku_name(i), "qty": 1}],
+        }).encode()
+        req = urllib.request.Request(
+            url + "/v1/holds", data=body, method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status in (200, 201), resp.status
+
+
+def _measure(
+    scenario: str, redis_url: str, logs: Path, args: argparse.Namespace, run: int
+) -> dict[str, dict[str, Any]]:
+    port = free_port()
+    if scenario == "evalsha":
+        proc = _start(["serve-bare", str(port), redis_url], logs / "bare.log")
+        ready = "/healthz"
+    else:
+        proc = _start(["serve-api", _settings_json(port, redis_url)], logs / f"{scenario}.log")
+        ready = "/readyz"
+    url = f"http://127.0.0.1:{port}"
+    figures: dict[str, dict[str, Any]] = {}
+    try:
+        wait_http(url + ready, 120, proc)
+        time.sleep(1.0)  # the second process loads its model too
+        if scenario == "get_held":
+            _hold_some(url, SKUS_GET)
+            time.sleep(0.5)
+        script = LUA_DIR / ("hold.lua" if scenario == "hold" else "single.lua")
+        skus = args.skus if scenario == "hold" else SKUS_GET
+        for connections in (32, 64):
+            env = {"SKUS": str(skus), "RUN": f"{run}x{connections}"}
+            run_wrk(url, script=script, seconds=args.warmup, connections=connections,
+                    threads=1, cpu=0, env=env)
+            result = run_wrk(url, script=script, seconds=args.seconds, connections=connections,
+                             threads=1, cpu=0, env={**env, "RUN": f"{run}m{connections}"})
+            if result.non_2xx or result.socket_errors:
+                raise RuntimeError(f"{scenario}: {result}")
+            figures[str(connections)] = result.as_dict()
+    finally:
+        _stop(proc)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the four scenarios and print the table (or JSON)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.holds", description=__doc__)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--skus", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args(argv)
+    scenarios = ("evalsha", "hold", "get", "get_held")
+    results: dict[str, Any] = {"scenarios": {}, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        redis = RedisServer(data_dir=logs / "redis")
+        redis.start()
+        try:
+            took = seed(redis.port, 0, args.skus, naive=False)
+            print(f"seeded {args.skus:,} SKUs in {took:.1f} s", file=sys.stderr)
+            for run in range(args.repeat):
+                figures = {}
+                for scenario in scenarios if run % 2 == 0 else scenarios[::-1]:
+                    # Each scenario on a copy of the seeded data, so holds never pile up.
+                    db = 1
+                    _copy_db(redis.port, 0, db)
+                    figures[scenario] = _measure(scenario, redis.url_for(db), logs, args, run)
+                    rps = figures[scenario]["64"]["requests_per_second"]
+                    print(f"run {run + 1} {scenario}: {rps:.0f} req/s at 64", file=sys.stderr)
+                results["runs"].append(figures)
+        finally:
+            redis.stop()
+    best = results["runs"][len(results["runs"]) // 2]
+    results["scenarios"] = best
+    results["summary"] = {
+        "hold_p99_ms_at_64": best["hold"]["64"]["p99_ms"],
+        "hold_over_evalsha_at_64": best["hold"]["64"]["requests_per_second"]
+        / best["evalsha"]["64"]["requests_per_second"],
+        "hold_over_evalsha_at_32": best["hold"]["32"]["requests_per_second"]
+        / best["evalsha"]["32"]["requests_per_second"],
+        "get_held_over_get_at_64": best["get_held"]["64"]["requests_per_second"]
+        / best["get"]["64"]["requests_per_second"],
+        "get_held_over_get_at_32": best["get_held"]["32"]["requests_per_second"]
+        / best["get"]["32"]["requests_per_second"],
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"\n{'scenario':12s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    for scenario, by_conns in best.items():
+        for conns, f in by_conns.items():
+            print(f"{scenario:12s} {conns:>5s} {f['requests_per_second']:9.0f}"
+                  f" {f['p50_ms']:8.2f} {f['p99_ms']:8.2f}")
+    print()
+    for key, value in results["summary"].items():
+        target = _TARGETS.get(key)
+        verdict = ""
+        if target is not None:
+            ok = value < target if key.endswith("_ms_at_64") else value >= target
+            verdict = f"target {target:g}  {'met' if ok else 'MISSED'}"
+        print(f"{key:26s} {value:8.2f}   {verdict}")
+    return 0
+
+
+def _copy_db(port: int, source: int, target: int) -> None:
+    """Make database ``target`` a copy of ``source`` (FLUSHDB, then COPY every key)."""
+    import redis
+
+    with redis.Redis(port=port, db=target) as copy:
+        copy.flushdb()
+    with redis.Redis(port=port, db=source) as client:
+        cursor = 0
+        while True:
+            cursor, keys = client.scan(cursor, count=5000)
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.execute_command("COPY", key, key, "DB", target)
+            pipe.execute()
+            if cursor == 0:
+                break
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-api":
+        _serve_api(sys.argv[2])
+    elif len(sys.argv) > 1 and sys.argv[1] == "serve-bare":
+        _serve_bare(int(sys.argv[2]), sys.argv[3])
+    else:
+        raise SystemExit(main())
