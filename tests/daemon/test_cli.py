@@ -562,7 +562,10 @@ def test_log_level_is_passed_to_logging_setup(
 def test_dlq_reason_must_be_a_known_one(tmp_path: Path) -> None:
     done = stocksync("dlq", "list", "--reason", "nonsense", cwd=tmp_path)
     assert done.returncode == 2
-    assert "unknown reason 'nonsense'; expected one of bulk_size, invalid_field," in done.stderr
+    expected = (
+        "unknown reason 'nonsense'; expected one of bulk_size, internal_error, invalid_field,"
+    )
+    assert expected in done.stderr
     assert "unknown_order" in done.stderr
 
 
