@@ -369,9 +369,14 @@ def _since(text: str) -> datetime:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    """The settings; without broker and Redis settings, those of a running ``stocksync dev``."""
+    """The settings; without broker and Redis settings, those of a running ``stocksync dev``.
+
+    The setup used, if any, is left on ``args.dev_setup`` for commands that need its
+    other endpoints (the API's URL).
+    """
     dev = running_setup(os.environ) if args.command != "dev" else None
     settings, used = load_configuration(args.config, os.environ, dev)
+    args.dev_setup = used
     if used is not None:
         print(
             f"stocksync: using the running `stocksync dev` setup (pid {used.pid}): broker"

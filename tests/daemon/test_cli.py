@@ -578,3 +578,41 @@ def test_audit_names_the_login_without_user(monkeypatch: pytest.MonkeyPatch) -> 
     assert operator_name() == pwd.getpwuid(os.getuid()).pw_name
     monkeypatch.setenv("USER", "alice")
     assert operator_name() == "alice"
+
+
+def test_a_running_dev_setup_is_used_without_settings_and_said_first(
+    calls: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from stocksync.config.devsetup import DevSetup, write_state
+
+    monkeypatch.setenv(DEV_STATE, str(tmp_path / "dev.json"))
+    code = "import time; print('up', flush=True); time.sleep(30)"
+    with subprocess.Popen([sys.executable, "-c", code, "stocksync", "dev"],
+                          stdout=subprocess.PIPE) as process:  # fmt: skip
+        try:
+            assert process.stdout is not None and process.stdout.readline() == b"up\n"
+            setup = DevSetup(pid=process.pid, started_at="2026-12-01T09:00:00+00:00",
+                             broker="kafka://127.0.0.1:40001", redis_url="redis://127.0.0.1:6390/0",
+                             redis_namespace="stocksync-dev", topic_prefix="stocksync",
+                             api_url="http://127.0.0.1:8090", worker_url="http://127.0.0.1:8091",
+                             data_dir=str(tmp_path))  # fmt: skip
+            write_state(tmp_path / "dev.json", setup)
+            assert cli.main(["dlq", "list"]) == 0
+            err = capsys.readouterr().err
+            # dev itself never takes another dev's setup.
+            assert cli.main(["dev"]) == 0
+            monkeypatch.setenv("STOCKSYNC_BROKER", "kafka-1:9092")
+            assert cli.main(["dlq", "list"]) == 0
+        finally:
+            process.kill()
+    (_, (used, args), _), (_, (dev_settings,), _), (_, (own, _own_args), _) = calls
+    assert err.splitlines()[0].startswith(
+        f"stocksync: using the running `stocksync dev` setup (pid {process.pid}): broker"
+        " kafka://127.0.0.1:40001, Redis redis://127.0.0.1:6390/0 keys stocksync-dev:*"
+    )
+    assert (used.broker, used.redis_url, used.redis_namespace) == (
+        setup.broker, setup.redis_url, setup.redis_namespace
+    )
+    assert args.dev_setup == setup
+    assert dev_settings == Settings()
+    assert own.broker == "kafka://kafka-1:9092"
