@@ -256,3 +256,22 @@ def apply_stock_messages(settings: Settings, messages: list[SourceMessage]) -> N
             await client.aclose()
 
     run(main())
+
+
+def test_an_empty_key_space_is_a_warning_and_exit_1_not_a_report_of_everything_missing(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "count.csv"
+    path.write_text("sku,node,on_hand,as_of\nA,dc-east,5,2026-11-27T10:00:00Z\n")
+    for apply in (False, True):
+        assert operate.reconcile(settings, ns(path, apply=apply)) == 1
+        err = capsys.readouterr().err
+        assert "warning: the read model holds no SKU at all" in err
+        assert f"keys {settings.redis_namespace}:*" in err
+    assert "not applying: the model it would correct is empty" in err
+    assert read_all(settings, [topic_names(settings).stock]) == []
+
+    # One SKU anywhere in the key space, even one the file does not name: a real comparison.
+    plant(settings, [Position(sku="OTHER", nodes={})])
+    assert operate.reconcile(settings, ns(path)) == 0
+    assert "no SKU at all" not in capsys.readouterr().err
