@@ -38,7 +38,7 @@ from stocksync.config import (
     config_path,
     load_configuration,
 )
-from stocksync.config.devsetup import running_setup
+from stocksync.config.devsetup import STATE_ENV, running_setup
 from stocksync.config.settings import Scope
 from stocksync.daemon.logs import FORMATS, LEVELS, setup_logging
 
@@ -98,6 +98,9 @@ _ENVIRONMENT = "\n".join(
         *(f"    {name:<24} {field}" for name, field in ENV_OVERRIDES.items()),
         "  and these give a password (they win over its password_file):",
         *(f"    {name:<24} the {table} password" for name, table in SECRET_ENV.items()),
+        "  while `stocksync dev` runs, a command given no broker and no Redis settings uses",
+        f"  dev's (its state file: ${STATE_ENV}, else $XDG_RUNTIME_DIR/stocksync/dev.json,",
+        "  else /tmp/stocksync-UID/dev.json)",
         "",
         "exit status: 0 done, 1 failed, 2 bad usage or configuration, 130 interrupted",
     ]
