@@ -165,17 +165,20 @@ async def read_topics(
     *,
     idle: float = 1.0,
     stall: float = 15.0,
-    grace: float | None = None,
+    since_ms: int | None = None,
 ) -> AsyncIterator[tuple[list[Record], dict[str, int]]]:
     """Batches of records of ``topics`` from the earliest offset to the end, with progress.
 
     Yields ``(records, progress)`` where progress has ``read`` (records so far)
     and ``expected`` (the sum of end minus start offsets at start). Missing
     topics are skipped with a warning. Stops once every partition has reached its
-    end offset and a poll has found nothing for ``idle`` seconds, or ``grace``
-    seconds after reaching the end offsets while producers keep the topics busy
-    (None: no such limit), or when nothing came for ``stall`` seconds before that
-    (a warning says where).
+    end offset and a poll has found nothing for ``idle`` seconds, or when
+    nothing came for ``stall`` seconds before that (a warning says where).
+
+    With ``since_ms`` it also stops while producers keep the topics busy: once
+    every partition has either delivered a record produced at or after
+    ``since_ms`` (everything before it was there when reading began), or
+    reached its end offset and been quiet for ``idle`` seconds.
     """
     consumer = AIOKafkaConsumer(
         **kafka_options(settings),
@@ -212,14 +215,16 @@ async def read_topics(
         }
         positions = {tp: starts[tp] for tp in assigned}
         quiet_since = time.monotonic()
-        reached_at: float | None = None
+        heard = dict.fromkeys(assigned, quiet_since)  # when each partition last gave records
+        caught_up: set[TopicPartition] = set()  # gave a record produced at or after since_ms
         while True:
-            if reached_at is None and all(positions[tp] >= ends[tp] for tp in assigned):
-                reached_at = time.monotonic()
-            if grace is not None and reached_at is not None and (
-                time.monotonic() - reached_at >= grace
-            ):
-                return
+            if since_ms is not None:
+                now = time.monotonic()
+                if all(
+                    tp in caught_up or (positions[tp] >= ends[tp] and now - heard[tp] >= idle)
+                    for tp in assigned
+                ):
+                    return
             batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_POLL_RECORDS)
             records: list[Record] = []
             for tp, messages in batches.items():
@@ -230,6 +235,9 @@ async def read_topics(
                     )
                 if messages:
                     positions[tp] = messages[-1].offset + 1
+                    heard[tp] = time.monotonic()
+                    if since_ms is not None and int(messages[-1].timestamp or 0) >= since_ms:
+                        caught_up.add(tp)
             if records:
                 progress["read"] += len(records)
                 quiet_since = time.monotonic()

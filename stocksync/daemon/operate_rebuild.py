@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stocksync.agents.dlq import DeadLetterOut
@@ -94,8 +94,8 @@ log = logging.getLogger("stocksync.operate")
 _PAGE: Final = 2000
 #: Seconds between progress lines when stderr is not a terminal.
 _PROGRESS_EVERY: Final = 2.0
-#: Seconds a rebuild goes on reading past the end offsets it saw at start.
-_GRACE_SECONDS: Final = 5.0
+#: How far ahead of this host's clock a producer's may be (ms).
+_CLOCK_MARGIN_MS: Final = 2000
 #: A worker whose last heartbeat is older than this is taken for stopped.
 HEARTBEAT_FRESH_SECONDS: Final = 15.0
 
@@ -248,8 +248,10 @@ async def _replay_sources(
     }
     progress = _Progress(err)
     expected = 0
-    # Producers may keep the topics busy: stop a while after the end offsets seen at start.
-    async for records, seen in read_topics(settings, names.sources, grace=_GRACE_SECONDS):
+    # Producers may keep the topics busy: stop once each partition is past what it held
+    # when reading began (a record produced after that, allowing for clocks a little off).
+    since_ms = time.time_ns() // 1_000_000 + _CLOCK_MARGIN_MS
+    async for records, seen in read_topics(settings, names.sources, since_ms=since_ms):
         by_kind: dict[str, list[SourceMessage]] = defaultdict(list)
         for rec in records:
             by_kind[kinds[rec.topic]].append(
@@ -372,19 +374,34 @@ async def rebuild_generation(
 
 
 async def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    """The worker group's committed offset per source topic partition ({} if unknown)."""
-    admin = AIOKafkaAdminClient(**kafka_options(settings), client_id="stocksync-operate")
+    """The worker group's committed offset per source topic partition ({} if unknown).
+
+    Asked with a consumer of the group that never joins it (OffsetFetch only).
+    """
+    consumer = AIOKafkaConsumer(
+        **kafka_options(settings),
+        client_id="stocksync-operate",
+        group_id=settings.worker.group_id,
+        enable_auto_commit=False,
+    )
+    found: dict[tuple[str, int], int] = {}
     try:
-        await admin.start()
-        found = await admin.list_consumer_group_offsets(settings.worker.group_id)
+        await consumer.start()
+        existing = await consumer.topics()
+        for topic in topic_names(settings).sources:
+            if topic not in existing:
+                continue
+            for partition in sorted(consumer.partitions_for_topic(topic) or ()):
+                offset = await consumer.committed(TopicPartition(topic, partition))
+                if offset is not None and offset >= 0:
+                    found[(topic, partition)] = offset
     except (KafkaError, OSError) as exc:
         log.warning("could not read the committed offsets of %r (%s); every dead letter of"
                     " the rebuild is sent again", settings.worker.group_id, exc)
         return {}
     finally:
-        await admin.close()
-    return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()
-            if meta.offset >= 0}
+        await consumer.stop()
+    return found
 
 
 async def _send_dead_letters(settings: Settings, letters: Sequence[DeadLetterOut]) -> None:
