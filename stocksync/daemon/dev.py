@@ -261,8 +261,8 @@ async def _demo_export(settings: Settings, broker: str, api_url: str) -> tuple[D
     )
     started = time.monotonic()
     producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5)
-    await producer.start()
     try:
+        await producer.start()  # inside: a Ctrl-C here must still close it
         sent = 0
         for message in [*demo.snapshots(), *demo.policies()]:
             await producer.send(topic_of[message.kind], message.value, key=message.key)
@@ -292,8 +292,8 @@ async def _demo_traffic(
     names = topic_names(settings)
     topic_of = {"stock": names.stock, "orders": names.orders, "returns": names.returns}
     producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5)
-    await producer.start()
     try:
+        await producer.start()  # inside: a Ctrl-C here must still close it
         while not stop.is_set():
             for message in demo.events(DEMO_RATE):
                 await producer.send(topic_of[message.kind], message.value, key=message.key)

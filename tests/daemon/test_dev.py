@@ -141,6 +141,7 @@ def test_dev_serves_the_demo_once_up_and_other_commands_find_it(tmp_path: Path) 
         running.process.send_signal(signal.SIGINT)
         assert running.process.wait(60) == 0, running.text
     assert "stopped." in running.text
+    assert '"level":"error"' not in running.text  # e.g. an unclosed producer
     assert not state.exists()
     assert not data.exists()
 
