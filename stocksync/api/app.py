@@ -14,15 +14,25 @@ from redis.asyncio import BlockingConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stocksync.api.auth import Authenticator
+from stocksync.api.auth import HOLDS_SCOPE, READ_SCOPE, Authenticator
 from stocksync.api.bodies import encode
-from stocksync.api.dispatch import AVAILABILITY_PREFIX, HOT_ROUTES, QUERY_PATH, HotRoutes
+from stocksync.api.dispatch import (
+    AVAILABILITY_PREFIX,
+    CONNECTION_STATS,
+    HOT_ROUTES,
+    QUERY_NAME,
+    QUERY_PATH,
+    HotRoutes,
+)
 from stocksync.api.handlers import AvailabilityHandlers, OperationalHandlers
 from stocksync.api.holds import HOLDS_PATH, HoldHandlers
-from stocksync.api.metrics import ApiMetrics
+from stocksync.api.hoststate import HostState
+from stocksync.api.metrics import ApiMetrics, ConnectionStats
 from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, RequestPipeline, SyncHandler
 from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus, now_ms
 from stocksync.api.openapi import OPENAPI_PATH, openapi_document
+from stocksync.api.protocol import CONNECTION_LIMITS, ConnectionLimits
+from stocksync.api.upload import BodyBudget
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
 from stocksync.store import RedisStore
@@ -116,51 +126,82 @@ def _param_from_path(
     return routed
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The availability API for ``settings``; it loads its model from Redis when started."""
+def create_app(settings: Settings, host: HostState | None = None) -> web.Application:
+    """The availability API for ``settings``; it loads its model from Redis when started.
+
+    ``host`` is the state the API processes of this host share (rate buckets,
+    restarts); without it the app has a private one, as a single process does.
+    """
+    api = settings.api
     model = AvailabilityModel(
         [c.name for c in settings.channels], [c.low_stock_threshold for c in settings.channels]
     )
-    app = web.Application(client_max_size=settings.api.max_body_bytes)
+    app = web.Application(client_max_size=api.max_body_bytes)
 
     def status() -> SyncStatus | None:
         sync = app.get(SYNC)
         return None if sync is None else sync.status()
 
-    metrics = ApiMetrics(status)
+    host = host if host is not None else HostState(len(api.tokens))
+    connections = ConnectionStats()
+    metrics = ApiMetrics(
+        status, connections, restarts=(lambda: host.restarts) if host.shared else None
+    )
+    authenticator = Authenticator(
+        api.tokens,
+        host,
+        failure_rate=api.auth_failure_rate,
+        failure_burst=api.auth_failure_burst,
+    )
     metrics.hold_figures = lambda: (model.holds_active(now_ms()), model.expired_holds)
     pipeline = RequestPipeline(
         metrics=metrics,
-        authenticator=Authenticator(settings.api.tokens),
-        access_log=AccessLog(settings.api.access_log, settings.api.access_log_sample),
+        authenticator=authenticator,
+        access_log=AccessLog(api.access_log, api.access_log_sample),
     )
     app[SETTINGS] = settings
     app[MODEL] = model
     app[METRICS] = metrics
+    app[CONNECTION_STATS] = connections
+    app[CONNECTION_LIMITS] = ConnectionLimits(
+        header_timeout=api.header_timeout_s,
+        body_timeout=api.body_timeout_s,
+        idle_timeout=api.idle_timeout_s,
+        max_connections=api.max_connections,
+    )
     app.cleanup_ctx.append(_model_sync)
 
     availability = AvailabilityHandlers(
-        model, max_skus=settings.api.max_skus, max_body_bytes=settings.api.max_body_bytes
+        model,
+        max_skus=api.max_skus,
+        max_body_bytes=api.max_body_bytes,
+        body_budget=BodyBudget(api.max_buffered_body_bytes),
     )
     ops = OperationalHandlers(status, metrics, encode(openapi_document(settings)))
     # The hot endpoints: HotRoutes serves them ahead of the router (see
     # stocksync.api.dispatch), and the router serves what HotRoutes leaves to it.
     query_resource = app.router.add_resource(QUERY_PATH)
-    query = pipeline.wrap(availability.query, query_resource.canonical, protected=True)
+    query = pipeline.wrap(
+        availability.query, query_resource.canonical, protected=True, scope=READ_SCOPE
+    )
     query_resource.add_route("POST", query)
-    # Any characters, newlines included, so that every bad SKU gets invalid_sku.
-    sku_resource = app.router.add_resource(AVAILABILITY_PREFIX + r"{sku:[\s\S]*}")
-    get = pipeline.wrap(availability.get, sku_resource.canonical, protected=True)
+    # Any characters, newlines included, so that every bad SKU gets invalid_sku; but not
+    # the batch path itself, so that GET on it is 405 rather than an unknown SKU.
+    sku_resource = app.router.add_resource(
+        AVAILABILITY_PREFIX + rf"{{sku:(?!{QUERY_NAME}\Z)[\s\S]*}}"
+    )
+    get = pipeline.wrap(availability.get, sku_resource.canonical, protected=True, scope=READ_SCOPE)
     routed_get = _sku_from_path(get)
     sku_resource.add_route("HEAD", routed_get)
     sku_resource.add_route("GET", routed_get)
-    app[HOT_ROUTES] = HotRoutes(get, query)
+    unmatched = pipeline.wrap(pipeline.unmatched, UNMATCHED_ROUTE, protected=False)
+    app[HOT_ROUTES] = HotRoutes(get, query, unmatched)
     holds = HoldHandlers(
         lambda: app.get(HOLDS), [c.name for c in settings.channels], settings.api.holds, metrics
     )
     create = app.router.add_resource(HOLDS_PATH)
     create.add_route(
-        "POST", pipeline.wrap(holds.create, create.canonical, protected=True, scope="holds:write")
+        "POST", pipeline.wrap(holds.create, create.canonical, protected=True, scope=HOLDS_SCOPE)
     )
     one = app.router.add_resource(HOLDS_PATH + "/{hold_id}")
     extend = app.router.add_resource(HOLDS_PATH + "/{hold_id}/extend")
@@ -171,24 +212,22 @@ def create_app(settings: Settings) -> web.Application:
     ]
     for hold_resource, method, hold_handler in by_id:
         hold_route = pipeline.wrap(
-            hold_handler, hold_resource.canonical, protected=True, scope="holds:write"
+            hold_handler, hold_resource.canonical, protected=True, scope=HOLDS_SCOPE
         )
         hold_resource.add_route(method, _param_from_path(hold_route, "hold_id"))
-    routes: list[tuple[str, Handler | SyncHandler]] = [
-        (OPENAPI_PATH, ops.openapi),
-        ("/healthz", ops.healthz),
-        ("/readyz", ops.readyz),
-        ("/metrics", ops.metrics),
+    # (path, handler, protected): the OpenAPI document needs a token, as all of /v1 does
+    # (any valid token); the operational endpoints serve probes and scrapers without one.
+    routes: list[tuple[str, Handler | SyncHandler, bool]] = [
+        (OPENAPI_PATH, ops.openapi, True),
+        ("/healthz", ops.healthz, False),
+        ("/readyz", ops.readyz, False),
+        ("/metrics", ops.metrics, False),
     ]
-    for path, handler in routes:
+    for path, handler, protected in routes:
         resource = app.router.add_resource(path)
-        wrapped = pipeline.wrap(handler, resource.canonical, protected=False)
+        wrapped = pipeline.wrap(handler, resource.canonical, protected=protected, scope=None)
         resource.add_route("HEAD", wrapped)
         resource.add_route("GET", wrapped)
     # Last, so that it only takes what no route above does.
-    app.router.add_route(
-        "*",
-        r"/{path:[\s\S]*}",
-        pipeline.wrap(pipeline.unmatched, UNMATCHED_ROUTE, protected=False),
-    )
+    app.router.add_route("*", r"/{path:[\s\S]*}", unmatched)
     return app

@@ -8,9 +8,12 @@ endpoints have fixed paths, so :class:`HotRoutes` recognises them with a prefix
 test and a comparison and calls their pipeline-wrapped handlers directly.
 Everything else goes on to the application's own handling, and so do the rare
 requests whose answer the router's rules decide: a path with a percent escape
-(the router decodes ``%2F`` in a path parameter) and a body announced with
-``Expect``. The application keeps every route, so it answers the same without
-:class:`ApiRunner` (the tests check that both answer alike).
+(the router decodes ``%2F`` in a path parameter), a body announced with
+``Expect``, and ``GET /v1/availability/query`` (the batch path, answered 405).
+The application keeps every route, so it answers the same without
+:class:`ApiRunner` (the tests check that both answer alike). A request target
+that is not a path (``OPTIONS *``), which the router would answer in plain
+text, goes straight to the pipeline's handler of unmatched requests.
 """
 
 from __future__ import annotations
@@ -20,12 +23,21 @@ from typing import Final, cast
 
 from aiohttp import hdrs, web
 
-from stocksync.api.protocol import JsonErrorServer
+from stocksync.api.metrics import ConnectionStats
+from stocksync.api.protocol import CONNECTION_LIMITS, ApiServer, ConnectionLimits
 
-__all__ = ["AVAILABILITY_PREFIX", "HOT_ROUTES", "QUERY_PATH", "ApiRunner", "HotRoutes"]
+__all__ = [
+    "AVAILABILITY_PREFIX",
+    "CONNECTION_STATS",
+    "HOT_ROUTES",
+    "QUERY_PATH",
+    "ApiRunner",
+    "HotRoutes",
+]
 
 AVAILABILITY_PREFIX: Final = "/v1/availability/"
-QUERY_PATH: Final = AVAILABILITY_PREFIX + "query"
+QUERY_NAME: Final = "query"
+QUERY_PATH: Final = AVAILABILITY_PREFIX + QUERY_NAME
 
 #: What aiohttp's low-level server calls with each request.
 RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -39,9 +51,11 @@ class HotRoutes:
         self,
         get: Callable[[web.Request, str], Awaitable[web.StreamResponse]],
         query: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        unmatched: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> None:
         self.get = get
         self.query = query
+        self.unmatched = unmatched
 
     def dispatcher(self, fallback: RequestHandler) -> RequestHandler:
         """A request handler for the server: the hot endpoints, else ``fallback``.
@@ -49,7 +63,7 @@ class HotRoutes:
         It returns the handler's coroutine rather than awaiting it, which saves
         a coroutine per request.
         """
-        get, query = self.get, self.query
+        get, query, unmatched = self.get, self.query, self.unmatched
         skip = len(AVAILABILITY_PREFIX)
 
         def dispatch(request: web.Request) -> Awaitable[web.StreamResponse]:
@@ -58,10 +72,12 @@ class HotRoutes:
                 method = request.method
                 if method == "GET" or method == "HEAD":
                     sku = path[skip:]
-                    if "%" not in sku:
+                    if "%" not in sku and sku != QUERY_NAME:
                         return get(request, sku)
                 elif method == "POST" and path == QUERY_PATH and _EXPECT not in request.headers:
                     return query(request)
+            elif not path.startswith("/"):
+                return unmatched(request)
             return fallback(request)
 
         # The server makes its requests with the application's factory: web.Request.
@@ -69,15 +85,20 @@ class HotRoutes:
 
 
 HOT_ROUTES: Final = web.AppKey("hot_routes", HotRoutes)
+#: The connection counters the app's metrics report and its server keeps.
+CONNECTION_STATS: Final = web.AppKey("connection_stats", ConnectionStats)
 
 
 class ApiRunner(web.AppRunner):
     """An ``AppRunner`` whose server hands requests to the app's :class:`HotRoutes` first."""
 
     async def _make_server(self) -> web.Server:
-        """The application's server, answering requests it cannot parse in JSON."""
+        """The application's server, with the app's connection limits and JSON errors."""
+        limits = self.app.get(CONNECTION_LIMITS) or ConnectionLimits()
+        self._kwargs["keepalive_timeout"] = limits.idle_timeout
         server = await super()._make_server()
-        server.__class__ = JsonErrorServer  # same state; only makes other connections
+        server.__class__ = ApiServer  # same state; only makes other connections
+        cast(ApiServer, server).adopt(limits, self.app.get(CONNECTION_STATS) or ConnectionStats())
         return server
 
     async def setup(self) -> None:

@@ -13,16 +13,20 @@ Handlers raise these; the error middleware turns them into
     ├── UnknownChannel        404 unknown_channel
     ├── UnknownHold           404 unknown_hold
     ├── MethodNotAllowed      405 method_not_allowed
+    ├── RequestTimeout        408 request_timeout
     ├── InsufficientStock     409 insufficient_stock (with the short lines)
     ├── HoldConflict          409 hold_conflict
     ├── HoldEnded             409 hold_ended
     ├── TooManySkus           413 too_many_skus
     ├── RateLimited           429 rate_limited
     ├── InternalError         500 internal
-    └── NotReady              503 not_ready
+    ├── NotReady              503 not_ready
+    └── Overloaded            503 overloaded
 
-``not_found``, ``method_not_allowed`` and ``internal`` are additions to the
-contract's list, for requests that reach no endpoint and for bugs.
+``not_found``, ``method_not_allowed``, ``request_timeout``, ``overloaded`` and
+``internal`` are additions to the contract's list: for requests that reach no
+endpoint, clients too slow to send their request, a server at its connection
+or upload limit, and bugs.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "NotReady",
+    "Overloaded",
     "RateLimited",
+    "RequestTimeout",
     "TooManySkus",
     "Unauthorized",
     "UnknownChannel",
@@ -60,10 +66,14 @@ class ApiError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal"
 
-    def __init__(self, message: str, headers: Mapping[str, str] = _NO_HEADERS) -> None:
+    def __init__(
+        self, message: str, headers: Mapping[str, str] = _NO_HEADERS, *, close: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers
+        #: Close the connection after answering (a body left unread, a client too slow).
+        self.close = close
 
 
 class BadRequest(ApiError):
@@ -150,6 +160,13 @@ class MethodNotAllowed(ApiError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ApiError):
+    """The client did not send its headers or body in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class TooManySkus(ApiError):
     """More SKUs, or a bigger body, than one request may carry."""
 
@@ -176,3 +193,10 @@ class NotReady(ApiError):
 
     status = 503
     code = "not_ready"
+
+
+class Overloaded(ApiError):
+    """The process is at its connection limit or holds as many uploads as it may."""
+
+    status = 503
+    code = "overloaded"

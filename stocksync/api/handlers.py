@@ -19,6 +19,7 @@ from stocksync.api.errors import (
     UnknownChannel,
     UnknownSku,
 )
+from stocksync.api.etags import etag, etag_matches
 from stocksync.api.metrics import ApiMetrics
 from stocksync.api.model import (
     VERSION_SLOT,
@@ -27,9 +28,10 @@ from stocksync.api.model import (
     detail_document,
     is_identifier,
 )
+from stocksync.api.upload import BodyBudget, read_body
 from stocksync.codecs.projections import QueryRequest
 
-__all__ = ["AvailabilityHandlers", "OperationalHandlers", "etag_matches", "shown"]
+__all__ = ["AvailabilityHandlers", "OperationalHandlers", "no_query_parameters", "shown"]
 
 _JSON: Final = "application/json"
 _query_decoder: Final = msgspec.json.Decoder(QueryRequest)
@@ -37,6 +39,8 @@ _ITEMS_OPEN: Final = b'{"items":['
 _UNKNOWN_OPEN: Final = b'],"unknown":'
 _NONE_UNKNOWN: Final = b'],"unknown":[]}'
 _SHOWN_MAX: Final = 80
+#: Query parameters ``GET /v1/availability/{sku}`` takes.
+_GET_PARAMETERS: Final = frozenset({"channel", "detail"})
 
 
 def shown(value: str) -> str:
@@ -46,22 +50,38 @@ def shown(value: str) -> str:
     return repr(value)
 
 
-def etag_matches(if_none_match: str, etag: str) -> bool:
-    """Weak comparison of an ``If-None-Match`` list against ``etag`` (RFC 9110 13.1.2)."""
-    if if_none_match == etag:
-        return True
-    for candidate in if_none_match.split(","):
-        tag = candidate.strip()
-        if tag == "*" or tag.removeprefix("W/") == etag:
-            return True
-    return False
+def _check_parameters(request: web.Request, allowed: frozenset[str], takes: str) -> None:
+    """Refuse a query parameter the endpoint does not take, or one given twice."""
+    seen: set[str] = set()
+    for name, _ in request.query.items():  # items, not keys: keys are deduplicated
+        if name not in allowed:
+            raise BadRequest(f"Unknown query parameter {shown(name)}; this endpoint takes {takes}.")
+        if name in seen:
+            raise BadRequest(f"The query parameter {shown(name)} is given more than once.")
+        seen.add(name)
+
+
+def no_query_parameters(request: web.Request) -> None:
+    """Refuse any query parameter (for endpoints that take none)."""
+    if request.rel_url.raw_query_string:
+        _check_parameters(request, frozenset(), "none")
 
 
 class AvailabilityHandlers:
     """``GET /v1/availability/{sku}`` and ``POST /v1/availability/query``."""
 
-    def __init__(self, model: AvailabilityModel, *, max_skus: int, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        model: AvailabilityModel,
+        *,
+        max_skus: int,
+        max_body_bytes: int,
+        body_budget: BodyBudget | None = None,
+    ) -> None:
         self._model = model
+        self._budget = body_budget if body_budget is not None else BodyBudget(max_body_bytes)
+        #: Slot -> channel name, for the ETag.
+        self._names = {slot: name for name, slot in model.slots.items()}
         self._entries = model.entries
         self._slots = model.slots
         self._max_skus = max_skus
@@ -94,6 +114,7 @@ class AvailabilityHandlers:
         return slot
 
     def _parse_query(self, request: web.Request) -> tuple[int, bool]:
+        _check_parameters(request, _GET_PARAMETERS, "'channel' and 'detail'")
         query = request.query
         slot = self._slot(query.get("channel"))
         detail = query.get("detail")
@@ -115,23 +136,28 @@ class AvailabilityHandlers:
         doc = detail_document(entry, slot) if detail else entry[slot]
         if doc is None:
             raise UnknownSku(f"SKU {shown(sku)} is not known on this channel.")
-        etag = f'"{entry[VERSION_SLOT]}"'
+        generation = self._model.generation
+        if not generation:  # switching generations: no tag can be trusted yet
+            return web.Response(body=doc, headers={hdrs.CONTENT_TYPE: _JSON})
+        tag = etag(generation, entry[VERSION_SLOT], self._names[slot], detail)
         if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
-        if if_none_match is not None and etag_matches(if_none_match, etag):
-            return web.Response(status=304, headers={hdrs.ETAG: etag})
-        return web.Response(body=doc, headers={hdrs.CONTENT_TYPE: _JSON, hdrs.ETAG: etag})
+        if if_none_match is not None and etag_matches(if_none_match, tag):
+            return web.Response(status=304, headers={hdrs.ETAG: tag})
+        return web.Response(body=doc, headers={hdrs.CONTENT_TYPE: _JSON, hdrs.ETAG: tag})
 
     async def query(self, request: web.Request) -> web.Response:
         """Many SKUs on one channel: known ones in request order, and the unknown ones."""
+        no_query_parameters(request)
         if not self._model.loaded:
             raise NotReady("The availability model is still loading; retry shortly.")
         length = request.content_length
         if length is not None and length > self._max_body_bytes:
             raise TooManySkus(
                 f"The body is {length} bytes; at most {self._max_body_bytes} are accepted."
-                " Ask for fewer SKUs per request."
+                " Ask for fewer SKUs per request.",
+                close=True,
             )
-        body = await request.read()
+        body = await read_body(request, limit=self._max_body_bytes, budget=self._budget)
         try:
             req = _query_decoder.decode(body)
         except msgspec.ValidationError as exc:
@@ -221,4 +247,5 @@ class OperationalHandlers:
 
     def openapi(self, request: web.Request) -> web.Response:
         """The OpenAPI 3.1 document of this API."""
+        no_query_parameters(request)
         return web.Response(body=self._openapi, headers={"Content-Type": _JSON})

@@ -25,7 +25,7 @@ from prometheus_client.core import (
 
 from stocksync.api.model import SyncStatus
 
-__all__ = ["HOLD_OUTCOMES", "LATENCY_BUCKETS", "ApiMetrics"]
+__all__ = ["HOLD_OUTCOMES", "LATENCY_BUCKETS", "ApiMetrics", "ConnectionStats"]
 
 #: Outcomes of ``stocksync_holds_total`` (api-v1, Holds: metrics). A worker counts
 #: ``converted``; each API replica counts the rest.
@@ -60,11 +60,39 @@ class _Latencies:
         self.total = 0.0
 
 
+class ConnectionStats:
+    """What the connections of one process went through (plain counters, bumped in place)."""
+
+    __slots__ = (
+        "body_timeouts",
+        "client_gone",
+        "header_timeouts",
+        "open",
+        "refusal_logged_at",
+        "refused",
+    )
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.refused = 0
+        self.refusal_logged_at = -math.inf
+        self.header_timeouts = 0
+        self.body_timeouts = 0
+        self.client_gone = 0
+
+
 class ApiMetrics:
     """Request counters and latency histograms by route and status, plus model health."""
 
-    def __init__(self, status: Callable[[], SyncStatus | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        status: Callable[[], SyncStatus | None] = lambda: None,
+        connections: ConnectionStats | None = None,
+        restarts: Callable[[], int] | None = None,
+    ) -> None:
         self._status = status
+        self.connections = connections if connections is not None else ConnectionStats()
+        self._restarts = restarts
         self._series: dict[tuple[str, int], _Latencies] = {}
         self._hold_outcomes: dict[str, int] = dict.fromkeys(HOLD_OUTCOMES, 0)
         self._hold_latency = _Latencies()
@@ -130,6 +158,13 @@ class ApiMetrics:
         yield requests
         yield latency
         yield from self._hold_families()
+        yield from _connection_families(self.connections)
+        if self._restarts is not None:
+            yield _counter(
+                "stocksync_api_process_restarts",
+                "API server processes the supervisor restarted after they died.",
+                self._restarts(),
+            )
         health = self._status()
         if health is not None:
             yield from _health_families(health)
@@ -163,6 +198,29 @@ class ApiMetrics:
         )
         latency.add_metric([], buckets, series.total)
         yield latency
+
+
+def _connection_families(stats: ConnectionStats) -> Iterator[Metric]:
+    """Open connections and the ones cut short."""
+    yield _gauge("stocksync_api_connections_open", "Open HTTP connections.", stats.open)
+    yield _counter(
+        "stocksync_api_connections_refused",
+        "Connections refused at api.max_connections (answered 503 overloaded).",
+        stats.refused,
+    )
+    timeouts = CounterMetricFamily(
+        "stocksync_api_client_timeouts",
+        "Connections closed because the client was too slow to send its request.",
+        labels=["phase"],
+    )
+    timeouts.add_metric(["headers"], stats.header_timeouts)
+    timeouts.add_metric(["body"], stats.body_timeouts)
+    yield timeouts
+    yield _counter(
+        "stocksync_api_client_disconnects",
+        "Requests whose client hung up before sending all of it (not counted as answered).",
+        stats.client_gone,
+    )
 
 
 def _health_families(status: SyncStatus) -> Iterator[Metric]:

@@ -2,7 +2,10 @@
 
 Every error leaves as ``{"error": {"code": ..., "message": ...}}`` with a
 stable code; anything unexpected is logged with its traceback and answered
-``500 internal`` without detail.
+``500 internal`` without detail. A client that hung up before its request was
+read (:class:`~stocksync.api.upload.ClientGone`) is a DEBUG line and
+``stocksync_api_client_disconnects_total``, not an answer: nobody is left to
+answer, and counting it as a 5xx would be a false alarm.
 
 This is a wrapper put around each route's handler when the routes are
 registered, not an aiohttp middleware: any middleware makes aiohttp add a
@@ -22,13 +25,12 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Final, Literal, TypeVarTuple, cast
 
 from aiohttp import web
 from multidict import istr
 
-from stocksync.api.auth import READ_SCOPE, Authenticator
+from stocksync.api.auth import READ_SCOPE, Authenticator, scope_for
 from stocksync.api.bodies import error_body
 from stocksync.api.errors import (
     ApiError,
@@ -39,6 +41,7 @@ from stocksync.api.errors import (
     TooManySkus,
 )
 from stocksync.api.metrics import ApiMetrics
+from stocksync.api.upload import ClientGone
 from stocksync.config.settings import Scope
 
 __all__ = [
@@ -118,11 +121,14 @@ class AccessLog:
 def error_response(error: ApiError, status: int | None = None) -> web.Response:
     """The JSON response of an :class:`ApiError` (with its own status unless one is given)."""
     headers = {"Content-Type": "application/json", **error.headers}
-    return web.Response(
+    response = web.Response(
         status=status or error.status,
         body=error_body(error.code, error.message),
         headers=headers,
     )
+    if error.close:
+        response.force_close()
+    return response
 
 
 def _from_http(exc: web.HTTPException) -> web.Response:
@@ -132,9 +138,7 @@ def _from_http(exc: web.HTTPException) -> web.Response:
         return error_response(TooManySkus("The body is too large; ask for fewer SKUs per request."))
     if status < 500:
         return error_response(BadRequest(exc.reason or "Bad request."), status)
-    return error_response(
-        InternalError(INTERNAL_MESSAGE), status
-    )
+    return error_response(InternalError(INTERNAL_MESSAGE), status)
 
 
 class RequestPipeline:
@@ -164,9 +168,12 @@ class RequestPipeline:
         route: str,
         *,
         protected: bool,
-        scope: Scope = READ_SCOPE,
+        scope: Scope | None = READ_SCOPE,
     ) -> Callable[[web.Request, *Params], Awaitable[web.StreamResponse]]:
         """``handler`` behind the pipeline; ``protected`` routes need a token if any is set.
+
+        A protected route needs a token with ``scope`` (or ``admin``); with
+        ``scope=None`` any valid token will do.
 
         ``handler`` may be a plain function when it has nothing to wait for (an
         answer from memory): calling it directly saves a coroutine per request.
@@ -179,11 +186,9 @@ class RequestPipeline:
             else None
         )
         sync_handler = cast("Callable[[web.Request, *Params], web.StreamResponse]", handler)
-        check: Callable[[str | None], str] | None = None
-        if protected and self.authenticator.enabled:
-            authenticate = self.authenticator.check
-            check = authenticate if scope == READ_SCOPE else partial(authenticate, scope=scope)
+        check = self.authenticator.check if protected and self.authenticator.enabled else None
         record = self.metrics.recorder(route)
+        connections = self.metrics.connections
         access_log = self.access_log if self.access_log.enabled else None
         id_prefix, id_counter = self._id_prefix, self._id_counter
         perf_counter = time.perf_counter
@@ -196,13 +201,25 @@ class RequestPipeline:
             token: str | None = None
             try:
                 if check is not None:
-                    token = check(request.headers.get("Authorization"))
+                    token = check(request.headers.get("Authorization"), scope, request.remote)
                 if async_handler is None:
                     response = sync_handler(request, *params)
                 else:
                     response = await async_handler(request, *params)
             except ApiError as exc:
                 response = error_response(exc)
+            except ClientGone as exc:
+                connections.client_gone += 1
+                log.debug(
+                    "the client of %s %s hung up before sending its whole request: %s",
+                    request.method,
+                    request.path,
+                    exc,
+                    extra={"correlation_id": correlation_id},
+                )
+                gone = web.Response(status=400)  # nobody reads it: the connection is gone
+                gone.force_close()
+                return gone
             except web.HTTPException as exc:
                 response = _from_http(exc)
             except Exception:
@@ -212,9 +229,7 @@ class RequestPipeline:
                     request.path,
                     extra={"correlation_id": correlation_id},
                 )
-                response = error_response(
-                    InternalError(INTERNAL_MESSAGE)
-                )
+                response = error_response(InternalError(INTERNAL_MESSAGE))
             response.headers[CORRELATION_HEADER] = correlation_id
             elapsed = perf_counter() - started
             record(response.status, elapsed)
@@ -235,7 +250,12 @@ class RequestPipeline:
     async def unmatched(self, request: web.Request) -> web.StreamResponse:
         """The handler of requests no route takes: 404, or 405 naming the methods allowed."""
         if self.authenticator.enabled and request.path.startswith("/v1/"):
-            self.authenticator.check(request.headers.get("Authorization"))  # say nothing first
+            # Say nothing about the path to a client without the right token.
+            self.authenticator.check(
+                request.headers.get("Authorization"), scope_for(request.path), request.remote
+            )
+        if not request.path.startswith("/"):  # e.g. OPTIONS *: no endpoint is there
+            raise NotFound(f"No endpoint takes the request target {request.path[:80]!r}.")
         allowed: set[str] = set()
         for resource in request.app.router.resources():
             match, methods = await resource.resolve(request)

@@ -143,7 +143,8 @@ class AvailabilityModel:
         self.entries: dict[str, Entry] = {}
         #: True once the first full load from Redis has finished.
         self.loaded = False
-        #: Id of the generation of the model held (changes on a rebuild; part of ETags).
+        #: Id of the generation of the model held (changes on a rebuild; part of ETags);
+        #: "" before the first load and while a load switches generations.
         self.generation = ""
 
     def __len__(self) -> int:
@@ -604,6 +605,9 @@ class ModelSync:
             self._model_lost()
             return
         replace = generation != self.model.generation and not first
+        if replace:
+            # Entries of both generations are held until the load ends: no ETag holds.
+            self.model.generation = ""
         if namespace != before:
             log.info("the live model is under %r", namespace)
         info = await self._stream_info()

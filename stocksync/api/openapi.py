@@ -24,15 +24,28 @@ _REF: Final = "#/components/schemas/{name}"
 _JSON: Final = "application/json"
 
 _ERRORS: Final = {
-    "400": "bad_request (malformed query or body) or invalid_sku.",
+    "400": (
+        "bad_request (malformed, unknown or repeated query parameter, malformed body)"
+        " or invalid_sku."
+    ),
     "401": "unauthorized: no bearer token, or an unknown one.",
-    "403": "forbidden: the token lacks the availability:read scope.",
+    "403": (
+        "forbidden: the token lacks the scope this endpoint needs"
+        " (availability:read; admin grants every scope)."
+    ),
     "404": "unknown_sku, unknown_channel, or not_found (no such endpoint).",
     "405": "method_not_allowed.",
+    "408": "request_timeout: the headers or the body did not arrive in time.",
     "413": "too_many_skus: more SKUs, or a larger body, than one request may carry.",
-    "429": "rate_limited: the token is over its rate; see Retry-After.",
+    "429": (
+        "rate_limited: the token is over its rate, or its address made too many failed"
+        " authentications; see Retry-After."
+    ),
     "500": "internal: a bug; details are logged, never returned.",
-    "503": "not_ready: the in-memory model is still loading.",
+    "503": (
+        "not_ready: the in-memory model is still loading; or overloaded: the server is at"
+        " its connection or upload limit (see Retry-After)."
+    ),
 }
 _HOLD_ERRORS: Final = {
     "400": "bad_request: malformed body, a ttl or line count over the configured limits.",
@@ -173,7 +186,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "schema": {"type": "string"},
         }
     }
-    etag = {"description": "The SKU's version, quoted.", "schema": {"type": "string"}}
+    etag = {
+        "description": (
+            "Opaque; changes whenever the body does (model generation, version, channel, detail)."
+        ),
+        "schema": {"type": "string"},
+    }
     channel_param = {
         "name": "channel",
         "in": "query",
@@ -234,7 +252,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "headers": echoed,
                 "content": _json("QueryResponse"),
             },
-            **_errors("400", *auth_errors, "404", "413", "503"),
+            **_errors("400", *auth_errors, "404", "408", "413", "503"),
         },
         **secured,
     }
@@ -274,8 +292,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "200": {
                             "description": "The OpenAPI 3.1 document.",
                             "content": {_JSON: {"schema": {"type": "object"}}},
-                        }
+                        },
+                        **_errors(*(e for e in auth_errors if e != "403")),
                     },
+                    **secured,
                 }
             },
             "/metrics": {

@@ -2,9 +2,15 @@
 
 With ``processes > 1`` the parent forks that many servers that each bind the
 same port with ``SO_REUSEPORT`` (the kernel spreads connections over them) and
-each load their own copy of the model; the parent only supervises. SIGTERM or
-SIGINT stops every server cleanly: in-flight requests finish, then Redis
-connections close.
+each load their own copy of the model; the parent only supervises. A server
+that dies (a crash, SIGKILL, the OOM killer) is started again after a backoff
+(:data:`BACKOFF_MIN` doubling to :data:`BACKOFF_MAX` while it keeps dying
+young), logged, and counted in ``stocksync_api_process_restarts_total``, which
+every server reports from the :class:`~stocksync.api.hoststate.HostState` the
+processes share (with their rate buckets). The port answers throughout from the
+others. SIGTERM or SIGINT stops every server cleanly within
+``api.shutdown_timeout_s``: in-flight requests finish, then Redis connections
+close; a server still running then is killed.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import wait
+from multiprocessing.context import ForkProcess
 from types import FrameType
 from typing import Final
 
@@ -25,16 +33,20 @@ from aiohttp import web
 
 from stocksync.api.app import create_app
 from stocksync.api.dispatch import ApiRunner
+from stocksync.api.hoststate import HostState
 from stocksync.config.settings import Settings
 
-__all__ = ["run"]
+__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "run"]
 
 log = logging.getLogger("stocksync.api")
 
-#: Seconds in-flight requests get to finish at shutdown.
-SHUTDOWN_TIMEOUT: Final = 5.0
-#: Seconds the supervisor waits for its servers to stop before killing them.
-_CHILD_STOP_TIMEOUT: Final = SHUTDOWN_TIMEOUT + 10.0
+#: Seconds before a dead server is started again the first time, and at most.
+BACKOFF_MIN: Final = 0.5
+BACKOFF_MAX: Final = 30.0
+#: A server that ran this long before dying is restarted after BACKOFF_MIN again.
+_BACKOFF_RESET: Final = 60.0
+#: Seconds of the shutdown timeout a server keeps for closing Redis after its requests.
+_CLEANUP_MARGIN: Final = 1.0
 _BACKLOG: Final = 2048
 
 
@@ -43,29 +55,31 @@ def run(settings: Settings, processes: int = 1) -> int:
     if processes < 1:
         raise ValueError(f"processes must be at least 1, not {processes!r}")
     if processes == 1:
-        return _serve(settings, settings.api.port, reuse_port=False)
+        return _serve(settings, settings.api.port, reuse_port=False, host=None)
     return _supervise(settings, processes)
 
 
-def _serve(settings: Settings, port: int, *, reuse_port: bool) -> int:
+def _serve(settings: Settings, port: int, *, reuse_port: bool, host: HostState | None) -> int:
     """One server process on uvloop."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve_until_stopped(settings, port, reuse_port=reuse_port))
+        return runner.run(_serve_until_stopped(settings, port, reuse_port=reuse_port, host=host))
 
 
-async def _serve_until_stopped(settings: Settings, port: int, *, reuse_port: bool) -> int:
-    host = settings.api.host
+async def _serve_until_stopped(
+    settings: Settings, port: int, *, reuse_port: bool, host: HostState | None
+) -> int:
+    address = settings.api.host
     try:  # bind first: a taken port fails at once, before any Redis work
         sock = socket.create_server(
-            (host, port),
-            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            (address, port),
+            family=socket.AF_INET6 if ":" in address else socket.AF_INET,
             backlog=_BACKLOG,
             reuse_port=reuse_port,
         )
     except OSError as exc:
         log.error(
             "cannot listen on %s:%d: %s; pick another api.port or stop what uses it",
-            host,
+            address,
             port,
             exc,
         )
@@ -75,15 +89,15 @@ async def _serve_until_stopped(settings: Settings, port: int, *, reuse_port: boo
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runner = ApiRunner(
-        create_app(settings),
+        create_app(settings, host),
         access_log=None,  # the app logs its own, as configured
         handle_signals=False,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        shutdown_timeout=max(0.1, settings.api.shutdown_timeout_s - _CLEANUP_MARGIN),
     )
     await runner.setup()
     try:
         await web.SockSite(runner, sock).start()
-        log.info("availability API listening on http://%s:%d", host, sock.getsockname()[1])
+        log.info("availability API listening on http://%s:%d", address, sock.getsockname()[1])
         await stop.wait()
         log.info("stopping the availability API")
     finally:
@@ -91,23 +105,34 @@ async def _serve_until_stopped(settings: Settings, port: int, *, reuse_port: boo
     return 0
 
 
-def _child(settings: Settings, port: int) -> None:
+def _child(settings: Settings, port: int, host: HostState) -> None:
     """Entry point of one forked server."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
-    sys.exit(_serve(settings, port, reuse_port=True))
+    sys.exit(_serve(settings, port, reuse_port=True, host=host))
 
 
-def _reserve_port(host: str, port: int) -> socket.socket:
+def _reserve_port(address: str, port: int) -> socket.socket:
     """A bound, not listening, SO_REUSEPORT socket: it fixes the port (0 picks one)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    sock.bind((address, port))
     return sock
 
 
+@dataclass(slots=True)
+class _Slot:
+    """One of the N servers: its current process, and when it is due to start again."""
+
+    index: int
+    process: ForkProcess | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+
+
 def _supervise(settings: Settings, processes: int) -> int:
-    """Fork ``processes`` servers on one port and wait; stop them all on a signal."""
+    """Fork ``processes`` servers on one port, restart any that dies; stop them on a signal."""
     try:
         reserved = _reserve_port(settings.api.host, settings.api.port)
     except OSError as exc:
@@ -127,44 +152,87 @@ def _supervise(settings: Settings, processes: int) -> int:
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     context = multiprocessing.get_context("fork")  # children inherit the logging setup
     port = reserved.getsockname()[1]
-    children = [
-        context.Process(target=_child, args=(settings, port), name=f"stocksync-api-{i}")
-        for i in range(processes)
-    ]
+    host = HostState(len(settings.api.tokens), shared=True)
+    slots = [_Slot(i) for i in range(processes)]
+
+    def start(slot: _Slot) -> None:
+        process = context.Process(
+            target=_child, args=(settings, port, host), name=f"stocksync-api-{slot.index}"
+        )
+        process.start()
+        slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
+
     status = 0
     try:
-        for child in children:
-            child.start()
+        for slot in slots:
+            start(slot)
         log.info("started %d API processes on port %d", processes, port)
         while not stopping:
-            done = wait([c.sentinel for c in children], timeout=0.5)
-            if done and not stopping:
-                dead = next(c for c in children if c.sentinel in done)
-                if dead.exitcode == 0:  # e.g. a signal sent to the whole process group
-                    log.info("API process %s stopped; stopping the others", dead.pid)
-                else:
-                    log.error(
-                        "API process %s exited with %s; stopping the others",
-                        dead.pid,
-                        dead.exitcode,
+            now = time.monotonic()
+            for slot in slots:
+                if slot.restart_at is not None and slot.restart_at <= now and not stopping:
+                    start(slot)
+                    host.count_restart()
+                    assert slot.process is not None
+                    log.info(
+                        "restarted API process %d as pid %s (%d restarts so far)",
+                        slot.index,
+                        slot.process.pid,
+                        host.restarts,
                     )
-                    status = 1
-                break
+            due = [s.restart_at for s in slots if s.restart_at is not None]
+            timeout = 0.5 if not due else max(0.0, min(0.5, min(due) - time.monotonic()))
+            alive = {s.process.sentinel: s for s in slots if s.process is not None}
+            for sentinel in wait(list(alive), timeout=timeout):
+                if stopping:
+                    break
+                _schedule_restart(alive[sentinel])  # type: ignore[index]
     finally:
-        for child in children:
-            if child.is_alive() and child.pid is not None:
-                child.terminate()
-        deadline = time.monotonic() + _CHILD_STOP_TIMEOUT
-        for child in children:
-            child.join(max(0.0, deadline - time.monotonic()))
-            if child.is_alive():
-                log.error("API process %s did not stop in time; killing it", child.pid)
-                child.kill()
-                child.join()
-                status = 1
-            elif child.exitcode not in (0, -signal.SIGTERM):
-                status = 1
+        status = _stop_all(slots, settings.api.shutdown_timeout_s)
         reserved.close()
+        host.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return status
+
+
+def _schedule_restart(slot: _Slot) -> None:
+    """Note that ``slot``'s process died and when to start it again."""
+    process = slot.process
+    assert process is not None
+    process.join()
+    lived = time.monotonic() - slot.started_at
+    slot.failures = 0 if lived >= _BACKOFF_RESET else slot.failures + 1
+    delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** max(0, slot.failures - 1))
+    code = process.exitcode
+    how = f"was killed by {signal.Signals(-code).name}" if code and code < 0 else f"exited {code}"
+    log.error(
+        "API process %d (pid %s) %s after %.1f s; starting it again in %.1f s",
+        slot.index,
+        process.pid,
+        how,
+        lived,
+        delay,
+    )
+    slot.process = None
+    slot.restart_at = time.monotonic() + delay
+
+
+def _stop_all(slots: list[_Slot], timeout: float) -> int:
+    """SIGTERM every server, wait up to ``timeout`` in all, kill the rest; the exit status."""
+    status = 0
+    running = [s.process for s in slots if s.process is not None]
+    for process in running:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in running:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.error("API process %s did not stop within %.1f s; killing it", process.pid, timeout)
+            process.kill()
+            process.join()
+            status = 1
+        elif process.exitcode not in (0, -signal.SIGTERM):
+            status = 1
     return status

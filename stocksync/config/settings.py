@@ -43,6 +43,7 @@ __all__ = [
 Port = Annotated[int, Meta(ge=0, le=65535)]
 NonNegative = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(gt=0)]
+Seconds = Annotated[float, Meta(gt=0, le=86400)]
 Scope = Literal["availability:read", "holds:write", "admin"]
 Sha256Hex = Annotated[
     str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)", description="lowercase hex SHA-256")
@@ -119,7 +120,8 @@ class TokenSettings(_Config, frozen=True):
     scopes: Annotated[list[Scope], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["availability:read"]
     )
-    #: Sustained requests per second for this token; 0 means unlimited.
+    #: Sustained requests per second for this token on the whole host (shared by the
+    #: processes of ``stocksync api --processes N``); 0 means unlimited.
     rate: Annotated[float, Meta(ge=0)] = 0.0
     #: Bucket size; 0 means ``max(1, rate)``.
     burst: NonNegative = 0
@@ -150,6 +152,24 @@ class ApiSettings(_Config, frozen=True):
     access_log_sample: Annotated[float, Meta(ge=0, le=1)] = 0.01
     #: SKUs loaded per page when warming the model from Redis.
     load_page: Positive = 5000
+    #: Seconds a client has to send a request's line and headers, from its first byte
+    #: (or from connecting); then it gets 408 and the connection is closed.
+    header_timeout_s: Seconds = 10.0
+    #: Seconds a client has to send a whole request body once its headers are in.
+    body_timeout_s: Seconds = 10.0
+    #: Seconds an idle keep-alive connection is kept open between requests.
+    idle_timeout_s: Seconds = 75.0
+    #: Open connections one API process serves at once; one more is refused with 503.
+    max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    #: Bytes of request bodies one process holds at once beyond the first 64 KiB of each;
+    #: an upload that would go over is refused with 503 (so uploads cannot fill memory).
+    max_buffered_body_bytes: Positive = 33_554_432
+    #: Failed authentications per second each client address may make (sustained), and
+    #: how many at once; past that its requests get 429 rate_limited.
+    auth_failure_rate: Annotated[float, Meta(gt=0)] = 1.0
+    auth_failure_burst: Positive = 20
+    #: Seconds a stopping API gives in-flight requests, and the supervisor its processes.
+    shutdown_timeout_s: Seconds = 10.0
     tokens: list[TokenSettings] = msgspec.field(default_factory=list)
     holds: HoldSettings = msgspec.field(default_factory=HoldSettings)
 

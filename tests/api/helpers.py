@@ -164,6 +164,8 @@ class ApiTestServer(TestServer):
     """A test server that runs the app as ``stocksync api`` does: hot routes first."""
 
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        # As `stocksync api` runs it: a client hanging up does not cancel its handler.
+        kwargs["handler_cancellation"] = False
         return ApiRunner(self.app, **kwargs)
 
 

@@ -50,7 +50,8 @@ def test_odd_paths(redis_url: str, store: redis.Redis) -> None:
         "/v1/availability/%FF%FE?channel=web": (400, "invalid_sku"),
         "/v1/availability/../../etc/passwd?channel=web": (404, "unknown_sku"),
         "/v1/availability/A?channel=%00": (404, "unknown_channel"),
-        "/v1/availability/A?channel=web&channel=store": (200, ""),
+        "/v1/availability/A?channel=web&channel=store": (400, "bad_request"),  # given twice
+        "/v1/availability/A?chanel=web": (400, "bad_request"),  # unknown
         "/v1/availability/A?channel=web&detail=%00": (400, "bad_request"),
         "/v1/availability/A/?channel=web": (404, "unknown_sku"),  # "/" is allowed
         "/v1//availability/A?channel=web": (404, "not_found"),

@@ -14,10 +14,11 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from yarl import URL
 
+from stocksync.api.etags import etag
 from stocksync.api.handlers import AvailabilityHandlers
 from stocksync.codecs.projections import ChannelAvailability
 from stocksync.daemon.services import free_port
-from tests.api.helpers import make_settings, projection, run, serving, write
+from tests.api.helpers import NAMESPACE, make_settings, projection, run, serving, write
 
 Client = TestClient[Any, Any]
 _enc = msgspec.json.Encoder()
@@ -80,7 +81,7 @@ def test_get_one_sku(redis_url: str, store: redis.Redis) -> None:
                 "held": 0,
             }
             assert headers["Content-Type"] == "application/json"
-            assert headers["ETag"] == '"42"'
+            assert headers["ETag"] == etag(NAMESPACE, 42, "web", False)
             assert headers["X-Correlation-ID"]
 
             status, _, body = await _get(client, "/v1/availability/TSHIRT-RED-M?channel=store")
@@ -109,7 +110,7 @@ def test_detail_nodes_adds_the_nodes(redis_url: str, store: redis.Redis) -> None
                 "quarantine": 0,
                 "safety_stock": 0,
             }
-            assert headers["ETag"] == '"7"'
+            assert headers["ETag"] == etag(NAMESPACE, 7, "store", True)
             status, _, body = await _get(client, "/v1/availability/SKU-1?channel=web&detail=all")
             assert status == 400
             _error(body, "bad_request")
@@ -123,14 +124,15 @@ def test_etag_and_if_none_match(redis_url: str, store: redis.Redis) -> None:
     async def scenario() -> None:
         async with serving(make_settings(redis_url)) as client:
             path = "/v1/availability/SKU-1?channel=web"
-            for matching in ('"5"', 'W/"5"', '"4", "5"', "*"):
+            tag = etag(NAMESPACE, 5, "web", False)
+            for matching in (tag, f"W/{tag}", f'"4", {tag}', "*"):
                 status, headers, body = await _get(
                     client, path, headers={"If-None-Match": matching}
                 )
                 assert (status, body) == (304, b""), matching
-                assert headers["ETag"] == '"5"'
+                assert headers["ETag"] == tag
                 assert headers["X-Correlation-ID"]
-            status, _, body = await _get(client, path, headers={"If-None-Match": '"4"'})
+            status, _, body = await _get(client, path, headers={"If-None-Match": '"5"'})
             assert status == 200 and body
 
     run(scenario())

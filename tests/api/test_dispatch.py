@@ -13,14 +13,16 @@ from aiohttp import ClientTimeout
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from stocksync.api.etags import etag
 from stocksync.config.settings import TokenSettings
-from tests.api.helpers import make_settings, projection, run, serving, write
+from tests.api.helpers import NAMESPACE, make_settings, projection, run, serving, write
 
 Client = TestClient[Any, Any]
 SECRET = "reader-secret"
 TOKENS = [TokenSettings(name="reader", sha256=hashlib.sha256(SECRET.encode()).hexdigest())]
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 BODY = b'{"skus":["A","B/C","Z"],"channel":"web"}'
+TAG = etag(NAMESPACE, 1, "web", False)
 #: A client sending ``Expect: 100-continue`` waits for the server's go-ahead: fail, not hang.
 TIMEOUT = ClientTimeout(total=5)
 
@@ -34,8 +36,11 @@ REQUESTS: list[tuple[str, str, dict[str, str], bytes | None]] = [
     ("GET", "/v1/availability/A?channel=nope", AUTH, None),
     ("GET", "/v1/availability/A?channel=web&detail=all", AUTH, None),
     ("GET", "/v1/availability/A", AUTH, None),
-    ("GET", "/v1/availability/A?channel=web", {**AUTH, "If-None-Match": '"1"'}, None),
-    ("GET", "/v1/availability/A?channel=web", {**AUTH, "If-None-Match": 'W/"2", "1"'}, None),
+    ("GET", "/v1/availability/A?channel=web", {**AUTH, "If-None-Match": TAG}, None),
+    ("GET", "/v1/availability/A?channel=web", {**AUTH, "If-None-Match": f'W/"2", {TAG}'}, None),
+    ("GET", "/v1/availability/A?channel=web&detail=nodes", {**AUTH, "If-None-Match": TAG}, None),
+    ("GET", "/v1/availability/A?chanel=web", AUTH, None),
+    ("HEAD", "/v1/availability/query", AUTH, None),
     ("GET", "/v1/availability/A?channel=web", {}, None),
     ("GET", "/v1/availability/A?channel=web", {"Authorization": "Bearer wrong"}, None),
     ("GET", "/v1/availability/Z?channel=web", AUTH, None),
@@ -63,6 +68,9 @@ REQUESTS: list[tuple[str, str, dict[str, str], bytes | None]] = [
     ("POST", "/v1/availability/query?channel=web", AUTH, BODY),
     ("GET", "/healthz", {}, None),
     ("GET", "/v1/openapi.json", {}, None),
+    ("GET", "/v1/openapi.json", AUTH, None),
+    ("GET", "/v1/openapi.json?x=1", AUTH, None),
+    ("GET", "/v1/holds/h-1", AUTH, None),
     ("GET", "/nowhere", {}, None),
 ]
 

@@ -1,0 +1,256 @@
+"""Clients that are slow, silent, too many, or gone: deadlines, the cap, and what is counted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+
+from stocksync.api.protocol import TESTED_AIOHTTP, ApiProtocol, _check_aiohttp
+from tests.api.helpers import make_settings, projection, run, serving, write
+from tests.api.wire import exchange, parse_answers, read_answers, wait_closed
+
+Client = TestClient[Any, Any]
+GET = b"GET /v1/availability/A?channel=web HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[redis.Redis]:
+    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
+        write(client, projection("A"))
+        yield client
+
+
+def _port(client: Client) -> int:
+    assert client.port is not None
+    return client.port
+
+
+async def _metric(client: Client, name: str) -> float:
+    async with client.get("/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def test_slow_headers_get_408_and_the_connection_closes(
+    redis_url: str, store: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url, header_timeout_s=0.6)) as client:
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(client))
+            started = time.monotonic()
+            writer.write(b"GET /v1/availability/A HTTP/1.1\r\nHost: x\r\n")
+            raw = b""
+            for _ in range(30):  # a header byte every 0.1 s: slowloris
+                with contextlib.suppress(TimeoutError):
+                    raw += await asyncio.wait_for(reader.read(65536), 0.1)
+                if reader.at_eof():
+                    break
+                writer.write(b"X")
+            writer.close()
+            (answer,) = parse_answers(raw)
+            assert answer.status == 408
+            assert answer.code() == "request_timeout"
+            assert 0.5 < time.monotonic() - started < 1.5
+            assert await _metric(client, 'stocksync_api_client_timeouts_total{phase="headers"}') == 1
+
+    run(scenario())
+
+
+def test_a_silent_connection_is_closed_after_the_header_timeout(
+    redis_url: str, store: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url, header_timeout_s=0.5)) as client:
+            answers, took = await exchange(_port(client), b"")
+            assert [a.status for a in answers] == [408]
+            assert 0.4 < took < 1.5
+
+    run(scenario())
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
+    redis_url: str, store: redis.Redis
+) -> None:
+    settings = make_settings(redis_url, header_timeout_s=0.3, idle_timeout_s=1.5)
+
+    async def scenario() -> None:
+        async with serving(settings) as client:
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(client))
+            writer.write(GET)
+            (answer,) = await read_answers(reader, 1)
+            assert answer.status == 200
+            answered = time.monotonic()
+            await asyncio.sleep(0.8)  # past the header timeout: idle is not slow headers
+            writer.write(GET)
+            (answer,) = await read_answers(reader, 1)
+            assert answer.status == 200
+            answered = time.monotonic()
+            assert await wait_closed(reader, 5) == b""
+            assert 1.2 < time.monotonic() - answered < 2.5
+            writer.close()
+
+    run(scenario())
+
+
+def test_a_hanging_upload_gets_408_within_the_body_timeout(
+    redis_url: str, store: redis.Redis
+) -> None:
+    settings = make_settings(redis_url, body_timeout_s=0.6)
+
+    async def scenario() -> None:
+        async with serving(settings) as client:
+            for path in (b"/v1/availability/query", b"/v1/availability/A?channel=web"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", _port(client))
+                started = time.monotonic()
+                writer.write(
+                    b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"4\r\n{\"sk\r\n"
+                )
+                raw = await wait_closed(reader, 5)
+                took = time.monotonic() - started
+                writer.close()
+                answers = parse_answers(raw)
+                if path == b"/v1/availability/query":  # it reads the body: 408
+                    assert [a.status for a in answers] == [408]
+                    assert answers[0].code() == "request_timeout"
+                    assert answers[0].headers["connection"] == "close"
+                else:  # answered without reading it (405), then closed at the deadline
+                    assert [a.status for a in answers] == [405]
+                assert 0.5 < took < 1.5, path
+
+    run(scenario())
+
+
+def test_uploads_over_the_memory_budget_are_refused(redis_url: str, store: redis.Redis) -> None:
+    settings = make_settings(redis_url, max_buffered_body_bytes=200_000, body_timeout_s=3)
+    head = (
+        b"POST /v1/availability/query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b" " * 60_000
+    piece = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+
+    async def scenario() -> None:
+        async with serving(settings) as client:
+            connections = [await asyncio.open_connection("127.0.0.1", _port(client)) for _ in range(4)]
+            for _, writer in connections:
+                writer.write(head + piece * 3)  # 180 KB each: 115 KB over the allowance
+                await writer.drain()
+            answers = []
+            for reader, writer in connections:
+                try:
+                    answers.extend(await read_answers(reader, 1, timeout=1.0))
+                except (AssertionError, TimeoutError):
+                    pass  # still being read: within the budget
+            assert answers and all(a.status == 503 for a in answers)
+            assert {a.code() for a in answers} == {"overloaded"}
+            assert all(a.headers["retry-after"] == "1" for a in answers)
+            assert len(answers) < 4  # at least one upload fits
+            for _, writer in connections:
+                writer.close()
+            # The budget is given back: a small batch is served as ever.
+            async with client.post(
+                "/v1/availability/query", json={"skus": ["A"], "channel": "web"}
+            ) as resp:
+                assert resp.status == 200
+
+    run(scenario())
+
+
+def test_connections_past_the_cap_are_refused_clearly(redis_url: str, store: redis.Redis) -> None:
+    settings = make_settings(redis_url, max_connections=3, header_timeout_s=30)
+
+    async def scenario() -> None:
+        async with serving(settings) as client:
+            port = _port(client)
+            await client.session.close()  # its pooled connection would take a place
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+            answers, took = await exchange(port, b"")
+            assert [a.status for a in answers] == [503]
+            assert answers[0].code() == "overloaded"
+            assert answers[0].headers["retry-after"] == "1"
+            assert took < 2.5
+            # The ones in place are served; once one goes, a newcomer is too.
+            reader, writer = held[0]
+            writer.write(GET)
+            assert [a.status for a in await read_answers(reader, 1)] == [200]
+            writer.close()
+            await asyncio.sleep(0.2)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            assert [a.status for a in parse_answers(await wait_closed(reader, 5))] == [200]
+            for _, w in [*held[1:], (reader, writer)]:
+                w.close()
+
+    run(scenario())
+
+
+def test_a_valid_request_before_a_malformed_one_gets_its_answer(
+    redis_url: str, store: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            answers, _ = await exchange(_port(client), GET + GET + b"GARBAGE / HTTP/1.1\r\n\r\n")
+            assert [a.status for a in answers] == [200, 200, 400]
+            assert answers[2].code() == "bad_request"
+            body = b'{"skus":["A"],"channel":"web"}'
+            post = (
+                b"POST /v1/availability/query HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+            answers, _ = await exchange(_port(client), post + b"GET /\x01 HTTP/1.1\r\n\r\n")
+            assert [a.status for a in answers] == [200, 400]
+
+    run(scenario())
+
+
+def test_a_client_hanging_up_during_the_body_is_not_a_server_error(
+    redis_url: str, store: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            for _ in range(3):
+                _, writer = await asyncio.open_connection("127.0.0.1", _port(client))
+                writer.write(
+                    b"POST /v1/availability/query HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 100000\r\n\r\n" + b"{" * 1000
+                )
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.close()
+
+            async def counted() -> bool:
+                return await _metric(client, "stocksync_api_client_disconnects_total") == 3
+
+            deadline = time.monotonic() + 5
+            while not await counted():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            async with client.get("/metrics") as resp:
+                text = await resp.text()
+            assert 'status="500"' not in text
+
+    with caplog.at_level(logging.DEBUG, logger="stocksync.api"):
+        run(scenario())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    gone = [r for r in caplog.records if "hung up" in r.getMessage()]
+    assert len(gone) == 3 and {r.levelno for r in gone} == {logging.DEBUG}
+
+
+def test_the_aiohttp_internals_relied_on_are_there() -> None:
+    """Canary: fails when aiohttp changes what ApiProtocol overrides."""
+    import aiohttp
+
+    _check_aiohttp()  # raises if a slot is gone
+    assert tuple(int(p) for p in aiohttp.__version__.split(".")[:2]) == TESTED_AIOHTTP
+    for method in ("connection_made", "connection_lost", "data_received", "handle_error"):
+        assert method in vars(ApiProtocol)
