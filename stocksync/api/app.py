@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
@@ -32,14 +34,23 @@ from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, RequestPipeline
 from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus, now_ms
 from stocksync.api.openapi import OPENAPI_PATH, openapi_document
 from stocksync.api.protocol import CONNECTION_LIMITS, ConnectionLimits
-from stocksync.api.upload import BodyBudget
+from stocksync.api.upload import BodyBudget, give_back_memory
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
 from stocksync.store import RedisStore
 from stocksync.store.holds import HoldStore
 from stocksync.store.layout import Keys
 
-__all__ = ["HOLDS", "METRICS", "MODEL", "REDIS", "SETTINGS", "SYNC", "create_app"]
+__all__ = [
+    "BODY_BUDGET",
+    "HOLDS",
+    "METRICS",
+    "MODEL",
+    "REDIS",
+    "SETTINGS",
+    "SYNC",
+    "create_app",
+]
 
 log = logging.getLogger("stocksync.api")
 
@@ -47,6 +58,7 @@ SETTINGS: Final = web.AppKey("settings", Settings)
 MODEL: Final = web.AppKey("model", AvailabilityModel)
 METRICS: Final = web.AppKey("metrics", ApiMetrics)
 REDIS: Final = web.AppKey("redis", aioredis.Redis)
+BODY_BUDGET: Final = web.AppKey("body_budget", BodyBudget)
 SYNC: Final = web.AppKey("sync", ModelSync)
 HOLDS: Final = web.AppKey("holds", HoldStore)
 
@@ -102,6 +114,17 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         await sync.stop()
         await holds_client.aclose()
         await client.aclose()
+
+
+async def _memory_steward(app: web.Application) -> AsyncIterator[None]:
+    """Give memory back after large uploads, for the app's life."""
+    task = asyncio.create_task(give_back_memory(app[BODY_BUDGET]))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _sku_from_path(
@@ -169,13 +192,12 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
         idle_timeout=api.idle_timeout_s,
         max_connections=api.max_connections,
     )
+    app[BODY_BUDGET] = budget = BodyBudget(api.max_buffered_body_bytes)
     app.cleanup_ctx.append(_model_sync)
+    app.cleanup_ctx.append(_memory_steward)
 
     availability = AvailabilityHandlers(
-        model,
-        max_skus=api.max_skus,
-        max_body_bytes=api.max_body_bytes,
-        body_budget=BodyBudget(api.max_buffered_body_bytes),
+        model, max_skus=api.max_skus, max_body_bytes=api.max_body_bytes, body_budget=budget
     )
     ops = OperationalHandlers(status, metrics, encode(openapi_document(settings)))
     # The hot endpoints: HotRoutes serves them ahead of the router (see

@@ -10,8 +10,9 @@ on ``CLOCK_MONOTONIC``, which every process of the host reads alike.
 Updates hold a POSIX record lock (``fcntl.lockf``) on the file behind the
 mapping: the kernel releases it when its holder dies, so a server killed with
 SIGKILL in the middle of an update never blocks the others. A single process
-takes no lock, and its mapping is private. Reads that only decide whether to refuse (:meth:`HostState.level`)
-take none either: a stale figure by a few microseconds decides nothing.
+takes no lock, and its mapping is private. Reads that only decide whether to
+refuse (:meth:`HostState.level`) take none either: a figure stale by a few
+microseconds decides nothing.
 
 Layout, in float64 cells: cell 0 the supervisor's restart count, cells 2-3 the
 first token's bucket, and so on; then :data:`ADDRESS_SLOTS` buckets of failed

@@ -163,7 +163,7 @@ class ApiSettings(_Config, frozen=True):
     max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
     #: Bytes of request bodies one process holds at once beyond the first 64 KiB of each;
     #: an upload that would go over is refused with 503 (so uploads cannot fill memory).
-    max_buffered_body_bytes: Positive = 33_554_432
+    max_buffered_body_bytes: Positive = 16_777_216
     #: Failed authentications per second each client address may make (sustained), and
     #: how many at once; past that its requests get 429 rate_limited.
     auth_failure_rate: Annotated[float, Meta(gt=0)] = 1.0

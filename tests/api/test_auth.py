@@ -146,9 +146,7 @@ def test_scopes_forbid_what_they_do_not_grant(redis_url: str, store: redis.Redis
                 assert _code(await r.read()) == "forbidden"
             # availability:read does not reach holds (the holds API comes later: 404 then).
             for method in ("GET", "POST", "DELETE"):
-                async with client.request(
-                    method, "/v1/holds/cart-1", headers=_bearer(READER)
-                ) as r:
+                async with client.request(method, "/v1/holds/cart-1", headers=_bearer(READER)) as r:
                     assert r.status == 403, method
                     assert _code(await r.read()) == "forbidden"
             for secret in (HOLDER, ADMIN):

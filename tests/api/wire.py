@@ -50,7 +50,9 @@ def parse_answers(raw: bytes) -> list[Answer]:
     return answers
 
 
-async def read_answers(reader: asyncio.StreamReader, count: int, timeout: float = 5.0) -> list[Answer]:
+async def read_answers(
+    reader: asyncio.StreamReader, count: int, timeout: float = 5.0
+) -> list[Answer]:
     """Read until ``count`` whole responses have arrived."""
     raw = b""
     deadline = time.monotonic() + timeout
