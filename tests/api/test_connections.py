@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from stocksync.api.protocol import TESTED_AIOHTTP, ApiProtocol, _check_aiohttp
 from tests.api.helpers import make_settings, projection, run, serving, write
-from tests.api.wire import exchange, parse_answers, read_answers, wait_closed
+from tests.api.wire import Answer, exchange, parse_answers, read_answers, wait_closed
 
 Client = TestClient[Any, Any]
 GET = b"GET /v1/availability/A?channel=web HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -58,7 +58,7 @@ def test_slow_headers_get_408_and_the_connection_closes(redis_url: str, store: r
             (answer,) = parse_answers(raw)
             assert answer.status == 408
             assert answer.code() == "request_timeout"
-            assert 0.5 < time.monotonic() - started < 1.5
+            assert 0.5 < time.monotonic() - started < 3.0
             assert (
                 await _metric(client, 'stocksync_api_client_timeouts_total{phase="headers"}') == 1
             )
@@ -73,7 +73,7 @@ def test_a_silent_connection_is_closed_after_the_header_timeout(
         async with serving(make_settings(redis_url, header_timeout_s=0.5)) as client:
             answers, took = await exchange(_port(client), b"")
             assert [a.status for a in answers] == [408]
-            assert 0.4 < took < 1.5
+            assert 0.4 < took < 3.0
 
     run(scenario())
 
@@ -96,7 +96,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
             assert answer.status == 200
             answered = time.monotonic()
             assert await wait_closed(reader, 5) == b""
-            assert 1.2 < time.monotonic() - answered < 2.5
+            assert 1.2 < time.monotonic() - answered < 4.0
             writer.close()
 
     run(scenario())
@@ -126,30 +126,34 @@ def test_a_hanging_upload_gets_408_within_the_body_timeout(
                     assert answers[0].headers["connection"] == "close"
                 else:  # answered without reading it (405), then closed at the deadline
                     assert [a.status for a in answers] == [405]
-                assert 0.5 < took < 1.5, path
+                assert 0.5 < took < 3.0, path
 
     run(scenario())
 
 
 def test_uploads_over_the_memory_budget_are_refused(redis_url: str, store: redis.Redis) -> None:
-    settings = make_settings(redis_url, max_buffered_body_bytes=200_000, body_timeout_s=3)
-    head = b"POST /v1/availability/query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    settings = make_settings(redis_url, max_buffered_body_bytes=200_000, body_timeout_s=30)
+    head = (
+        b"POST /v1/availability/query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b" " * 60_000
     piece = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
 
+    async def answer(reader: asyncio.StreamReader) -> list[Answer]:
+        # No answer in time: still being read, within the budget.
+        with contextlib.suppress(AssertionError, TimeoutError):
+            return await read_answers(reader, 1, timeout=4.0)
+        return []
+
     async def scenario() -> None:
         async with serving(settings) as client:
-            connections = [
-                await asyncio.open_connection("127.0.0.1", _port(client)) for _ in range(4)
-            ]
+            port = _port(client)
+            connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
             for _, writer in connections:
                 writer.write(head + piece * 3)  # 180 KB each: 115 KB over the allowance
                 await writer.drain()
-            answers = []
-            for reader, _ in connections:
-                # No answer yet: still being read, within the budget.
-                with contextlib.suppress(AssertionError, TimeoutError):
-                    answers.extend(await read_answers(reader, 1, timeout=1.0))
+            got = await asyncio.gather(*(answer(reader) for reader, _ in connections))
+            answers = [a for answered in got for a in answered]
             assert answers and all(a.status == 503 for a in answers)
             assert {a.code() for a in answers} == {"overloaded"}
             assert all(a.headers["retry-after"] == "1" for a in answers)
@@ -177,7 +181,7 @@ def test_connections_past_the_cap_are_refused_clearly(redis_url: str, store: red
             assert [a.status for a in answers] == [503]
             assert answers[0].code() == "overloaded"
             assert answers[0].headers["retry-after"] == "1"
-            assert took < 2.5
+            assert took < 4.0
             # The ones in place are served; once one goes, a newcomer is too.
             reader, writer = held[0]
             writer.write(GET)

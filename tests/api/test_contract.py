@@ -18,7 +18,7 @@ from stocksync.api.etags import etag
 from stocksync.api.handlers import AvailabilityHandlers
 from stocksync.codecs.projections import ChannelAvailability
 from stocksync.daemon.services import free_port
-from tests.api.helpers import NAMESPACE, make_settings, projection, run, serving, write
+from tests.api.helpers import GENERATION, make_settings, projection, run, serving, write
 
 Client = TestClient[Any, Any]
 _enc = msgspec.json.Encoder()
@@ -81,7 +81,7 @@ def test_get_one_sku(redis_url: str, store: redis.Redis) -> None:
                 "held": 0,
             }
             assert headers["Content-Type"] == "application/json"
-            assert headers["ETag"] == etag(NAMESPACE, 42, "web", False)
+            assert headers["ETag"] == etag(GENERATION, 42, "web", False)
             assert headers["X-Correlation-ID"]
 
             status, _, body = await _get(client, "/v1/availability/TSHIRT-RED-M?channel=store")
@@ -110,7 +110,7 @@ def test_detail_nodes_adds_the_nodes(redis_url: str, store: redis.Redis) -> None
                 "quarantine": 0,
                 "safety_stock": 0,
             }
-            assert headers["ETag"] == etag(NAMESPACE, 7, "store", True)
+            assert headers["ETag"] == etag(GENERATION, 7, "store", True)
             status, _, body = await _get(client, "/v1/availability/SKU-1?channel=web&detail=all")
             assert status == 400
             _error(body, "bad_request")
@@ -124,7 +124,7 @@ def test_etag_and_if_none_match(redis_url: str, store: redis.Redis) -> None:
     async def scenario() -> None:
         async with serving(make_settings(redis_url)) as client:
             path = "/v1/availability/SKU-1?channel=web"
-            tag = etag(NAMESPACE, 5, "web", False)
+            tag = etag(GENERATION, 5, "web", False)
             for matching in (tag, f"W/{tag}", f'"4", {tag}', "*"):
                 status, headers, body = await _get(
                     client, path, headers={"If-None-Match": matching}

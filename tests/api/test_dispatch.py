@@ -15,14 +15,14 @@ from yarl import URL
 
 from stocksync.api.etags import etag
 from stocksync.config.settings import TokenSettings
-from tests.api.helpers import NAMESPACE, make_settings, projection, run, serving, write
+from tests.api.helpers import GENERATION, make_settings, projection, run, serving, write
 
 Client = TestClient[Any, Any]
 SECRET = "reader-secret"
 TOKENS = [TokenSettings(name="reader", sha256=hashlib.sha256(SECRET.encode()).hexdigest())]
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 BODY = b'{"skus":["A","B/C","Z"],"channel":"web"}'
-TAG = etag(NAMESPACE, 1, "web", False)
+TAG = etag(GENERATION, 1, "web", False)
 #: A client sending ``Expect: 100-continue`` waits for the server's go-ahead: fail, not hang.
 TIMEOUT = ClientTimeout(total=5)
 

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from stocksync.api.app import MODEL
 from stocksync.api.etags import etag
-from stocksync.readmodel.generation import GENERATION_FIELD, RELOAD_FIELD, effective_namespace
-from stocksync.readmodel.keys import Keys
+from stocksync.store.generation import effective_namespace
+from stocksync.store.layout import Keys, reload_fields
 from tests.api.helpers import NAMESPACE, eventually, make_settings, projection, run, serving, write
 
 Client = TestClient[Any, Any]
@@ -78,11 +78,10 @@ def test_a_rebuilt_model_never_gets_a_304_for_a_changed_body(
             # A rebuild: a new generation whose versions start again, to the same number.
             generation = "g20261127T090003123Z"
             new_ns = effective_namespace(NAMESPACE, generation)
-            write(store, projection("A", 3, available=7), namespace=new_ns)
+            write(store, projection("A", 3, available=7), namespace=new_ns, generation=generation)
             store.set(Keys(NAMESPACE).generation(), generation)
-            store.xadd(
-                Keys(NAMESPACE).changes(), {RELOAD_FIELD: new_ns, GENERATION_FIELD: generation}
-            )
+            fields = reload_fields(new_ns, generation)
+            store.xadd(Keys(NAMESPACE).changes(), fields)  # type: ignore[arg-type]
 
             async def rebuilt() -> bool:
                 return (await _get(client, PATH))[2] != old_body

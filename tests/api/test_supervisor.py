@@ -77,17 +77,26 @@ def test_a_killed_server_is_restarted_and_the_port_keeps_answering(
         assert len(first) == 2
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        # Requests on new connections all the while: the other server answers them.
-        statuses = []
-        deadline = time.monotonic() + 20
+        killed = time.monotonic()
+        # Requests on new connections all the while: the other server answers them. The
+        # kernel resets what was queued for the dead one's listener at that instant
+        # (unless net.ipv4.tcp_migrate_req=1 hands it over); nothing after that is lost.
+        statuses: list[tuple[float, int | str]] = []
+        deadline = killed + 20
         while True:
-            statuses.append(_status(api.url + "/v1/availability/A?channel=web")[0])
+            sent = time.monotonic() - killed
+            try:
+                statuses.append((sent, _status(api.url + "/v1/availability/A?channel=web")[0]))
+            except ConnectionError as exc:
+                statuses.append((sent, type(exc).__name__))
             now = _children(supervisor)
             if len(now) == 2 and victim not in now:
                 break
             assert time.monotonic() < deadline, api.output()
             time.sleep(0.02)
-        assert set(statuses) == {200}, statuses
+        assert len(statuses) >= 5, statuses
+        assert {status for sent, status in statuses if sent > 0.2} == {200}, statuses
+        assert sum(status != 200 for _, status in statuses) <= 2, statuses
         assert api.process.poll() is None
         _wait_all_ready(api)
         # Every server reports the supervisor's count, the new one too.
