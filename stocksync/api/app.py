@@ -219,7 +219,12 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
     unmatched = pipeline.wrap(pipeline.unmatched, UNMATCHED_ROUTE, protected=False)
     app[HOT_ROUTES] = HotRoutes(get, query, unmatched)
     holds = HoldHandlers(
-        lambda: app.get(HOLDS), [c.name for c in settings.channels], settings.api.holds, metrics
+        lambda: app.get(HOLDS),
+        [c.name for c in settings.channels],
+        settings.api.holds,
+        metrics,
+        max_body_bytes=api.max_body_bytes,
+        body_budget=budget,
     )
     create = app.router.add_resource(HOLDS_PATH)
     create.add_route(

@@ -25,6 +25,7 @@ from stocksync.api.errors import (
 )
 from stocksync.api.metrics import ApiMetrics
 from stocksync.api.model import is_identifier
+from stocksync.api.upload import BodyBudget, read_body
 from stocksync.codecs.holds import (
     ExtendRequest,
     Hold,
@@ -75,12 +76,21 @@ class HoldHandlers:
         channels: list[str],
         settings: HoldSettings,
         metrics: ApiMetrics,
+        *,
+        max_body_bytes: int = 1_048_576,
+        body_budget: BodyBudget | None = None,
     ) -> None:
         self._store = store
+        #: Bodies are read as the batch query's are: bounded in size, memory and time.
+        self._max_body_bytes = max_body_bytes
+        self._budget = body_budget if body_budget is not None else BodyBudget(max_body_bytes)
         self._channels = channels
         self._choices = ", ".join(repr(c) for c in channels)
         self._settings = settings
         self._metrics = metrics
+
+    async def _body(self, request: web.Request) -> bytes:
+        return await read_body(request, limit=self._max_body_bytes, budget=self._budget)
 
     def _holds(self) -> HoldStore:
         store = self._store()
@@ -132,7 +142,7 @@ class HoldHandlers:
         """Grant a hold (201), find the same one again (200), or refuse it (409)."""
         started = time.perf_counter()
         try:
-            req = self._decode(_request_decoder, await request.read(), "hold")
+            req = self._decode(_request_decoder, await self._body(request), "hold")
             channel = self._channel(req.channel)
             ttl_ms = self._ttl_ms(req.ttl_seconds)
             if len(req.lines) > self._settings.max_lines:
@@ -203,7 +213,7 @@ class HoldHandlers:
         """Move an active hold's expiry to now + ``ttl_seconds``."""
         started = time.perf_counter()
         try:
-            req = self._decode(_extend_decoder, await request.read(), "extend")
+            req = self._decode(_extend_decoder, await self._body(request), "extend")
             ttl_ms = self._ttl_ms(req.ttl_seconds)
             try:
                 found = await self._holds().extend(self._hold_id(hold_id), ttl_ms)

@@ -144,7 +144,7 @@ def test_scopes_forbid_what_they_do_not_grant(redis_url: str, store: redis.Redis
             ) as r:
                 assert r.status == 403
                 assert _code(await r.read()) == "forbidden"
-            # availability:read does not reach holds (the holds API comes later: 404 then).
+            # availability:read does not reach holds.
             for method in ("GET", "POST", "DELETE"):
                 async with client.request(method, "/v1/holds/cart-1", headers=_bearer(READER)) as r:
                     assert r.status == 403, method
@@ -152,7 +152,10 @@ def test_scopes_forbid_what_they_do_not_grant(redis_url: str, store: redis.Redis
             for secret in (HOLDER, ADMIN):
                 async with client.get("/v1/holds/cart-1", headers=_bearer(secret)) as r:
                     assert r.status == 404, secret
-                    assert _code(await r.read()) == "not_found"
+                    assert _code(await r.read()) == "unknown_hold"
+            # Under /v1/holds, even a path with no endpoint needs the scope first.
+            async with client.get("/v1/holds/a/b/c", headers=_bearer(READER)) as r:
+                assert r.status == 403
             # admin reads everything.
             async with client.get("/v1/availability/A?channel=web", headers=_bearer(ADMIN)) as r:
                 assert r.status == 200

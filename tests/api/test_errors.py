@@ -46,6 +46,11 @@ CODES = {
     "request_timeout",
     "overloaded",
     "internal",
+    "insufficient_stock",
+    "hold_conflict",
+    "hold_ended",
+    "unknown_hold",
+    "model_lost",
 }
 
 
@@ -79,7 +84,9 @@ CASES: list[tuple[bytes, int, str]] = [
     (_request("GET", "/v1/availability/A?channel=nope"), 404, "unknown_channel"),
     (_request("POST", BATCH, body=b'{"skus":["A"],"channel":"nope"}'), 404, "unknown_channel"),
     (_request("GET", "/v2/anything"), 404, "not_found"),
-    (_request("GET", "/v1/holds/cart-1", secret=HOLDER), 404, "not_found"),
+    (_request("GET", "/v1/holds/cart-1", secret=HOLDER), 404, "unknown_hold"),
+    (_request("GET", "/v1/holds/a/b/c", secret=HOLDER), 404, "not_found"),
+    (_request("POST", "/v1/holds", secret=HOLDER, body=b"{"), 400, "bad_request"),
     (b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
     (_request("GET", BATCH), 405, "method_not_allowed"),
     (_request("DELETE", "/v1/availability/A"), 405, "method_not_allowed"),
