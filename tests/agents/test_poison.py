@@ -343,6 +343,21 @@ def test_a_crash_while_translating_dead_letters_that_event_only(
     assert rig.available("A") == 5
 
 
+def test_deep_nesting_and_far_times_cost_their_message_only() -> None:
+    """The real inputs of the issue that raised out of decoding (RecursionError, OverflowError):
+    dead-lettered whatever the decoder makes of them, and the next message applies."""
+    rig = Rig()
+    nested = b'{"x":' * 1_000 + b"1" + b"}" * 1_000
+    far = msgspec.json.encode(ev("stock.adjusted", "far", sku="A", node="dc-east", delta=1,
+                                 reason="receipt", occurred_at="9999-12-31T23:59:59-01:00"))
+    rig.feed("stock", [rig.message("stock", "A", nested), rig.message("stock", "A", far),
+                       rig.adjust("A", 6)])
+    reasons = [letter.reason for letter in rig.letters()]
+    assert len(reasons) == 2
+    assert set(reasons) <= {"internal_error", "malformed_json", "invalid_field"}
+    assert rig.available("A") == 6
+
+
 # --- the rig ------------------------------------------------------------------------------
 
 

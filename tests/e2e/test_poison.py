@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import pytest
 
-from stocksync.codecs.messages import Reason
+from stocksync.codecs.messages import Reason, decode_message
 from tests.e2e.harness import Cluster, Msg, Wire, bad, bulk, single
 
 __all__: list[str] = []
@@ -37,9 +37,24 @@ def _bulk_of(w: Wire, n: int) -> bytes:
     return json.dumps(events, separators=(",", ":")).encode()
 
 
+def _reason(value: bytes) -> str:
+    """What the decoder makes of a single-event ``value``; internal_error if it raises (the
+    translator's error boundary), whichever the decoder of the day does."""
+    try:
+        (rejection,) = decode_message(value).rejections
+    except Exception:  # exactly what the boundary catches
+        return Reason.INTERNAL_ERROR
+    return rejection.reason
+
+
 def poison(w: Wire, kind: str, key: str, rng: random.Random) -> list[Msg]:
-    """The oversized inputs of the issue, on ``kind``'s topic."""
+    """The inputs of the issue that crashed the worker, on ``kind``'s topic."""
+    nested = b'{"unknown":' * 1_000 + b"1" + b"}" * 1_000
+    far = json.dumps(w.adjusted(SKU, "dc-east", 1, 5)
+                     | {"occurred_at": "9999-12-31T23:59:59-01:00"}).encode()
     return [
+        single(bad(nested, _reason(nested)), kind=kind, key=key),
+        single(bad(far, _reason(far)), kind=kind, key=key),
         single(bad(b"A" * 1_048_576, Reason.MALFORMED_JSON), kind=kind, key=key),
         single(bad(b"\x01" * 900_000, Reason.MALFORMED_JSON), kind=kind, key=key),
         single(bad(rng.randbytes(10_000_000), Reason.MALFORMED_JSON), kind=kind, key=key),
