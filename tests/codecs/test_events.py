@@ -20,7 +20,7 @@ from stocksync.codecs.events import (
     StockSnapshot,
     event_schema,
 )
-from stocksync.codecs.messages import Reason, decode_message
+from stocksync.codecs.messages import MAX_DEPTH, Reason, decode_message
 
 #: The examples of ``contracts/events-v1.md``, byte for byte.
 EXAMPLES = [
@@ -460,3 +460,230 @@ def test_line_qty_beyond_the_maximum_is_out_of_range(kind: str) -> None:
     assert decode_message(raw(body)).rejections == []
     body["lines"][0]["qty"] = MAX_QUANTITY + 1
     assert rejected(raw(body))[1].endswith("at `$.lines[0].qty`")
+
+
+# --- clarifications (2026-12): bytes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        raw(event("stock.policy"))[:-1] + b', "ignored": "caf\xe9"}',         # Latin-1 byte
+        raw(event("stock.policy"))[:-1] + b', "ignored": {"\xc3": 1}}',       # cut sequence
+        raw(event("stock.policy"))[:-1] + b', "x": "\xed\xa0\x80"}',        # a surrogate
+        raw(event("stock.policy"))[:-1] + b', "x": "\xf4\x90\x80\x80"}',   # beyond U+10FFFF
+        b"[" + raw(event("stock.policy")) + b', {"a": "\xff"}]',
+        b"\xff" + raw(event("stock.policy")),
+    ],
+    ids=["latin-1", "truncated", "surrogate", "too-large", "in-bulk", "leading"],
+)
+def test_a_value_not_utf8_anywhere_is_malformed_json_whole(value: bytes) -> None:
+    decoded = decode_message(value)
+    assert decoded.events == []
+    assert [(r.reason, r.index, r.raw) for r in decoded.rejections] == [
+        (Reason.MALFORMED_JSON, None, value)
+    ]
+
+
+def test_utf8_beyond_ascii_is_still_fine() -> None:
+    body = event("stock.policy", note="café ✓ 🙂", correlation_id="ç-1")
+    assert decode_message(json.dumps(body, ensure_ascii=False).encode()).rejections == []
+
+
+def nested(depth: int) -> Any:
+    """An unknown field's value nested ``depth`` levels deep (arrays and objects in turn)."""
+    value: Any = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(("depth", "ok"), [(MAX_DEPTH - 1, True), (MAX_DEPTH, False),
+                                           (999, False), (100_000, False)])
+def test_nesting_deeper_than_64_even_in_an_ignored_field_is_malformed_json(
+    depth: int, ok: bool
+) -> None:
+    # The event object is one level: an unknown field nested `depth` deep makes depth + 1.
+    inner = json.dumps(nested(depth)).encode() if depth < 500 else (
+        b"[" * depth + b"1" + b"]" * depth
+    )
+    value = raw(event("stock.policy"))[:-1] + b', "x": ' + inner + b"}"
+    decoded = decode_message(value)
+    assert (decoded.rejections == []) is ok, decoded.rejections[:1]
+    if not ok:
+        assert [r.reason for r in decoded.rejections] == [Reason.MALFORMED_JSON]
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH, 5_000, 200_000])
+def test_a_too_deep_event_in_a_bulk_message_costs_only_that_event_or_is_malformed(
+    depth: int
+) -> None:
+    deep = raw(event("stock.policy", event_id="deep"))[:-1] + b', "x": ' + (
+        b"[" * depth + b"]" * depth) + b"}"
+    value = b"[" + b",".join([raw(event("stock.policy", event_id="a")), deep,
+                              raw(event("stock.policy", event_id="b"))]) + b"]"
+    decoded = decode_message(value)
+    assert {r.reason for r in decoded.rejections} == {Reason.MALFORMED_JSON}
+    if depth < 1000:  # split into its events: the others are applied
+        assert [e.event_id for _, e, _ in decoded.events] == ["a", "b"]
+        assert [r.index for r in decoded.rejections] == [1]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 200_000,
+        b"{" * 200_000,
+        b'{"a":' * 100_000,
+        b"[" * 70 + b"]" * 69,
+        b'{"type":"stock.policy","x":' + b"[{" * 40 + b"}]" * 40 + b"}",
+    ],
+    ids=["open-arrays", "open-objects", "keys", "unbalanced", "mixed-81"],
+)
+def test_deep_or_unbalanced_nesting_never_raises(value: bytes) -> None:
+    assert [r.reason for r in decode_message(value).rejections] == [Reason.MALFORMED_JSON]
+
+
+@pytest.mark.parametrize(
+    "tricky",
+    [
+        '"' + "[" * 100 + '"',                     # brackets inside a string do not nest
+        r'"\\"',                                 # an escaped backslash, then the closing quote
+        r'"\\\"' + "[" * 100 + '"',              # an escaped backslash and an escaped quote
+        '"' + r'\u005b' * 70 + '"',              # escaped brackets
+    ],
+)
+def test_brackets_and_escapes_inside_strings_do_not_count(tricky: str) -> None:
+    many = "[" + ",".join(["[1]"] * 70) + "]"  # more than 64 brackets, depth 2
+    value = raw(event("stock.policy"))[:-1] + f', "x": {tricky}, "y": {many}}}'.encode()
+    assert decode_message(value).rejections == [], value[:200]
+
+
+def test_unknown_fields_are_ignored() -> None:
+    body = event("order.created", priority="high", meta={"a": [1, 2]})
+    body["lines"][0]["gift_wrap"] = True
+    [(_, created, _)] = decode_message(raw(body)).events
+    assert created == decode_message(raw(event("order.created"))).events[0][1]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{**ENVELOPE, "type": "stock.recount"}, {**ENVELOPE, "type": 7}, dict(ENVELOPE)],
+    ids=["unknown", "not-a-string", "missing"],
+)
+def test_unknown_type_is_rejected(body: dict[str, Any]) -> None:
+    reason, message = rejected(raw(body))
+    assert reason == Reason.UNKNOWN_TYPE
+    assert "type" in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "missing"),
+    [("stock.snapshot", "as_of"), ("order.shipped", "node"), ("stock.policy", "source"),
+     ("return.received", "lines")],
+)
+def test_missing_field_is_rejected_naming_it(kind: str, missing: str) -> None:
+    reason, message = rejected(raw(event(kind, **{missing: None})))
+    assert reason == Reason.INVALID_FIELD
+    assert f"`{missing}`" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(b"", Reason.MALFORMED_JSON), (b"{", Reason.MALFORMED_JSON),
+     (b'{"type": "stock.policy",}', Reason.MALFORMED_JSON), (b"\xff\xfe", Reason.MALFORMED_JSON),
+     (b"42", Reason.NOT_AN_EVENT), (b'"stock.policy"', Reason.NOT_AN_EVENT),
+     (b"null", Reason.NOT_AN_EVENT)],
+)
+def test_unparseable_or_non_object_message_is_rejected_whole(value: bytes, reason: str) -> None:
+    assert rejected(value)[0] == reason
+
+
+def test_absent_value_is_rejected() -> None:
+    decoded = decode_message(None)
+    assert [r.reason for r in decoded.rejections] == [Reason.MALFORMED_JSON]
+
+
+# --- bulk messages --------------------------------------------------------------------------------
+
+
+def test_bulk_message_rejects_each_invalid_event_alone_with_index_and_exact_bytes() -> None:
+    elements = [
+        raw(event("stock.snapshot", event_id="b0")),
+        b'{ "type" : "stock.adjusted", "schema": 1, "event_id": "b1",\n  "delta": 0 }',
+        raw(event("stock.policy", event_id="b2")),
+        b"17",
+        b'{"type":"stock.snapshot","schema":2}',
+        raw(event("order.created", event_id="b5")),
+    ]
+    value = b"  [" + b" ,\n ".join(elements) + b"]\n"
+    decoded = decode_message(value)
+    assert decoded.bulk
+    assert [(i, e.event_id, kept) for i, e, kept in decoded.events] == [
+        (0, "b0", elements[0]), (2, "b2", elements[2]), (5, "b5", elements[5])
+    ]
+    assert [(r.index, r.reason, r.raw) for r in decoded.rejections] == [
+        (1, Reason.INVALID_FIELD, elements[1]),
+        (3, Reason.NOT_AN_EVENT, elements[3]),
+        (4, Reason.UNSUPPORTED_SCHEMA, elements[4]),
+    ]
+
+
+def test_bulk_message_of_one_event_is_still_bulk() -> None:
+    value = b"[" + EXAMPLES[0] + b"]"
+    decoded = decode_message(value)
+    assert decoded.bulk and decoded.rejections == []
+    assert decoded.events == [(0, decode_message(EXAMPLES[0]).events[0][1], EXAMPLES[0])]
+
+
+@pytest.mark.parametrize("count", [0, MAX_BULK + 1])
+def test_bulk_message_of_0_or_more_than_10000_events_is_rejected(count: int) -> None:
+    value = b"[" + b",".join([EXAMPLES[0]] * count) + b"]"
+    decoded = decode_message(value)
+    assert decoded.events == []
+    assert [(r.reason, r.index, r.raw) for r in decoded.rejections] == [
+        (Reason.BULK_SIZE, None, value)
+    ]
+    assert str(count) in decoded.rejections[0].message
+
+
+def test_bulk_message_of_10000_events_is_accepted() -> None:
+    decoded = decode_message(b"[" + b",".join([EXAMPLES[0]] * MAX_BULK) + b"]")
+    assert (len(decoded.events), decoded.rejections) == (MAX_BULK, [])
+    assert decoded.events[-1][0] == MAX_BULK - 1
+
+
+@pytest.mark.parametrize(
+    "value", [b"[" + EXAMPLES[0], b"[" + EXAMPLES[0] + b",]", b"[1, {]", b"[] []"],
+)
+def test_malformed_bulk_message_is_rejected_whole(value: bytes) -> None:
+    decoded = decode_message(value)
+    assert decoded.events == []
+    assert [(r.reason, r.index, r.raw) for r in decoded.rejections] == [
+        (Reason.MALFORMED_JSON, None, value)
+    ]
+
+
+def test_errors_name_the_field_and_show_the_value() -> None:
+    body = event("order.created")
+    body["lines"][0]["sku"] = "bad sku"
+    message = rejected(raw(body))[1]
+    assert "`$.lines[0].sku`" in message
+    assert "regex" in message
+    body = event("stock.adjusted", delta=0)
+    assert "`$.delta`" in rejected(raw(body))[1]
+
+
+def test_correlation_id_is_optional_and_kept() -> None:
+    with_id = decode_message(raw(event("stock.policy", correlation_id="c-1"))).events[0][1]
+    without = decode_message(raw(event("stock.policy"))).events[0][1]
+    assert (with_id.correlation_id, without.correlation_id) == ("c-1", None)
+
+
+def test_json_schema_is_generated_for_one_event_or_a_bulk_array() -> None:
+    schema = event_schema()
+    single, bulk = schema["anyOf"]  # type: ignore[misc]
+    assert bulk == {"type": "array", "items": single, "minItems": 1, "maxItems": MAX_BULK}
+    tags = {d["properties"]["type"]["enum"][0] for d in schema["$defs"].values()  # type: ignore[attr-defined]
+            if "type" in d.get("properties", {})}
+    assert tags == set(VALID)
