@@ -846,7 +846,9 @@ class Applier:
             return
         now = time.time()
         metrics.last_applied.set(now)
-        metrics.freshness.observe_many("occurred", [now - e.at / 1e6 for e in touched])
+        metrics.freshness.observe_many(
+            "occurred", [now - e.at[0] - e.at[1] / 1e9 for e in touched]
+        )
         produced = [e.produced for e in touched if e.produced]
         if produced:
             metrics.freshness.observe_many("produced", [now - p / 1e3 for p in produced])

@@ -2,15 +2,19 @@
 
 Every event is a frozen Struct in one tagged union, :data:`Event`, with the tag
 in the ``type`` field. Constraints of the contract live in the types
-(identifier charset and length, quantity ranges, ``schema == 1``, timestamps
-with an offset); the few that a type cannot say (``delta != 0``, distinct line
-ids) are checked in ``__post_init__``, which msgspec turns into a
-``ValidationError`` naming the problem. Unknown fields are ignored: a producer
-may add fields without breaking us.
+(identifier charset and length, quantity ranges, ``schema == 1``); the few that
+a type cannot say (``delta != 0``, distinct line ids, timestamps) are checked in
+``__post_init__``, which msgspec turns into a ``ValidationError`` naming the
+problem. Unknown fields are ignored: a producer may add fields without breaking us.
+
+Timestamps stay the text the producer wrote; :func:`instant_of` reads one as an
+:data:`Instant` at full precision (msgspec's own ``datetime`` keeps microseconds
+only, and cannot hold every UTC instant of the years 0001-9999 once offsets apply).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -24,7 +28,9 @@ __all__ = [
     "Disposition",
     "Event",
     "EventBase",
+    "EventKey",
     "Identifier",
+    "Instant",
     "OrderAllocated",
     "OrderCancelled",
     "OrderCreated",
@@ -39,7 +45,8 @@ __all__ = [
     "StockPolicy",
     "StockSnapshot",
     "event_schema",
-    "to_micros",
+    "instant_of",
+    "instant_of_datetime",
 ]
 
 #: Most events a bulk message may carry.
@@ -66,7 +73,22 @@ EventId = Annotated[str, Meta(min_length=1, max_length=128)]
 # correlation id, or any shipment number, must not cost the event it came with.
 Source = Annotated[str, Meta(min_length=1)]
 CorrelationId = str
-Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with offset or Z")]
+#: RFC 3339 with a ``Z``, ``z`` or ``±hh:mm`` offset and any number of fractional digits.
+TIMESTAMP_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+# Checked in ``__post_init__`` (one parse that also yields the instant), and shown in the schema.
+Timestamp = Annotated[
+    str,
+    Meta(
+        description=(
+            "RFC 3339 with offset (Z, z or ±hh:mm), any number of fractional digits, "
+            "years 0001-9999 in UTC"
+        ),
+        extra_json_schema={"format": "date-time", "pattern": TIMESTAMP_PATTERN},
+    ),
+]
 #: Largest quantity an event may carry. Far above any real stock count, and low enough that
 #: no sum of quantities the model keeps can leave 64 bits (the stored encoding).
 MAX_QUANTITY = 1_000_000_000
@@ -87,13 +109,152 @@ AdjustReason = Literal[
 Disposition = Literal["restock", "damaged", "refurbish"]
 
 
+#: A UTC instant: ``(seconds since the Unix epoch, nanoseconds 0-999,999,999)``. Two ints,
+#: because nanoseconds over the years 0001-9999 do not fit the 64 bits of msgpack; tuples
+#: compare in time order.
+Instant = tuple[int, int]
+#: The idempotency key of an event, ``(source, event_id)``: a pair, never a joined string, so
+#: no two different events share one.
+EventKey = tuple[str, str]
+
+_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (any year; H. Hinnant's algorithm)."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146_097 + doe - 719_468
+
+
+#: First and last second of the years 0001-9999, UTC.
+_MIN_SECONDS = _days_from_civil(1, 1, 1) * 86_400
+_MAX_SECONDS = _days_from_civil(10_000, 1, 1) * 86_400 - 1
+
+
+def _local_seconds(text: str) -> int:
+    """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:SS`` read as UTC; ValueError for an
+    impossible date or time."""
+    y, mo, d = int(text[0:4]), int(text[5:7]), int(text[8:10])
+    h, mi, sec = int(text[11:13]), int(text[14:16]), int(text[17:19])
+    leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not (1 <= mo <= 12 and 1 <= d <= _DAYS_IN_MONTH[mo] + leap) or h > 23 or mi > 59 or sec > 59:
+        raise ValueError(text)
+    return _days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec
+
+
+def _offset_seconds(text: str) -> int:
+    """What to add to local time to get UTC, for ``Z``, ``z`` or ``±hh:mm``."""
+    if text in ("Z", "z"):
+        return 0
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 23 or minutes > 59:
+        raise ValueError(text)
+    offset = hours * 3600 + minutes * 60
+    return -offset if text[0] == "+" else offset
+
+
+#: Date-and-time parts (``YYYY-MM-DDTHH:MM:SS``) already found valid, and their seconds:
+#: events of one second share one. Emptied when full.
+_LOCALS: dict[str, int] = {}
+#: ``±hh:mm`` offsets already found valid, and what they add to local time.
+_ZONES: dict[str, int] = {}
+_LOCALS_MAX = 4096
+
+
+#: Longest timestamp text kept in the cache (nanoseconds and an offset take 35 characters;
+#: a longer fraction is valid but rare, and must not fill memory).
+_CACHED_TEXT = 48
+#: Instants of timestamps read lately. More than a bulk message's events: the core reads
+#: again the instants that decoding the whole message just checked. Emptied when full.
+_INSTANTS: dict[str, Instant] = {}
+_INSTANTS_MAX = 4 * MAX_BULK
+
+
+def instant_of(text: str) -> Instant:
+    """The UTC instant of an RFC 3339 timestamp, to the nanosecond (further digits truncated).
+
+    Raises ValueError for anything else: another offset form (``+0530``), an impossible date
+    or time, or an instant outside the years 0001-9999 once converted to UTC. Cached: a bulk
+    export repeats its ``as_of``, and the core reads the instant of a decoded event again.
+    """
+    found = _INSTANTS.get(text)
+    if found is None:
+        found = _instant(text)
+        if len(text) <= _CACHED_TEXT:
+            if len(_INSTANTS) >= _INSTANTS_MAX:
+                _INSTANTS.clear()
+            _INSTANTS[text] = found
+    return found
+
+
+def _instant(text: str) -> Instant:
+    """:func:`instant_of` without its cache: a short path for the parts seen before, else
+    the full check."""
+    local = _LOCALS.get(text[:19])
+    if local is not None and text.isascii():
+        offset: int | None
+        if text[-1] in "Zz":
+            offset, fraction = 0, text[19:-1]
+        else:
+            offset, fraction = _ZONES.get(text[-6:]), text[19:-6]
+        if offset is not None and (not fraction or (
+            fraction[0] == "." and len(fraction) > 1 and fraction[1:].isdigit()
+        )):
+            seconds = local + offset
+            if _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+                return (seconds, int(fraction[1:10].ljust(9, "0")) if fraction else 0)
+    return _checked_instant(text)
+
+
+def _checked_instant(text: str) -> Instant:
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not an RFC 3339 timestamp with an offset of Z, z or ±hh:mm"
+        )
+    fraction, zone = match.groups()
+    try:
+        local, offset = _local_seconds(text[:19]), _offset_seconds(zone)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a valid date, time and offset") from None
+    seconds = local + offset
+    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+        raise ValueError(f"{text!r} is outside the years 0001-9999 once converted to UTC")
+    if len(_LOCALS) >= _LOCALS_MAX:
+        _LOCALS.clear()
+    _LOCALS[text[:19]] = local
+    if len(zone) == 6:
+        _ZONES[zone] = offset
+    return (seconds, int(fraction[1:10].ljust(9, "0")) if fraction else 0)
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+_SECOND = timedelta(seconds=1)
 
 
-def to_micros(ts: datetime) -> int:
-    """Microseconds since the Unix epoch of an aware datetime: the UTC instant, exactly."""
-    return (ts - _EPOCH) // _MICROSECOND
+def instant_of_datetime(moment: datetime) -> Instant:
+    """The instant of an aware datetime, exactly (to its microsecond)."""
+    whole, rest = divmod(moment - _EPOCH, _SECOND)
+    return (whole, rest.microseconds * 1000)
+
+
+def _check_time(text: str, field: str) -> None:
+    """Check a timestamp of a decoded event (the message names the field) and cache it."""
+    try:
+        found = _instant(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc} - at `$.{field}`") from None
+    if len(text) <= _CACHED_TEXT:
+        if len(_INSTANTS) >= _INSTANTS_MAX:
+            _INSTANTS.clear()
+        _INSTANTS[text] = found
 
 
 def _distinct(lines: list[object] | None, event: str) -> None:
@@ -115,9 +276,8 @@ class EventBase(msgspec.Struct, kw_only=True, frozen=True, tag_field="type"):
     correlation_id: CorrelationId | None = None
 
     def __post_init__(self) -> None:
-        # Normalise to UTC so every later comparison and encoding sees one zone.
-        if self.occurred_at.utcoffset():
-            msgspec.structs.force_setattr(self, "occurred_at", self.occurred_at.astimezone(UTC))
+        if self.occurred_at not in _INSTANTS:
+            _check_time(self.occurred_at, "occurred_at")
 
 
 # --- stock (topic stock, key sku) -------------------------------------------------
@@ -132,9 +292,11 @@ class StockSnapshot(EventBase, frozen=True, tag="stock.snapshot"):
     as_of: Timestamp
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.as_of.utcoffset():
-            msgspec.structs.force_setattr(self, "as_of", self.as_of.astimezone(UTC))
+        # Both checks here, not through super(): this runs for every event of an export.
+        if self.occurred_at not in _INSTANTS:
+            _check_time(self.occurred_at, "occurred_at")
+        if self.as_of not in _INSTANTS:
+            _check_time(self.as_of, "as_of")
 
 
 class StockAdjusted(EventBase, frozen=True, tag="stock.adjusted"):

@@ -30,7 +30,7 @@ import msgspec
 from msgspec import Meta
 
 from stocksync.agents.topics import topic_names
-from stocksync.codecs.events import Identifier, to_micros
+from stocksync.codecs.events import Identifier, Instant, instant_of_datetime
 from stocksync.codecs.state import Position
 from stocksync.config.settings import Settings
 from stocksync.daemon.operate_io import (
@@ -208,8 +208,10 @@ def _csv_rows(text: str, name: str) -> Iterable[tuple[int, dict[str, object] | s
 # --- comparing ----------------------------------------------------------------------
 
 
-def _on_hand_as_of(pos: Position, node: str, moment: int, topology: core.Topology) -> int | None:
-    """The model's on_hand at ``node`` as of ``moment`` (µs), or None if it has a newer count."""
+def _on_hand_as_of(
+    pos: Position, node: str, moment: Instant, topology: core.Topology
+) -> int | None:
+    """The model's on_hand at ``node`` as of ``moment``, or None if it has a newer count."""
     state = pos.nodes.get(node)
     if state is None:
         return 0
@@ -232,7 +234,7 @@ def compare(
         if pos is None:
             diff = Difference(line=line, row=row, model=0, model_now=0, status="unknown_sku")
         else:
-            then = _on_hand_as_of(pos, row.node, to_micros(row.as_of), topology)
+            then = _on_hand_as_of(pos, row.node, instant_of_datetime(row.as_of), topology)
             now = core.node_view(pos, row.node, topology).on_hand
             status = "model_newer" if then is None else "ok" if then == row.on_hand else "drift"
             diff = Difference(line=line, row=row, model=then, model_now=now, status=status)

@@ -12,6 +12,11 @@ Two halves:
   whose (``source``, ``event_id``) was already applied within the window; and
   **projection** turns a position into what the API serves per channel.
 
+Times are :data:`~stocksync.codecs.events.Instant` pairs, compared at full
+precision; ties of ``as_of`` (snapshots) and ``occurred_at`` (policies) go to
+the greater (``source``, ``event_id``) pair, whatever the arrival order
+(contract, "Clarifications (2026-12)").
+
 Everything here is a plain function over msgspec Structs. Positions and
 order/RMA states are updated in place (the applier's hot path); use
 :func:`copy_position` where the old value must survive.
@@ -30,6 +35,7 @@ import msgspec
 from stocksync.codecs.effects import Adjust, Effect, Policy, Quarantine, Reserve, Snapshot
 from stocksync.codecs.events import (
     Event,
+    EventKey,
     OrderAllocated,
     OrderCancelled,
     OrderCreated,
@@ -43,7 +49,7 @@ from stocksync.codecs.events import (
     StockEvent,
     StockPolicy,
     StockSnapshot,
-    to_micros,
+    instant_of,
 )
 from stocksync.codecs.messages import Reason
 from stocksync.codecs.projections import (
@@ -158,27 +164,9 @@ class Skipped(msgspec.Struct, frozen=True):
 Outcome = Translated | Rejected | Skipped
 
 
-def dedup_key(source: str, event_id: str) -> str:
-    """The idempotency key of an event: its ``source`` and ``event_id``."""
-    return f"{source}\x1f{event_id}"
-
-
-#: The identity fields every effect starts with, in ``EffectBase`` order.
-_Ident = tuple[str, str, int, int, int, str | None, int, int, str | None]
-
-
-def _ident(event: Event, ref: SourceRef, seq: int, sku: str, *, stateless: bool) -> _Ident:
-    return (
-        sku,
-        ref.src,
-        ref.offset,
-        ref.index,
-        seq,
-        dedup_key(event.source, event.event_id) if stateless else None,
-        to_micros(event.occurred_at),
-        ref.produced,
-        event.correlation_id,
-    )
+def dedup_key(source: str, event_id: str) -> EventKey:
+    """The idempotency key of an event: the pair of its ``source`` and ``event_id``."""
+    return (source, event_id)
 
 
 # --- translation: stock ---------------------------------------------------------------
@@ -186,14 +174,25 @@ def _ident(event: Event, ref: SourceRef, seq: int, sku: str, *, stateless: bool)
 
 def translate_stock(event: StockEvent, ref: SourceRef) -> Translated:
     """The one effect of a stock event (de-duplicated later, by the applier)."""
-    base = _ident(event, ref, 0, event.sku, stateless=True)
+    src, ofs, idx, produced = ref.src, ref.offset, ref.index, ref.produced
+    eid, cid = (event.source, event.event_id), event.correlation_id
+    at = instant_of(event.occurred_at)
     effect: Effect
     if isinstance(event, StockSnapshot):
-        effect = Snapshot(*base, event.node, event.on_hand, to_micros(event.as_of))
+        effect = Snapshot(
+            sku=event.sku, src=src, ofs=ofs, idx=idx, seq=0, eid=eid, at=at, produced=produced,
+            cid=cid, node=event.node, on_hand=event.on_hand, as_of=instant_of(event.as_of),
+        )
     elif isinstance(event, StockAdjusted):
-        effect = Adjust(*base, event.node, event.delta)
+        effect = Adjust(
+            sku=event.sku, src=src, ofs=ofs, idx=idx, seq=0, eid=eid, at=at, produced=produced,
+            cid=cid, node=event.node, delta=event.delta,
+        )
     else:
-        effect = Policy(*base, event.node, event.safety_stock)
+        effect = Policy(
+            sku=event.sku, src=src, ofs=ofs, idx=idx, seq=0, eid=eid, at=at, produced=produced,
+            cid=cid, node=event.node, safety_stock=event.safety_stock,
+        )
     return Translated([effect])
 
 
@@ -201,30 +200,41 @@ def translate_stock(event: StockEvent, ref: SourceRef) -> Translated:
 
 
 class _Emitter:
-    """Numbers the effects of one event and builds them."""
+    """Numbers the effects of one event and builds them (without ``eid``: the translator
+    de-duplicates these events)."""
 
-    __slots__ = ("effects", "event", "ref")
+    __slots__ = ("at", "cid", "effects", "idx", "ofs", "produced", "src")
 
     def __init__(self, event: Event, ref: SourceRef) -> None:
-        self.event = event
-        self.ref = ref
+        self.src, self.ofs, self.idx, self.produced = ref.src, ref.offset, ref.index, ref.produced
+        self.at = instant_of(event.occurred_at)
+        self.cid = event.correlation_id
         self.effects: list[Effect] = []
-
-    def _base(self, sku: str) -> _Ident:
-        return _ident(self.event, self.ref, len(self.effects), sku, stateless=False)
 
     def reserve(self, sku: str, node: str | None, channel: str, qty: int) -> None:
         """Change open reservations at ``node``, or on ``channel`` when unallocated."""
         if qty:
-            self.effects.append(Reserve(*self._base(sku), node, None if node else channel, qty))
+            self.effects.append(Reserve(
+                sku=sku, src=self.src, ofs=self.ofs, idx=self.idx, seq=len(self.effects),
+                eid=None, at=self.at, produced=self.produced, cid=self.cid,
+                node=node, channel=None if node else channel, qty=qty,
+            ))
 
     def adjust(self, sku: str, node: str, delta: int) -> None:
         """A physical change at ``node`` at the event's ``occurred_at``."""
-        self.effects.append(Adjust(*self._base(sku), node, delta))
+        self.effects.append(Adjust(
+            sku=sku, src=self.src, ofs=self.ofs, idx=self.idx, seq=len(self.effects),
+            eid=None, at=self.at, produced=self.produced, cid=self.cid,
+            node=node, delta=delta,
+        ))
 
     def quarantine(self, sku: str, node: str, received: int, inspected: int) -> None:
         """Units into or out of quarantine at ``node``."""
-        self.effects.append(Quarantine(*self._base(sku), node, received, inspected))
+        self.effects.append(Quarantine(
+            sku=sku, src=self.src, ofs=self.ofs, idx=self.idx, seq=len(self.effects),
+            eid=None, at=self.at, produced=self.produced, cid=self.cid,
+            node=node, received=received, inspected=inspected,
+        ))
 
 
 def _replayed(
@@ -233,13 +243,13 @@ def _replayed(
     wm = state.wm
     if state.src == ref.src and (ref.offset, ref.index) <= (wm[1], wm[2]):
         return Skipped("redelivered")
-    seen_at = state.seen.get(dedup_key(event.source, event.event_id))
+    seen_at = state.seen.get((event.source, event.event_id))
     if seen_at is not None and now_ms - seen_at < window_ms:
         return Skipped("duplicate")
     return None
 
 
-def prune_seen(seen: dict[str, int], now_ms: int, window_ms: int) -> None:
+def prune_seen(seen: dict[EventKey, int], now_ms: int, window_ms: int) -> None:
     """Forget idempotency keys older than the de-duplication window.
 
     Keys are kept in the order they were seen (see :func:`remember_key`), so the
@@ -253,7 +263,7 @@ def prune_seen(seen: dict[str, int], now_ms: int, window_ms: int) -> None:
         del seen[key]
 
 
-def remember_key(seen: dict[str, int], key: str, now_ms: int) -> None:
+def remember_key(seen: dict[EventKey, int], key: EventKey, now_ms: int) -> None:
     """Record an idempotency key as seen now, keeping ``seen`` in the order keys were seen."""
     seen.pop(key, None)
     seen[key] = now_ms
@@ -406,7 +416,7 @@ def _remember(
     state: OrderState | RmaState, event: Event, ref: SourceRef, now_ms: int, window_ms: int
 ) -> None:
     prune_seen(state.seen, now_ms, window_ms)
-    remember_key(state.seen, dedup_key(event.source, event.event_id), now_ms)
+    remember_key(state.seen, (event.source, event.event_id), now_ms)
     state.wm = (ref.partition, ref.offset, ref.index)
     state.src = ref.src
     state.updated_at = now_ms
@@ -458,22 +468,37 @@ def apply_effect(pos: Position, effect: Effect, now_ms: int, window_ms: int) -> 
         return True
     node = _node(pos, effect.node)
     if isinstance(effect, Snapshot):
-        if node.as_of is None or effect.as_of > node.as_of:
+        as_of = node.as_of
+        if as_of is None or effect.as_of > as_of or (
+            effect.as_of == as_of and _wins_tie(effect.eid, node.snap_by)
+        ):
             node.snap = effect.on_hand
             node.as_of = effect.as_of
+            node.snap_by = effect.eid
             if node.changes:
                 node.changes = [c for c in node.changes if c[0] > effect.as_of]
     elif isinstance(effect, Adjust):
         if node.as_of is None or effect.at > node.as_of:
             bisect.insort(node.changes, (effect.at, effect.delta))
     elif isinstance(effect, Policy):
-        if node.policy_at is None or effect.at > node.policy_at:
+        policy_at = node.policy_at
+        if policy_at is None or effect.at > policy_at or (
+            effect.at == policy_at and _wins_tie(effect.eid, node.policy_by)
+        ):
             node.policy_at = effect.at
             node.safety = effect.safety_stock
+            node.policy_by = effect.eid
     else:
         node.received += effect.received
         node.inspected += effect.inspected
     return True
+
+
+def _wins_tie(challenger: EventKey | None, holder: EventKey | None) -> bool:
+    """Whether a snapshot or policy at the same instant as the current one replaces it: the
+    greater (``source``, ``event_id``) wins. A holder without a pair (stored before pairs
+    were kept) stays."""
+    return challenger is not None and holder is not None and challenger > holder
 
 
 def _node(pos: Position, node: str) -> NodePosition:

@@ -45,7 +45,15 @@ from typing import Final
 
 import msgspec
 
-from stocksync.codecs.state import OrderState, Position, RmaState, position_decoder, state_encoder
+from stocksync.codecs.state import (
+    OrderState,
+    Position,
+    RmaState,
+    order_decoder,
+    position_decoder,
+    rma_decoder,
+    state_encoder,
+)
 
 __all__ = [
     "GENERATION_FIELD",
@@ -96,8 +104,6 @@ _SERVED: Final = SERVED_FIELD.encode()
 _RELOAD: Final = RELOAD_FIELD.encode()
 _GENERATION: Final = GENERATION_FIELD.encode()
 
-_order_decoder = msgspec.msgpack.Decoder(OrderState)
-_rma_decoder = msgspec.msgpack.Decoder(RmaState)
 
 
 class Keys:
@@ -192,12 +198,12 @@ def encode_state(state: OrderState | RmaState) -> bytes:
 
 def decode_order(raw: bytes) -> OrderState:
     """The ``s`` field of an order hash."""
-    return _order_decoder.decode(raw)
+    return order_decoder.decode(raw)
 
 
 def decode_rma(raw: bytes) -> RmaState:
     """The ``s`` field of an RMA hash."""
-    return _rma_decoder.decode(raw)
+    return rma_decoder.decode(raw)
 
 
 def state_mark(state: OrderState | RmaState) -> str:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.pipeline import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
-from stocksync.codecs.events import to_micros
+from stocksync.codecs.events import Instant, instant_of_datetime
 from stocksync.codecs.state import NodePosition, Position
 from stocksync.config.settings import Settings
 from stocksync.daemon import operate
@@ -35,9 +35,9 @@ from tests.operate.helpers import read_all, run
 DAY_MS = 86_400_000
 
 
-def at(hour: int, minute: int = 0) -> int:
-    """µs of 2026-11-27 hour:minute UTC."""
-    return to_micros(datetime(2026, 11, 27, hour, minute, tzinfo=UTC))
+def at(hour: int, minute: int = 0) -> Instant:
+    """The instant of 2026-11-27 hour:minute UTC."""
+    return instant_of_datetime(datetime(2026, 11, 27, hour, minute, tzinfo=UTC))
 
 
 def plant(settings: Settings, positions: Sequence[Position]) -> None:

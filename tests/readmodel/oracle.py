@@ -11,10 +11,14 @@ core to it.
 
 Readings of the contract taken here (each one also noted in the tests):
 
-* Snapshot and policy ties: among snapshots with the same latest ``as_of``
-  the first one received wins ("a snapshot whose ``as_of`` is not later than
-  the current one changes nothing"); policies with the same latest
-  ``occurred_at`` follow the same rule.
+* Snapshot and policy ties (contract, "Clarifications"): among snapshots with
+  the same latest ``as_of`` the one with the greatest (``source``,
+  ``event_id``) wins, whatever the order received; policies with the same
+  latest ``occurred_at`` follow the same rule.
+* Times are instants at full precision: read here as one integer of
+  nanoseconds since the epoch (the core keeps a (seconds, nanoseconds) pair),
+  by ``datetime.fromisoformat`` for the whole seconds and the digits of the
+  fraction by hand.
 * An event is valid or invalid as a whole, judged against its key's state
   before it; an invalid event changes nothing and is not remembered for
   de-duplication (it was never applied).
@@ -25,7 +29,9 @@ Readings of the contract taken here (each one also noted in the tests):
 * The sku of an RMA line is the one it was last received with, else the one
   it was last authorized with; ``return.received`` may leave ``sku`` out for
   any line whose sku is known that way.
-* Quarantine is clamped once, on the totals: max(0, received - inspected).
+* Quarantine is clamped once, on the totals: max(0, received - inspected),
+  whatever the order of the RMAs.
+* The idempotency key is the pair (``source``, ``event_id``): a tuple here.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from stocksync.codecs.events import (
     Event,
@@ -60,6 +66,7 @@ __all__ = [
     "NodeFigures",
     "expected_model",
     "key_group",
+    "nanoseconds",
 ]
 
 #: Verdict of an event that changed the model (or would have, had it been first).
@@ -106,20 +113,44 @@ def key_group(event: Event) -> tuple[str, str]:
     return ("return", event.rma_id)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def nanoseconds(stamp: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp (digits past the ninth dropped)."""
+    body, fraction = stamp, ""
+    if "." in stamp:
+        head, rest = stamp.split(".", 1)
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        body, fraction = head + rest[digits:], rest[:digits]
+    body = body[:10] + "T" + body[11:]
+    if body[-1] in "Zz":
+        body = body[:-1] + "+00:00"
+    shift = 0
+    if body.startswith("0000"):  # a local year 0 that is 0001 in UTC: 400 years are whole days
+        body, shift = "0400" + body[4:], 146_097 * 86_400
+    whole = (datetime.fromisoformat(body) - _EPOCH) // timedelta(seconds=1) - shift
+    return whole * 1_000_000_000 + int((fraction + "000000000")[:9])
+
+
+#: A time-stamped fact, who said it (``source``, ``event_id``), and what it says.
+Fact = tuple[int, tuple[str, str], int]
+
+
 @dataclass
 class _Facts:
     """Everything the valid events said, before any formula is evaluated."""
 
-    #: (sku, node) -> [(as_of, on_hand)] in order received.
-    snapshots: dict[tuple[str, str], list[tuple[datetime, int]]] = field(
+    #: (sku, node) -> [(as_of, pair, on_hand)] in order received.
+    snapshots: dict[tuple[str, str], list[Fact]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    #: (sku, node) -> [(occurred_at, safety_stock)] in order received.
-    policies: dict[tuple[str, str], list[tuple[datetime, int]]] = field(
+    #: (sku, node) -> [(occurred_at, pair, safety_stock)] in order received.
+    policies: dict[tuple[str, str], list[Fact]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    #: (sku, node) -> [(occurred_at, signed change of on_hand)].
-    changes: dict[tuple[str, str], list[tuple[datetime, int]]] = field(
+    #: (sku, node) -> [(occurred_at ns, signed change of on_hand)].
+    changes: dict[tuple[str, str], list[tuple[int, int]]] = field(
         default_factory=lambda: defaultdict(list)
     )
     #: (sku, node) -> quantities received into / inspected out of quarantine.
@@ -133,13 +164,20 @@ class _Facts:
 
 
 def _stock(event: Event, facts: _Facts) -> str:
+    said_by = (event.source, event.event_id)
     if isinstance(event, StockSnapshot):
-        facts.snapshots[(event.sku, event.node)].append((event.as_of, event.on_hand))
+        facts.snapshots[(event.sku, event.node)].append(
+            (nanoseconds(event.as_of), said_by, event.on_hand)
+        )
     elif isinstance(event, StockAdjusted):
-        facts.changes[(event.sku, event.node)].append((event.occurred_at, event.delta))
+        facts.changes[(event.sku, event.node)].append(
+            (nanoseconds(event.occurred_at), event.delta)
+        )
     else:
         assert isinstance(event, StockPolicy)
-        facts.policies[(event.sku, event.node)].append((event.occurred_at, event.safety_stock))
+        facts.policies[(event.sku, event.node)].append(
+            (nanoseconds(event.occurred_at), said_by, event.safety_stock)
+        )
     return APPLIED
 
 
@@ -180,7 +218,7 @@ def _order(event: Event, facts: _Facts) -> str:
             line = lines[ship.line_id]
             line["open"] = max(0, line["open"] - ship.qty)  # type: ignore[operator]
             facts.changes[(line["sku"], event.node)].append(  # type: ignore[index]
-                (event.occurred_at, -ship.qty)
+                (nanoseconds(event.occurred_at), -ship.qty)
             )
     return APPLIED
 
@@ -223,27 +261,27 @@ def _rma(event: Event, rma: dict[str, dict[str, str | None]] | None, facts: _Fac
         assert sku is not None
         facts.inspected[(sku, event.node)] += insp.qty
         if insp.disposition == "restock":
-            facts.changes[(sku, event.node)].append((event.occurred_at, insp.qty))
+            facts.changes[(sku, event.node)].append((nanoseconds(event.occurred_at), insp.qty))
     return APPLIED, rma
 
 
 # --- the formulas ----------------------------------------------------------------------
 
 
-def _first_latest(entries: list[tuple[datetime, int]]) -> tuple[datetime, int] | None:
-    """The entry with the latest time; among equals, the first one received."""
+def _winner(entries: list[Fact]) -> Fact | None:
+    """The fact with the latest time; among equals, the one with the greatest pair."""
     if not entries:
         return None
-    latest = max(when for when, _ in entries)
-    return next(entry for entry in entries if entry[0] == latest)
+    latest = max(when for when, _, _ in entries)
+    return max((entry for entry in entries if entry[0] == latest), key=lambda e: e[1])
 
 
 def _on_hand(facts: _Facts, sku: str, node: str) -> int:
     changes = facts.changes.get((sku, node), [])
-    snapshot = _first_latest(facts.snapshots.get((sku, node), []))
+    snapshot = _winner(facts.snapshots.get((sku, node), []))
     if snapshot is None:
         return sum(delta for _, delta in changes)
-    as_of, count = snapshot
+    as_of, _, count = snapshot
     return count + sum(delta for when, delta in changes if when > as_of)
 
 
@@ -311,8 +349,8 @@ def expected_model(
     figures: dict[tuple[str, str], NodeFigures] = {}
     for sku, node in sorted(pairs):
         on_hand = _on_hand(facts, sku, node)
-        policy = _first_latest(facts.policies.get((sku, node), []))
-        safety = policy[1] if policy is not None else topology.safety_defaults.get(node, 0)
+        policy = _winner(facts.policies.get((sku, node), []))
+        safety = policy[2] if policy is not None else topology.safety_defaults.get(node, 0)
         quarantine = max(0, facts.received.get((sku, node), 0)
                          - facts.inspected.get((sku, node), 0))
         held = reserved.get((sku, node), 0)

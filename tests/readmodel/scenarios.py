@@ -4,6 +4,14 @@ Times are minutes after :data:`T0`; a handful of possible minutes makes
 colliding and out-of-order ``as_of`` and ``occurred_at`` common. Scenarios
 draw orders, RMAs and lines from small pools, so unknown orders, unknown
 lines, second ``order.created`` and exact producer copies happen often.
+
+The contract's clarifications each have a case here: instants that differ by
+a nanosecond or 300 ns (below msgspec's microseconds), written in other zones
+or with a lowercase ``z``, and the first and last instants of the years
+0001-9999; equal ``as_of`` and ``occurred_at`` from different (``source``,
+``event_id``) pairs; event ids holding ``\x1f`` and "twins", different events
+whose pair joined with ``\x1f`` would be the same string; quantities at the
+±10^9 limits; receipts and inspections spread over RMAs at shared nodes.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TypeVar
 
+import msgspec
 from hypothesis import strategies as st
 
 from stocksync.codecs.events import (
@@ -40,6 +49,7 @@ from stocksync.readmodel.core import ChannelSpec, Topology
 __all__ = [
     "CHANNELS",
     "NODES",
+    "POISONS",
     "SKUS",
     "T0",
     "adjusted",
@@ -50,13 +60,17 @@ __all__ = [
     "inspected",
     "interleave",
     "keyed_scenarios",
+    "poisoned",
+    "poisons",
     "policy",
     "received",
     "scenarios",
     "shipped",
     "snapshot",
     "t",
+    "text",
     "topologies",
+    "twin_of",
 ]
 
 SKUS = ("SKU-A", "SKU-B", "SKU-C")
@@ -67,6 +81,8 @@ RMAS = ("r1", "r2")
 LINE_IDS = ("1", "2", "3")
 SOURCES = ("erp", "wms", "shop")
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+#: The largest quantity an event may carry.
+BIG = 1_000_000_000
 #: The same instants seen from another zone: compared as UTC instants, they must not differ.
 PLUS_TWO = timezone(timedelta(hours=2))
 
@@ -79,22 +95,31 @@ def t(minutes: int) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def _envelope(at: datetime | int, eid: str | None, source: str) -> dict[str, object]:
-    when = t(at) if isinstance(at, int) else at
+Moment = int | datetime | str
+
+
+def text(moment: Moment) -> str:
+    """RFC 3339 text of minutes after T0, of an aware datetime, or a timestamp as written."""
+    if isinstance(moment, str):
+        return moment
+    return (t(moment) if isinstance(moment, int) else moment).isoformat()
+
+
+def _envelope(at: Moment, eid: str | None, source: str) -> dict[str, object]:
     return {
         "schema": 1,
         "event_id": eid or f"ev-{next(_ids)}",
-        "occurred_at": when,
+        "occurred_at": text(at),
         "source": source,
     }
 
 
 def snapshot(
-    sku: str, node: str, on_hand: int, as_of: int | datetime, *, at: int | datetime | None = None,
+    sku: str, node: str, on_hand: int, as_of: Moment, *, at: Moment | None = None,
     eid: str | None = None, source: str = "erp",
 ) -> StockSnapshot:
-    """A ``stock.snapshot``; ``as_of`` and ``at`` in minutes after T0 (or datetimes)."""
-    moment = t(as_of) if isinstance(as_of, int) else as_of
+    """A ``stock.snapshot``; ``as_of`` and ``at`` in minutes after T0 (or datetimes, or text)."""
+    moment = text(as_of)
     return StockSnapshot(
         **_envelope(at if at is not None else moment, eid, source),  # type: ignore[arg-type]
         sku=sku, node=node, on_hand=on_hand, as_of=moment,
@@ -102,7 +127,7 @@ def snapshot(
 
 
 def adjusted(
-    sku: str, node: str, delta: int, at: int | datetime, *, eid: str | None = None,
+    sku: str, node: str, delta: int, at: Moment, *, eid: str | None = None,
     source: str = "wms", reason: str = "correction",
 ) -> StockAdjusted:
     """A ``stock.adjusted`` that happened at ``at``."""
@@ -113,7 +138,7 @@ def adjusted(
 
 
 def policy(
-    sku: str, node: str, safety_stock: int, at: int | datetime, *, eid: str | None = None,
+    sku: str, node: str, safety_stock: int, at: Moment, *, eid: str | None = None,
     source: str = "erp",
 ) -> StockPolicy:
     """A ``stock.policy`` set at ``at``."""
@@ -125,7 +150,7 @@ def policy(
 
 def created(
     order_id: str, lines: list[tuple[str, str, int, str | None]], *, channel: str = "web",
-    at: int | datetime = 10, eid: str | None = None, source: str = "shop",
+    at: Moment = 10, eid: str | None = None, source: str = "shop",
 ) -> OrderCreated:
     """An ``order.created``; lines are ``(line_id, sku, qty, node or None)``."""
     return OrderCreated(
@@ -136,7 +161,7 @@ def created(
 
 
 def allocated(
-    order_id: str, lines: dict[str, str], *, at: int | datetime = 11, eid: str | None = None,
+    order_id: str, lines: dict[str, str], *, at: Moment = 11, eid: str | None = None,
     source: str = "oms",
 ) -> OrderAllocated:
     """An ``order.allocated``; lines map line_id to node."""
@@ -148,7 +173,7 @@ def allocated(
 
 
 def cancelled(
-    order_id: str, lines: dict[str, int] | None = None, *, at: int | datetime = 12,
+    order_id: str, lines: dict[str, int] | None = None, *, at: Moment = 12,
     eid: str | None = None, source: str = "shop",
 ) -> OrderCancelled:
     """An ``order.cancelled``; lines map line_id to qty, None cancels everything."""
@@ -160,7 +185,7 @@ def cancelled(
 
 
 def shipped(
-    order_id: str, node: str, lines: dict[str, int], *, at: int | datetime = 13,
+    order_id: str, node: str, lines: dict[str, int], *, at: Moment = 13,
     eid: str | None = None, source: str = "wms", shipment_id: str = "shp-1",
 ) -> OrderShipped:
     """An ``order.shipped`` from ``node``; lines map line_id to qty."""
@@ -173,7 +198,7 @@ def shipped(
 
 def authorized(
     rma_id: str, lines: dict[str, tuple[str, int]], *, order_id: str | None = None,
-    at: int | datetime = 20, eid: str | None = None, source: str = "returns",
+    at: Moment = 20, eid: str | None = None, source: str = "returns",
 ) -> ReturnAuthorized:
     """A ``return.authorized``; lines map line_id to (sku, qty)."""
     return ReturnAuthorized(
@@ -185,7 +210,7 @@ def authorized(
 
 def received(
     rma_id: str, node: str, lines: list[tuple[str, int, str | None]], *,
-    at: int | datetime = 21, eid: str | None = None, source: str = "returns",
+    at: Moment = 21, eid: str | None = None, source: str = "returns",
 ) -> ReturnReceived:
     """A ``return.received`` at ``node``; lines are ``(line_id, qty, sku or None)``."""
     return ReturnReceived(
@@ -196,7 +221,7 @@ def received(
 
 
 def inspected(
-    rma_id: str, node: str, lines: list[tuple[str, int, str]], *, at: int | datetime = 22,
+    rma_id: str, node: str, lines: list[tuple[str, int, str]], *, at: Moment = 22,
     eid: str | None = None, source: str = "returns",
 ) -> ReturnInspected:
     """A ``return.inspected`` at ``node``; lines are ``(line_id, qty, disposition)``."""
@@ -214,6 +239,7 @@ _DETAIL = st.integers(0, 2**96)
 _STOCK_EVENTS = st.integers(0, 12)
 _LIFECYCLE_STEPS = st.integers(0, 5)
 _COPIES = st.integers(0, 3)
+_TWINS = st.integers(0, 2)
 
 
 class _Digits:
@@ -238,10 +264,31 @@ class _Digits:
         """True ``percent`` times in a hundred (False is the simpler choice)."""
         return self.pick(range(100)) >= 100 - percent
 
-    def moment(self) -> datetime:
-        """One of a few instants, sometimes written in another zone."""
-        minute = self.between(0, 6)
-        return t(minute).astimezone(self.pick((UTC, PLUS_TWO)))
+    def moment(self) -> str:
+        """One of a few instants, a nanosecond or 300 ns apart at times, written in UTC or
+        another zone; now and then the first or last instant of the years 0001-9999."""
+        if self.chance(3):
+            return self.pick(_FAR)
+        moment = t(self.between(0, 6)).astimezone(self.pick((UTC, PLUS_TWO)))
+        nanos = self.pick((0, 0, 0, 1, 300, 1000))
+        zone = moment.isoformat()[19:]
+        zone = self.pick(("Z", "z")) if zone == "+00:00" else zone
+        return f"{moment:%Y-%m-%dT%H:%M:%S}.{nanos:09d}{zone}"
+
+    def quantity(self, low: int, high: int) -> int:
+        """Mostly a small quantity in [low, high]; now and then the contract's limit."""
+        if self.chance(4):
+            return BIG if high > 0 else -BIG
+        return self.between(low, high)
+
+
+#: The first and last instants of the years 0001-9999 in UTC, one written from another zone.
+_FAR = (
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T01:00:00+01:00",
+    "9999-12-31T23:59:59.999999999Z",
+    "9999-12-31T22:59:59.999999999-01:00",
+)
 
 
 #: Non-empty node sets a channel may sell from, simplest first.
@@ -279,10 +326,10 @@ def _stock_event(d: _Digits, eid: str, skus: Sequence[str]) -> Event:
     at = d.moment()
     sku, node = d.pick(skus), d.pick(NODES)
     if kind == "snapshot":
-        return snapshot(sku, node, d.between(0, 20), d.moment(), at=at, eid=eid, source=source)
+        return snapshot(sku, node, d.quantity(0, 20), d.moment(), at=at, eid=eid, source=source)
     if kind == "adjusted":
-        delta = d.between(-6, 7)
-        return adjusted(sku, node, delta if delta < 0 else delta + 1, at, eid=eid, source=source)
+        delta = d.quantity(-6, 7) if d.chance(50) else -d.quantity(1, 6)
+        return adjusted(sku, node, delta or 1, at, eid=eid, source=source)
     return policy(sku, node, d.between(0, 4), at, eid=eid, source=source)
 
 
@@ -360,7 +407,9 @@ def keyed_scenarios(draw: st.DrawFn) -> tuple[Topology, tuple[str, ...], list[li
     usually starts the right way and then wanders (allocations, partial
     cancels, over-shipments, unknown lines, a second ``order.created``,
     receipts without an authorization). A few exact copies of events (a
-    producer's retries) are inserted later under the same key.
+    producer's retries) are inserted later under the same key, and a few twins:
+    the same event under another (``source``, ``event_id``) pair that joins with
+    ``\x1f`` to the same string as the original's, so a different event.
     """
     setup = _Digits(draw(_DETAIL))
     topology = _topology(setup)
@@ -368,7 +417,8 @@ def keyed_scenarios(draw: st.DrawFn) -> tuple[Topology, tuple[str, ...], list[li
     numbers = itertools.count()
 
     def eid() -> str:
-        return f"e{next(numbers)}"
+        number = next(numbers)
+        return f"e\x1f{number}" if number % 2 else f"e{number}"
 
     stock: dict[str, list[Event]] = {}
     for _ in range(draw(_STOCK_EVENTS)):
@@ -391,7 +441,23 @@ def keyed_scenarios(draw: st.DrawFn) -> tuple[Topology, tuple[str, ...], list[li
         steps = d.pick(keyed)
         original = d.between(0, len(steps) - 1)
         steps.insert(d.between(original + 1, len(steps)), steps[original])
+    for _ in range(draw(_TWINS) if keyed else 0):
+        d = _Digits(draw(_DETAIL))
+        steps = d.pick(keyed)
+        original = d.between(0, len(steps) - 1)
+        twin = twin_of(steps[original])
+        if twin is not None:
+            steps.insert(d.between(original + 1, len(steps)), twin)
     return topology, skus, keyed
+
+
+def twin_of(event: Event) -> Event | None:
+    """The same event from another (``source``, ``event_id``) pair that joins with ``\x1f`` to
+    the same string; None when its ``event_id`` holds no ``\x1f`` to move."""
+    head, sep, tail = event.event_id.partition("\x1f")
+    if not sep:
+        return None
+    return msgspec.structs.replace(event, source=f"{event.source}\x1f{head}", event_id=tail)
 
 
 def interleave(keyed: Sequence[Sequence[Event]], seed: int) -> list[Event]:
@@ -414,3 +480,49 @@ def scenarios(draw: st.DrawFn) -> tuple[Topology, tuple[str, ...], list[Event]]:
     """A topology, the SKUs in play and every event of a keyed scenario in one arrival order."""
     topology, skus, keyed = draw(keyed_scenarios())
     return topology, skus, interleave(keyed, draw(_SEED))
+
+
+# --- bytes the contract calls invalid ------------------------------------------------------
+
+#: Ways to spoil an event's JSON, each with the reason it must be rejected for. ``utf8``
+#: spoils the whole message it is in; the others only their own element of a bulk message.
+POISONS = {
+    "utf8": "malformed_json",
+    "deep": "malformed_json",
+    "offset": "invalid_field",
+    "year": "invalid_field",
+    "quantity": "invalid_field",
+}
+_QUANTITY_FIELDS = ("on_hand", "delta", "safety_stock")
+
+
+def poisoned(event: Event, poison: str) -> bytes:
+    """``event``'s JSON spoiled by ``poison`` (see :data:`POISONS`)."""
+    body = msgspec.to_builtins(event)
+    body["type"] = type(event).__struct_config__.tag
+    if poison == "offset":
+        body["occurred_at"] = "2026-11-27T09:00:00+0530"
+    elif poison == "year":
+        body["occurred_at"] = "9999-12-31T23:59:59-01:00"
+    elif poison == "quantity":
+        field = next((f for f in _QUANTITY_FIELDS if f in body), None)
+        if field is not None:
+            body[field] = 1_000_000_001 if body[field] >= 0 else -1_000_000_001
+        elif body.get("lines") and "qty" in body["lines"][0]:
+            body["lines"][0]["qty"] = 1_000_000_001
+        else:  # no quantity to spoil (order.allocated, a whole-order cancel)
+            body["occurred_at"] = "0001-01-01T00:00:00+00:01"
+    encoded = msgspec.json.encode(body)
+    if poison == "utf8":
+        return encoded[:-1] + b',"note":"caf\xe9"}'
+    if poison == "deep":
+        return encoded[:-1] + b',"ignored":' + b"[" * 64 + b"]" * 64 + b"}"
+    return encoded
+
+
+def poisons() -> st.SearchStrategy[list[tuple[int, int, str]]]:
+    """Where to put spoiled copies: (message pick, place pick, poison)."""
+    return st.lists(
+        st.tuples(st.integers(0, 2**16), st.integers(0, 2**16), st.sampled_from(sorted(POISONS))),
+        max_size=4,
+    )

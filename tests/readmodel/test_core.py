@@ -8,6 +8,7 @@ tables also keep the oracle honest.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import msgspec
@@ -123,13 +124,143 @@ def test_late_snapshot_reapplies_deltas_after_its_as_of() -> None:
 
 @pytest.mark.parametrize(
     ("second_as_of", "expected"),
-    [(5, 10), (4, 10), (6, 99)],
-    ids=["equal-as_of-first-wins", "earlier-as_of-changes-nothing", "later-as_of-replaces"],
+    [(4, 10), (6, 99)],
+    ids=["earlier-as_of-changes-nothing", "later-as_of-replaces"],
 )
-def test_stale_or_equal_snapshot_changes_nothing(second_as_of: int, expected: int) -> None:
+def test_stale_snapshot_changes_nothing(second_as_of: int, expected: int) -> None:
     events = [snapshot(A, EAST, 10, as_of=5), snapshot(A, EAST, 99, as_of=second_as_of),
               adjusted(A, EAST, 2, at=7)]
     assert at(settle(events), A, EAST).on_hand == expected + 2
+
+
+# --- clarifications (2026-12): ties, by the greater (source, event_id) --------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "winner"),
+    [
+        (("erp", "e-1"), ("erp", "e-2"), 2),
+        (("erp", "e-2"), ("erp", "e-1"), 1),
+        (("wms", "a"), ("erp", "z"), 1),        # source first, then event_id
+        (("erp", "e-10"), ("erp", "e-9"), 2),   # compared as strings, not numbers
+        (("erp", "x"), ("erp\x1f", ""), 2),
+    ],
+)
+@pytest.mark.parametrize("order", ["as-listed", "reversed"])
+def test_equal_as_of_goes_to_the_greater_source_event_id_pair_whatever_the_order(
+    first: tuple[str, str], second: tuple[str, str], winner: int, order: str
+) -> None:
+    moment = "2026-11-27T09:05:00.000000300Z"
+    one = snapshot(A, EAST, 1, as_of=moment, source=first[0], eid=first[1])
+    two = snapshot(A, EAST, 2, as_of="2026-11-27T11:05:00.0000003+02:00", source=second[0],
+                   eid=second[1])
+    events = [one, two] if order == "as-listed" else [two, one]
+    later = adjusted(A, EAST, 10, at="2026-11-27T09:05:00.000000301Z")
+    tied = adjusted(A, EAST, 100, at=moment)   # at the as_of itself: counted in either count
+    assert at(settle([*events, later, tied]), A, EAST).on_hand == winner + 10
+
+
+@pytest.mark.parametrize("order", ["as-listed", "reversed"])
+def test_equal_policy_occurred_at_goes_to_the_greater_pair_whatever_the_order(
+    order: str
+) -> None:
+    low = policy(A, EAST, 4, at=3, source="erp", eid="p-1")
+    high = policy(A, EAST, 1, at=t(3).astimezone(PLUS_TWO), source="erp", eid="p-2")
+    older = policy(A, EAST, 7, at=2, source="zzz", eid="zzz")
+    events = [low, high, older] if order == "as-listed" else [older, high, low]
+    model = settle([snapshot(A, EAST, 10, as_of=0), *events])
+    assert at(model, A, EAST) == figures(on_hand=10, safety_stock=1)
+
+
+def test_a_snapshot_tie_with_a_position_stored_before_pairs_were_kept_keeps_it() -> None:
+    pipeline = Pipeline(TOPOLOGY)
+    assert pipeline.deliver(snapshot(A, EAST, 5, as_of=1, eid="a")) == APPLIED
+    node = pipeline.positions[A].nodes[EAST]
+    node.snap_by = None  # as converted from the stored form before this one
+    assert pipeline.deliver(snapshot(A, EAST, 9, as_of=1, eid="b")) == APPLIED
+    assert node.snap == 5
+    assert pipeline.deliver(snapshot(A, EAST, 9, as_of=2, eid="c")) == APPLIED
+    assert (node.snap, node.snap_by) == (9, ("erp", "c"))
+
+
+# --- clarifications (2026-12): full-precision times ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("delta_at", "counts"),
+    [
+        ("2026-11-27T09:05:00.0000003Z", True),       # 0.3 µs after the snapshot
+        ("2026-11-27T09:05:00.000000001Z", True),     # 1 ns after
+        ("2026-11-27T09:05:00.000000000Z", False),    # the same instant
+        ("2026-11-27T11:05:00.000000001+02:00", True),
+        ("2026-11-27T09:04:59.999999999Z", False),
+        ("2026-11-27T09:05:00.0000000009Z", False),   # below a nanosecond: truncated
+    ],
+)
+def test_a_change_a_fraction_of_a_microsecond_after_the_snapshot_counts(
+    delta_at: str, counts: bool
+) -> None:
+    events = [snapshot(A, EAST, 10, as_of="2026-11-27T09:05:00Z"),
+              adjusted(A, EAST, 3, at=delta_at)]
+    assert at(settle(events), A, EAST).on_hand == 10 + (3 if counts else 0)
+    assert at(settle(events[::-1]), A, EAST).on_hand == 10 + (3 if counts else 0)
+
+
+def test_policies_compare_at_full_precision() -> None:
+    events = [policy(A, EAST, 2, at="2026-11-27T09:05:00.0000002Z"),
+              policy(A, EAST, 5, at="2026-11-27T09:05:00.0000001Z", eid="zzz", source="zzz")]
+    assert at(settle(events), A, EAST).safety_stock == 2
+
+
+def test_instants_at_both_ends_of_the_years_0001_to_9999_compare() -> None:
+    last = "9999-12-31T23:59:59.999999999Z"
+    events = [
+        snapshot(A, EAST, 10, as_of="9999-12-31T22:59:59.999999998-01:00"),
+        adjusted(A, EAST, 1, at=last),
+        adjusted(A, EAST, 100, at="0001-01-01T00:00:00Z"),
+        snapshot(B, EAST, 7, as_of="0000-12-31T23:00:00-01:00"),  # 0001-01-01T00:00Z
+        adjusted(B, EAST, 2, at="0001-01-01T00:00:00.000000001Z"),
+    ]
+    model = settle(events)
+    assert (at(model, A, EAST).on_hand, at(model, B, EAST).on_hand) == (11, 9)
+    pipeline = Pipeline(TOPOLOGY)
+    for event in events:
+        pipeline.deliver(event)
+    batch = EffectBatch(pipeline.sent)
+    assert batch_decoder.decode(batch_encoder.encode(batch)) == batch
+    position = pipeline.positions[A]
+    assert position_decoder.decode(state_encoder.encode(position)) == position
+
+
+# --- clarifications (2026-12): the idempotency key is a pair ------------------------------
+
+
+def test_pairs_that_join_to_the_same_string_are_different_stock_events() -> None:
+    one = adjusted(A, EAST, 1, at=1, source="a\x1fb", eid="c")
+    other = adjusted(A, EAST, 2, at=1, source="a", eid="b\x1fc")
+    model = settle([one, other, one, other])
+    assert model.verdicts == [APPLIED, APPLIED, DUPLICATE, DUPLICATE]
+    assert at(model, A, EAST).on_hand == 3
+
+
+def test_pairs_that_join_to_the_same_string_are_different_order_and_return_events() -> None:
+    ship = shipped("o1", EAST, {"1": 1}, source="a\x1fb", eid="c")
+    ship_too = shipped("o1", EAST, {"1": 1}, source="a", eid="b\x1fc")
+    receipt = received("r1", EAST, [("1", 1, A)], source="a\x1fb", eid="c")
+    receipt_too = received("r1", EAST, [("1", 1, A)], source="a", eid="b\x1fc")
+    model = settle([created("o1", [("1", A, 3, EAST)]), ship, ship_too, ship,
+                    receipt, receipt_too, receipt_too])
+    assert model.verdicts == [APPLIED, APPLIED, APPLIED, DUPLICATE, APPLIED, APPLIED, DUPLICATE]
+    assert at(model, A, EAST) == figures(on_hand=-2, reserved=1, quarantine=2)
+
+
+def test_effects_and_states_carry_the_pair() -> None:
+    pipeline = Pipeline(TOPOLOGY)
+    pipeline.deliver(adjusted(A, EAST, 1, at=1, source="a\x1fb", eid="c"))
+    pipeline.deliver(created("o1", [("1", A, 3, EAST)], source="shop", eid="x\x1fy"))
+    assert pipeline.sent[0].eid == ("a\x1fb", "c")
+    assert list(pipeline.positions[A].seen) == [("a\x1fb", "c")]
+    assert list(pipeline.states[("order", "o1")].seen) == [("shop", "x\x1fy")]
 
 
 def test_no_snapshot_on_hand_is_the_sum_of_physical_changes() -> None:
@@ -323,12 +454,26 @@ def test_quarantine_counts_totals_whatever_the_order_across_rmas() -> None:
     assert at(settle(events), A, EAST).quarantine == 2
 
 
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_quarantine_floors_the_total_whatever_the_order_of_the_rmas(
+    order: tuple[int, ...]
+) -> None:
+    # Contract, "Clarifications": max(0, all received - all inspected) per (sku, node).
+    rmas = [
+        [received("r1", EAST, [("1", 2, A)]), inspected("r1", EAST, [("1", 5, "damaged")])],
+        [received("r2", EAST, [("1", 4, A)]), inspected("r2", EAST, [("1", 1, "refurbish")])],
+        [received("r3", EAST, [("1", 1, A)])],
+    ]
+    events = [event for k in order for event in rmas[k]]
+    assert at(settle(events), A, EAST).quarantine == max(0, 2 + 4 + 1 - 5 - 1)
+
+
 # --- safety stock -------------------------------------------------------------------------
 
 
 def test_policy_with_the_latest_occurred_at_wins() -> None:
-    model = settle([snapshot(A, EAST, 10, as_of=0), policy(A, EAST, 4, at=3),
-                    policy(A, EAST, 1, at=2), policy(A, EAST, 2, at=3)])
+    model = settle([snapshot(A, EAST, 10, as_of=0), policy(A, EAST, 4, at=3, eid="p-2"),
+                    policy(A, EAST, 1, at=2, eid="p-9"), policy(A, EAST, 2, at=3, eid="p-1")])
     assert at(model, A, EAST) == figures(on_hand=10, safety_stock=4)
 
 

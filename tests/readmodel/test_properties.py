@@ -3,12 +3,14 @@
 Scenarios (:mod:`.scenarios`) mix 2-3 SKUs, 3 nodes, two channels, a few
 orders and RMAs with wandering lifecycles (invalid steps included), snapshots
 with colliding and out-of-order ``as_of``, policies, and exact producer
-copies. Hypothesis runs derandomized, so a run is reproducible as is; a
+copies, and the cases of the contract's clarifications (see :mod:`.scenarios`).
+Hypothesis runs derandomized, so a run is reproducible as is; a
 failure prints the falsifying scenario and the ``@reproduce_failure`` blob.
 """
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 
 import msgspec
@@ -29,7 +31,15 @@ from stocksync.codecs.state import (
 from stocksync.readmodel.core import SourceRef, Topology, apply_effects, copy_position, project
 from tests.readmodel.oracle import APPLIED, DUPLICATE, Model, expected_model, key_group
 from tests.readmodel.pipeline import NOW_MS, WINDOW_MS, Pipeline, build_model, pack
-from tests.readmodel.scenarios import NODES, interleave, keyed_scenarios, scenarios
+from tests.readmodel.scenarios import (
+    NODES,
+    POISONS,
+    interleave,
+    keyed_scenarios,
+    poisoned,
+    poisons,
+    scenarios,
+)
 
 PROPERTY = settings(
     max_examples=200,
@@ -242,3 +252,58 @@ def test_encode_decode_round_trips_lose_nothing(scenario: Scenario, sizes: Sizes
         assert batch_decoder.decode(batch_encoder.encode(batch)) == batch
     everything = EffectBatch(pipeline.sent)
     assert batch_decoder.decode(batch_encoder.encode(everything)) == everything
+
+
+@PROPERTY
+@given(keyed_scenarios(), SEED, SEED)
+def test_stock_events_in_any_order_give_the_same_figures(
+    keyed: KeyedScenario, first: int, second: int
+) -> None:
+    """Stock semantics do not depend on arrival order (a bulk export may carry any key):
+    ties of ``as_of`` and ``occurred_at`` go to the greater (``source``, ``event_id``)."""
+    topology, skus, by_key = keyed
+    shuffled = [
+        random.Random(second + k).sample(steps, len(steps))
+        if key_group(steps[0])[0] == "stock" else steps
+        for k, steps in enumerate(by_key)
+    ]
+    one, other = interleave(by_key, first), interleave(shuffled, first)
+    model = build_model(one, topology, skus, NODES)
+    assert model == expected_model(one, topology, skus, NODES)
+    assert figures(build_model(other, topology, skus, NODES)) == figures(model)
+
+
+@PROPERTY
+@given(scenarios(), SIZES, poisons())
+def test_spoiled_bytes_among_valid_events_are_rejected_and_change_nothing(
+    scenario: Scenario, sizes: Sizes, spoils: list[tuple[int, int, str]]
+) -> None:
+    """Invalid UTF-8 in an ignored field, nesting past 64 in one, a ``+0530`` offset, a UTC
+    year past 9999 and a quantity past 10^9, put among the valid events of the messages."""
+    topology, skus, events = scenario
+    messages = pack(events, sizes)
+    if not messages:
+        return
+    values: list[list[bytes]] = [[msgspec.json.encode(e) for e in m] for m in messages]
+    standalone: dict[int, list[tuple[bytes, str]]] = defaultdict(list)
+    for pick, place, poison in spoils:
+        at = pick % len(messages)
+        spoiled = poisoned(messages[at][place % len(messages[at])], poison)
+        if poison == "utf8":  # spoils any message it is in: sent on its own
+            standalone[at].append((spoiled, POISONS[poison]))
+        else:
+            values[at].insert(place % (len(values[at]) + 1), spoiled)
+    pipeline = Pipeline(topology)
+    verdicts: list[str] = []
+    for at, (message, elements) in enumerate(zip(messages, values, strict=True)):
+        for spoiled, reason in standalone[at]:
+            decoded = decode_message(spoiled)
+            assert (decoded.events, [r.reason for r in decoded.rejections]) == ([], [reason])
+        bulk = len(elements) > 1
+        value = b"[" + b",".join(elements) + b"]" if bulk else elements[0]
+        decoded = decode_message(value)
+        assert [event for _, event, _ in decoded.events] == message
+        assert len(decoded.rejections) == len(elements) - len(message)
+        assert all(r.reason in POISONS.values() for r in decoded.rejections)
+        verdicts += [verdict for _, verdict in pipeline.deliver_message(message)]
+    assert pipeline.model(skus, NODES, verdicts) == expected_model(events, topology, skus, NODES)

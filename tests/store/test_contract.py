@@ -130,8 +130,10 @@ class StoreContract:
 
     def test_order_and_rma_states_round_trip(self) -> None:
         async def scenario(store: Store) -> None:
-            order = OrderState(order_id="o1", channel="web", lines={"1": OrderLine("A", 2, None)})
-            rma = RmaState(rma_id="r1", lines={"1": RmaLine("A", 1, 0, 0)})
+            line = OrderLine(sku="A", open=2, node=None)
+            order = OrderState(order_id="o1", channel="web", lines={"1": line})
+            rma_line = RmaLine(sku="A", authorized=1, received=0, inspected=0)
+            rma = RmaState(rma_id="r1", lines={"1": rma_line})
             await store.save_states([order, rma])
             assert await store.load_orders(["o1", "o2"]) == {"o1": order}
             assert await store.load_rmas(["r1", "o1"]) == {"r1": rma}
