@@ -185,3 +185,50 @@ def test_a_quantity_beyond_64_bits_is_dead_lettered_not_fatal(
     reference = cluster.check_model()
     cluster.check_dead_letters(reference, exactly_once=True)
     assert worker.alive
+
+
+def test_the_contracts_clarifications_hold_through_a_real_worker(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Ties, nanoseconds, pair keys, quantity and offset limits, bytes and nesting
+    ("Clarifications (2026-12)"), produced to the broker and read back from Redis."""
+    cluster = make_cluster(partitions=2)
+    worker = cluster.start_worker()
+    w = cluster.wire
+    as_of = "2026-11-27T09:10:00.000000100Z"
+    greater = w.snapshot(RED, "dc-east", 50, 10, source="wms") | {"as_of": as_of}
+    lesser = w.snapshot(BLUE, "dc-east", 7, 10, source="erp") | {"sku": RED, "as_of": as_of}
+    one = w.adjusted(BLUE, "dc-east", 1, 5) | {"source": "a\x1fb", "event_id": "c"}
+    other = w.adjusted(BLUE, "dc-east", 2, 5) | {"source": "a", "event_id": "b\x1fc"}
+    deep = w.adjusted(GREEN, "dc-east", 1000, 20)
+    deep_value = json.dumps(deep)[:-1].encode() + b',"x":' + b"[" * 64 + b"]" * 64 + b"}"
+    cluster.send([
+        single(greater),
+        single(lesser),  # same instant, the lesser (source, event_id): changes nothing
+        single(w.adjusted(RED, "dc-east", 3, 10) | {"occurred_at": "2026-11-27T09:10:00.0000004Z"}),
+        single(w.adjusted(RED, "dc-east", 100, 10) | {"occurred_at": as_of}),  # in the count
+        single(one),
+        single(other),  # joins to the same string as `one`: a different event
+        single(one),    # a real copy
+        bulk("stock", "erp-export-9", [
+            w.snapshot(GREEN, "dc-east", 10, 10),
+            bad(w.policy(GREEN, "dc-east", 1, 10) | {"occurred_at": "2026-11-27T09:10:00+0530"},
+                Reason.INVALID_FIELD),
+            bad(w.policy(GREEN, "dc-east", 1, 10)
+                | {"occurred_at": "9999-12-31T23:59:59-01:00"}, Reason.INVALID_FIELD),
+            bad(w.adjusted(GREEN, "dc-east", 10**9 + 1, 20), Reason.INVALID_FIELD),
+            bad(deep_value, Reason.MALFORMED_JSON),
+            w.adjusted(GREEN, "dc-east", -(10**9), 30),
+        ]),
+        single(bad(json.dumps(w.adjusted(GREEN, "dc-east", 5, 40))[:-1].encode()
+                   + b',"note":"caf\xe9"}', Reason.MALFORMED_JSON), kind="stock", key=GREEN),
+        single(w.snapshot(MUG, "dc-east", 4, 10)),
+    ])
+    cluster.settle(timeout=60)
+    reference = cluster.check_model()
+    cluster.check_dead_letters(reference, exactly_once=True)
+    seen = cluster.read_model()
+    assert seen.nodes[(RED, "dc-east")].on_hand == 53
+    assert seen.nodes[(BLUE, "dc-east")].on_hand == 3
+    assert seen.nodes[(GREEN, "dc-east")].on_hand == 10 - 10**9
+    assert worker.alive
