@@ -37,7 +37,7 @@ from __future__ import annotations
 import msgspec
 
 from stocksync.codecs.events import EventKey, Instant
-from stocksync.codecs.forms import FormReader
+from stocksync.codecs.forms import FormReader, instant_of_micros, key_of_joined
 
 __all__ = [
     "Adjust",
@@ -50,8 +50,6 @@ __all__ = [
     "Snapshot",
     "batch_decoder",
     "batch_encoder",
-    "instant_of_micros",
-    "key_of_joined",
 ]
 
 
@@ -166,18 +164,6 @@ class _Quarantine1(_Base1, frozen=True, tag="quar"):
 
 class _Batch1(msgspec.Struct, frozen=True, array_like=True):
     effects: list[_Snapshot1 | _Adjust1 | _Reserve1 | _Policy1 | _Quarantine1]
-
-
-def instant_of_micros(micros: int) -> Instant:
-    """The instant of a form 1 time (µs since the epoch)."""
-    seconds, rest = divmod(micros, 1_000_000)
-    return (seconds, rest * 1000)
-
-
-def key_of_joined(joined: str) -> EventKey:
-    """The (``source``, ``event_id``) of a form 1 key ``source + "\\x1f" + event_id``."""
-    source, _, event_id = joined.partition("\x1f")
-    return (source, event_id)
 
 
 _FORM2 = {

@@ -15,7 +15,9 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-__all__ = ["FormReader"]
+from stocksync.codecs.events import EventKey, Instant
+
+__all__ = ["FormReader", "instant_of_micros", "key_of_joined"]
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -41,3 +43,19 @@ class FormReader(Generic[T, P]):
             except msgspec.DecodeError:
                 raise exc from None
             return self._upgrade(old)
+
+
+# --- what form 1 wrote, in the terms of form 2 ---------------------------------------------
+
+
+def instant_of_micros(micros: int) -> Instant:
+    """The instant of a form 1 time (µs since the epoch)."""
+    seconds, rest = divmod(micros, 1_000_000)
+    return (seconds, rest * 1000)
+
+
+def key_of_joined(joined: str) -> EventKey:
+    """The (``source``, ``event_id``) of a form 1 key ``source + "\\x1f" + event_id``, split
+    at its first separator (the same split for effects and stored keys, so they still meet)."""
+    source, _, event_id = joined.partition("\x1f")
+    return (source, event_id)

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import msgspec
 
-from stocksync.codecs.effects import instant_of_micros, key_of_joined
 from stocksync.codecs.events import EventKey, Instant
-from stocksync.codecs.forms import FormReader
+from stocksync.codecs.forms import FormReader, instant_of_micros, key_of_joined
 
 __all__ = [
     "NodePosition",
