@@ -153,7 +153,8 @@ def test_a_bulk_of_10001_events_is_one_truncated_bulk_size_letter() -> None:
 
 
 def snapshots(n: int, sku: str = "A") -> list[Snapshot]:
-    return [Snapshot(sku, "stock/0", 7, i, 0, f"erp\x1fs{i}", i, 0, None, "dc-east", i, i)
+    return [Snapshot(sku=sku, src="stock/0", ofs=7, idx=i, seq=0, eid=("erp", f"s{i}"),
+                     at=(i, 0), produced=0, cid=None, node="dc-east", on_hand=i, as_of=(i, 0))
             for i in range(n)]
 
 
