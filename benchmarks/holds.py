@@ -29,7 +29,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks.api.common import LUA_DIR, NAMESPACE, run_wrk, seed, sku_name, wait_http
+from benchmarks.api.common import (
+    LUA_DIR,
+    NAMESPACE,
+    cpu_seconds,
+    run_wrk,
+    seed,
+    sku_name,
+    wait_http,
+)
 from stocksync.daemon.services import RedisServer, free_port
 
 __all__ = ["main"]
@@ -121,6 +129,26 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the API's forked server processes)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            found += _tree(int(child))
+    return found
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
 def _hold_some(url: str, count: int) -> None:
     """``count`` active holds, one unit each of SKU 0 .. count-1."""
     for i in range(count):
@@ -137,7 +165,12 @@ def _hold_some(url: str, count: int) -> None:
 
 
 def _measure(
-    scenario: str, redis_url: str, logs: Path, args: argparse.Namespace, run: int
+    scenario: str,
+    redis_url: str,
+    redis_pid: int,
+    logs: Path,
+    args: argparse.Namespace,
+    run: int,
 ) -> dict[str, dict[str, Any]]:
     port = free_port()
     if scenario == "evalsha":
@@ -160,11 +193,17 @@ def _measure(
             env = {"SKUS": str(skus), "RUN": f"{run}x{connections}"}
             run_wrk(url, script=script, seconds=args.warmup, connections=connections,
                     threads=1, cpu=0, env=env)
+            pids = _tree(proc.pid)
+            before = _cpu(pids), _cpu([redis_pid])
             result = run_wrk(url, script=script, seconds=args.seconds, connections=connections,
                              threads=1, cpu=0, env={**env, "RUN": f"{run}m{connections}"})
+            server, redis_cpu = _cpu(pids) - before[0], _cpu([redis_pid]) - before[1]
             if result.non_2xx or result.socket_errors:
                 raise RuntimeError(f"{scenario}: {result}")
-            figures[str(connections)] = result.as_dict()
+            figures[str(connections)] = result.as_dict() | {
+                "server_cpu_us_per_request": server / max(1, result.requests) * 1e6,
+                "redis_cpu_us_per_request": redis_cpu / max(1, result.requests) * 1e6,
+            }
     finally:
         _stop(proc)
     return figures
@@ -194,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
                     # Each scenario on a copy of the seeded data, so holds never pile up.
                     db = 1
                     _copy_db(redis.port, 0, db)
-                    figures[scenario] = _measure(scenario, redis.url_for(db), logs, args, run)
+                    assert redis.pid is not None
+                    figures[scenario] = _measure(
+                        scenario, redis.url_for(db), redis.pid, logs, args, run
+                    )
                     rps = figures[scenario]["64"]["requests_per_second"]
                     print(f"run {run + 1} {scenario}: {rps:.0f} req/s at 64", file=sys.stderr)
                 results["runs"].append(figures)
@@ -216,11 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"\n{'scenario':12s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(f"\n{'scenario':12s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}"
+          f" {'API CPU us/req':>15s} {'Redis CPU us/req':>17s}")
     for scenario, by_conns in best.items():
         for conns, f in by_conns.items():
             print(f"{scenario:12s} {conns:>5s} {f['requests_per_second']:9.0f}"
-                  f" {f['p50_ms']:8.2f} {f['p99_ms']:8.2f}")
+                  f" {f['p50_ms']:8.2f} {f['p99_ms']:8.2f}"
+                  f" {f['server_cpu_us_per_request']:15.1f} {f['redis_cpu_us_per_request']:17.1f}")
     print()
     for key, value in results["summary"].items():
         target = _TARGETS.get(key)

@@ -12,7 +12,6 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import Resource
-from redis.asyncio import BlockingConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -89,21 +88,19 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
     )
     app[REDIS] = client
     app[SYNC] = sync
-    # Holds on a pool of their own that waits for a free connection instead of
-    # failing: a burst of checkouts queues for Redis rather than getting 503s.
-    holds_client = aioredis.Redis.from_pool(  # owns the pool: aclose() closes it
-        BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=_HOLD_CONNECTIONS,
-            timeout=_SOCKET_TIMEOUT,
-            socket_timeout=_SOCKET_TIMEOUT,
-            socket_connect_timeout=_CONNECT_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-            **redis_client_options(settings),
-        )
+    # Holds on connections of their own (see HoldStore), not the sync's.
+    holds_client = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=_SOCKET_TIMEOUT,
+        socket_connect_timeout=_CONNECT_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        **redis_client_options(settings),
     )
     holds = HoldStore(
-        holds_client, lambda: sync.store.keys, changes_maxlen=settings.worker.changes_maxlen
+        holds_client,
+        lambda: sync.store.keys,
+        changes_maxlen=settings.worker.changes_maxlen,
+        max_connections=_HOLD_CONNECTIONS,
     )
     app[HOLDS] = holds
     sync.holds = holds
@@ -112,6 +109,7 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await sync.stop()
+        await holds.close()
         await holds_client.aclose()
         await client.aclose()
 
@@ -217,7 +215,6 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
     sku_resource.add_route("HEAD", routed_get)
     sku_resource.add_route("GET", routed_get)
     unmatched = pipeline.wrap(pipeline.unmatched, UNMATCHED_ROUTE, protected=False)
-    app[HOT_ROUTES] = HotRoutes(get, query, unmatched)
     holds = HoldHandlers(
         lambda: app.get(HOLDS),
         [c.name for c in settings.channels],
@@ -227,9 +224,9 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
         body_budget=budget,
     )
     create = app.router.add_resource(HOLDS_PATH)
-    create.add_route(
-        "POST", pipeline.wrap(holds.create, create.canonical, protected=True, scope=HOLDS_SCOPE)
-    )
+    hold = pipeline.wrap(holds.create, create.canonical, protected=True, scope=HOLDS_SCOPE)
+    create.add_route("POST", hold)
+    app[HOT_ROUTES] = HotRoutes(get, query, unmatched, hold)
     one = app.router.add_resource(HOLDS_PATH + "/{hold_id}")
     extend = app.router.add_resource(HOLDS_PATH + "/{hold_id}/extend")
     by_id: list[tuple[Resource, str, Callable[[web.Request, str], Awaitable[web.Response]]]] = [

@@ -29,6 +29,7 @@ from stocksync.api.protocol import CONNECTION_LIMITS, ApiServer, ConnectionLimit
 __all__ = [
     "AVAILABILITY_PREFIX",
     "CONNECTION_STATS",
+    "HOLDS_PATH",
     "HOT_ROUTES",
     "QUERY_PATH",
     "ApiRunner",
@@ -38,6 +39,8 @@ __all__ = [
 AVAILABILITY_PREFIX: Final = "/v1/availability/"
 QUERY_NAME: Final = "query"
 QUERY_PATH: Final = AVAILABILITY_PREFIX + QUERY_NAME
+#: ``POST /v1/holds``: a checkout's hot path too (one Redis round trip behind it).
+HOLDS_PATH: Final = "/v1/holds"
 
 #: What aiohttp's low-level server calls with each request.
 RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -45,17 +48,19 @@ _EXPECT: Final = hdrs.EXPECT
 
 
 class HotRoutes:
-    """``GET``/``HEAD /v1/availability/{sku}`` and ``POST /v1/availability/query``."""
+    """``GET``/``HEAD /v1/availability/{sku}``, ``POST .../query`` and ``POST /v1/holds``."""
 
     def __init__(
         self,
         get: Callable[[web.Request, str], Awaitable[web.StreamResponse]],
         query: Callable[[web.Request], Awaitable[web.StreamResponse]],
         unmatched: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        hold: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
     ) -> None:
         self.get = get
         self.query = query
         self.unmatched = unmatched
+        self.hold = hold
 
     def dispatcher(self, fallback: RequestHandler) -> RequestHandler:
         """A request handler for the server: the hot endpoints, else ``fallback``.
@@ -63,7 +68,7 @@ class HotRoutes:
         It returns the handler's coroutine rather than awaiting it, which saves
         a coroutine per request.
         """
-        get, query, unmatched = self.get, self.query, self.unmatched
+        get, query, unmatched, hold = self.get, self.query, self.unmatched, self.hold
         skip = len(AVAILABILITY_PREFIX)
 
         def dispatch(request: web.Request) -> Awaitable[web.StreamResponse]:
@@ -76,6 +81,13 @@ class HotRoutes:
                         return get(request, sku)
                 elif method == "POST" and path == QUERY_PATH and _EXPECT not in request.headers:
                     return query(request)
+            elif (
+                path == HOLDS_PATH
+                and hold is not None
+                and request.method == "POST"
+                and _EXPECT not in request.headers
+            ):
+                return hold(request)
             elif not path.startswith("/"):
                 return unmatched(request)
             return fallback(request)

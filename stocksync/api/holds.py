@@ -14,6 +14,7 @@ from typing import Final, TypeVar
 import msgspec
 from aiohttp import web
 
+from stocksync.api.dispatch import HOLDS_PATH
 from stocksync.api.errors import (
     BadRequest,
     HoldConflict,
@@ -44,8 +45,6 @@ from stocksync.store.holds import HoldRecord, HoldStore
 
 __all__ = ["HOLDS_PATH", "HoldHandlers", "hold_body"]
 
-#: Path of ``POST /v1/holds``; a hold is ``HOLDS_PATH + "/{hold_id}"``.
-HOLDS_PATH: Final = "/v1/holds"
 _T = TypeVar("_T")
 _JSON: Final = {"Content-Type": "application/json"}
 _request_decoder: Final = msgspec.json.Decoder(HoldRequest)

@@ -260,6 +260,7 @@ async def serve(
             await store.forget_worker(worker_id)
         await _stop_watching(watching, gate, incarnations)
         await runner.cleanup()
+        await pipeline.holds.close()
         await store.close()
         log.info("worker stopped")
 

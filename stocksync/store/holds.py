@@ -35,6 +35,7 @@ the call that writes the order's reservation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, cast
 
@@ -116,6 +117,7 @@ class HoldStore:
         *,
         memory_ms: int = MEMORY_MS,
         changes_maxlen: int = 1_000_000,
+        max_connections: int = 32,
     ) -> None:
         self.client = client
         #: The live generation's keys (SKU hashes, change stream) as the caller follows
@@ -129,6 +131,18 @@ class HoldStore:
         self._extend = client.register_script(scripts.EXTEND_HOLD)
         self._convert = client.register_script(scripts.CONVERT_HOLD)
         self._held_page = client.register_script(scripts.READ_HELD_PAGE)
+        # Connections of the hold calls, made by the client's pool and kept here: a
+        # burst of checkouts waits for one of ``max_connections`` instead of failing
+        # (redis-py's pool raises past its limit, and its blocking pool costs about a
+        # third of a hold's CPU).
+        self._idle: list[Any] = []
+        self._slots = asyncio.Semaphore(max_connections)
+
+    async def close(self) -> None:
+        """Close the connections of the hold calls."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
 
     async def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a registered script with its command packed in C; load it first if needed.
@@ -137,25 +151,26 @@ class HoldStore:
         about as much CPU as the rest of the request.
         """
         packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-        pool = self.client.connection_pool
-        try:
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        async with self._slots:
+            idle = self._idle
+            pool = self.client.connection_pool
+            connection = idle.pop() if idle else pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 try:
                     await connection.send_packed_command(packed)
-                    return await connection.read_response()
+                    reply = await connection.read_response()
                 except NoScriptError:
                     await self.client.script_load(script.script)
                     await connection.send_packed_command(packed)
-                    return await connection.read_response()
-            except BaseException:
+                    reply = await connection.read_response()
+            except BaseException as exc:
                 # A half-read reply would poison the next command on this connection.
                 await connection.disconnect()
+                if isinstance(exc, RedisError | OSError):
+                    raise StoreUnavailable(f"a hold script failed: {exc}") from exc
                 raise
-            finally:
-                await pool.release(connection)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"a hold script failed: {exc}") from exc
+            idle.append(connection)
+            return reply
 
     async def create(
         self,

@@ -177,6 +177,7 @@ def test_scripts_grant_what_the_oracle_grants(
                 for sku in SKUS:
                     assert await _held_in_redis(client, sku) == oracle.held(sku, "web", 0)
         finally:
+            await store.close()
             await client.aclose()
 
     asyncio.run(scenario())
@@ -214,6 +215,7 @@ def test_conversion_deletes_the_line_in_the_applier_write(
             record = await holds_store.get("cart-1")
             assert record is not None and record.status == "converted"
         finally:
+            await holds_store.close()
             await client.aclose()
 
     asyncio.run(scenario())
