@@ -47,8 +47,9 @@ __all__ = ["HOLDS_PATH", "HoldHandlers", "hold_body"]
 
 _T = TypeVar("_T")
 _JSON: Final = {"Content-Type": "application/json"}
-_request_decoder: Final = msgspec.json.Decoder(HoldRequest)
-_extend_decoder: Final = msgspec.json.Decoder(ExtendRequest)
+# Lax: a JSON number such as 2.0 is an integer (as JSON Schema has it); 2.5 is not.
+_request_decoder: Final = msgspec.json.Decoder(HoldRequest, strict=False)
+_extend_decoder: Final = msgspec.json.Decoder(ExtendRequest, strict=False)
 
 
 def hold_body(record: HoldRecord) -> Hold:

@@ -389,8 +389,11 @@ class ModelSync:
         max_lag_seconds: float = 5.0,
         backoff_min: float = 0.05,
         backoff_max: float = 5.0,
+        gather_s: float = 0.002,
     ) -> None:
         self.model = model
+        #: Pause after reading some entries and catching up, before the next read.
+        self.gather_s = gather_s
         self.store = store
         self.load_page = load_page
         self.read_count = read_count
@@ -573,6 +576,10 @@ class ModelSync:
             self._last_applied_at = time.time()
         if total < self.read_count:
             self._caught_up = True
+            if total and self.gather_s:
+                # Let the next entries gather: under a stream of holds (one entry each)
+                # a read per entry costs each replica more than the hold itself.
+                await asyncio.sleep(self.gather_s)
 
     def _apply_held(self, sku: str, raw: bytes) -> None:
         try:

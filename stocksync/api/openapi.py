@@ -88,7 +88,16 @@ def _hold_paths(settings: Settings, auth: tuple[str, ...], secured: dict[str, An
                     "insufficient_stock (all or nothing, a line short: nothing is held; the"
                     " error lists the short lines), or hold_conflict."
                 ),
-                "content": _json("InsufficientBody"),
+                "content": {
+                    _JSON: {
+                        "schema": {
+                            "anyOf": [
+                                {"$ref": _REF.format(name="InsufficientBody")},
+                                {"$ref": _REF.format(name="ErrorBody")},
+                            ]
+                        }
+                    }
+                },
             },
             **_hold_errors("400", *auth, "404", "503"),
         },
@@ -151,6 +160,32 @@ def _constrain_query(schema: dict[str, Any], channels: list[str], max_skus: int)
         schema["required"] = sorted({*schema.get("required", []), "channel"})
 
 
+def _constrain_holds(components: dict[str, Any], channels: list[str], settings: Settings) -> None:
+    """Add to the generated hold schemas what depends on configuration ([api.holds])."""
+    limits = settings.api.holds
+    ttl = {"type": "integer", "minimum": 1, "maximum": limits.max_ttl_seconds}
+    request = components["HoldRequest"]["properties"]
+    request["ttl_seconds"] = {
+        "anyOf": [ttl, {"type": "null"}],
+        "default": None,
+        "description": f"seconds; absent: {limits.default_ttl_seconds}",
+    }
+    request["lines"] = {
+        **request["lines"],
+        "maxItems": limits.max_lines,
+        # JSON Schema cannot say "distinct by sku"; this says as much of it as it can.
+        "uniqueItems": True,
+        "description": "distinct SKUs (two lines with one SKU are 400 bad_request)",
+    }
+    if len(channels) == 1:
+        request["channel"] = {"anyOf": [{"enum": channels}, {"type": "null"}], "default": None}
+    else:
+        request["channel"] = {"enum": channels}
+        schema = components["HoldRequest"]
+        schema["required"] = sorted({*schema.get("required", []), "channel"})
+    components["ExtendRequest"]["properties"]["ttl_seconds"] = ttl
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an API configured by ``settings``."""
     (_, components) = msgspec.json.schema_components(
@@ -170,6 +205,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     )
     channels = [c.name for c in settings.channels]
     _constrain_query(components["QueryRequest"], channels, settings.api.max_skus)
+    _constrain_holds(components, channels, settings)
     correlation = {
         "name": "X-Correlation-ID",
         "in": "header",

