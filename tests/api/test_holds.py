@@ -16,7 +16,17 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from stocksync.config.settings import HoldSettings, TokenSettings
-from tests.api.helpers import eventually, make_settings, projection, run, serving, write
+from stocksync.store.generation import effective_namespace
+from stocksync.store.layout import Keys, reload_fields
+from tests.api.helpers import (
+    NAMESPACE,
+    eventually,
+    make_settings,
+    projection,
+    run,
+    serving,
+    write,
+)
 
 Client = TestClient[Any, Any]
 
@@ -408,5 +418,34 @@ def test_metrics_and_openapi(redis_url: str, store: redis.Redis) -> None:
             schemas = document["components"]["schemas"]
             assert {"HoldRequest", "Hold", "ExtendRequest", "InsufficientBody"} <= set(schemas)
             assert "held" in schemas["ChannelAvailability"]["properties"]
+
+    run(scenario())
+
+
+def test_a_rebuild_keeps_the_holds(redis_url: str, store: redis.Redis) -> None:
+    """Holds live beside the generations: after a switch they still count, and new holds
+    are granted against the new generation's figures."""
+
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            status, _ = await _post(client, "/v1/holds", _hold("cart-1", ("A", 2)))
+            assert status == 201
+            await _becomes(client, "A", (8, 2))
+            # What `stocksync rebuild` does: a full model in a new key space, the pointer
+            # switched, a reload entry on the old stream. A now has 20 on web.
+            generation = "g20261201T090003123Z"
+            new_ns = effective_namespace(NAMESPACE, generation)
+            write(store, projection("A", 1, available=20), namespace=new_ns,
+                  generation=generation)
+            store.set(Keys(NAMESPACE).generation(), generation)
+            store.xadd(Keys(NAMESPACE).changes(), reload_fields(new_ns, generation))  # type: ignore[arg-type]
+            await _becomes(client, "A", (18, 2))
+            status, body = await _post(client, "/v1/holds", _hold("cart-2", ("A", 19)))
+            assert (status, body["error"]["lines"][0]["available"]) == (409, 18)
+            status, _ = await _post(client, "/v1/holds", _hold("cart-2", ("A", 18)))
+            assert status == 201
+            await _becomes(client, "A", (0, 20))
+            await _delete(client, "/v1/holds/cart-1")
+            await _becomes(client, "A", (2, 18))
 
     run(scenario())
