@@ -160,7 +160,7 @@ class ApiSettings(_Config, frozen=True):
     #: Seconds an idle keep-alive connection is kept open between requests.
     idle_timeout_s: Seconds = 75.0
     #: Open connections one API process serves at once; one more is refused with 503.
-    max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    max_connections: Positive = 1000
     #: Bytes of request bodies one process holds at once beyond the first 64 KiB of each;
     #: an upload that would go over is refused with 503 (so uploads cannot fill memory).
     max_buffered_body_bytes: Positive = 16_777_216

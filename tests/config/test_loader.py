@@ -194,6 +194,18 @@ BAD = [
     pytest.param("[api]\nport = 70000\n", {}, ["api.port", "70000", "0 to 65535"], id="port-range"),
     pytest.param("[api]\nport = '8080'\n", {}, ["api.port", "'8080'", "integer"], id="port-type"),
     pytest.param(
+        "[api]\nbody_timeout_s = 0\n", {}, ["api.body_timeout_s", "0", "> 0"], id="body-timeout"
+    ),
+    pytest.param(
+        "[api]\nmax_connections = 0\n", {}, ["api.max_connections", "0", "> 0"], id="max-conn"
+    ),
+    pytest.param(
+        "[[api.tokens]]\nname = 'a'\nsha256 = '" + "0" * 64 + "'\nscopes = ['holds:read']\n",
+        {},
+        ["api.tokens[0].scopes[0]", "'holds:read'", "holds:write"],
+        id="unknown-scope",
+    ),
+    pytest.param(
         two_channels('name = "b2b"\nnodes = ["dc-east"]\nlow_stock_threshold = -1'),
         {},
         ["channels[1].low_stock_threshold", "-1", ">= 0"],
