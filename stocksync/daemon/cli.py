@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1,
         metavar="N",
-        help="serve from N processes sharing the port (default: 1)",
+        help="serve from N processes sharing the port, restarted when one dies (default: 1)",
     )
     dev = command(
         "dev",
