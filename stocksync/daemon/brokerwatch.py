@@ -13,9 +13,10 @@ one fact instead:
 - it logs the outage once, then every :data:`REPORT_EVERY` seconds, and once
   when the broker is back, with how many client lines it held back;
 - :class:`ClientLogGate` is the one place the client libraries' warnings and
-  errors pass through: during an outage they are counted, not written;
-  otherwise each distinct message is written at most once per
-  :data:`REPORT_EVERY` seconds, with the count of the repeats it held back.
+  errors pass through: during an outage aiokafka's (and any about the
+  connection) are counted, not written; otherwise each distinct message is
+  written at most once per :data:`REPORT_EVERY` seconds, with the count of the
+  repeats it held back.
 
 Missing topics are only ever created by this worker, with the configured
 partition counts: :func:`stocksync.compat.aiokafka.forbid_topic_auto_creation`
@@ -221,7 +222,7 @@ class ClientLogGate(logging.Filter):
             return True
         message = record.getMessage()
         watch = self.watch
-        if watch.down:
+        if watch.down and (record.name.startswith("aiokafka") or _UNREACHABLE.search(message)):
             watch.held(message)
             return False
         if _UNREACHABLE.search(message):

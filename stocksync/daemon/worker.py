@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import Final
@@ -288,9 +289,25 @@ def quiet_libraries() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """A library thread that ends on an exception: one log line, not a bare traceback."""
+    name = args.thread.name if args.thread is not None else "?"
+    log.warning(
+        "thread %s ended on %s: %s",
+        name,
+        args.exc_type.__name__,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+        if args.exc_value is not None
+        else None,
+    )
+
+
 def run(settings: Settings) -> int:
     """``stocksync worker``: run until SIGTERM/SIGINT; returns the exit status."""
     quiet_libraries()
+    # Faust's consumer thread can die on a CancelledError when it stops with the broker gone.
+    threading.excepthook = _log_thread_exception
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:

@@ -92,17 +92,20 @@ def test_the_gate_holds_client_lines_back_during_an_outage_and_counts_them(
     watch = watch_of(broker, clock)
     gate = ClientLogGate(watch)
     client = logging.getLogger("aiokafka.consumer.fetcher")
+    faust = logging.getLogger("faust.transport.consumer")
     gate.install()
     try:
         with (
             caplog.at_level(logging.INFO, logger="aiokafka.consumer.fetcher"),
             caplog.at_level(logging.INFO, logger="stocksync.broker"),
+            caplog.at_level(logging.INFO, logger="faust.transport.consumer"),
         ):
             broker.up = False
             asyncio.run(watch.check())
             for _ in range(50):
                 client.error("Failed fetch messages from %s: NodeNotReadyError", 111)
             client.info("an info line always passes")
+            faust.error("Drain messages raised: %r", ValueError("a bug"))  # not the outage
             clock.now += 31
             broker.up = True
             asyncio.run(watch.check())
@@ -110,6 +113,8 @@ def test_the_gate_holds_client_lines_back_during_an_outage_and_counts_them(
         gate.remove()
     fetcher = messages(caplog, "aiokafka.consumer.fetcher")
     assert fetcher == ["an info line always passes"]
+    drained = messages(caplog, "faust.transport.consumer")
+    assert drained == ["Drain messages raised: ValueError('a bug')"]
     assert "50 client log lines held back" in messages(caplog)[-1]
     assert client.filters == []
 

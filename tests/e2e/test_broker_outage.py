@@ -114,5 +114,8 @@ def test_sigterm_during_an_outage_exits_within_the_shutdown_timeout(
     cluster.note(f"exit {status} {seconds:.1f} s after SIGTERM")
     assert status is not None and seconds <= 4.0 + 1.5, (status, seconds)
     assert status in (0, 75), status
+    # Every line is a log line: a library thread that dies on the way out logs once.
+    raw = [text for text in worker.run_text().splitlines()[1:] if not text.startswith("{")]
+    assert not raw, "\n".join(raw[:20])
     if status == 75:
         assert any("did not stop within" in str(line.get("msg")) for line in worker.run_lines())
