@@ -258,10 +258,16 @@ class TopicIncarnations:
 
 
 class StoredIncarnations:
-    """Incarnation numbers as stored, read once (``stocksync rebuild`` replays the live topics)."""
+    """Incarnation numbers as stored, read once (``stocksync rebuild`` replays the live topics).
+
+    It remembers the last record of each partition it was shown, so the rebuild can
+    store the numbers it used (:meth:`records`): after Redis lost everything, the
+    workers then read the same numbers the rebuilt watermarks carry.
+    """
 
     def __init__(self, numbers: dict[TP, int]) -> None:
         self.numbers = numbers
+        self._last: dict[TP, SourceMessage] = {}
 
     @classmethod
     async def load(cls, records: IncarnationRecords) -> StoredIncarnations:
@@ -269,11 +275,20 @@ class StoredIncarnations:
         return cls({tp: record.n for tp, record in (await records.load_all()).items()})
 
     async def prepare(self, messages: Sequence[SourceMessage]) -> None:
-        """Nothing to check: the numbers are the stored ones."""
+        """Nothing to check (the numbers are the stored ones); remember the last records."""
+        for msg in messages:
+            self._last[(msg.topic, msg.partition)] = msg
 
     def of(self, topic: str, partition: int) -> int:
         """The stored number, 0 for a partition never recorded."""
         return self.numbers.get((topic, partition), 0)
+
+    def records(self) -> dict[TP, Incarnation]:
+        """The number used for each partition replayed, with the last record read in it."""
+        return {
+            tp: Incarnation(self.of(*tp), msg.offset, record_crc(msg.key, msg.value))
+            for tp, msg in self._last.items()
+        }
 
 
 class KafkaRecordReader:

@@ -336,7 +336,8 @@ async def rebuild_generation(
     pipeline_log.setLevel(logging.ERROR)
     committed = await committed_offsets(settings) if resend_dead_letters else None
     # A recreated topic is read as incarnation n by the workers: rebuild with their keys.
-    incarnations = await StoredIncarnations.load(IncarnationRecords(store.client, store.keys))
+    known = IncarnationRecords(store.client, store.keys)
+    incarnations = await StoredIncarnations.load(known)
     try:
         model, resend = await _replay_sources(settings, err, result, committed, incarnations)
     finally:
@@ -360,6 +361,8 @@ async def rebuild_generation(
         )
         if resend:
             await _send_dead_letters(settings, resend)
+        # Keep (or, after Redis lost them, restore) the numbers the watermarks were keyed by.
+        await known.save(incarnations.records())
         await target.switch_to(generation, previous)
     except SwitchRefused as exc:
         raise OperateError(str(exc)) from exc

@@ -192,7 +192,12 @@ async def serve(
         incarnations=incarnations,
         max_message_bytes=max_message_bytes,
     )
-    healer.on_healed = pipeline.applier.forget
+
+    def _healed() -> None:
+        pipeline.applier.forget()
+        incarnations.forget()  # the rebuild stored the numbers its watermarks carry
+
+    healer.on_healed = _healed
     heartbeat = asyncio.create_task(_keep_heartbeat(store, worker_id), name="stocksync-heartbeat")
     if store.generation is None:
         log.warning("no model is live under %s:* (a new deployment, or Redis lost it)",

@@ -449,8 +449,15 @@ def test_rebuild_keys_watermarks_by_the_live_topics_incarnations(
         model = stored(client, f"ops:{pointer.decode()}")
         marks = {src for fields in model.values() for src in position_decoder.decode(
             fields[b"pos"]).wm}
+        # The numbers used are stored, with the last record read: after Redis lost the
+        # model a healing rebuild restores them, and the workers read the same ones.
+        records = client.hgetall(Keys("ops").incarnations())
     finally:
         client.close()
     stock = {src for src in marks if src.startswith(names.stock)}
     assert stock and all(src.endswith("#1") for src in stock), stock
     assert any(src.startswith(names.orders) and "#" not in src for src in marks), marks
+    numbers = {field.decode(): int(value.split()[0]) for field, value in records.items()}
+    assert {n for f, n in numbers.items() if f.startswith(names.stock)} == {1}
+    assert {n for f, n in numbers.items() if f.startswith(names.orders)} == {0}
+    assert all(int(value.split()[1]) >= 0 for value in records.values())
