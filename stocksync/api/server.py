@@ -31,7 +31,7 @@ from typing import Final
 import uvloop
 from aiohttp import web
 
-from stocksync.api.app import create_app
+from stocksync.api.app import MODEL, create_app
 from stocksync.api.dispatch import ApiRunner
 from stocksync.api.hoststate import HostState
 from stocksync.config.settings import Settings
@@ -47,6 +47,8 @@ BACKOFF_MAX: Final = 30.0
 _BACKOFF_RESET: Final = 60.0
 #: Seconds of the shutdown timeout a server keeps for closing Redis after its requests.
 _CLEANUP_MARGIN: Final = 1.0
+#: Most seconds a restarted server waits for its model before it listens anyway.
+_LOAD_WAIT_MAX: Final = 60.0
 _BACKLOG: Final = 2048
 
 
@@ -59,23 +61,59 @@ def run(settings: Settings, processes: int = 1) -> int:
     return _supervise(settings, processes)
 
 
-def _serve(settings: Settings, port: int, *, reuse_port: bool, host: HostState | None) -> int:
+def _serve(
+    settings: Settings,
+    port: int,
+    *,
+    reuse_port: bool,
+    host: HostState | None,
+    listen_when_loaded: bool = False,
+) -> int:
     """One server process on uvloop."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve_until_stopped(settings, port, reuse_port=reuse_port, host=host))
+        return runner.run(
+            _serve_until_stopped(
+                settings,
+                port,
+                reuse_port=reuse_port,
+                host=host,
+                listen_when_loaded=listen_when_loaded,
+            )
+        )
+
+
+def _bind(address: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A bound socket, not yet listening (the site listens when it starts)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def _serve_until_stopped(
-    settings: Settings, port: int, *, reuse_port: bool, host: HostState | None
+    settings: Settings,
+    port: int,
+    *,
+    reuse_port: bool,
+    host: HostState | None,
+    listen_when_loaded: bool,
 ) -> int:
+    """Serve until a signal; with ``listen_when_loaded``, take connections only once loaded.
+
+    A server the supervisor restarts waits for its model before it listens, so
+    the kernel does not hand it connections it could only answer ``503`` while
+    the other servers can answer them (it listens anyway after
+    :data:`_LOAD_WAIT_MAX` seconds, so a Redis outage does not keep it dark).
+    """
     address = settings.api.host
     try:  # bind first: a taken port fails at once, before any Redis work
-        sock = socket.create_server(
-            (address, port),
-            family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-            backlog=_BACKLOG,
-            reuse_port=reuse_port,
-        )
+        sock = _bind(address, port, reuse_port=reuse_port)
     except OSError as exc:
         log.error(
             "cannot listen on %s:%d: %s; pick another api.port or stop what uses it",
@@ -88,28 +126,35 @@ async def _serve_until_stopped(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    app = create_app(settings, host)
     runner = ApiRunner(
-        create_app(settings, host),
+        app,
         access_log=None,  # the app logs its own, as configured
         handle_signals=False,
         shutdown_timeout=max(0.1, settings.api.shutdown_timeout_s - _CLEANUP_MARGIN),
     )
     await runner.setup()
     try:
-        await web.SockSite(runner, sock).start()
-        log.info("availability API listening on http://%s:%d", address, sock.getsockname()[1])
-        await stop.wait()
+        if listen_when_loaded:
+            deadline = loop.time() + _LOAD_WAIT_MAX
+            while not app[MODEL].loaded and not stop.is_set() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        if not stop.is_set():
+            await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+            log.info("availability API listening on http://%s:%d", address, sock.getsockname()[1])
+            await stop.wait()
         log.info("stopping the availability API")
     finally:
         await runner.cleanup()
+        sock.close()
     return 0
 
 
-def _child(settings: Settings, port: int, host: HostState) -> None:
+def _child(settings: Settings, port: int, host: HostState, restarted: bool) -> None:
     """Entry point of one forked server."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
-    sys.exit(_serve(settings, port, reuse_port=True, host=host))
+    sys.exit(_serve(settings, port, reuse_port=True, host=host, listen_when_loaded=restarted))
 
 
 def _reserve_port(address: str, port: int) -> socket.socket:
@@ -155,9 +200,11 @@ def _supervise(settings: Settings, processes: int) -> int:
     host = HostState(len(settings.api.tokens), shared=True)
     slots = [_Slot(i) for i in range(processes)]
 
-    def start(slot: _Slot) -> None:
+    def start(slot: _Slot, *, restarted: bool = False) -> None:
         process = context.Process(
-            target=_child, args=(settings, port, host), name=f"stocksync-api-{slot.index}"
+            target=_child,
+            args=(settings, port, host, restarted),
+            name=f"stocksync-api-{slot.index}",
         )
         process.start()
         slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
@@ -171,7 +218,7 @@ def _supervise(settings: Settings, processes: int) -> int:
             now = time.monotonic()
             for slot in slots:
                 if slot.restart_at is not None and slot.restart_at <= now and not stopping:
-                    start(slot)
+                    start(slot, restarted=True)
                     host.count_restart()
                     assert slot.process is not None
                     log.info(
