@@ -175,6 +175,7 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
         failure_burst=api.auth_failure_burst,
     )
     metrics.hold_figures = lambda: (model.holds_active(now_ms()), model.expired_holds)
+    metrics.synthetic_skus = lambda: int(settings.probe.sku in model.entries)
     pipeline = RequestPipeline(
         metrics=metrics,
         authenticator=authenticator,

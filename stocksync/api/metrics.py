@@ -98,6 +98,8 @@ class ApiMetrics:
         self._hold_latency = _Latencies()
         #: Hold figures of the model at scrape time: (active holds, holds seen expiring).
         self.hold_figures: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        #: SKUs of the model that are not business stock (the probe's), left out of its size.
+        self.synthetic_skus: Callable[[], int] = lambda: 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
@@ -167,8 +169,7 @@ class ApiMetrics:
             )
         health = self._status()
         if health is not None:
-            yield from _health_families(health)
-
+            yield from _health_families(health, self.synthetic_skus())
 
     def _hold_families(self) -> Iterator[Metric]:
         active, expired = self.hold_figures()
@@ -223,15 +224,19 @@ def _connection_families(stats: ConnectionStats) -> Iterator[Metric]:
     )
 
 
-def _health_families(status: SyncStatus) -> Iterator[Metric]:
-    """The model's size, freshness and sync failures."""
+def _health_families(status: SyncStatus, synthetic: int = 0) -> Iterator[Metric]:
+    """The model's size (business SKUs only), freshness and sync failures."""
     yield _gauge("stocksync_api_ready", "1 when /readyz answers 200.", float(status.ready))
     yield _gauge(
         "stocksync_api_redis_connected",
         "1 when the last Redis commands of the model sync succeeded.",
         float(status.connected),
     )
-    yield _gauge("stocksync_api_model_skus", "SKUs held in memory.", status.skus)
+    yield _gauge(
+        "stocksync_api_model_skus",
+        "SKUs held in memory (the probe's reserved SKU not counted).",
+        status.skus - synthetic,
+    )
     yield _gauge(
         "stocksync_api_changes_behind",
         "Change-stream entries added to Redis and not yet applied in memory.",

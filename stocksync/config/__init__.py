@@ -16,11 +16,13 @@ from stocksync.config.settings import (
     ChannelSettings,
     KafkaSecuritySettings,
     NodeSettings,
+    ProbeSettings,
     RedisSecuritySettings,
     Secret,
     Settings,
     TokenSettings,
     WorkerSettings,
+    is_probe_sku,
 )
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "ConfigError",
     "KafkaSecuritySettings",
     "NodeSettings",
+    "ProbeSettings",
     "RedisSecuritySettings",
     "Secret",
     "Settings",
@@ -39,6 +42,7 @@ __all__ = [
     "WorkerSettings",
     "bootstrap_servers",
     "config_path",
+    "is_probe_sku",
     "load_configuration",
     "load_settings",
     "redacted_url",

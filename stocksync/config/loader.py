@@ -69,6 +69,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "STOCKSYNC_API_PORT": "api.port",
     "STOCKSYNC_WORKER_HOST": "worker.host",
     "STOCKSYNC_WORKER_PORT": "worker.port",
+    "STOCKSYNC_PROBE_API_URL": "probe.api_url",
 }
 #: Environment variables holding a password, with the table whose password they are.
 SECRET_ENV: Final[Mapping[str, str]] = {
@@ -253,6 +254,7 @@ def _check(settings: Settings, context: _Context) -> Settings:
                     "list each node once",
                 )
             seen[node] = j
+    _check_probe(settings, context)
     for field in ("name", "sha256"):
         first_token: dict[str, int] = {}
         for i, token in enumerate(settings.api.tokens):
@@ -271,6 +273,27 @@ def _check(settings: Settings, context: _Context) -> Settings:
         kafka=_check_kafka(settings.kafka, context),
         redis=_check_redis(settings.redis, settings.redis_url, context),
     )
+
+
+def _check_probe(settings: Settings, context: _Context) -> None:
+    """The probe's channel must be configured, and its node one of that channel's."""
+    probe = settings.probe
+    names = [c.name for c in settings.channels]
+    if probe.channel is not None and probe.channel not in names:
+        raise context.invalid(
+            ("probe", "channel"), probe.channel, f"no channel has that name (known: {names})"
+        )
+    channel = next(c for c in settings.channels if c.name == (probe.channel or names[0]))
+    if probe.node is not None and probe.node not in channel.nodes:
+        raise context.invalid(
+            ("probe", "node"),
+            probe.node,
+            f"channel {channel.name!r} has no such node (its nodes: {channel.nodes})",
+        )
+    if probe.api_url is not None and urlsplit(probe.api_url).scheme not in ("http", "https"):
+        raise context.invalid(
+            ("probe", "api_url"), probe.api_url, "expected an http:// or https:// URL"
+        )
 
 
 def _parse_broker(url: str) -> list[str] | None:

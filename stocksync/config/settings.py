@@ -31,6 +31,7 @@ __all__ = [
     "KafkaSecurityProtocol",
     "KafkaSecuritySettings",
     "NodeSettings",
+    "ProbeSettings",
     "RedisSecuritySettings",
     "SaslMechanism",
     "Scope",
@@ -38,6 +39,7 @@ __all__ = [
     "Settings",
     "TokenSettings",
     "WorkerSettings",
+    "is_probe_sku",
 ]
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -204,6 +206,32 @@ class WorkerSettings(_Config, frozen=True):
     max_message_bytes: Annotated[int, Meta(ge=131_072)] = 1_000_000
 
 
+class ProbeSettings(_Config, frozen=True):
+    """The synthetic probe (``[probe]``): its reserved SKU, where it looks, its SLOs."""
+
+    #: The SKU only the probe writes. Counts of business SKUs and the feed leave it out:
+    #: ask :func:`is_probe_sku`, never compare with this field yourself.
+    sku: Identifier = "_stocksync-probe"
+    #: The channel it reads and holds on, and the node it counts stock at; default: the
+    #: first configured channel and that channel's first node.
+    channel: Identifier | None = None
+    node: Identifier | None = None
+    #: The API it checks, e.g. ``http://api-1:8080``; default: ``api.host`` and ``api.port``
+    #: (or the running dev setup's API).
+    api_url: str | None = None
+    #: Most seconds from sending the event to the API serving its new version.
+    slo_seconds: Annotated[float, Meta(gt=0)] = 2.0
+    #: Most seconds from asking for a hold (or its release) to the API serving it.
+    hold_slo_seconds: Annotated[float, Meta(gt=0)] = 1.0
+    #: Whether a probe also takes a hold of one unit and releases it.
+    holds: bool = True
+    #: A file holding an API token (one line) with ``holds:write`` when tokens are configured.
+    token_file: FilePath | None = None
+    #: Address of ``stocksync probe --every``'s own ``/metrics``.
+    host: str = "127.0.0.1"
+    port: Port = 9464
+
+
 class KafkaSecuritySettings(_Config, frozen=True):
     """How the Kafka clients authenticate and encrypt; PLAINTEXT does neither."""
 
@@ -264,3 +292,9 @@ class Settings(_Config, frozen=True):
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
     kafka: KafkaSecuritySettings = msgspec.field(default_factory=KafkaSecuritySettings)
     redis: RedisSecuritySettings = msgspec.field(default_factory=RedisSecuritySettings)
+    probe: ProbeSettings = msgspec.field(default_factory=ProbeSettings)
+
+
+def is_probe_sku(settings: Settings, sku: str) -> bool:
+    """Whether ``sku`` is the probe's reserved SKU: not business stock, never counted or fed."""
+    return sku == settings.probe.sku

@@ -231,6 +231,37 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--topic", help="send everything to this topic instead")
     produce.add_argument("--key", help="send every message under this key instead")
 
+    probe = command(
+        "probe",
+        _ops("stocksync.ops.probe"),
+        "time a synthetic event and hold through the real path to the API",
+        "Sends a stock event for the reserved probe SKU ([probe] sku) and times it until\n"
+        "the API serves its new version; then a hold of one unit and its release. Prints\n"
+        "the figures; exits 1 when a step is past its SLO or not served. With --every it\n"
+        "probes until stopped and exports stocksync_probe_seconds and\n"
+        "stocksync_probe_success on its own /metrics ([probe] host and port).",
+    )
+    probe_mode = probe.add_mutually_exclusive_group()
+    probe_mode.add_argument("--once", action="store_true", help="probe once (the default)")
+    probe_mode.add_argument(
+        "--every", type=_interval, metavar="T", help="probe every T (30s, 2m) until stopped"
+    )
+    probe.add_argument(
+        "--slo",
+        type=_seconds,
+        metavar="S",
+        help="event-to-served SLO (default [probe] slo_seconds)",
+    )
+    probe.add_argument(
+        "--hold-slo",
+        type=_seconds,
+        metavar="S",
+        help="hold and release SLO (default [probe] hold_slo_seconds)",
+    )
+    probe.add_argument("--no-holds", dest="holds", action="store_false", help="skip the hold")
+    probe.add_argument("--port", type=_port, metavar="N", help="port of --every's /metrics")
+    _add_target(probe)
+
     dlq = command("dlq", _missing_action, "inspect and replay dead-lettered events")
     dlq_actions = dlq.add_subparsers(title="actions", metavar="ACTION")
     dlq_list = dlq_actions.add_parser(
@@ -349,6 +380,45 @@ def _positive(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
+
+
+def _interval(text: str) -> float:
+    duration = _DURATION.fullmatch(text)
+    if duration:
+        return float(int(duration["amount"]) * _UNIT_SECONDS[duration["unit"]] or 1)
+    return _seconds(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.removesuffix("s"))
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected seconds > 0 such as 2, 0.5 or 30s, got {text!r}"
+        )
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api",
+        metavar="URL",
+        help="the API to look at (default [probe] api_url, else the running dev setup's,"
+        " else api.host and api.port)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="a file holding an API token (default [probe] token_file)",
+    )
 
 
 def _since(text: str) -> datetime:
@@ -533,6 +603,15 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _produce(args: argparse.Namespace) -> int:
     return _run(args, "stocksync.daemon.produce", "run", args)
+
+
+def _ops(module: str) -> Handler:
+    """A handler calling ``<module>.run(settings, args)`` of an operator tool."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return _run(args, module, "run", args)
+
+    return handler
 
 
 def _operation(function: str) -> Handler:

@@ -13,6 +13,7 @@ from stocksync.config import (
     ConfigError,
     Settings,
     bootstrap_servers,
+    is_probe_sku,
     load_settings,
 )
 from tests.unprivileged import as_unprivileged, open_folder
@@ -95,6 +96,7 @@ def test_argument_wins_over_stocksync_config(tmp_path: Path) -> None:
         ({"STOCKSYNC_TOPIC_PREFIX": "shop-eu"}, "topic_prefix", "shop-eu"),
         ({"STOCKSYNC_PARTITIONS": "24"}, "partitions", 24),
         ({"STOCKSYNC_REDIS_NAMESPACE": "dev"}, "redis_namespace", "dev"),
+        ({"STOCKSYNC_PROBE_API_URL": "http://api-1:8080"}, "probe.api_url", "http://api-1:8080"),
     ],
 )
 def test_environment_overrides_file(
@@ -124,6 +126,7 @@ port = 2
 def test_every_override_is_tested() -> None:
     # The table above names each variable; a new one needs a row.
     assert set(ENV_OVERRIDES) == {
+        "STOCKSYNC_PROBE_API_URL",
         "STOCKSYNC_REDIS_NAMESPACE",
         "STOCKSYNC_BROKER",
         "STOCKSYNC_REDIS_URL",
@@ -477,3 +480,25 @@ def test_the_redis_namespace_follows_the_topic_prefix_unless_set(
     tmp_path: Path, text: str, env: dict[str, str], expected: str
 ) -> None:
     assert load_text(tmp_path, text, env).redis_namespace == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[probe]\nchannel = "nope"', "probe.channel = 'nope' is invalid: no channel has"),
+        ('[probe]\nnode = "store-9"', "probe.node = 'store-9' is invalid: channel 'web' has"),
+        ('[probe]\napi_url = "api-1:8080"', "probe.api_url = 'api-1:8080' is invalid: expected"),
+        ('[probe]\nslo_seconds = 0', "probe.slo_seconds = 0 is invalid: expected a number"),
+    ],
+)
+def test_a_bad_probe_setting_names_its_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text, {})
+    assert str(caught.value).startswith(message), caught.value
+
+
+def test_only_the_configured_probe_sku_is_the_probe(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, '[probe]\nsku = "canary-1"', {})
+    assert is_probe_sku(settings, "canary-1")
+    assert not is_probe_sku(settings, "_stocksync-probe")
+    assert is_probe_sku(load_text(tmp_path, "", {}), "_stocksync-probe")
