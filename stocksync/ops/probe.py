@@ -187,7 +187,7 @@ class Probe:
 
     async def _send(self, on_hand: int) -> str | None:
         """Send the probe's snapshot; the problem in words, or None once delivered."""
-        moment = datetime.now(UTC)
+        moment = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         event = StockSnapshot(
             schema=1,
             event_id=f"probe-{uuid.uuid4().hex}",
