@@ -106,6 +106,7 @@ class AvailabilityModel:
 
     __slots__ = (
         "_expired_until",
+        "_scheduled",
         "base",
         "channels",
         "entries",
@@ -130,6 +131,9 @@ class AvailabilityModel:
         self.held: dict[str, HeldSnapshot] = {}
         #: Heap of (expiry ms, SKU): when a SKU's answer next changes by itself.
         self.expiries: list[tuple[int, str]] = []
+        # SKU -> the expiry it is due at in the heap: one live entry per SKU, so the
+        # heap stays as small as the number of held SKUs however often they change.
+        self._scheduled: dict[str, int] = {}
         #: Called when an expiry earlier than every other one is added.
         self.wake: Callable[[], None] | None = None
         #: Holds this replica saw expire (by its clock), for the metrics.
@@ -234,6 +238,10 @@ class AvailabilityModel:
         self.entries[sku] = (version, base[DETAIL_SLOT], *docs)
         upcoming = next_expiry(lines, now)
         if upcoming is not None:
+            due = self._scheduled.get(sku)
+            if due is not None and due <= upcoming:
+                return  # an earlier wake-up is pending; it schedules the next one
+            self._scheduled[sku] = upcoming
             earliest = self.expiries[0][0] if self.expiries else None
             heapq.heappush(self.expiries, (upcoming, sku))
             if self.wake is not None and (earliest is None or upcoming < earliest):
@@ -247,11 +255,16 @@ class AvailabilityModel:
         """Serve again every SKU whose lines expired by ``now``; returns how many SKUs."""
         due: set[str] = set()
         expiries = self.expiries
+        scheduled = self._scheduled
         while expiries and expiries[0][0] <= now:
-            due.add(heapq.heappop(expiries)[1])
+            at, sku = heapq.heappop(expiries)
+            if scheduled.get(sku) == at:  # else a stale entry: a later one was pushed
+                del scheduled[sku]
+                due.add(sku)
         ended = {
             line.hold_id
             for sku in due
+            if sku in self.held
             for line in self.held[sku].lines
             if self._expired_until < line.expires_ms <= now
         }

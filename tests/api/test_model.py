@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
 
-from stocksync.api.model import AvailabilityModel, is_identifier, parse_stream_id
+from stocksync.api.model import AvailabilityModel, is_identifier, now_ms, parse_stream_id
+from stocksync.codecs.holds import HeldLine, HeldSnapshot
 from stocksync.codecs.projections import SkuProjection
 from tests.api.helpers import projection, served
 
@@ -85,3 +88,29 @@ def test_stream_ids_order_like_redis() -> None:
     assert parse_stream_id(b"1700000000000-3") == (1700000000000, 3)
     assert parse_stream_id("5-10") > parse_stream_id("5-9")
     assert parse_stream_id("10-0") > parse_stream_id("9-99")
+
+
+def test_held_skus_are_served_less_their_holds_and_wake_up_once_per_expiry() -> None:
+    model = AvailabilityModel(["web", "store"], [5, 5])
+    assert model.apply(served(projection("SKU-1", 3, available=10)))
+    soon, later = now_ms() + 300, now_ms() + 120_000
+    for version in range(1, 101):  # a hot SKU: a hundred changes of its holds
+        lines = [HeldLine("h1", "web", 4, soon), HeldLine(f"h{version}", "web", 1, later)]
+        assert model.apply_held("SKU-1", HeldSnapshot(version, lines))
+    assert not model.apply_held("SKU-1", HeldSnapshot(100, []))  # not newer: ignored
+    doc = msgspec.json.decode(model.document("SKU-1", "web") or b"")
+    assert (doc["available"], doc["held"], doc["version"]) == (5, 5, 3 + 100)
+    assert msgspec.json.decode(model.document("SKU-1", "store") or b"")["held"] == 0
+    assert len(model.expiries) == 1  # one wake-up, not one per change
+    assert model.expire(soon - 1) == 0
+    time.sleep(max(0.0, (soon - now_ms() + 5) / 1000))
+    assert model.expire(now_ms()) == 1
+    doc = msgspec.json.decode(model.document("SKU-1", "web") or b"")
+    # h1 stopped counting by itself; the version counts its expiry.
+    assert (doc["available"], doc["held"], doc["version"]) == (9, 1, 3 + 100 + 1)
+    assert model.next_expiry() == later and model.expired_holds == 1
+    # A new position is served less the holds that remain.
+    assert model.apply(served(projection("SKU-1", 4, available=20)))
+    doc = msgspec.json.decode(model.document("SKU-1", "web") or b"")
+    assert (doc["available"], doc["held"], doc["version"]) == (19, 1, 4 + 100 + 1)
+    assert model.version("SKU-1") == 4
