@@ -41,7 +41,14 @@ from stocksync.codecs.events import Event, OrderCreated
 from stocksync.codecs.messages import Decoded, Reason, Rejection, decode_message
 from stocksync.codecs.state import OrderState, Position, RmaState
 from stocksync.readmodel import core
-from stocksync.store import ModelLost, PositionStore, StateStore, StoreUnavailable, Write
+from stocksync.store import (
+    ModelLost,
+    PositionStore,
+    StateStore,
+    StoreError,
+    StoreUnavailable,
+    Write,
+)
 
 if TYPE_CHECKING:
     from stocksync.agents.incarnations import IncarnationSource
@@ -620,12 +627,17 @@ class Translator:
         holds = self.holds
         assert holds is not None
         skus = [line.sku for line in event.lines]
-        taken = await retrying(
-            lambda: holds.convert(hold_id, event.order_id, skus),
-            what=f"converting hold {hold_id!r}",
-            metrics=self.metrics,
-            stage="state",
-        )
+        try:
+            taken = await retrying(
+                lambda: holds.convert(hold_id, event.order_id, skus),
+                what=f"converting hold {hold_id!r}",
+                metrics=self.metrics,
+                stage="state",
+            )
+        except StoreError as exc:  # not Redis being away: retrying would not help
+            log.error("order %s reserves without converting hold %r: %s",
+                      event.order_id, hold_id, exc)
+            return effects
         if not taken:
             return effects
         self.metrics.holds_converted.inc()

@@ -42,12 +42,12 @@ from typing import Any, Final, Literal, cast
 import hiredis
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from stocksync.codecs.holds import HoldStatus, StoredLine, stored_lines_decoder
 from stocksync.store import scripts
 from stocksync.store.layout import Keys
-from stocksync.store.protocol import StoreUnavailable
+from stocksync.store.protocol import StoreError, StoreUnavailable
 
 __all__ = ["MEMORY_MS", "Created", "HoldRecord", "HoldStore"]
 
@@ -163,6 +163,11 @@ class HoldStore:
                     await self.client.script_load(script.script)
                     await connection.send_packed_command(packed)
                     reply = await connection.read_response()
+            except ResponseError as exc:
+                # The script itself failed (a bug, or data it cannot read): retrying
+                # would fail again, so this is no StoreUnavailable.
+                idle.append(connection)
+                raise StoreError(f"a hold script failed: {exc}") from exc
             except BaseException as exc:
                 # A half-read reply would poison the next command on this connection.
                 await connection.disconnect()

@@ -16,7 +16,7 @@ from stocksync.codecs.holds import HeldLine, StoredLine, snapshot_decoder
 from stocksync.codecs.state import Position
 from stocksync.readmodel import holds
 from stocksync.readmodel.core import ChannelSpec, Topology
-from stocksync.store import RedisStore, Write
+from stocksync.store import RedisStore, StoreError, StoreUnavailable, Write
 from stocksync.store.holds import HoldStore
 from stocksync.store.layout import Keys
 from tests.api.helpers import GENERATION, NAMESPACE, projection, write
@@ -216,6 +216,30 @@ def test_conversion_deletes_the_line_in_the_applier_write(
             assert record is not None and record.status == "converted"
         finally:
             await holds_store.close()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_script_that_fails_is_no_outage(redis_url: str, sync_client: redis.Redis) -> None:
+    """Data a script cannot read is a StoreError, which callers do not retry forever."""
+    write(sync_client, projection("A", 1, available=5, channels=("web",)))
+    sync_client.hset(Keys(NAMESPACE).held("A"), "h:broken", b"\xc1 not msgpack")
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        keys = Keys(NAMESPACE)
+        store = HoldStore(client, lambda: keys)
+        try:
+            with pytest.raises(StoreError) as caught:
+                await store.create(
+                    "h", "web", [("A", 1)], fingerprint="f", ttl_ms=1000, partial=False
+                )
+            assert not isinstance(caught.value, StoreUnavailable)
+            # The connection stays usable.
+            assert await store.get("nothing") is None
+        finally:
+            await store.close()
             await client.aclose()
 
     asyncio.run(scenario())
