@@ -449,3 +449,29 @@ def test_a_rebuild_keeps_the_holds(redis_url: str, store: redis.Redis) -> None:
             await _becomes(client, "A", (2, 18))
 
     run(scenario())
+
+
+def test_an_extended_hold_keeps_counting_past_its_first_expiry(
+    redis_url: str, store: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            status, body = await _post(
+                client, "/v1/holds", _hold("cart-1", ("A", 3), ttl_seconds=1)
+            )
+            first = _expires(body)
+            await _becomes(client, "A", (7, 3))
+            status, body = await _post(client, "/v1/holds/cart-1/extend", {"ttl_seconds": 3})
+            assert status == 200 and _expires(body) > first + 1
+            await asyncio.sleep(max(0.0, first - time.time()) + 0.3)
+            assert await _available(client, "A") == (7, 3)  # past the first expiry: held
+            status, body, _ = await _get(client, "/v1/holds/cart-1")
+            assert body["status"] == "held"
+            await eventually(lambda: _is_free(client), timeout=4)
+            assert time.time() >= _expires(body) - 0.05
+
+    run(scenario())
+
+
+async def _is_free(client: Client) -> bool:
+    return await _available(client, "A") == (10, 0)
