@@ -174,7 +174,11 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
         failure_rate=api.auth_failure_rate,
         failure_burst=api.auth_failure_burst,
     )
-    metrics.hold_figures = lambda: (model.holds_active(now_ms()), model.expired_holds)
+    metrics.hold_figures = lambda: (
+        model.holds_active(now_ms()),
+        model.expired_holds,
+        model.holds_over(now_ms()),
+    )
     metrics.synthetic_skus = lambda: int(settings.probe.sku in model.entries)
     pipeline = RequestPipeline(
         metrics=metrics,

@@ -96,8 +96,9 @@ class ApiMetrics:
         self._series: dict[tuple[str, int], _Latencies] = {}
         self._hold_outcomes: dict[str, int] = dict.fromkeys(HOLD_OUTCOMES, 0)
         self._hold_latency = _Latencies()
-        #: Hold figures of the model at scrape time: (active holds, holds seen expiring).
-        self.hold_figures: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        #: Hold figures of the model at scrape time: active holds, holds seen expiring,
+        #: and (SKU, channel) holding more than the channel has.
+        self.hold_figures: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
         #: SKUs of the model that are not business stock (the probe's), left out of its size.
         self.synthetic_skus: Callable[[], int] = lambda: 0
         self.registry = CollectorRegistry(auto_describe=False)
@@ -172,7 +173,13 @@ class ApiMetrics:
             yield from _health_families(health, self.synthetic_skus())
 
     def _hold_families(self) -> Iterator[Metric]:
-        active, expired = self.hold_figures()
+        active, expired, over = self.hold_figures()
+        yield _gauge(
+            "stocksync_holds_oversold",
+            "(SKU, channel) whose active holds exceed the channel's figure before holds"
+            " (stock fell after they were granted).",
+            over,
+        )
         yield _gauge(
             "stocksync_holds_active",
             "Holds with an active line, as this replica sees them.",

@@ -286,6 +286,25 @@ class AvailabilityModel:
             }
         )
 
+    def holds_over(self, now: int) -> int:
+        """How many (SKU, channel) hold more than the channel has before holds.
+
+        A hold is granted only against what the channel has, but stock can fall
+        afterwards (a count, a shipment from elsewhere): those carts hold units
+        that are no longer there, the holds' form of overselling.
+        """
+        over = 0
+        for sku, snapshot in self.held.items():
+            base = self.base.get(sku)
+            if base is None:
+                continue
+            for name, quantity in held_by_channel(snapshot.lines, now).items():
+                slot = self.slots.get(name)
+                doc = None if slot is None else base[slot]
+                if doc is not None and quantity > _channel_decoder.decode(doc).available:
+                    over += 1
+        return over
+
     def apply_encoded(self, raw: bytes, *, replace: bool = False) -> str | None:
         """Decode a stored served form and :meth:`apply` it; its SKU if taken."""
         served = decode_served(raw)

@@ -475,3 +475,24 @@ def test_an_extended_hold_keeps_counting_past_its_first_expiry(
 
 async def _is_free(client: Client) -> bool:
     return await _available(client, "A") == (10, 0)
+
+
+def test_holds_over_what_the_channel_has_are_counted(redis_url: str, store: redis.Redis) -> None:
+    async def scenario() -> None:
+        async with serving(make_settings(redis_url)) as client:
+            await _post(client, "/v1/holds", _hold("cart-1", ("A", 8)))
+            await _becomes(client, "A", (2, 8))
+
+            async def oversold() -> float:
+                async with client.get("/metrics") as resp:
+                    for line in (await resp.text()).splitlines():
+                        if line.startswith("stocksync_holds_oversold "):
+                            return float(line.split()[1])
+                raise AssertionError("no stocksync_holds_oversold")
+
+            assert await oversold() == 0
+            write(store, projection("A", 2, available=5))  # a count found only 5 on web
+            await _becomes(client, "A", (0, 8))
+            assert await oversold() == 1
+
+    run(scenario())
