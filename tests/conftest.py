@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from stocksync.daemon.services import RedisServer, TansuBroker
+from tests.cluster import LocalCluster
 
 __all__ = ["broker", "dev_state", "redis_server", "redis_url", "topic_prefix"]
 
@@ -77,6 +78,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One running three-master Redis Cluster on loopback, for the test session."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: LocalCluster) -> str:
+    """The URL of one node of ``redis_cluster``, every master flushed before the test."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture

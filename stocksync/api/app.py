@@ -39,6 +39,7 @@ from stocksync.config.settings import Settings
 from stocksync.store import RedisStore
 from stocksync.store.holds import HoldStore
 from stocksync.store.layout import Keys
+from stocksync.store.redis import Client, open_client
 
 __all__ = [
     "BODY_BUDGET",
@@ -56,7 +57,7 @@ log = logging.getLogger("stocksync.api")
 SETTINGS: Final = web.AppKey("settings", Settings)
 MODEL: Final = web.AppKey("model", AvailabilityModel)
 METRICS: Final = web.AppKey("metrics", ApiMetrics)
-REDIS: Final = web.AppKey("redis", aioredis.Redis)
+REDIS: Final = web.AppKey[Client]("redis")
 BODY_BUDGET: Final = web.AppKey("body_budget", BodyBudget)
 SYNC: Final = web.AppKey("sync", ModelSync)
 HOLDS: Final = web.AppKey("holds", HoldStore)
@@ -75,8 +76,9 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         log.warning(
             "no API tokens configured: /v1 is open to every client (configure [[api.tokens]])"
         )
-    client = aioredis.Redis.from_url(
+    client = open_client(
         settings.redis_url,
+        cluster=settings.redis_cluster,
         socket_timeout=_SOCKET_TIMEOUT,
         socket_connect_timeout=_CONNECT_TIMEOUT,
         retry=Retry(NoBackoff(), 0),  # the sync retries with its own backoff
@@ -89,7 +91,7 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[SYNC] = sync
     # Holds on connections of their own (see HoldStore), not the sync's.
-    holds_client = aioredis.Redis.from_url(
+    holds_client: Client = client if settings.redis_cluster else aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=_SOCKET_TIMEOUT,
         socket_connect_timeout=_CONNECT_TIMEOUT,
@@ -103,14 +105,18 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         max_connections=_HOLD_CONNECTIONS,
     )
     app[HOLDS] = holds
-    sync.holds = holds
+    if not settings.redis_cluster:
+        # Checkout holds span shards and are not cluster-safe yet: on a cluster the
+        # replica serves positions only (the holds endpoints answer 503).
+        sync.holds = holds
     await sync.start()
     try:
         yield
     finally:
         await sync.stop()
         await holds.close()
-        await holds_client.aclose()
+        if holds_client is not client:
+            await holds_client.aclose()
         await client.aclose()
 
 

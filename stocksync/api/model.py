@@ -360,6 +360,10 @@ def parse_stream_id(raw: bytes | str) -> StreamId:
     return int(ms), int(seq or 0)
 
 
+#: How long a follower of several change streams (a cluster) waits when all are read.
+_POLL_SECONDS: Final = 0.01
+
+
 def _format_id(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
 
@@ -434,9 +438,10 @@ class ModelSync:
         self.max_lag_seconds = max_lag_seconds
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        self._last_id: StreamId = _ZERO_ID
-        # entries-added of the stream at our position: lag = entries-added - this.
-        self._position_count = 0
+        # Per change stream (one per shard of the model; one on one Redis): our position,
+        # and entries-added of that stream at our position (lag = entries-added - this).
+        self._last_ids: list[StreamId] = [_ZERO_ID] * store.keys.shards
+        self._counts: list[int] = [0] * store.keys.shards
         # Bumped by every load, so a check that straddled one is discarded.
         self._loads = 0
         self._needs_load = True
@@ -575,11 +580,23 @@ class ModelSync:
             await asyncio.sleep(self.monitor_interval)
 
     async def _read_changes(self) -> None:
-        entries = await self.store.read_changes(
-            _format_id(self._last_id),
-            self.read_count,
+        shards = len(self._last_ids)
+        if shards == 1:
             # Until caught up, read without waiting: an empty answer means caught up.
-            self.block_ms if self._caught_up else None,
+            caught_up = await self._read_shard(0, self.block_ms if self._caught_up else None)
+        else:
+            # A blocking read waits on one slot only: poll every shard's stream at once.
+            done = await asyncio.gather(*(self._read_shard(i, None) for i in range(shards)))
+            caught_up = all(done)
+            if caught_up and self._caught_up and not self._needs_load:
+                await asyncio.sleep(_POLL_SECONDS)
+        if caught_up:
+            self._caught_up = True
+
+    async def _read_shard(self, shard: int, block_ms: int | None) -> bool:
+        """Apply the next entries of one shard's stream; tell whether it is caught up."""
+        entries = await self.store.read_changes(
+            _format_id(self._last_ids[shard]), self.read_count, block_ms, shard
         )
         total = 0
         for entry_id, fields in entries:
@@ -592,7 +609,7 @@ class ModelSync:
             if isinstance(change, Reload):
                 log.info("the live generation moved to %r; reloading the model", change.namespace)
                 self._needs_load = True
-                return  # the rest of this stream no longer matters
+                return True  # the rest of this stream no longer matters
             if isinstance(change, HeldChange):
                 self._apply_held(change.sku, change.held)
             elif change is not None:
@@ -601,17 +618,16 @@ class ModelSync:
                     # the holds that remain, in the same step.
                     self._apply_held(change.sku, change.held)
                 self._apply_change(change.sku, change.version, change.served)
-            self._last_id = parse_stream_id(entry_id)
+            self._last_ids[shard] = parse_stream_id(entry_id)
             total += 1
         if total:
-            self._position_count += total
+            self._counts[shard] += total
             self._last_applied_at = time.time()
-        if total < self.read_count:
-            self._caught_up = True
-            if total and self.gather_s:
-                # Let the next entries gather: under a stream of holds (one entry each)
-                # a read per entry costs each replica more than the hold itself.
-                await asyncio.sleep(self.gather_s)
+        if total < self.read_count and total and self.gather_s:
+            # Let the next entries gather: under a stream of holds (one entry each)
+            # a read per entry costs each replica more than the hold itself.
+            await asyncio.sleep(self.gather_s)
+        return total < self.read_count
 
     def _apply_held(self, sku: str, raw: bytes) -> None:
         try:
@@ -649,8 +665,7 @@ class ModelSync:
             self.model.generation = ""
         if namespace != before:
             log.info("the live model is under %r", namespace)
-        info = await self._stream_info()
-        position, count = info.last_generated, info.entries_added
+        infos = [await self._stream_info(i) for i in range(len(self._last_ids))]
         started = time.perf_counter()
         seen = 0
         kept: set[str] = set()  # with replace: the SKUs of the new generation
@@ -698,8 +713,8 @@ class ModelSync:
             dropped = self.model.retain(kept)
             log.info("generation switch: %d SKUs not in the new generation dropped", dropped)
         await self._load_held(replace=not first)
-        self._last_id = position
-        self._position_count = count
+        self._last_ids = [info.last_generated for info in infos]
+        self._counts = [info.entries_added for info in infos]
         self._loads += 1
         self._caught_up = False
         self._needs_load = False
@@ -715,7 +730,7 @@ class ModelSync:
             time.perf_counter() - started,
             generation,
             self.store.keys.changes(),
-            _format_id(position),
+            ", ".join(_format_id(info.last_generated) for info in infos),
         )
 
     async def _load_held(self, *, replace: bool) -> None:
@@ -755,8 +770,8 @@ class ModelSync:
 
     # --- stream checks ---
 
-    async def _stream_info(self) -> _StreamInfo:
-        raw = await self.store.changes_info()
+    async def _stream_info(self, shard: int = 0) -> _StreamInfo:
+        raw = await self.store.changes_info(shard)
         if raw is None:
             return _StreamInfo(exists=False)
         first = raw.get("first-entry")
@@ -797,15 +812,17 @@ class ModelSync:
         return None
 
     async def _check_stream(self) -> None:
-        last, count = self._last_id, self._position_count
+        lasts, counts = list(self._last_ids), list(self._counts)
         if self.model.loaded and not await self.store.model_present():
             self._model_lost()
             return
-        info = await self._stream_info()
-        reason = self._lost_entries(info, last, count)
-        if reason is not None and self.model.loaded:
-            log.warning("%s; reloading the model", reason)
-            self._needs_load = True
+        for shard, (last, count) in enumerate(zip(lasts, counts, strict=True)):
+            info = await self._stream_info(shard)
+            reason = self._lost_entries(info, last, count)
+            if reason is not None and self.model.loaded:
+                log.warning("%s; reloading the model", reason)
+                self._needs_load = True
+                return
 
     # --- monitor ---
 
@@ -825,10 +842,10 @@ class ModelSync:
 
     async def _measure(self) -> None:
         """Measure how far behind the stream the model is; spot lost entries and a lost model."""
-        last, count, loads = self._last_id, self._position_count, self._loads
+        lasts, counts, loads = list(self._last_ids), list(self._counts), self._loads
         namespace, generation = await self.store.live_namespace()
         present = await self.store.model_present()
-        info = await self._stream_info()
+        infos = [await self._stream_info(i) for i in range(len(lasts))]
         if loads != self._loads:
             return  # a load moved our position meanwhile: this answer is about the old one
         if not present and generation is None:
@@ -839,18 +856,22 @@ class ModelSync:
             log.info("the live generation is now %r; reloading the model", namespace)
             self._needs_load = True
             return
-        reason = self._lost_entries(info, last, count)
-        if reason is not None:
-            log.warning("%s; reloading the model", reason)
-            self._needs_load = True
-            return
-        behind = max(0, info.entries_added - self._position_count) if info.exists else 0
-        lag = 0.0
-        if behind:
-            after = await self.store.first_change_after(_format_id(self._last_id))
-            if after is not None:
-                now = await self.store.server_time()
-                oldest_unread_ms = parse_stream_id(after)[0]
-                lag = max(0.0, now - oldest_unread_ms / 1000)
+        behind, lag = 0, 0.0
+        for shard, info in enumerate(infos):
+            reason = self._lost_entries(info, lasts[shard], counts[shard])
+            if reason is not None:
+                log.warning("%s; reloading the model", reason)
+                self._needs_load = True
+                return
+            unread = max(0, info.entries_added - self._counts[shard]) if info.exists else 0
+            behind += unread
+            if unread:
+                after = await self.store.first_change_after(
+                    _format_id(self._last_ids[shard]), shard
+                )
+                if after is not None:
+                    now = await self.store.server_time()
+                    oldest_unread_ms = parse_stream_id(after)[0]
+                    lag = max(lag, now - oldest_unread_ms / 1000)
         self._entries_behind = behind
         self._lag_seconds = lag

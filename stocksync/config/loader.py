@@ -62,6 +62,7 @@ CONFIG_ENV: Final = "STOCKSYNC_CONFIG"
 ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "STOCKSYNC_BROKER": "broker",
     "STOCKSYNC_REDIS_URL": "redis_url",
+    "STOCKSYNC_REDIS_CLUSTER": "redis_cluster",
     "STOCKSYNC_TOPIC_PREFIX": "topic_prefix",
     "STOCKSYNC_REDIS_NAMESPACE": "redis_namespace",
     "STOCKSYNC_PARTITIONS": "partitions",
@@ -79,6 +80,13 @@ SECRET_ENV: Final[Mapping[str, str]] = {
 _INT_OVERRIDES: Final = frozenset(
     {"STOCKSYNC_PARTITIONS", "STOCKSYNC_API_PORT", "STOCKSYNC_WORKER_PORT"}
 )
+
+#: Variables holding a flag, and the spellings taken for it (others are refused by name).
+_BOOL_OVERRIDES: Final = frozenset({"STOCKSYNC_REDIS_CLUSTER"})
+_BOOL_TEXT: Final[Mapping[str, bool]] = {
+    "1": True, "true": True, "yes": True, "on": True,
+    "0": False, "false": False, "no": False, "off": False,
+}
 
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
 _BROKER_FORM = "kafka://host:port[;host:port...] or host:port"
@@ -208,9 +216,11 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[Path, str]:
         text = env.get(name)
         if text is None:
             continue
-        value: str | int = text
+        value: str | int | bool = text
         if name in _INT_OVERRIDES and text.isascii() and text.isdigit():
             value = int(text)
+        elif name in _BOOL_OVERRIDES and text.strip().lower() in _BOOL_TEXT:
+            value = _BOOL_TEXT[text.strip().lower()]
         *parents, leaf = dotted.split(".")
         table: Any = raw
         for part in parents:
@@ -233,6 +243,18 @@ def _check(settings: Settings, context: _Context) -> Settings:
     if problem:
         shown = _show(redacted_url(settings.redis_url))
         raise context.invalid(("redis_url",), settings.redis_url, problem, shown=shown)
+    if settings.redis_cluster and urlsplit(settings.redis_url).scheme == "unix":
+        raise context.invalid(
+            ("redis_url",), settings.redis_url,
+            "a Redis Cluster is reached over TCP, not a unix socket (redis_cluster = true)",
+            shown=_show(redacted_url(settings.redis_url)),
+        )
+    if settings.redis_cluster and urlsplit(settings.redis_url).path not in ("", "/", "/0"):
+        raise context.invalid(
+            ("redis_url",), settings.redis_url,
+            "a Redis Cluster has only database 0 (redis_cluster = true)",
+            shown=_show(redacted_url(settings.redis_url)),
+        )
 
     if not settings.channels:
         raise context.invalid(("channels",), [], "expected at least one channel", "add one")

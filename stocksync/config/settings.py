@@ -275,6 +275,8 @@ class Settings(_Config, frozen=True):
     #: A password in the URL works but is discouraged (check-config warns): use
     #: ``redis.password_file`` or ``STOCKSYNC_REDIS_PASSWORD``.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: ``redis_url`` names one node of a Redis Cluster; the client finds the others.
+    redis_cluster: bool = False
     #: Topics are ``{topic_prefix}.stock.v1``, ``.orders.v1``, ``.returns.v1``, ``.dlq``,
     #: ``.effects.v1``.
     topic_prefix: TopicPrefix = "stocksync"

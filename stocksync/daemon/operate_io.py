@@ -110,6 +110,7 @@ def open_store(settings: Settings) -> RedisStore:
             "socket_timeout": 30, "socket_connect_timeout": 5, **redis_client_options(settings)
         },
         topology=core.topology_of(settings),
+        cluster=settings.redis_cluster,
         changes_maxlen=settings.worker.changes_maxlen,
         state_ttl_seconds=settings.worker.state_ttl_days * 86_400,
     )

@@ -59,6 +59,7 @@ async def _connect_redis(settings: Settings, timeout: float = 30.0) -> RedisStor
         Keys(settings.redis_namespace),
         client_options=redis_client_options(settings),
         topology=core.topology_of(settings),
+        cluster=settings.redis_cluster,
         changes_maxlen=settings.worker.changes_maxlen,
         state_ttl_seconds=settings.worker.state_ttl_days * 86_400,
     )

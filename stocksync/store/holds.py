@@ -42,7 +42,7 @@ from typing import Any, Final, Literal, cast
 import hiredis
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from stocksync.codecs.holds import HoldStatus, StoredLine, stored_lines_decoder
 from stocksync.store import scripts
@@ -112,7 +112,7 @@ class HoldStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | aioredis.RedisCluster,
         live: Callable[[], Keys],
         *,
         memory_ms: int = MEMORY_MS,
@@ -150,6 +150,13 @@ class HoldStore:
         A hold is one script call: redis-py's pure-Python command path would cost
         about as much CPU as the rest of the request.
         """
+        if isinstance(self.client, aioredis.RedisCluster):
+            # Routed by slot. A hold's keys span shards, so on a cluster only the
+            # single-key scripts (reading a hold) run; the others fail as unavailable.
+            try:
+                return await script(keys=keys, args=args)
+            except (RedisError, RedisClusterException, OSError) as exc:
+                raise StoreUnavailable(f"a hold script failed: {exc}") from exc
         packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         async with self._slots:
             idle = self._idle

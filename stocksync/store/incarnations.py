@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from stocksync.store.layout import Keys
 from stocksync.store.protocol import StoreUnavailable
@@ -69,7 +69,7 @@ return ARGV[4]
 class IncarnationRecords:
     """The incarnations hash of one base namespace."""
 
-    def __init__(self, client: Redis, keys: Keys) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: Keys) -> None:
         self.client = client
         self.key = keys.incarnations()
         self._save = client.register_script(_SAVE)
@@ -97,12 +97,19 @@ class IncarnationRecords:
 
     async def save(self, records: dict[TP, Incarnation]) -> dict[TP, Incarnation]:
         """Store records, never moving one back (see :data:`_SAVE`); what is stored after."""
+        calls: list[list[str | int]] = [
+            [_field(tp), record.n, record.offset, record.encode()]
+            for tp, record in records.items()
+        ]
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for tp, record in records.items():
-                    args: list[str | int] = [_field(tp), record.n, record.offset, record.encode()]
-                    await self._save(keys=[self.key], args=args, client=pipe)
-                raw = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            if isinstance(self.client, RedisCluster):
+                # The cluster client pipelines no scripts; these are a worker's few partitions.
+                raw = [await self._save(keys=[self.key], args=args) for args in calls]
+            else:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for args in calls:
+                        await self._save(keys=[self.key], args=args, client=pipe)
+                    raw = await pipe.execute()
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"saving topic incarnations failed: {exc}") from exc
         return {tp: Incarnation.decode(r) for tp, r in zip(records, raw, strict=True)}

@@ -36,11 +36,31 @@ Keys of the base namespace (``base``), shared by every generation::
 
 Holds live in the base namespace so that a rebuild (a new generation) keeps them.
 
+On a Redis Cluster (``redis_cluster = true``) a script may only touch keys of one
+hash slot, and the batch write touches SKU hashes, their change entries, the
+identity marker and the SKUs' hold lines together. So there the keys of a
+generation are cut into :data:`CLUSTER_SHARDS` shards: every SKU, order and RMA
+belongs to shard ``crc32(id) % CLUSTER_SHARDS``, and its keys carry the shard's
+tag instead of the id as hash tag (``{ns}:sku:{s3.69}SKU``, likewise ``order``,
+``rma`` and ``{base}:held:{s3.69}SKU``). Each shard has its own change stream
+(``{ns}:changes:{s3.69}``) and its own copy of the identity marker
+(``{ns}:model:{s3.69}``), in the same slot as its entities, so one script call per
+shard stays atomic: the SKUs, their change entries and the marker check are one
+step, exactly as on one Redis, and a follower never misses a change between a
+write and its entry (which writing the entry in a second step would risk). The
+shard tags are chosen to sit evenly over the slot space, so the usual slot
+ranges of 1, 2, 3, 4, 6 or 12 masters each hold the same number of shards. On
+one Redis there is one shard and the keys are exactly those above. Base keys
+(pointer, lock, heartbeats, incarnations) are single keys and unchanged;
+checkout holds (``{base}:hold:{ID}``) span SKUs of several shards and are not
+cluster-safe yet.
+
 Nothing outside :mod:`stocksync.store` names a key or a field.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Final
 
 import msgspec
@@ -56,12 +76,14 @@ from stocksync.codecs.state import (
 )
 
 __all__ = [
+    "CLUSTER_SHARDS",
     "GENERATION_FIELD",
     "HELD_FIELD",
     "ORDER_STATE_FIELD",
     "POSITION_FIELD",
     "RELOAD_FIELD",
     "SERVED_FIELD",
+    "SHARD_TAGS",
     "SKU_FIELD",
     "SOURCE_FIELD",
     "STATE_MARK_FIELD",
@@ -104,49 +126,87 @@ _SERVED: Final = SERVED_FIELD.encode()
 _RELOAD: Final = RELOAD_FIELD.encode()
 _GENERATION: Final = GENERATION_FIELD.encode()
 
+#: Hash tags of the shards of a clustered model, one per twelfth of the slot space
+#: (slots 653, 2277, 3475, 4591, 6237, 7818, 8558, 9905, 11838, 12645, 14634, 15535).
+SHARD_TAGS: Final = (
+    "s0.10", "s1.3", "s2.163", "s3.69", "s4.11", "s5.12",
+    "s6.29", "s7.22", "s8.67", "s9.2", "s10.23", "s11.33",
+)
+#: How many shards a model on a Redis Cluster has (one Redis: 1).
+CLUSTER_SHARDS: Final = len(SHARD_TAGS)
+
 
 
 class Keys:
-    """Key builders for one effective namespace (a generation) and its base."""
+    """Key builders for one effective namespace (a generation) and its base.
 
-    __slots__ = ("base", "ns")
+    ``shards`` is 1 on one Redis and :data:`CLUSTER_SHARDS` on a Redis Cluster.
+    """
 
-    def __init__(self, namespace: str = "stocksync", base: str | None = None) -> None:
+    __slots__ = ("base", "ns", "shards")
+
+    def __init__(
+        self, namespace: str = "stocksync", base: str | None = None, *, shards: int = 1
+    ) -> None:
+        if shards != 1 and shards != CLUSTER_SHARDS:
+            raise ValueError(f"a model has 1 or {CLUSTER_SHARDS} shards, not {shards}")
         self.ns = namespace
         self.base = namespace if base is None else base
+        self.shards = shards
+
+    def beside(self, namespace: str) -> Keys:
+        """The keys of another namespace under the same base, with the same shards."""
+        return Keys(namespace, self.base, shards=self.shards)
+
+    def shard_of(self, entity: str) -> int:
+        """The shard of a SKU, order or RMA id (always 0 on one Redis)."""
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(entity.encode()) % self.shards
+
+    def _entity(self, prefix: str, entity: str) -> str:
+        if self.shards == 1:
+            return f"{prefix}{{{entity}}}"
+        return f"{prefix}{{{SHARD_TAGS[self.shard_of(entity)]}}}{entity}"
 
     def sku(self, sku: str) -> str:
         """Hash of one SKU (fields ``v``, ``pos``, ``srv``)."""
-        return f"{self.ns}:sku:{{{sku}}}"
+        return self._entity(f"{self.ns}:sku:", sku)
 
     def sku_pattern(self) -> str:
         """SCAN match pattern of every SKU hash."""
         return f"{self.ns}:sku:*"
 
     def sku_of(self, key: str | bytes) -> str:
-        """The SKU inside a key built by :meth:`sku`."""
+        """The SKU inside a key built by :meth:`sku` (or :meth:`held`)."""
         text = key.decode() if isinstance(key, bytes) else key
-        return text[text.index("{") + 1 : text.rindex("}")]
+        if self.shards == 1:
+            return text[text.index("{") + 1 : text.rindex("}")]
+        return text[text.index("}") + 1 :]  # namespaces hold no braces: the tag is first
 
     def order(self, order_id: str) -> str:
         """Hash of one order (fields ``s``, ``src``, ``m``)."""
-        return f"{self.ns}:order:{{{order_id}}}"
+        return self._entity(f"{self.ns}:order:", order_id)
 
     def rma(self, rma_id: str) -> str:
         """Hash of one RMA (fields ``s``, ``src``, ``m``)."""
-        return f"{self.ns}:rma:{{{rma_id}}}"
+        return self._entity(f"{self.ns}:rma:", rma_id)
 
     def state_pattern(self, kind: str) -> str:
         """SCAN match pattern of every order (``kind`` "order") or RMA ("rma") hash."""
         return f"{self.ns}:{kind}:*"
 
-    def changes(self) -> str:
-        """Capped stream with one entry per written SKU (see :class:`Change`)."""
-        return f"{self.ns}:changes"
+    def changes(self, shard: int = 0) -> str:
+        """Capped stream with one entry per written SKU of a shard (see :class:`Change`)."""
+        if self.shards == 1:
+            return f"{self.ns}:changes"
+        return f"{self.ns}:changes:{{{SHARD_TAGS[shard]}}}"
 
-    def model(self) -> str:
-        """String holding the generation id: the model's identity marker."""
-        return f"{self.ns}:model"
+    def model(self, shard: int = 0) -> str:
+        """String holding the generation id: the model's identity marker (one per shard)."""
+        if self.shards == 1:
+            return f"{self.ns}:model"
+        return f"{self.ns}:model:{{{SHARD_TAGS[shard]}}}"
 
     def meta(self) -> str:
         """Hash of facts about this generation."""
@@ -166,7 +226,7 @@ class Keys:
 
     def held(self, sku: str) -> str:
         """Hash of one SKU's hold lines (base namespace): ``v`` and ``h:{hold_id}``."""
-        return f"{self.base}:held:{{{sku}}}"
+        return self._entity(f"{self.base}:held:", sku)
 
     def held_pattern(self) -> str:
         """SCAN match pattern of every SKU's hold lines."""

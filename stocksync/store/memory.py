@@ -285,7 +285,7 @@ class MemoryStore:
 
     # --- the change stream ---
 
-    async def changes_info(self) -> dict[str, Any] | None:
+    async def changes_info(self, shard: int = 0) -> dict[str, Any] | None:
         """Length and last id of the change stream, or None when it is empty."""
         changes = self._space.changes
         if not changes:
@@ -293,9 +293,9 @@ class MemoryStore:
         return {"length": len(changes), "last-generated-id": changes[-1][0]}
 
     async def read_changes(
-        self, after: str, count: int, block_ms: int | None
+        self, after: str, count: int, block_ms: int | None, shard: int = 0
     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Change entries after id ``after`` (never blocks)."""
+        """Change entries after id ``after`` (never blocks; one shard)."""
         key = _id_key(after.encode())
         return [e for e in self._space.changes if _id_key(e[0]) > key][:count]
 

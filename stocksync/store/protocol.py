@@ -59,7 +59,7 @@ class PositionStore(Protocol):
         """The stored positions of ``skus``; SKUs never written are absent."""
 
     async def write_batch(self, writes: Sequence[Write]) -> list[str]:
-        """Write every SKU or none; returns the SKUs whose version did not match (none written)."""
+        """Write every SKU or none (of a shard, on a cluster); the SKUs whose version differed."""
 
 
 class StateStore(Protocol):

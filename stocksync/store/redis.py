@@ -12,22 +12,38 @@ means Redis lost the model: :class:`ModelLost`, nothing written.
 Batch reads and writes are single script calls whose commands are packed by
 hiredis in C: with tens of thousands of arguments per batch, redis-py's
 pure-Python packing would cost more than the work itself.
+
+On a Redis Cluster (a :class:`redis.asyncio.RedisCluster` client, see
+:func:`open_client`) the keys are cut into shards (``layout``): a batch is
+grouped by shard and each group is one script call on its shard's node, the
+groups of all nodes in flight at once; the compare-and-set is per SKU, so a batch
+written in several calls stays correct, as with WRITE_CHUNK. Each shard has its
+change stream and its copy of the identity marker; SCAN runs on every primary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, cast
+import asyncio
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import Any, Final, TypeVar, cast
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    WatchError,
+)
 
 from stocksync.codecs.state import OrderState, Position, RmaState
 from stocksync.readmodel import core
 from stocksync.store import scripts
 from stocksync.store.generation import effective_namespace
 from stocksync.store.layout import (
+    CLUSTER_SHARDS,
     VERSION_FIELD,
     Keys,
     decode_order,
@@ -41,7 +57,7 @@ from stocksync.store.layout import (
 from stocksync.store.protocol import ModelLost, StoreError, StoreUnavailable, Write
 from stocksync.store.served import served_bytes
 
-__all__ = ["WRITE_CHUNK", "RedisStore", "SwitchRefused"]
+__all__ = ["WRITE_CHUNK", "Client", "RedisStore", "SwitchRefused", "open_client"]
 
 #: Most SKUs one script call writes: bounds how long Redis is busy with one call. The
 #: compare-and-set is per SKU, so a batch written in several calls stays correct: after a
@@ -50,7 +66,27 @@ WRITE_CHUNK: Final = 2000
 #: Most keys one state or version read asks for.
 _READ_CHUNK: Final = 5000
 
-_Errors = (RedisError, OSError)
+_Errors = (RedisError, RedisClusterException, OSError)
+
+#: A client of one Redis or of a Redis Cluster.
+Client = aioredis.Redis | RedisCluster
+_T = TypeVar("_T")
+#: Bits of a served_page cursor per node of a cluster (a node's SCAN cursor, plus one).
+_CURSOR_BITS: Final = 65
+
+
+def open_client(url: str, *, cluster: bool = False, **options: Any) -> Client:
+    """A client for ``url``: one Redis, or (``cluster``) the Redis Cluster that node is in.
+
+    The cluster client finds the other nodes and follows MOVED and ASK redirections
+    (slots moving during a resharding, a replica promoted by a failover).
+    """
+    if cluster:
+        options.pop("health_check_interval", None)  # not a cluster client option
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
 
 
 class SwitchRefused(StoreError):
@@ -74,7 +110,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         keys: Keys,
         *,
         topology: core.Topology | None = None,
@@ -83,6 +119,9 @@ class RedisStore:
         state_ttl_seconds: int = 90 * 86_400,
     ) -> None:
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
+        if self.cluster and keys.shards == 1:
+            keys = Keys(keys.ns, keys.base, shards=CLUSTER_SHARDS)
         self.keys = keys
         self.topology = topology
         self._generation = generation
@@ -93,6 +132,7 @@ class RedisStore:
             for name in (
                 "WRITE_BATCH", "LOAD_POSITIONS", "LOAD_STATES", "SAVE_STATES",
                 "READ_SERVED_PAGE", "BEAT", "LIVE_WORKERS", "RENEW_LOCK", "RELEASE_LOCK",
+                "SWITCH_POINTER",
             )
         }
 
@@ -105,11 +145,13 @@ class RedisStore:
         client_options: Mapping[str, Any] | None = None,
         topology: core.Topology | None = None,
         generation: str | None = None,
+        cluster: bool = False,
         **options: int,
     ) -> RedisStore:
         """A store on a new connection pool for ``url`` (bytes responses, hiredis when present).
 
-        ``client_options`` go to redis-py (credentials, TLS files, timeouts).
+        ``client_options`` go to redis-py (credentials, TLS files, timeouts); with
+        ``cluster``, ``url`` names one node of a Redis Cluster.
         """
         settings: dict[str, Any] = {
             "socket_timeout": 5,
@@ -117,14 +159,14 @@ class RedisStore:
             "health_check_interval": 10,
         }
         settings.update(client_options or {})
-        client = aioredis.Redis.from_url(url, **settings)
+        client = open_client(url, cluster=cluster, **settings)
         return cls(client, keys, topology=topology, generation=generation, **options)
 
     def beside(self, namespace: str, *, generation: str | None = None) -> RedisStore:
         """A store on the same connection for another namespace under the same base."""
         return RedisStore(
             self.client,
-            Keys(namespace, self.keys.base),
+            self.keys.beside(namespace),
             topology=self.topology,
             generation=generation,
             changes_maxlen=self.changes_maxlen,
@@ -152,11 +194,22 @@ class RedisStore:
         except _Errors as exc:
             raise StoreUnavailable(f"Redis did not answer PING: {exc}") from exc
 
+    async def _each(self, calls: Iterable[Awaitable[_T]]) -> list[_T]:
+        """Await every call at once (the cluster's nodes work in parallel); first error wins."""
+        if isinstance(self.client, RedisCluster):
+            # Concurrent first commands on a client that has not read the slots yet break
+            # its fresh connections (redis-py 8.1): read them first (once; then a no-op).
+            await self.client.initialize()
+        return list(await asyncio.gather(*calls))
+
     async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a registered script with its command packed in C; load it first if needed."""
         script = self._scripts[name]
+        if self.cluster:
+            # Routed by the keys' slot (one slot per call: the keys share a shard tag).
+            return await script(keys=keys, args=args)
         packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-        pool = self.client.connection_pool
+        pool = cast("aioredis.Redis", self.client).connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             try:
@@ -175,35 +228,49 @@ class RedisStore:
 
     # --- generations and identity ---
 
+    async def _markers(self, keys: Keys) -> list[str | None]:
+        """The identity marker of every shard of ``keys``."""
+        raw = await self._each(self.client.get(keys.model(i)) for i in range(keys.shards))
+        return [None if r is None else _text(r) for r in raw]
+
     async def live_namespace(self) -> tuple[str, str | None]:
-        """The live effective namespace and the generation its marker names (None: no marker)."""
+        """The live effective namespace and the generation its marker names (None: no marker).
+
+        On a cluster the marker must be in every shard: one node that lost its data
+        lost a part of the model.
+        """
         base = self.keys.base
         try:
-            raw = await self.client.get(Keys(base).generation())
+            raw = await self.client.get(self.keys.generation())
             namespace = effective_namespace(base, None if raw is None else _text(raw))
-            marker = await self.client.get(Keys(namespace, base).model())
+            markers = await self._markers(self.keys.beside(namespace))
         except _Errors as exc:
             raise StoreUnavailable(f"reading the live generation failed: {exc}") from exc
-        return namespace, None if marker is None else _text(marker)
+        marker = markers[0]
+        return namespace, marker if all(m == marker for m in markers) else None
 
     async def resolve(self) -> str:
         """Bind to the live generation (follow the pointer, read its marker); its namespace."""
         namespace, generation = await self.live_namespace()
-        self.keys = Keys(namespace, self.keys.base)
+        self.keys = self.keys.beside(namespace)
         self._generation = generation
         return namespace
 
     async def begin_generation(self, generation: str) -> None:
         """Mark this namespace as generation ``generation`` (before its first write); bind to it."""
+        keys = self.keys
         try:
-            done = await self.client.set(self.keys.model(), generation, nx=True)
-            current = None if done else await self.client.get(self.keys.model())
+            await self._each(
+                self.client.set(keys.model(i), generation, nx=True) for i in range(keys.shards)
+            )
+            markers = await self._markers(keys)
         except _Errors as exc:
             raise StoreUnavailable(f"writing the identity marker failed: {exc}") from exc
-        if not done and current is not None and _text(current) != generation:
-            raise StoreError(
-                f"{self.keys.ns!r} already holds generation {_text(current)!r}, not {generation!r}"
-            )
+        for current in markers:
+            if current is not None and current != generation:
+                raise StoreError(
+                    f"{keys.ns!r} already holds generation {current!r}, not {generation!r}"
+                )
         self._generation = generation
 
     async def model_present(self) -> bool:
@@ -211,10 +278,10 @@ class RedisStore:
         if self._generation is None:
             return False
         try:
-            marker = await self.client.get(self.keys.model())
+            markers = await self._markers(self.keys)
         except _Errors as exc:
             raise StoreUnavailable(f"reading the identity marker failed: {exc}") from exc
-        return marker is not None and _text(marker) == self._generation
+        return all(m == self._generation for m in markers)
 
     async def write_meta(self, facts: Mapping[str, str]) -> None:
         """Record facts about this generation (who rebuilt it, from what)."""
@@ -240,8 +307,11 @@ class RedisStore:
         """
         base = Keys(self.keys.base)
         pointer = base.generation()
-        old = Keys(effective_namespace(base.ns, previous), base.ns)
+        old = self.keys.beside(effective_namespace(base.ns, previous))
         new_ns = effective_namespace(base.ns, generation)
+        if self.cluster:
+            await self._switch_by_script(generation, previous, old, new_ns)
+            return
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(pointer)
@@ -268,25 +338,70 @@ class RedisStore:
         except _Errors as exc:
             raise StoreUnavailable(f"switching to generation {generation!r} failed: {exc}") from exc
 
+    async def _switch_by_script(
+        self, generation: str, previous: str | None, old: Keys, new_ns: str
+    ) -> None:
+        """switch_to on a cluster: a compare-and-set script on the pointer, then every stream."""
+        pointer = old.generation()
+        try:
+            current = await self._evalsha(
+                "SWITCH_POINTER", (pointer,), (previous or "", generation)
+            )
+            if current != 1:
+                raise SwitchRefused(
+                    f"another rebuild switched the model to {current!r} meanwhile; this"
+                    f" rebuild's keys stay under {new_ns}: and are not live"
+                )
+            await self._each(
+                self.client.xadd(
+                    old.changes(i),
+                    reload_fields(new_ns, generation),  # type: ignore[arg-type]
+                    maxlen=self.changes_maxlen,
+                    approximate=True,
+                )
+                for i in range(old.shards)
+            )
+        except _Errors as exc:
+            raise StoreUnavailable(f"switching to generation {generation!r} failed: {exc}") from exc
+
     async def pointer(self) -> str | None:
         """The generation the base pointer names (None: absent)."""
         try:
-            raw = await self.client.get(Keys(self.keys.base).generation())
+            raw = await self.client.get(self.keys.generation())
         except _Errors as exc:
             raise StoreUnavailable(f"reading the generation pointer failed: {exc}") from exc
         return None if raw is None else _text(raw)
 
     # --- positions ---
 
+    def _by_shard(self, ids: Sequence[str]) -> list[list[int]]:
+        """Indexes of ``ids`` per shard (one group on one Redis), in order, empty ones left out."""
+        if self.keys.shards == 1:
+            return [list(range(len(ids)))] if ids else []
+        groups: dict[int, list[int]] = {}
+        shard_of = self.keys.shard_of
+        for i, entity in enumerate(ids):
+            groups.setdefault(shard_of(entity), []).append(i)
+        return list(groups.values())
+
     async def load_positions(self, skus: Sequence[str]) -> dict[str, Position]:
-        """Stored positions of ``skus`` in one script call."""
+        """Stored positions of ``skus`` in one script call (per shard)."""
         if not skus:
             return {}
-        keys = [self.keys.model(), *(self.keys.sku(s) for s in skus)]
+        groups = self._by_shard(skus)
         try:
-            raw = await self._evalsha("LOAD_POSITIONS", keys, (self._generation or "",))
+            replies = await self._each(self._load_positions([skus[i] for i in g]) for g in groups)
         except _Errors as exc:
             raise StoreUnavailable(f"loading {len(skus)} positions failed: {exc}") from exc
+        found: dict[str, Position] = {}
+        for reply in replies:
+            found.update(reply)
+        return found
+
+    async def _load_positions(self, skus: list[str]) -> dict[str, Position]:
+        shard = self.keys.shard_of(skus[0])
+        keys = [self.keys.model(shard), *(self.keys.sku(s) for s in skus)]
+        raw = await self._evalsha("LOAD_POSITIONS", keys, (self._generation or "",))
         if raw[0] == scripts.LOST:
             raise _lost(self.keys.ns, self._generation)
         return {sku: decode_position(b) for sku, b in zip(skus, raw[1:], strict=True) if b}
@@ -294,41 +409,54 @@ class RedisStore:
     async def write_batch(self, writes: Sequence[Write], *, announce: bool = True) -> list[str]:
         """Compare-and-set every SKU and append its change, in script calls of WRITE_CHUNK SKUs.
 
-        Returns the SKUs of the first chunk that conflicted (nothing of that chunk or
-        later ones is written). ``announce=False`` leaves the change stream alone (a
-        rebuild filling a generation nobody follows yet).
+        Returns the SKUs of the first chunk that conflicted (nothing of that chunk's
+        shard or of later chunks is written). ``announce=False`` leaves the change
+        stream alone (a rebuild filling a generation nobody follows yet). On a
+        cluster each chunk is one call per shard, all shards at once.
         """
-        topology = self.topology
-        if topology is None:
+        if self.topology is None:
             raise StoreError("this store was opened without a topology and cannot write SKUs")
         for start in range(0, len(writes), WRITE_CHUNK):
             chunk = writes[start : start + WRITE_CHUNK]
-            keys = [self.keys.sku(w.position.sku) for w in chunk]
-            keys += [self.keys.changes(), self.keys.model()]
-            keys += [self.keys.held(w.position.sku) for w in chunk if w.holds]
-            args: list[bytes | str | int] = [
-                len(chunk), self.changes_maxlen, self._generation or "", 1 if announce else 0
-            ]
-            for w in chunk:
-                args += [
-                    w.expected_version,
-                    w.position.version,
-                    encode_position(w.position),
-                    served_bytes(w.position, topology),
-                    w.position.sku,
-                    ",".join(w.holds),
-                ]
+            groups = self._by_shard([w.position.sku for w in chunk])
             try:
-                conflicts = await self._evalsha("WRITE_BATCH", keys, args)
+                replies = await self._each(
+                    self._write_group([chunk[i] for i in g], announce) for g in groups
+                )
             except _Errors as exc:
                 raise StoreUnavailable(
                     f"writing a batch of {len(chunk)} SKUs failed: {exc}"
                 ) from exc
-            if conflicts == scripts.LOST:
+            if any(r is None for r in replies):
                 raise _lost(self.keys.ns, self._generation)
+            conflicts = [sku for reply in replies if reply for sku in reply]
             if conflicts:
-                return [chunk[int(i) - 1].position.sku for i in conflicts]
+                return conflicts
         return []
+
+    async def _write_group(self, group: list[Write], announce: bool) -> list[str] | None:
+        """One WRITE_BATCH call for SKUs of one shard: conflicting SKUs, or None (lost)."""
+        topology = cast("core.Topology", self.topology)
+        shard = self.keys.shard_of(group[0].position.sku)
+        keys = [self.keys.sku(w.position.sku) for w in group]
+        keys += [self.keys.changes(shard), self.keys.model(shard)]
+        keys += [self.keys.held(w.position.sku) for w in group if w.holds]
+        args: list[bytes | str | int] = [
+            len(group), self.changes_maxlen, self._generation or "", 1 if announce else 0
+        ]
+        for w in group:
+            args += [
+                w.expected_version,
+                w.position.version,
+                encode_position(w.position),
+                served_bytes(w.position, topology),
+                w.position.sku,
+                ",".join(w.holds),
+            ]
+        conflicts = await self._evalsha("WRITE_BATCH", keys, args)
+        if conflicts == scripts.LOST:
+            return None
+        return [group[int(i) - 1].position.sku for i in conflicts]
 
     async def load_versions(self, skus: Sequence[str]) -> dict[str, int]:
         """Stored versions of ``skus`` (no identity check: for a rebuild reading the old model)."""
@@ -345,93 +473,178 @@ class RedisStore:
             found.update((s, int(v)) for s, v in zip(page, raw, strict=True) if v is not None)
         return found
 
-    async def served_page(self, cursor: int, count: int) -> tuple[int, list[bytes]]:
-        """About ``count`` SKUs' served forms from SCAN ``cursor``; the next cursor (0: done)."""
+    def _primaries(self) -> list[ClusterNode]:
+        """The cluster's primaries, in a stable order (by name)."""
+        client = cast("RedisCluster", self.client)
+        return sorted(client.get_primaries(), key=lambda node: node.name)
+
+    async def _served_from(self, node: ClusterNode | None, cursor: int, count: int) -> Any:
+        args = (cursor, self.keys.sku_pattern(), count)
+        if node is None:
+            return await self._evalsha("READ_SERVED_PAGE", (), args)
+        client = cast("RedisCluster", self.client)
+        script = self._scripts["READ_SERVED_PAGE"]
         try:
-            next_cursor, values = await self._evalsha(
-                "READ_SERVED_PAGE", (), (cursor, self.keys.sku_pattern(), count)
+            reply = await client.execute_command(
+                "EVALSHA", script.sha, 0, *args, target_nodes=node
+            )
+        except NoScriptError:
+            await client.script_load(script.script)
+            reply = await client.execute_command(
+                "EVALSHA", script.sha, 0, *args, target_nodes=node
+            )
+        if isinstance(reply, dict):  # the cluster client answers per node
+            (reply,) = reply.values()
+        return reply
+
+    async def served_page(self, cursor: int, count: int) -> tuple[int, list[bytes]]:
+        """About ``count`` SKUs' served forms from SCAN ``cursor``; the next cursor (0: done).
+
+        On a cluster one page is a SCAN page of every primary not yet done, read in
+        parallel; the cursor packs each primary's SCAN cursor.
+        """
+        try:
+            if not self.cluster:
+                next_cursor, values = await self._served_from(None, cursor, count)
+                return int(next_cursor), [v for v in cast("list[bytes | None]", values) if v]
+            nodes = self._primaries()
+            mask = (1 << _CURSOR_BITS) - 1
+            # Per node: 0 done, else its SCAN cursor plus one; cursor 0 starts every node.
+            states = [1] * len(nodes) if cursor == 0 else [
+                (cursor >> (_CURSOR_BITS * i)) & mask for i in range(len(nodes))
+            ]
+            todo = [i for i, state in enumerate(states) if state]
+            replies = await self._each(
+                self._served_from(nodes[i], states[i] - 1, count) for i in todo
             )
         except _Errors as exc:
             raise StoreUnavailable(f"reading a page of served SKUs failed: {exc}") from exc
-        return int(next_cursor), [v for v in cast("list[bytes | None]", values) if v]
+        found: list[bytes] = []
+        for i, (next_cursor, values) in zip(todo, replies, strict=True):
+            states[i] = 0 if int(next_cursor) == 0 else int(next_cursor) + 1
+            found += [v for v in cast("list[bytes | None]", values) if v]
+        packed = sum(state << (_CURSOR_BITS * i) for i, state in enumerate(states))
+        return packed, found
+
+    async def _scan_nodes(self) -> list[ClusterNode | None]:
+        return [None] if not self.cluster else list(self._primaries())
 
     async def any_sku(self) -> bool:
         """Whether the bound generation holds any SKU (SCAN until the first one)."""
-        cursor = 0
         try:
-            while True:
-                cursor, found = await self.client.scan(
-                    cursor, match=self.keys.sku_pattern(), count=1000
-                )
-                if found:
-                    return True
-                if cursor == 0:
-                    return False
+            for node in await self._scan_nodes():
+                cursor = 0
+                while True:
+                    cursor, found = await self._scan(node, cursor, 1000)
+                    if found:
+                        return True
+                    if cursor == 0:
+                        break
         except _Errors as exc:
             raise StoreUnavailable(f"looking for SKUs failed: {exc}") from exc
+        return False
 
     async def sku_count(self) -> int:
         """How many SKUs the bound generation holds (a full SCAN: for operator commands)."""
         count = 0
         try:
-            async for _ in self.client.scan_iter(match=self.keys.sku_pattern(), count=5000):
-                count += 1
+            for node in await self._scan_nodes():
+                cursor = 0
+                while True:
+                    cursor, found = await self._scan(node, cursor, 5000)
+                    count += len(found)
+                    if cursor == 0:
+                        break
         except _Errors as exc:
             raise StoreUnavailable(f"counting SKUs failed: {exc}") from exc
         return count
 
+    async def _scan(
+        self, node: ClusterNode | None, cursor: int, count: int
+    ) -> tuple[int, list[Any]]:
+        if node is None:
+            return cast(
+                "tuple[int, list[Any]]",
+                await self.client.scan(cursor, match=self.keys.sku_pattern(), count=count),
+            )
+        client = cast("RedisCluster", self.client)
+        reply = await client.execute_command(
+            "SCAN", cursor, "MATCH", self.keys.sku_pattern(), "COUNT", count, target_nodes=node
+        )
+        next_cursor, found = reply
+        if isinstance(next_cursor, dict):  # the cluster client gives the cursor per node
+            (next_cursor,) = next_cursor.values()
+        return int(next_cursor), list(found)
+
     # --- order and RMA states ---
 
     async def load_orders(self, order_ids: Sequence[str]) -> dict[str, OrderState]:
-        """Stored states of these orders (one script call)."""
-        raw = await self._load_states([self.keys.order(i) for i in order_ids])
+        """Stored states of these orders (one script call per shard)."""
+        raw = await self._load_states(order_ids, self.keys.order)
         return {i: decode_order(b) for i, b in zip(order_ids, raw, strict=True) if b}
 
     async def load_rmas(self, rma_ids: Sequence[str]) -> dict[str, RmaState]:
-        """Stored states of these RMAs (one script call)."""
-        raw = await self._load_states([self.keys.rma(i) for i in rma_ids])
+        """Stored states of these RMAs (one script call per shard)."""
+        raw = await self._load_states(rma_ids, self.keys.rma)
         return {i: decode_rma(b) for i, b in zip(rma_ids, raw, strict=True) if b}
 
-    async def _load_states(self, keys: list[str]) -> list[bytes | None]:
-        if not keys:
+    async def _load_states(self, ids: Sequence[str], key: Any) -> list[bytes | None]:
+        if not ids:
             return []
+        groups = self._by_shard(ids)
         try:
-            raw = await self._evalsha(
-                "LOAD_STATES", [self.keys.model(), *keys], (self._generation or "",)
+            replies = await self._each(
+                self._evalsha(
+                    "LOAD_STATES",
+                    [self.keys.model(self.keys.shard_of(ids[g[0]])), *(key(ids[i]) for i in g)],
+                    (self._generation or "",),
+                )
+                for g in groups
             )
         except _Errors as exc:
-            raise StoreUnavailable(f"loading {len(keys)} order/RMA states failed: {exc}") from exc
-        if raw[0] == scripts.LOST:
-            raise _lost(self.keys.ns, self._generation)
-        return cast("list[bytes | None]", raw[1:])
+            raise StoreUnavailable(f"loading {len(ids)} order/RMA states failed: {exc}") from exc
+        found: list[bytes | None] = [None] * len(ids)
+        for group, raw in zip(groups, replies, strict=True):
+            if raw[0] == scripts.LOST:
+                raise _lost(self.keys.ns, self._generation)
+            for i, value in zip(group, raw[1:], strict=True):
+                found[i] = value
+        return found
 
     async def save_states(self, states: Iterable[OrderState | RmaState]) -> None:
         """Store order and RMA states with the configured time to live, never rolling one back."""
         items = list(states)
         for start in range(0, len(items), WRITE_CHUNK):
             chunk = items[start : start + WRITE_CHUNK]
-            keys = [self.keys.model()]
-            args: list[str | bytes | int] = [self._generation or "", self.state_ttl_seconds]
-            for state in chunk:
-                keys.append(
-                    self.keys.order(state.order_id)
-                    if isinstance(state, OrderState)
-                    else self.keys.rma(state.rma_id)
-                )
-                args += [state.src, state_mark(state), encode_state(state)]
+            ids = [s.order_id if isinstance(s, OrderState) else s.rma_id for s in chunk]
+            groups = self._by_shard(ids)
             try:
-                written = await self._evalsha("SAVE_STATES", keys, args)
+                replies = await self._each(
+                    self._save_group([chunk[i] for i in g], ids[g[0]]) for g in groups
+                )
             except _Errors as exc:
                 raise StoreUnavailable(f"saving order/RMA states failed: {exc}") from exc
-            if written == scripts.LOST:
+            if any(written == scripts.LOST for written in replies):
                 raise _lost(self.keys.ns, self._generation)
+
+    async def _save_group(self, group: list[OrderState | RmaState], first_id: str) -> Any:
+        keys = [self.keys.model(self.keys.shard_of(first_id))]
+        args: list[str | bytes | int] = [self._generation or "", self.state_ttl_seconds]
+        for state in group:
+            keys.append(
+                self.keys.order(state.order_id)
+                if isinstance(state, OrderState)
+                else self.keys.rma(state.rma_id)
+            )
+            args += [state.src, state_mark(state), encode_state(state)]
+        return await self._evalsha("SAVE_STATES", keys, args)
 
     # --- the change stream (API replicas follow it) ---
 
-    async def changes_info(self) -> dict[str, Any] | None:
-        """XINFO STREAM of the change stream, or None when it does not exist."""
+    async def changes_info(self, shard: int = 0) -> dict[str, Any] | None:
+        """XINFO STREAM of a shard's change stream, or None when it does not exist."""
         try:
-            info: dict[str, Any] = await self.client.xinfo_stream(self.keys.changes())
+            info: dict[str, Any] = await self.client.xinfo_stream(self.keys.changes(shard))
             return info
         except ResponseError as exc:
             if "no such key" in str(exc).lower():
@@ -441,24 +654,26 @@ class RedisStore:
             raise StoreUnavailable(f"reading the change stream's info failed: {exc}") from exc
 
     async def read_changes(
-        self, after: str, count: int, block_ms: int | None
+        self, after: str, count: int, block_ms: int | None, shard: int = 0
     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Change entries after id ``after`` (decode each with ``layout.decode_change``)."""
+        """A shard's change entries after id ``after`` (decode with ``layout.decode_change``)."""
         try:
             reply = cast(
                 "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
-                await self.client.xread({self.keys.changes(): after}, count=count, block=block_ms),
+                await self.client.xread(
+                    {self.keys.changes(shard): after}, count=count, block=block_ms
+                ),
             )
         except _Errors as exc:
             raise StoreUnavailable(f"reading the change stream failed: {exc}") from exc
         return [entry for _name, entries in reply for entry in entries]
 
-    async def first_change_after(self, after: str) -> bytes | None:
-        """The id of the oldest change entry after ``after``, or None."""
+    async def first_change_after(self, after: str, shard: int = 0) -> bytes | None:
+        """The id of the oldest entry of a shard's change stream after ``after``, or None."""
         try:
             found = cast(
                 "list[tuple[bytes, dict[bytes, bytes]]]",
-                await self.client.xrange(self.keys.changes(), min=f"({after}", count=1),
+                await self.client.xrange(self.keys.changes(shard), min=f"({after}", count=1),
             )
             return found[0][0] if found else None
         except _Errors as exc:

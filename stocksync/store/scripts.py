@@ -244,6 +244,18 @@ local now = tonumber(redis.call('TIME')[1])
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 """
 
+# KEYS[1]: the generation pointer. ARGV: the generation it must name ('' for none), the new
+# one. Sets the pointer if it still names the first; returns 1, or what it names instead
+# (switch_to on a cluster, where a WATCH transaction is not available).
+SWITCH_POINTER: Final = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then
+  return current or false
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
 # KEYS[1]: the rebuild lock. ARGV: owner, ttl ms. Extends the lock if the owner holds it.
 RENEW_LOCK: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -8,7 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from stocksync.agents.incarnations import (
     RecordSeen,
@@ -245,3 +245,16 @@ def test_a_rebalance_checks_again_and_adopts_another_workers_incarnation(rig: Ri
 
     assert run(scenario()) == [0, 0, 1, 1]
     assert rig.counted() == 1
+
+
+def test_records_are_kept_on_a_redis_cluster_too(redis_cluster_url: str) -> None:
+    async def scenario() -> Incarnation:
+        client = RedisCluster.from_url(redis_cluster_url)
+        records = IncarnationRecords(client, Keys("test"))
+        await records.save({(TOPIC, 0): Incarnation(1, 50, 7)})
+        await records.save({(TOPIC, 0): Incarnation(1, 40, 8)})  # older: kept back
+        stored = (await records.load([(TOPIC, 0)]))[(TOPIC, 0)]
+        await client.aclose()
+        return stored
+
+    assert run(scenario()) == Incarnation(1, 50, 7)

@@ -13,10 +13,14 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from stocksync.api.model import ModelSync, _StreamInfo
+from stocksync.codecs.state import Position
+from stocksync.readmodel import core
+from stocksync.store import RedisStore, Write
 from stocksync.daemon.services import RedisServer
 from stocksync.store.generation import effective_namespace
 from stocksync.store.layout import Keys, reload_fields
 from tests.api.helpers import (
+    GENERATION,
     NAMESPACE,
     TcpProxy,
     eventually,
@@ -288,3 +292,39 @@ def test_a_lost_model_is_served_until_the_rebuilt_one_is_live(
                     await eventually(lambda r=replica: _ready(r))  # type: ignore[misc]
 
     run(scenario())
+
+
+def test_loads_and_follows_every_shard_of_a_redis_cluster(redis_cluster_url: str) -> None:
+    settings = msgspec.structs.replace(make_settings(redis_cluster_url), redis_cluster=True)
+    first = [f"SKU-{i}" for i in range(300)]
+
+    async def scenario() -> None:
+        store = RedisStore.from_url(
+            redis_cluster_url, Keys(NAMESPACE), topology=core.topology_of(settings), cluster=True
+        )
+        try:
+            await store.begin_generation(GENERATION)
+            writes = [Write(Position(sku=s, version=1), 0) for s in first]
+            assert await store.write_batch(writes) == []
+            async with serving(settings, ready=False) as client:
+                await eventually(lambda: _status_is(client, "/readyz", 200), timeout=10)
+                assert {await _version(client, s) for s in first} == {1}
+                later = [Write(Position(sku=s, version=2), 1) for s in first]
+                later.append(Write(Position(sku="NEW", version=1), 0))
+                assert await store.write_batch(later) == []
+
+                async def seen() -> bool:
+                    return await _version(client, "NEW") == 1 and all(
+                        [await _version(client, s) == 2 for s in first]
+                    )
+
+                await eventually(seen, timeout=5)
+                assert await _metric(client, "stocksync_api_changes_applied_total") == 301
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+async def _status_is(client: Client, path: str, status: int) -> bool:
+    return await _status(client, path) == status

@@ -97,6 +97,9 @@ def test_argument_wins_over_stocksync_config(tmp_path: Path) -> None:
         ({"STOCKSYNC_PARTITIONS": "24"}, "partitions", 24),
         ({"STOCKSYNC_REDIS_NAMESPACE": "dev"}, "redis_namespace", "dev"),
         ({"STOCKSYNC_PROBE_API_URL": "http://api-1:8080"}, "probe.api_url", "http://api-1:8080"),
+        ({"STOCKSYNC_REDIS_CLUSTER": "1"}, "redis_cluster", True),
+        ({"STOCKSYNC_REDIS_CLUSTER": "true"}, "redis_cluster", True),
+        ({"STOCKSYNC_REDIS_CLUSTER": "0"}, "redis_cluster", False),
     ],
 )
 def test_environment_overrides_file(
@@ -136,7 +139,20 @@ def test_every_override_is_tested() -> None:
         "STOCKSYNC_WORKER_HOST",
         "STOCKSYNC_TOPIC_PREFIX",
         "STOCKSYNC_PARTITIONS",
+        "STOCKSYNC_REDIS_CLUSTER",
     }
+
+
+def test_redis_cluster_from_the_file_and_its_one_line_errors(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "redis_cluster = true\n").redis_cluster
+    assert not load_settings(None, {}).redis_cluster
+    with pytest.raises(ConfigError, match="STOCKSYNC_REDIS_CLUSTER") as err:
+        load_settings(None, {"STOCKSYNC_REDIS_CLUSTER": "maybe"})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="redis_url.*only database 0"):
+        load_text(tmp_path, 'redis_cluster = true\nredis_url = "redis://r:7000/3"\n')
+    with pytest.raises(ConfigError, match="redis_url.*unix socket"):
+        load_text(tmp_path, 'redis_cluster = true\nredis_url = "unix:///run/r.sock"\n')
 
 
 def test_environment_overrides_defaults_without_file() -> None:

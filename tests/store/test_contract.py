@@ -318,3 +318,105 @@ def test_unreachable_redis_is_store_unavailable() -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+class TestRedisClusterStore(StoreContract):
+    """The Redis store keeps the contract on a three-master Redis Cluster."""
+
+    @pytest.fixture(autouse=True)
+    def _url(self, redis_cluster_url: str) -> None:
+        self.url = redis_cluster_url
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Store]:
+        store = RedisStore.from_url(self.url, Keys("t"), topology=TOPOLOGY, cluster=True)
+        try:
+            await store.begin_generation(GENERATION)
+            yield store
+        finally:
+            await store.close()
+
+    async def lose(self, store: Store) -> None:
+        assert isinstance(store, RedisStore)
+        await store.client.flushall()  # every primary
+
+    def test_stale_version_refuses_the_whole_batch(self) -> None:
+        """On a cluster "the whole batch" is the batch's SKUs of one shard (one slot)."""
+
+        async def scenario(store: Store) -> None:
+            assert isinstance(store, RedisStore)
+            keys = store.keys
+            shard = keys.shard_of("A")
+            same = next(f"B{i}" for i in range(100) if keys.shard_of(f"B{i}") == shard)
+            other = next(f"C{i}" for i in range(100) if keys.shard_of(f"C{i}") != shard)
+            await store.write_batch([_write("A", 1, 0)])
+            batch = [_write(same, 1, 0), _write(other, 1, 0), _write("A", 2, 0)]
+            assert await store.write_batch(batch) == ["A"]
+            loaded = await store.load_positions(["A", same, other])
+            # The other shard's SKU is written: after the conflict the applier reloads and
+            # re-applies, and its watermarks skip what that write already holds.
+            assert set(loaded) == {"A", other} and loaded["A"].version == 1
+
+        self.check(scenario)
+
+    def test_every_write_appends_its_change(self) -> None:
+        """On a cluster each SKU's change goes to its shard's stream, in write order."""
+
+        async def scenario(store: Store) -> None:
+            assert isinstance(store, RedisStore)
+            keys = store.keys
+            shard = keys.shard_of("A")
+            same = next(f"B{i}" for i in range(100) if keys.shard_of(f"B{i}") == shard)
+            await store.write_batch([_write("A", 1, 0), _write(same, 1, 0)])
+            await store.write_batch([_write("C", 1, 0)], announce=False)
+            entries = await store.read_changes("0-0", 10, None, shard)
+            changes = [decode_change(fields) for _, fields in entries]
+            assert [c.sku for c in changes if isinstance(c, Change)] == ["A", same]
+            after = await store.read_changes(entries[0][0].decode(), 10, None, shard)
+            assert [e[0] for e in after] == [entries[1][0]]
+            c_shard = keys.shard_of("C")
+            if c_shard != shard:
+                assert await store.read_changes("0-0", 10, None, c_shard) == []
+
+        self.check(scenario)
+
+    def test_a_batch_spreads_over_every_master_and_each_stream(self) -> None:
+        skus = [f"S{i}" for i in range(WRITE_CHUNK + 500)]
+
+        async def scenario(store: Store) -> None:
+            assert isinstance(store, RedisStore)
+            assert await store.write_batch([_write(s, 1, 0) for s in skus]) == []
+            assert await store.sku_count() == len(skus)
+            per_node = [
+                await store.client.execute_command("DBSIZE", target_nodes=node)
+                for node in store.client.get_primaries()  # type: ignore[union-attr]
+            ]
+            assert len(per_node) == 3 and all(size > 100 for size in per_node)
+            announced: set[str] = set()
+            for shard in range(store.keys.shards):
+                for _id, fields in await store.read_changes("0-0", 10_000, None, shard):
+                    change = decode_change(fields)
+                    assert isinstance(change, Change)
+                    assert store.keys.shard_of(change.sku) == shard
+                    announced.add(change.sku)
+            assert announced == set(skus)
+            cursor, served = 0, []
+            while True:
+                cursor, page = await store.served_page(cursor, 300)
+                served += [decode_served(raw).sku for raw in page]
+                if cursor == 0:
+                    break
+            assert sorted(served) == sorted(skus)
+
+        self.check(scenario)
+
+    def test_one_master_losing_its_data_loses_the_model(self) -> None:
+        async def scenario(store: Store) -> None:
+            assert isinstance(store, RedisStore)
+            assert await store.write_batch([_write("A", 1, 0)]) == []
+            node = store.client.get_primaries()[1]  # type: ignore[union-attr]
+            await store.client.execute_command("FLUSHALL", target_nodes=node)
+            assert not await store.model_present()
+            assert (await store.live_namespace())[1] is None
+
+        self.check(scenario)
