@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from stocksync.api.model import ModelSync, _StreamInfo
 from stocksync.codecs.state import Position
+from stocksync.daemon.services import RedisServer
 from stocksync.readmodel import core
 from stocksync.store import RedisStore, Write
-from stocksync.daemon.services import RedisServer
 from stocksync.store.generation import effective_namespace
 from stocksync.store.layout import Keys, reload_fields
 from tests.api.helpers import (

@@ -149,9 +149,9 @@ def test_redis_cluster_from_the_file_and_its_one_line_errors(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="STOCKSYNC_REDIS_CLUSTER") as err:
         load_settings(None, {"STOCKSYNC_REDIS_CLUSTER": "maybe"})
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="redis_url.*only database 0"):
+    with pytest.raises(ConfigError, match=r"redis_url.*only database 0"):
         load_text(tmp_path, 'redis_cluster = true\nredis_url = "redis://r:7000/3"\n')
-    with pytest.raises(ConfigError, match="redis_url.*unix socket"):
+    with pytest.raises(ConfigError, match=r"redis_url.*unix socket"):
         load_text(tmp_path, 'redis_cluster = true\nredis_url = "unix:///run/r.sock"\n')
 
 
