@@ -108,6 +108,7 @@ class AvailabilityModel:
         "_expired_until",
         "_scheduled",
         "base",
+        "changed",
         "channels",
         "entries",
         "expired_holds",
@@ -136,6 +137,8 @@ class AvailabilityModel:
         self._scheduled: dict[str, int] = {}
         #: Called when an expiry earlier than every other one is added.
         self.wake: Callable[[], None] | None = None
+        #: Called with each SKU whose served entry was replaced (the feed follows this).
+        self.changed: Callable[[str], None] | None = None
         #: Holds this replica saw expire (by its clock), for the metrics.
         self.expired_holds = 0
         self._expired_until = now_ms()
@@ -175,6 +178,8 @@ class AvailabilityModel:
                 self._render(sku, now_ms())
             else:
                 self.entries[sku] = entry
+                if self.changed is not None:
+                    self.changed(sku)
             return True
         docs: list[bytes | None] = [None] * len(self.channels)
         written = decode_detail(served.detail)
@@ -192,6 +197,8 @@ class AvailabilityModel:
             self._render(sku, now_ms())
         else:
             self.entries[sku] = entry
+            if self.changed is not None:
+                self.changed(sku)
         return True
 
     def apply_held(self, sku: str, snapshot: HeldSnapshot, *, replace: bool = False) -> bool:
@@ -236,6 +243,8 @@ class AvailabilityModel:
                 )
             )
         self.entries[sku] = (version, base[DETAIL_SLOT], *docs)
+        if self.changed is not None:
+            self.changed(sku)
         upcoming = next_expiry(lines, now)
         if upcoming is not None:
             due = self._scheduled.get(sku)
@@ -461,6 +470,9 @@ class ModelSync:
         self._tasks: list[asyncio.Task[None]] = []
         #: Where the hold snapshots are loaded from (None: this replica ignores holds).
         self.holds: HoldStore | None = None
+        #: While a change-stream entry is applied: its time (ms, when it reached Redis) and
+        #: the causing event's correlation id; ``(0, None)`` otherwise (a load, an expiry).
+        self.applying: tuple[int, str | None] = (0, None)
         self._wake = asyncio.Event()
         model.wake = self._wake.set
 
@@ -610,14 +622,17 @@ class ModelSync:
                 log.info("the live generation moved to %r; reloading the model", change.namespace)
                 self._needs_load = True
                 return True  # the rest of this stream no longer matters
+            self.applying = (parse_stream_id(entry_id)[0], None)
             if isinstance(change, HeldChange):
                 self._apply_held(change.sku, change.held)
             elif change is not None:
+                self.applying = (self.applying[0], change.correlation_id)
                 if change.held is not None:
                     # A conversion: the holds first, so the new position is served less
                     # the holds that remain, in the same step.
                     self._apply_held(change.sku, change.held)
                 self._apply_change(change.sku, change.version, change.served)
+            self.applying = (0, None)
             self._last_ids[shard] = parse_stream_id(entry_id)
             total += 1
         if total:

@@ -37,6 +37,7 @@ import msgspec
 
 from stocksync.config.devsetup import DevSetup
 from stocksync.config.settings import (
+    FeedSettings,
     KafkaSecuritySettings,
     RedisSecuritySettings,
     Secret,
@@ -71,6 +72,8 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "STOCKSYNC_WORKER_HOST": "worker.host",
     "STOCKSYNC_WORKER_PORT": "worker.port",
     "STOCKSYNC_PROBE_API_URL": "probe.api_url",
+    "STOCKSYNC_FEED_HOST": "feed.host",
+    "STOCKSYNC_FEED_PORT": "feed.port",
 }
 #: Environment variables holding a password, with the table whose password they are.
 SECRET_ENV: Final[Mapping[str, str]] = {
@@ -78,7 +81,7 @@ SECRET_ENV: Final[Mapping[str, str]] = {
     "STOCKSYNC_REDIS_PASSWORD": "redis",
 }
 _INT_OVERRIDES: Final = frozenset(
-    {"STOCKSYNC_PARTITIONS", "STOCKSYNC_API_PORT", "STOCKSYNC_WORKER_PORT"}
+    {"STOCKSYNC_PARTITIONS", "STOCKSYNC_API_PORT", "STOCKSYNC_WORKER_PORT", "STOCKSYNC_FEED_PORT"}
 )
 
 #: Variables holding a flag, and the spellings taken for it (others are refused by name).
@@ -284,6 +287,7 @@ def _check(settings: Settings, context: _Context) -> Settings:
             if value in first_token:
                 raise context.duplicate(("api", "tokens", i, field), value, first_token[value])
             first_token[value] = i
+    feed = _check_feed(settings.feed, list(first_channel), context)
     return msgspec.structs.replace(
         settings,
         # Unless set, the Redis key space follows the topic prefix: deployments that share a
@@ -294,6 +298,7 @@ def _check(settings: Settings, context: _Context) -> Settings:
         broker="kafka://" + ";".join(servers),
         kafka=_check_kafka(settings.kafka, context),
         redis=_check_redis(settings.redis, settings.redis_url, context),
+        feed=feed,
     )
 
 
@@ -316,6 +321,60 @@ def _check_probe(settings: Settings, context: _Context) -> None:
         raise context.invalid(
             ("probe", "api_url"), probe.api_url, "expected an http:// or https:// URL"
         )
+
+
+def _check_feed(feed: FeedSettings, channels: list[str], context: _Context) -> FeedSettings:
+    """Webhooks: unique names, plain http(s) URLs, known channels; read their secrets."""
+    if feed.retry_max_ms < feed.retry_base_ms:
+        raise context.invalid(
+            ("feed", "retry_max_ms"), feed.retry_max_ms,
+            f"it is below feed.retry_base_ms = {feed.retry_base_ms}", "raise it",
+        )
+    first: dict[str, int] = {}
+    hooks = []
+    for i, hook in enumerate(feed.webhooks):
+        if hook.name in first:
+            raise context.duplicate(("feed", "webhooks", i, "name"), hook.name, first[hook.name])
+        first[hook.name] = i
+        path: Path = ("feed", "webhooks", i, "url")
+        parts = urlsplit(hook.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise context.invalid(
+                path, hook.url, "expected an http:// or https:// URL with a host",
+                "give the endpoint's URL",
+            )
+        if parts.username is not None or parts.password is not None:
+            raise context.invalid(
+                path, hook.url, "it has credentials in it",
+                "remove them: deliveries are signed with the secret of secret_file",
+                shown=_show(redacted_url(hook.url)),
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise context.invalid(
+                path, hook.url, "the port is not a number from 1 to 65535"
+            ) from None
+        for j, channel in enumerate(hook.channels or ()):
+            if channel not in channels:
+                raise context.invalid(
+                    ("feed", "webhooks", i, "channels", j), channel,
+                    f"no such channel (configured: {', '.join(channels)})", "fix the name",
+                )
+        secret_path: Path = ("feed", "webhooks", i, "secret_file")
+        try:
+            text = _readable(secret_path, hook.secret_file, context).decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise context.invalid(
+                secret_path, hook.secret_file, "the file is not UTF-8 text", "save it as UTF-8"
+            ) from None
+        if not text:
+            raise context.invalid(
+                secret_path, hook.secret_file, "the file is empty", "write the secret into it"
+            )
+        source = f"{_dotted(secret_path)} {os.path.abspath(hook.secret_file)}"
+        hooks.append(msgspec.structs.replace(hook, secret=Secret(text, source)))
+    return msgspec.structs.replace(feed, webhooks=hooks)
 
 
 def _parse_broker(url: str) -> list[str] | None:
@@ -345,6 +404,15 @@ def _refuse_inline_passwords(raw: dict[str, Any], context: _Context) -> None:
                 f"{table}.password is not a setting: a password never goes in the configuration"
                 f" file; remove it {context.where} and put it in a file named by"
                 f" {table}.password_file, or in {variable}"
+            )
+    feed = raw.get("feed")
+    hooks = feed.get("webhooks") if isinstance(feed, dict) else None
+    for i, hook in enumerate(hooks if isinstance(hooks, list) else ()):
+        if isinstance(hook, dict) and "secret" in hook:
+            raise ConfigError(
+                f"feed.webhooks[{i}].secret is not a setting: a secret never goes in the"
+                f" configuration file; remove it {context.where} and put it in a file named by"
+                f" feed.webhooks[{i}].secret_file"
             )
 
 
@@ -746,7 +814,7 @@ def _field_names(tp: Any) -> list[str]:
         return [
             field.encode_name
             for field in msgspec.structs.fields(tp)
-            if field.encode_name != "password"
+            if field.encode_name not in ("password", "secret")
         ]
     return []
 

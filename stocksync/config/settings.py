@@ -27,6 +27,7 @@ from stocksync.codecs.events import Identifier
 __all__ = [
     "ApiSettings",
     "ChannelSettings",
+    "FeedSettings",
     "HoldSettings",
     "KafkaSecurityProtocol",
     "KafkaSecuritySettings",
@@ -38,6 +39,7 @@ __all__ = [
     "Secret",
     "Settings",
     "TokenSettings",
+    "WebhookSettings",
     "WorkerSettings",
     "is_probe_sku",
 ]
@@ -106,6 +108,12 @@ class ChannelSettings(_Config, frozen=True):
     nodes: Annotated[list[Identifier], Meta(min_length=1)]
     buffer: NonNegative = 0
     low_stock_threshold: NonNegative = 0
+    #: What the availability feed tells about this channel: a change of status, of
+    #: ``available``, or nothing.
+    notify: Literal["status", "quantity", "off"] = "status"
+    #: At most one feed message per (SKU, channel) per this many milliseconds; changes
+    #: inside the interval are coalesced into one with the latest figures.
+    notify_min_interval_ms: NonNegative = 1000
 
 
 class NodeSettings(_Config, frozen=True):
@@ -232,6 +240,42 @@ class ProbeSettings(_Config, frozen=True):
     port: Port = 9464
 
 
+Status = Literal["in_stock", "low_stock", "out_of_stock"]
+
+
+class WebhookSettings(_Config, frozen=True):
+    """An HTTP endpoint the feed POSTs its messages to (``[[feed.webhooks]]``)."""
+
+    name: Identifier
+    #: http(s), without credentials in it (the loader refuses anything else).
+    url: Annotated[str, Meta(min_length=1)]
+    #: A file holding the HMAC secret (one line); read by the loader into ``secret``.
+    secret_file: FilePath
+    #: Channels whose messages go to it (default: all).
+    channels: list[Identifier] | None = None
+    #: Statuses whose messages go to it (default: all).
+    statuses: list[Status] | None = None
+    #: Deliveries tried before the messages go to the feed's dead-letter topic.
+    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 12
+    #: Set by the loader from ``secret_file``; not a TOML key.
+    secret: Secret | None = None
+
+
+class FeedSettings(_Config, frozen=True):
+    """The availability feed (``stocksync feed``)."""
+
+    #: Address of the feed's own /healthz, /readyz, /metrics; port 0 picks a free one.
+    host: str = "127.0.0.1"
+    port: Port = 8082
+    #: Seconds the active feed's lease lasts without renewal (a standby takes over after).
+    lease_seconds: Annotated[float, Meta(ge=1, le=60)] = 5.0
+    #: First retry delay of a failed webhook delivery (doubles each attempt, with jitter).
+    retry_base_ms: Positive = 500
+    #: Longest delay between two attempts of a webhook delivery.
+    retry_max_ms: Positive = 60_000
+    webhooks: list[WebhookSettings] = msgspec.field(default_factory=list)
+
+
 class KafkaSecuritySettings(_Config, frozen=True):
     """How the Kafka clients authenticate and encrypt; PLAINTEXT does neither."""
 
@@ -292,6 +336,7 @@ class Settings(_Config, frozen=True):
     nodes: dict[Identifier, NodeSettings] = msgspec.field(default_factory=dict)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    feed: FeedSettings = msgspec.field(default_factory=FeedSettings)
     kafka: KafkaSecuritySettings = msgspec.field(default_factory=KafkaSecuritySettings)
     redis: RedisSecuritySettings = msgspec.field(default_factory=RedisSecuritySettings)
     probe: ProbeSettings = msgspec.field(default_factory=ProbeSettings)

@@ -217,6 +217,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="no status line every few seconds",
     )
 
+    feed = command(
+        "feed",
+        _feed,
+        "run the availability feed (Kafka topic and webhooks)",
+        "Publishes availability.changed to {topic_prefix}.availability.v1 and delivers it\n"
+        "to the configured webhooks. Several may run: one is active, the others stand by\n"
+        "and take over when it stops.",
+    )
+    feed_actions = feed.add_subparsers(title="actions", metavar="ACTION")
+    feed_replay = feed_actions.add_parser(
+        "replay",
+        parents=[shared],
+        help="send dead-lettered webhook deliveries again",
+        description="Send the deliveries in {topic_prefix}.feed.dlq to their webhooks again.",
+    )
+    feed_replay.set_defaults(handler=_feed_replay, command="feed replay")
+    feed_replay.add_argument("--webhook", metavar="NAME", help="only this webhook's deliveries")
+    feed_replay.add_argument(
+        "--since",
+        type=_since,
+        metavar="T",
+        help="only deliveries given up at or after T: RFC 3339 or an age such as 15m, 2h",
+    )
+    feed_replay.add_argument(
+        "--dry-run", action="store_true", help="show what would be replayed; send nothing"
+    )
+
     produce = command(
         "produce",
         _produce,
@@ -584,6 +611,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _api(args: argparse.Namespace) -> int:
     return _run(args, "stocksync.api.server", "run", processes=args.processes)
+
+
+def _feed(args: argparse.Namespace) -> int:
+    return _run(args, "stocksync.feed.service", "run")
+
+
+def _feed_replay(args: argparse.Namespace) -> int:
+    return _run(args, "stocksync.feed.replay", "run", args)
 
 
 def _dev(args: argparse.Namespace) -> int:

@@ -481,6 +481,7 @@ def run(
             host = settings.api.host
             api_port = _api_port(settings, env)
             worker_port = free_port(settings.worker.host)
+            feed_port = free_port(settings.feed.host)
             child_env = dict(env)
             child_env.update(
                 STOCKSYNC_BROKER=broker.url,
@@ -488,15 +489,16 @@ def run(
                 STOCKSYNC_REDIS_NAMESPACE=namespace,
                 STOCKSYNC_API_PORT=str(api_port),
                 STOCKSYNC_WORKER_PORT=str(worker_port),
+                STOCKSYNC_FEED_PORT=str(feed_port),
             )
             base = [sys.executable, "-m", "stocksync"]
             if config:
                 base += ["--config", config]
             if log_format:
                 base += ["--log-format", log_format]
-            logs = [data / "worker.log", data / "api.log"]
+            logs = [data / "worker.log", data / "api.log", data / "feed.log"]
             children: list[subprocess.Popen[bytes]] = []
-            for command, log_path in zip(("worker", "api"), logs, strict=True):
+            for command, log_path in zip(("worker", "api", "feed"), logs, strict=True):
                 out = stack.enter_context(log_path.open("wb"))
                 children.append(
                     subprocess.Popen(
@@ -515,13 +517,17 @@ def run(
                 worker_url=f"http://{_local(settings.worker.host)}:{worker_port}",
                 data_dir=str(data),
             )
-            _say(f"starting worker and API (logs in {data})...")
+            _say(f"starting worker, API and availability feed (logs in {data})...")
             try:
                 _wait_ready(f"{setup.api_url}/readyz", children, logs)
             except ServiceError as exc:
                 print(f"stocksync dev: {exc}", file=sys.stderr)
                 failed = True
                 return 1
+            _say(
+                f"feed: {settings.topic_prefix}.availability.v1, health and metrics on"
+                f" http://{_local(settings.feed.host)}:{feed_port}/metrics"
+            )
             try:
                 write_state(state, setup)
             except OSError as exc:

@@ -33,6 +33,11 @@ Keys of the base namespace (``base``), shared by every generation::
                                 (see store.holds); expires 24 h after the hold ends
     {base}:held:{SKU}   hash    a SKU's hold lines: v hold version, h:{hold id} msgpack
                                 [channel, qty, expires ms] (codecs.holds.HeldLine)
+    {base}:feed-pub:{SKU} hash  what the availability feed last published per channel:
+                                p:{channel} msgpack [version, available, status, sent ms];
+                                q:{channel} a message being sent (its JSON; store.feed)
+    {base}:feed-lease   string  token of the active ``stocksync feed`` (expires)
+    {base}:feed-hook:{NAME} hash partition -> next offset of the feed topic to deliver
 
 Holds live in the base namespace so that a rebuild (a new generation) keeps them.
 
@@ -77,6 +82,7 @@ from stocksync.codecs.state import (
 
 __all__ = [
     "CLUSTER_SHARDS",
+    "CORRELATION_FIELD",
     "GENERATION_FIELD",
     "HELD_FIELD",
     "ORDER_STATE_FIELD",
@@ -119,6 +125,9 @@ GENERATION_FIELD: Final = "generation"
 
 #: Field of a change entry carrying a SKU's hold lines (msgpack codecs.holds.HeldSnapshot).
 HELD_FIELD: Final = "held"
+#: Field of a change entry: the correlation id of the last event the write applied.
+CORRELATION_FIELD: Final = "cid"
+_CID: Final = CORRELATION_FIELD.encode()
 _HELD: Final = HELD_FIELD.encode()
 _SKU: Final = SKU_FIELD.encode()
 _VERSION: Final = VERSION_FIELD.encode()
@@ -240,6 +249,22 @@ class Keys:
         """Hash ``topic/partition`` -> that source partition's incarnation record."""
         return f"{self.base}:incarnations"
 
+    def feed_published(self, sku: str) -> str:
+        """Hash of what the feed last published for one SKU (see :mod:`stocksync.store.feed`)."""
+        return f"{self.base}:feed-pub:{{{sku}}}"
+
+    def feed_published_pattern(self) -> str:
+        """SCAN match pattern of every :meth:`feed_published` hash."""
+        return f"{self.base}:feed-pub:*"
+
+    def feed_lease(self) -> str:
+        """String holding the active feed process's token, with an expiry."""
+        return f"{self.base}:feed-lease"
+
+    def feed_webhook(self, name: str) -> str:
+        """Hash partition -> next feed-topic offset webhook ``name`` delivers."""
+        return f"{self.base}:feed-hook:{{{name}}}"
+
 
 def encode_position(position: Position) -> bytes:
     """The ``pos`` field of a SKU hash."""
@@ -280,6 +305,8 @@ class Change(msgspec.Struct, frozen=True):
     served: bytes
     #: The SKU's hold lines after the write, when it converted checkout holds.
     held: bytes | None = None
+    #: ``correlation_id`` of the last event the write applied, when it had one (``cid``).
+    correlation_id: str | None = None
 
 
 class HeldChange(msgspec.Struct, frozen=True):
@@ -313,4 +340,8 @@ def decode_change(fields: dict[bytes, bytes]) -> Change | HeldChange | Reload:
     held = fields.get(_HELD)
     if held is not None and _SERVED not in fields:
         return HeldChange(fields[_SKU].decode(), held)
-    return Change(fields[_SKU].decode(), int(fields[_VERSION]), fields[_SERVED], held)
+    cid = fields.get(_CID)
+    return Change(
+        fields[_SKU].decode(), int(fields[_VERSION]), fields[_SERVED], held,
+        None if cid is None else cid.decode("utf-8", "replace"),
+    )

@@ -106,6 +106,9 @@ class Channel:
     nodes: tuple[str, ...]
     buffer: int = 0
     low_stock_threshold: int = 0
+    #: The feed's ``notify`` and ``notify_min_interval_ms`` (the defaults when None).
+    notify: str | None = None
+    notify_min_interval_ms: int | None = None
 
 
 CHANNELS = (
@@ -806,7 +809,9 @@ class Cluster:
         channels: Sequence[Channel] = CHANNELS,
         node_safety: dict[str, int] | None = None,
         batch_size: int | None = None,
+        extra_config: str = "",
     ) -> None:
+        self.extra_config = extra_config
         self.bootstrap = bootstrap
         self.batch_size = batch_size
         self.broker_url = broker_url
@@ -870,8 +875,14 @@ class Cluster:
                 f"buffer = {channel.buffer}",
                 f"low_stock_threshold = {channel.low_stock_threshold}",
             ]
+            if channel.notify is not None:
+                lines.append(f'notify = "{channel.notify}"')
+            if channel.notify_min_interval_ms is not None:
+                lines.append(f"notify_min_interval_ms = {channel.notify_min_interval_ms}")
         for node, safety in self.node_safety.items():
             lines += ["", f"[nodes.{node}]", f"safety_stock = {safety}"]
+        if self.extra_config:
+            lines += ["", self.extra_config]
         return "\n".join(lines) + "\n"
 
     def worker_env(self, **overrides: str) -> dict[str, str]:

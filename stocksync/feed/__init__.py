@@ -1,0 +1,1 @@
+"""The availability feed: ``availability.changed`` on Kafka and by signed webhooks."""

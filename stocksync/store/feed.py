@@ -1,0 +1,234 @@
+"""The availability feed's state in Redis: what was published, the lease, webhook positions.
+
+Per SKU one hash (:meth:`~stocksync.store.layout.Keys.feed_published`) with,
+per channel, ``p:{channel}`` the last message the broker acknowledged
+(:class:`Published`, msgpack) and ``q:{channel}`` the JSON of a message being
+sent. The publisher writes ``q`` before it sends and replaces it by ``p`` once
+the broker acknowledged: after a crash a ``q`` says "this may have reached
+consumers", so the restarted feed sends that (sku, channel) again whatever ``p``
+says, and never leaves a consumer on a figure it does not serve.
+
+Every write is fenced by the lease (:meth:`FeedStore.acquire`): a script checks
+that the writer still holds it, so a feed process that lost its lease (paused,
+partitioned) cannot roll the state back under the active one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from stocksync.codecs.projections import Status
+from stocksync.store.layout import Keys
+from stocksync.store.protocol import StoreUnavailable
+
+__all__ = ["FeedStore", "LeaseLost", "Published", "StoredFeed"]
+
+_PUBLISHED: Final = "p:"
+_SENDING: Final = "q:"
+
+
+class LeaseLost(Exception):
+    """Another feed process holds the lease now; this one must stop publishing."""
+
+
+class Published(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The last message acknowledged for one (sku, channel)."""
+
+    version: int
+    available: int
+    status: Status
+    #: When it was sent (ms since the epoch).
+    sent_ms: int
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(Published)
+
+
+class StoredFeed(msgspec.Struct, frozen=True):
+    """One SKU's stored feed state: per channel the published record and a message in flight."""
+
+    published: dict[str, Published]
+    sending: dict[str, bytes]
+
+
+# KEYS[1] lease; ARGV[1] token, ARGV[2] ms to live. 1 when held (taken or renewed).
+_ACQUIRE: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] lease, KEYS[2..] hashes; ARGV[1] token, then per key i: n, then n triples
+# (field to set, value, field to delete or ''). 0 when the lease is not ours.
+_WRITE: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local a = 2
+for i = 2, #KEYS do
+  local n = tonumber(ARGV[a]); a = a + 1
+  for _ = 1, n do
+    redis.call('HSET', KEYS[i], ARGV[a], ARGV[a + 1])
+    if ARGV[a + 2] ~= '' then redis.call('HDEL', KEYS[i], ARGV[a + 2]) end
+    a = a + 3
+  end
+end
+return 1
+"""
+
+# KEYS[1] lease, KEYS[2] positions; ARGV[1] token, then partition, offset pairs.
+_POSITIONS: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for a = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1]) end
+return 1
+"""
+
+
+class FeedStore:
+    """The feed's keys, fields, codec and scripts: one adapter (see the module docstring)."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, token: str) -> None:
+        self.client = client
+        self.keys = keys
+        #: This process's lease token.
+        self.token = token
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._write = client.register_script(_WRITE)
+        self._positions = client.register_script(_POSITIONS)
+
+    # --- the lease ---
+
+    async def acquire(self, seconds: float) -> bool:
+        """Take or renew the lease for ``seconds``; whether this process holds it."""
+        try:
+            held = await self._acquire(
+                keys=[self.keys.feed_lease()], args=[self.token, int(seconds * 1000)]
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis failed taking the feed lease: {exc}") from exc
+        return bool(held)
+
+    async def release(self) -> None:
+        """Give the lease up if this process holds it."""
+        try:
+            await self._release(keys=[self.keys.feed_lease()], args=[self.token])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis failed releasing the feed lease: {exc}") from exc
+
+    async def holder(self) -> str | None:
+        """The token of the feed process holding the lease, or None."""
+        try:
+            raw = await self.client.get(self.keys.feed_lease())
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis failed reading the feed lease: {exc}") from exc
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    # --- published state ---
+
+    async def load_page(self, cursor: int, count: int) -> tuple[int, dict[str, StoredFeed]]:
+        """About ``count`` SKUs' stored feed state from SCAN ``cursor``; the next cursor."""
+        try:
+            cursor, keys = await self.client.scan(
+                cursor, match=self.keys.feed_published_pattern(), count=count
+            )
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                values = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis failed loading the feed state: {exc}") from exc
+        page: dict[str, StoredFeed] = {}
+        for key, fields in zip(keys, values, strict=True):
+            sku = self.keys.sku_of(key)
+            published: dict[str, Published] = {}
+            sending: dict[str, bytes] = {}
+            for name, value in fields.items():
+                text = bytes(name).decode()
+                if text.startswith(_PUBLISHED):
+                    try:
+                        published[text[len(_PUBLISHED):]] = _decoder.decode(value)
+                    except msgspec.DecodeError:
+                        continue  # sent again: the safe side
+                elif text.startswith(_SENDING):
+                    sending[text[len(_SENDING):]] = bytes(value)
+            page[sku] = StoredFeed(published, sending)
+        return int(cursor), page
+
+    async def sending(self, messages: Mapping[str, Sequence[tuple[str, bytes]]]) -> None:
+        """Record messages about to be sent: SKU -> (channel, message JSON); fenced."""
+        await self._fenced({
+            sku: [(_SENDING + channel, raw, "") for channel, raw in items]
+            for sku, items in messages.items()
+        })
+
+    async def published(self, records: Mapping[str, Sequence[tuple[str, Published]]]) -> None:
+        """Record acknowledged messages, clearing their in-flight copies; fenced."""
+        await self._fenced({
+            sku: [
+                (_PUBLISHED + channel, _encoder.encode(record), _SENDING + channel)
+                for channel, record in items
+            ]
+            for sku, items in records.items()
+        })
+
+    async def _fenced(self, changes: Mapping[str, Sequence[tuple[str, bytes, str]]]) -> None:
+        if not changes:
+            return
+        keys = [self.keys.feed_lease()]
+        args: list[str | bytes | int] = [self.token]
+        for sku, items in changes.items():
+            keys.append(self.keys.feed_published(sku))
+            args.append(len(items))
+            for field, value, drop in items:
+                args += [field, value, drop]
+        try:
+            ok = await self._write(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis failed recording the feed state: {exc}") from exc
+        if not ok:
+            raise LeaseLost("another feed process holds the lease")
+
+    # --- webhook positions ---
+
+    async def positions(self, webhook: str) -> dict[int, int]:
+        """Partition -> next feed-topic offset webhook ``webhook`` delivers."""
+        try:
+            raw = await self.client.hgetall(self.keys.feed_webhook(webhook))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis failed reading webhook positions: {exc}") from exc
+        return {int(k): int(v) for k, v in raw.items()}
+
+    async def save_positions(self, webhook: str, positions: Mapping[int, int]) -> None:
+        """Record webhook ``webhook``'s next offsets; fenced by the lease."""
+        if not positions:
+            return
+        args: list[str | int] = [self.token]
+        for partition, offset in positions.items():
+            args += [partition, offset]
+        try:
+            ok = await self._positions(
+                keys=[self.keys.feed_lease(), self.keys.feed_webhook(webhook)], args=args
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis failed saving webhook positions: {exc}") from exc
+        if not ok:
+            raise LeaseLost("another feed process holds the lease")
