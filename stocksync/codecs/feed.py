@@ -29,7 +29,7 @@ __all__ = [
 SCHEMA: Final = 1
 
 
-class AvailabilityChanged(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True,
+class AvailabilityChanged(msgspec.Struct, kw_only=True, frozen=True,
                           tag_field="type", tag="availability.changed"):
     """One (sku, channel)'s figures as the API serves them at ``version``."""
 
@@ -42,10 +42,10 @@ class AvailabilityChanged(msgspec.Struct, kw_only=True, frozen=True, omit_defaul
     available: int
     status: Status
     #: Status of the last message sent for this (sku, channel); absent on the first.
-    previous_status: Status | None = None
+    previous_status: Status | msgspec.UnsetType = msgspec.UNSET
     version: int
     #: Of the event that caused the change, when known.
-    correlation_id: str | None = None
+    correlation_id: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class FeedDeadLetter(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -32,6 +32,7 @@ import msgspec
 
 from stocksync.api.model import FIRST_CHANNEL_SLOT, AvailabilityModel, ModelSync, now_ms
 from stocksync.codecs.feed import AvailabilityChanged, changed_decoder, encode, event_id
+from stocksync.codecs.projections import Status
 from stocksync.config.settings import Settings
 from stocksync.feed.metrics import FeedMetrics
 from stocksync.feed.notify import Figure, Notify, changed, due_at
@@ -269,8 +270,9 @@ class Publisher:
                 batch.append(sending)  # the very message that may have gone: the same bytes
             else:
                 at, cid = self.stamps.get(sku, (now, None))
-                previous = sending.status if sending is not None else (
-                    None if last is None else last.status
+                previous: Status | msgspec.UnsetType = (
+                    sending.status if sending is not None
+                    else msgspec.UNSET if last is None else last.status
                 )
                 batch.append(AvailabilityChanged(
                     event_id=event_id(sku, channel.name, figure.version),
@@ -281,7 +283,7 @@ class Publisher:
                     status=figure.status,
                     previous_status=previous,
                     version=figure.version,
-                    correlation_id=cid,
+                    correlation_id=msgspec.UNSET if cid is None else cid,
                 ))
             seen.add(sku)
         for sku in seen:

@@ -100,6 +100,8 @@ def test_argument_wins_over_stocksync_config(tmp_path: Path) -> None:
         ({"STOCKSYNC_REDIS_CLUSTER": "1"}, "redis_cluster", True),
         ({"STOCKSYNC_REDIS_CLUSTER": "true"}, "redis_cluster", True),
         ({"STOCKSYNC_REDIS_CLUSTER": "0"}, "redis_cluster", False),
+        ({"STOCKSYNC_FEED_PORT": "0"}, "feed.port", 0),
+        ({"STOCKSYNC_FEED_HOST": "::"}, "feed.host", "::"),
     ],
 )
 def test_environment_overrides_file(
@@ -130,6 +132,8 @@ def test_every_override_is_tested() -> None:
     # The table above names each variable; a new one needs a row.
     assert set(ENV_OVERRIDES) == {
         "STOCKSYNC_PROBE_API_URL",
+        "STOCKSYNC_FEED_HOST",
+        "STOCKSYNC_FEED_PORT",
         "STOCKSYNC_REDIS_NAMESPACE",
         "STOCKSYNC_BROKER",
         "STOCKSYNC_REDIS_URL",

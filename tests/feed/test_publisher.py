@@ -129,7 +129,11 @@ def test_first_figures_then_only_what_each_channel_is_notified_on(redis_url: str
         assert figures(first) == [("S1", "web", 10, "in_stock", 1),
                                   ("S1", "store", 10, "in_stock", 1)]
         assert first[0].event_id == "av-S1-web-1"
-        assert first[0].previous_status is None
+        assert first[0].previous_status is msgspec.UNSET
+        assert b"previous_status" not in rig.broker.raw[0]
+        assert rig.broker.raw[0].startswith(
+            b'{"type":"availability.changed","schema":1,"event_id":"av-S1-web-1",'
+        )
         # web notifies on quantity, store on status: 10 -> 8 is news for web only.
         rig.model.apply(served("S1", 2, 8))
         await rig.settle()

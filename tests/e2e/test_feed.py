@@ -1,0 +1,463 @@
+"""The availability feed end to end: real broker, redis-server, worker, API and feed processes.
+
+Channel ``web`` is notified on quantity (coalesced over 300 ms), ``store`` on
+status. The latest message per (sku, channel) must equal what the API serves
+and what the reference model says, across SIGKILLs of the feed and of the
+worker and failovers between two feed processes; versions never go back per
+SKU; a webhook receiver (aiohttp, here) that fails its first deliveries gets
+the same latest figures, every signature valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stocksync.daemon.services import free_port
+from tests.e2e.harness import (
+    Channel,
+    Cluster,
+    WorkerProcess,
+    _LoopThread,
+    realistic_stream,
+    single,
+)
+
+__all__: list[str] = []
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+SECRET = "whsec-test-0123456789"
+CHANNELS = (
+    Channel("web", ("dc-east", "dc-west"), buffer=1, low_stock_threshold=5,
+            notify="quantity", notify_min_interval_ms=300),
+    Channel("store", ("store-1", "dc-east"), low_stock_threshold=2, notify="status",
+            notify_min_interval_ms=0),
+)
+
+
+class FeedProcess(WorkerProcess):
+    """One ``stocksync feed`` subprocess (restartable), its /readyz and role."""
+
+    def wait_ready(self, timeout: float = 60.0) -> FeedProcess:
+        """Wait for the ``feed ready`` line of this run; learn the health port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.run_lines():
+                if "port" in line and self.port is None:
+                    self.port = int(line["port"])
+                if str(line.get("msg", "")).startswith("feed ready") and self.port:
+                    return self
+            if not self.alive or time.monotonic() > deadline:
+                raise AssertionError(f"feed {self.name} not ready:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def role(self) -> str | None:
+        """``active``/``standby`` from /readyz, None while not ready."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return str(json.loads(r.read())["role"])
+        except (urllib.error.URLError, OSError, KeyError, ValueError):
+            return None
+
+    def wait_role(self, role: str, timeout: float = 30.0) -> float:
+        """Wait until /readyz says ``role``; the seconds it took."""
+        started = time.monotonic()
+        while self.role() != role:
+            if not self.alive or time.monotonic() - started > timeout:
+                raise AssertionError(f"feed {self.name} is not {role}:\n{self.tail()}")
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+
+def start_feed(cluster: Cluster, name: str) -> FeedProcess:
+    command = [sys.executable, "-m", "stocksync", "--config", str(cluster.config_path), "feed"]
+    feed = FeedProcess(name, command, cluster.worker_env(STOCKSYNC_FEED_PORT="0"),
+                       cluster.workdir / f"feed-{name}.log")
+    cluster.workers[f"feed-{name}"] = feed  # killed at the end, shown on failure
+    return feed.start().wait_ready()
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: fails its first ``fail_first`` POSTs, then records and checks them."""
+
+    fail_first: int = 0
+    always_fail: bool = False
+    calls: int = 0
+    failed: int = 0
+    bad_signatures: int = 0
+    largest: int = 0
+    deliveries: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.calls += 1
+        stamp = request.headers["X-Stocksync-Timestamp"]
+        want = "sha256=" + hmac.new(SECRET.encode(), f"{stamp}.".encode() + body,
+                                    hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, request.headers["X-Stocksync-Signature"]):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.always_fail or self.calls <= self.fail_first:
+            self.failed += 1
+            return web.Response(status=503)
+        messages = json.loads(body)
+        self.largest = max(self.largest, len(messages))
+        self.deliveries.append((request.headers["X-Stocksync-Delivery"], messages))
+        return web.Response(status=204)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [m for _, batch in self.deliveries for m in batch]
+
+
+def serve_receiver(io: _LoopThread, receiver: Receiver) -> tuple[str, Callable[[], None]]:
+    """Serve ``receiver`` on a free port in ``io``'s loop; its URL and a stop function."""
+    port = free_port()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app)
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    io.run(start())
+    return f"http://127.0.0.1:{port}/hook", lambda: io.run(runner.cleanup())
+
+
+def webhook_config(tmp: Path, url: str, *, max_attempts: int = 30) -> str:
+    secret = tmp / "hook-secret"
+    secret.write_text(SECRET + "\n")
+    return "\n".join([
+        "[feed]",
+        "lease_seconds = 5",
+        "retry_base_ms = 100",
+        "retry_max_ms = 400",
+        "",
+        "[[feed.webhooks]]",
+        'name = "market"',
+        f'url = "{url}"',
+        f'secret_file = "{secret}"',
+        f"max_attempts = {max_attempts}",
+    ])
+
+
+Found = list[tuple[int, int, dict[str, Any]]]
+Served = dict[tuple[str, str], tuple[int, str, int]]
+
+
+def read_feed(cluster: Cluster, io: _LoopThread, idle: float = 1.5) -> Found:
+    """Every message on the feed topic: (partition, offset, message), in offset order."""
+    topic = f"{cluster.prefix}.availability.v1"
+
+    async def read() -> Found:
+        consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, group_id=None,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            assigned = [TopicPartition(topic, p) for p in sorted(parts)]
+            consumer.assign(assigned)
+            await consumer.seek_to_beginning(*assigned)
+            found: Found = []
+            quiet = time.monotonic()
+            while time.monotonic() - quiet < idle:
+                batches = await consumer.getmany(timeout_ms=200)
+                for tp, records in batches.items():
+                    for r in records:
+                        found.append((tp.partition, r.offset, json.loads(r.value or b"")))
+                        assert r.key == found[-1][2]["sku"].encode()
+                if batches:
+                    quiet = time.monotonic()
+            return found
+        finally:
+            await consumer.stop()
+
+    return io.run(read())
+
+
+def latest(messages: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The highest-version message per (sku, channel), as a consumer keeps them."""
+    kept: dict[tuple[str, str], dict[str, Any]] = {}
+    for m in messages:
+        key = (m["sku"], m["channel"])
+        if key not in kept or m["version"] > kept[key]["version"]:
+            kept[key] = m
+    return kept
+
+
+def served_figures(cluster: Cluster, skus: list[str]) -> Served:
+    api = cluster.apis[0]
+    out = {}
+    for channel in ("web", "store"):
+        for item in api.query(skus, channel)["items"]:
+            out[(item["sku"], channel)] = (item["available"], item["status"], item["version"])
+    return out
+
+
+def differences(
+    kept: dict[tuple[str, str], dict[str, Any]],
+    served: Served,
+) -> list[str]:
+    """Where the latest messages differ from what is served, in what each channel notifies."""
+    out = []
+    for key, (available, status, _version) in sorted(served.items()):
+        message = kept.get(key)
+        if message is None:
+            out.append(f"{key}: no message, served {available} {status}")
+        elif key[1] == "web" and message["available"] != available:
+            out.append(f"{key}: message says {message['available']}, served {available}")
+        elif message["status"] != status:
+            out.append(f"{key}: message says {message['status']}, served {status}")
+    return out
+
+
+def wait_converged(
+    what: str, read: Callable[[], list[dict[str, Any]]],
+    served: Served, timeout: float = 60.0,
+) -> list[dict[str, Any]]:
+    """Read until the latest messages equal ``served`` (or fail showing the differences)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = read()
+        diff = differences(latest(messages), served)
+        if not diff:
+            return messages
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not converge:\n" + "\n".join(diff[:30]))
+        time.sleep(1.0)
+
+
+def test_latest_feed_message_equals_the_api_across_kills_and_failovers(
+    make_cluster: Callable[..., Cluster], tmp_path: Path,
+) -> None:
+    io = _LoopThread()
+    receiver = Receiver(fail_first=4)
+    url, stop_receiver = serve_receiver(io, receiver)
+    cluster = make_cluster(channels=CHANNELS, extra_config=webhook_config(tmp_path, url))
+    try:
+        rng = random.Random(cluster.seed())
+        worker = cluster.start_worker()
+        api = cluster.start_api()
+        first = start_feed(cluster, "f1")
+        first.wait_role("active")
+        second = start_feed(cluster, "f2")
+        assert second.wait_role("standby") >= 0
+        stream = realistic_stream(rng, cluster.wire, 2500, skus=40)
+        sending = cluster.send_paced(stream, 12.0)
+
+        time.sleep(2.5)
+        first.kill()  # the active feed dies mid-stream
+        took = second.wait_role("active", timeout=15)
+        cluster.note(f"f2 took over in {took:.1f} s")
+        assert took <= 10.0, f"the standby took {took:.1f} s to take over"
+        first.start().wait_ready()
+
+        time.sleep(2.0)
+        worker.kill()  # and the worker
+        worker.start().wait_ready()
+
+        time.sleep(1.0)
+        second.kill()  # the second active feed too: f1 takes over
+        took = first.wait_role("active", timeout=15)
+        cluster.note(f"f1 took over in {took:.1f} s")
+        assert took <= 10.0, f"the standby took {took:.1f} s to take over"
+
+        sending.result(120)
+        cluster.settle()
+        reference = cluster.check_model()
+        api.wait_ready()
+        cluster.check_api(api, reference)
+        skus = sorted({sku for sku, _ in reference.model.channels})
+        served = served_figures(cluster, skus)
+        # The reference (no holds here) says the same as the API.
+        for (sku, channel), figures in reference.model.channels.items():
+            assert served[(sku, channel)][:2] == (figures.available, figures.status)
+
+        found: Found = []
+
+        def read_topic() -> list[dict[str, Any]]:
+            found[:] = read_feed(cluster, io)
+            return [m for _, _, m in found]
+
+        messages = wait_converged("the Kafka feed", read_topic, served)
+        # Versions never go back per SKU (one partition per SKU, read in offset order).
+        by_sku: dict[str, list[int]] = defaultdict(list)
+        for _, _, m in sorted(found, key=lambda x: (x[0], x[1])):
+            by_sku[m["sku"]].append(m["version"])
+        for sku, versions in by_sku.items():
+            assert versions == sorted(versions), f"{sku}: versions went back: {versions}"
+        # Each message's figures were served at its version: event_id and schema as contracted.
+        for m in messages:
+            assert m["type"] == "availability.changed" and m["schema"] == 1
+            assert m["event_id"] == f"av-{m['sku']}-{m['channel']}-{m['version']}"
+        # Nothing was sent for a (sku, channel) whose notified figure did not change, except
+        # that each SIGKILL of the active feed may repeat one round's (in flight when it died).
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for m in messages:
+            runs[(m["sku"], m["channel"])].append(m)
+        repeats = []
+        for key, sequence in runs.items():
+            ordered = sorted({m["event_id"]: m for m in sequence}.values(),
+                             key=lambda m: m["version"])
+            notified = "available" if key[1] == "web" else "status"
+            for before, after in itertools.pairwise(ordered):
+                if before[notified] == after[notified]:
+                    repeats.append(f"{key}: {before} -> {after}")
+        assert len(repeats) <= 2 * 40, "\n".join(repeats)
+        cluster.note(f"{len(repeats)} messages repeated a figure after a kill")
+
+        # The flaky webhook got the same latest figures, every signature valid.
+        wait_converged("the webhook", receiver.messages, served)
+        assert receiver.bad_signatures == 0
+        assert receiver.failed >= 4
+        assert receiver.largest <= 100
+        first_seen: dict[str, list[int]] = defaultdict(list)
+        seen_ids: set[str] = set()
+        for m in receiver.messages():
+            if m["event_id"] not in seen_ids:
+                seen_ids.add(m["event_id"])
+                first_seen[m["sku"]].append(m["version"])
+        for sku, versions in first_seen.items():
+            assert versions == sorted(versions), f"webhook: {sku} out of order: {versions}"
+    finally:
+        stop_receiver()
+        io.close()
+
+
+def test_coalescing_flapping_and_holds(
+    make_cluster: Callable[..., Cluster], tmp_path: Path,
+) -> None:
+    io = _LoopThread()
+    channels = (
+        Channel("web", ("dc-east",), low_stock_threshold=5, notify="quantity",
+                notify_min_interval_ms=2000),
+        Channel("store", ("dc-east",), notify="off"),
+    )
+    cluster = make_cluster(channels=channels, node_safety={})
+    try:
+        cluster.start_worker()
+        api = cluster.start_api()
+        feed = start_feed(cluster, "f1")
+        feed.wait_role("active")
+        w = cluster.wire
+        sku = "FLAP-1"
+
+        def web_messages() -> list[dict[str, Any]]:
+            return [m for _, _, m in read_feed(cluster, io, idle=0.5)
+                    if m["sku"] == sku and m["channel"] == "web"]
+
+        cluster.send([single(w.snapshot(sku, "dc-east", 10, 1))])
+        deadline = time.monotonic() + 30
+        while not web_messages():
+            assert time.monotonic() < deadline, feed.tail()
+            time.sleep(0.3)
+        time.sleep(2.5)  # past the interval of the first message
+        assert [m["available"] for m in web_messages()] == [10]
+        assert all(m["channel"] == "web" for _, _, m in read_feed(cluster, io, idle=0.5))  # off
+
+        # 10 -> 7 -> 10 inside one interval: nothing.
+        cluster.send([single(w.adjusted(sku, "dc-east", -3, 2))])
+        cluster.send([single(w.adjusted(sku, "dc-east", 3, 3))])
+        time.sleep(3.0)
+        assert [m["available"] for m in web_messages()] == [10]
+
+        # Three changes inside one interval: one message, the latest figures, after the interval.
+        sent_at = time.time()
+        for minute in (4, 5, 6):
+            cluster.send([single(w.adjusted(sku, "dc-east", -1, minute))])
+        time.sleep(3.0)
+        got = web_messages()
+        assert [m["available"] for m in got] == [10, 7], got
+        assert got[-1]["previous_status"] == "in_stock"
+        assert got[-1]["status"] == "in_stock"
+        cluster.note(f"coalesced message {time.time() - sent_at:.1f} s after the first change")
+
+        # A hold taken through the API is part of the figure; its expiry is news too.
+        body = json.dumps({"hold_id": "h-1", "channel": "web",
+                           "lines": [{"sku": sku, "qty": 4}], "ttl_seconds": 3}).encode()
+        request = urllib.request.Request(api.url + "/v1/holds", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status in (200, 201)
+        time.sleep(2.5)
+        got = web_messages()
+        assert [m["available"] for m in got] == [10, 7, 3], got
+        assert got[-1]["status"] == "low_stock"
+        time.sleep(3.5)  # the hold expires; nothing else happens
+        got = web_messages()
+        assert [m["available"] for m in got] == [10, 7, 3, 7], got
+        versions = [m["version"] for m in got]
+        assert versions == sorted(versions)
+    finally:
+        io.close()
+
+
+def test_dead_letters_and_replay(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    io = _LoopThread()
+    receiver = Receiver(always_fail=True)
+    url, stop_receiver = serve_receiver(io, receiver)
+    cluster = make_cluster(
+        channels=CHANNELS, extra_config=webhook_config(tmp_path, url, max_attempts=3)
+    )
+    try:
+        cluster.start_worker()
+        cluster.start_api()
+        feed = start_feed(cluster, "f1")
+        feed.wait_role("active")
+        w = cluster.wire
+        cluster.send([single(w.snapshot("DLQ-1", "dc-east", 9, 1)),
+                      single(w.snapshot("DLQ-2", "store-1", 1, 1))])
+        def replay(*args: str) -> str:
+            done = cluster_command(cluster, "feed", "replay", *args)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return str(done.stdout)
+
+        deadline = time.monotonic() + 60
+        while "would replay" not in (listed := replay("--dry-run", "--webhook", "market")):
+            assert time.monotonic() < deadline, feed.tail()
+            time.sleep(1.0)
+        assert "HTTP 503" in listed
+        assert receiver.bad_signatures == 0 and receiver.failed >= 3
+        assert feed.metrics().get("stocksync_webhook_deliveries_total", 0) >= 3
+
+        assert receiver.deliveries == []
+        receiver.always_fail = False
+        deadline = time.monotonic() + 30
+        while not {m["sku"] for m in receiver.messages()} >= {"DLQ-1", "DLQ-2"}:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"replay delivered {receiver.messages()}")
+            out = replay("--since", "10m")
+            assert "replayed" in out
+        assert receiver.bad_signatures == 0
+        skus = {m["sku"] for m in receiver.messages()}
+        assert {"DLQ-1", "DLQ-2"} <= skus
+    finally:
+        stop_receiver()
+        io.close()
+
+
+def cluster_command(cluster: Cluster, *args: str) -> Any:
+    import subprocess
+
+    command = [sys.executable, "-m", "stocksync", "--config", str(cluster.config_path), *args]
+    return subprocess.run(command, env=cluster.worker_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
+
