@@ -33,7 +33,7 @@ import msgspec
 from stocksync.api.model import FIRST_CHANNEL_SLOT, AvailabilityModel, ModelSync, now_ms
 from stocksync.codecs.feed import AvailabilityChanged, changed_decoder, encode, event_id
 from stocksync.codecs.projections import Status
-from stocksync.config.settings import Settings
+from stocksync.config.settings import Settings, is_probe_sku
 from stocksync.feed.metrics import FeedMetrics
 from stocksync.feed.notify import Figure, Notify, changed, due_at
 from stocksync.readmodel.core import format_millis
@@ -94,6 +94,7 @@ class Publisher:
         self.metrics = metrics
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self.settings = settings
         self.channels = [
             _Channel(c.name, FIRST_CHANNEL_SLOT + i, c.notify, c.notify_min_interval_ms)
             for i, c in enumerate(settings.channels)
@@ -116,7 +117,7 @@ class Publisher:
     # --- watching the model ---
 
     def _changed(self, sku: str) -> None:
-        if not self.active:
+        if not self.active or is_probe_sku(self.settings, sku):  # not business stock
             return
         at, cid = self.sync.applying
         self.stamps[sku] = (at or now_ms(), cid)
@@ -156,9 +157,11 @@ class Publisher:
             await asyncio.sleep(0)
         self.active = True
         now = now_ms()
+        settings = self.settings
         for sku in self.model.entries:
-            self.stamps.setdefault(sku, (now, None))
-        self.dirty.update(self.model.entries)
+            if not is_probe_sku(settings, sku):
+                self.stamps.setdefault(sku, (now, None))
+                self.dirty.add(sku)
         for sku, _index in self.uncertain:
             self.dirty.add(sku)
             self.stamps.setdefault(sku, (now, None))

@@ -155,6 +155,19 @@ def test_first_figures_then_only_what_each_channel_is_notified_on(redis_url: str
     run(redis_url, settings(), body)
 
 
+def test_the_probe_sku_is_never_fed(redis_url: str) -> None:
+    async def body(rig: Rig) -> None:
+        probe = rig.config.probe.sku
+        rig.model.apply(served(probe, 1, 10))
+        await rig.start()
+        rig.model.apply(served(probe, 2, 3))
+        rig.model.apply(served("S1", 1, 3))
+        await rig.settle()
+        assert {m.sku for m in rig.broker.sent} == {"S1"}
+
+    run(redis_url, settings(), body)
+
+
 def test_off_sends_nothing(redis_url: str) -> None:
     async def body(rig: Rig) -> None:
         rig.model.apply(served("S1", 1, 10))
