@@ -301,6 +301,12 @@ def _health_app(service: FeedService) -> web.Application:
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the feed process until ``stop`` is set (or SIGTERM/SIGINT without ``stop``)."""
+    if settings.redis_cluster:
+        # Its fenced writes name the lease and many SKUs in one script: one slot only.
+        raise FeedError(
+            "The feed does not run on a Redis Cluster yet (redis_cluster = true); run it"
+            " against a single Redis, or leave `stocksync feed` out of this deployment."
+        )
     await ensure_feed_topics(settings)
     service = FeedService(settings)
     loop = asyncio.get_running_loop()
