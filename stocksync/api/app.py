@@ -90,10 +90,10 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
     )
     app[REDIS] = client
     app[SYNC] = sync
-    # Holds on connections of their own (see HoldStore), not the sync's.
+    # Holds on connections of their own (see HoldStore), not the sync's; the store
+    # bounds each call itself (a socket_timeout would cost a Task per command).
     holds_client: Client = client if settings.redis_cluster else aioredis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=_SOCKET_TIMEOUT,
         socket_connect_timeout=_CONNECT_TIMEOUT,
         retry=Retry(NoBackoff(), 0),
         **redis_client_options(settings),
@@ -103,6 +103,7 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         lambda: sync.store.keys,
         changes_maxlen=settings.worker.changes_maxlen,
         max_connections=_HOLD_CONNECTIONS,
+        timeout=_SOCKET_TIMEOUT,
     )
     app[HOLDS] = holds
     if not settings.redis_cluster:

@@ -118,6 +118,7 @@ class HoldStore:
         memory_ms: int = MEMORY_MS,
         changes_maxlen: int = 1_000_000,
         max_connections: int = 32,
+        timeout: float = 5.0,
     ) -> None:
         self.client = client
         #: The live generation's keys (SKU hashes, change stream) as the caller follows
@@ -137,6 +138,9 @@ class HoldStore:
         # third of a hold's CPU).
         self._idle: list[Any] = []
         self._slots = asyncio.Semaphore(max_connections)
+        #: Most seconds one call may take. Give the client no socket_timeout: redis-py
+        #: then wraps every send in asyncio.wait_for, a Task per command.
+        self.timeout = timeout
 
     async def close(self) -> None:
         """Close the connections of the hold calls."""
@@ -158,31 +162,34 @@ class HoldStore:
             except (RedisError, RedisClusterException, OSError) as exc:
                 raise StoreUnavailable(f"a hold script failed: {exc}") from exc
         packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-        async with self._slots:
-            idle = self._idle
-            pool = self.client.connection_pool
-            connection = idle.pop() if idle else pool.make_connection()  # type: ignore[no-untyped-call]
-            try:
+        try:
+            async with self._slots, asyncio.timeout(self.timeout):
+                idle = self._idle
+                pool = self.client.connection_pool
+                connection = idle.pop() if idle else pool.make_connection()  # type: ignore[no-untyped-call]
                 try:
-                    await connection.send_packed_command(packed)
-                    reply = await connection.read_response()
-                except NoScriptError:
-                    await self.client.script_load(script.script)
-                    await connection.send_packed_command(packed)
-                    reply = await connection.read_response()
-            except ResponseError as exc:
-                # The script itself failed (a bug, or data it cannot read): retrying
-                # would fail again, so this is no StoreUnavailable.
+                    try:
+                        await connection.send_packed_command(packed)
+                        reply = await connection.read_response()
+                    except NoScriptError:
+                        await self.client.script_load(script.script)
+                        await connection.send_packed_command(packed)
+                        reply = await connection.read_response()
+                except ResponseError as exc:
+                    # The script itself failed (a bug, or data it cannot read): retrying
+                    # would fail again, so this is no StoreUnavailable.
+                    idle.append(connection)
+                    raise StoreError(f"a hold script failed: {exc}") from exc
+                except BaseException as exc:
+                    # A half-read reply would poison the next command on this connection.
+                    await connection.disconnect(nowait=True)
+                    if isinstance(exc, RedisError | OSError):
+                        raise StoreUnavailable(f"a hold script failed: {exc}") from exc
+                    raise
                 idle.append(connection)
-                raise StoreError(f"a hold script failed: {exc}") from exc
-            except BaseException as exc:
-                # A half-read reply would poison the next command on this connection.
-                await connection.disconnect()
-                if isinstance(exc, RedisError | OSError):
-                    raise StoreUnavailable(f"a hold script failed: {exc}") from exc
-                raise
-            idle.append(connection)
-            return reply
+                return reply
+        except TimeoutError:
+            raise StoreUnavailable(f"a hold script took more than {self.timeout:g} s") from None
 
     async def create(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 
 import aiohttp
@@ -12,7 +13,16 @@ import pytest
 import redis
 
 from stocksync.daemon.services import RedisServer, free_port
-from tests.api.helpers import ApiProcess, eventually, make_settings, projection, run, serving, write
+from tests.api.helpers import (
+    ApiProcess,
+    TcpProxy,
+    eventually,
+    make_settings,
+    projection,
+    run,
+    serving,
+    write,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,3 +120,28 @@ def test_holds_survive_a_restart_of_redis_and_of_the_api(
 
 async def _is(figures: object, expected: tuple[int, int]) -> bool:
     return await figures == expected  # type: ignore[misc]
+
+
+def test_a_silent_redis_bounds_a_hold_request(redis_url: str) -> None:
+    """Redis that stops answering (a partition): the hold is 503 after the call's timeout."""
+    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
+        write(client, projection("A", 1, available=10))
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    db = redis_url.rsplit("/", 1)[1]
+
+    async def scenario() -> None:
+        async with TcpProxy(port) as proxy:
+            settings = make_settings(f"redis://127.0.0.1:{proxy.port}/{db}")
+            async with serving(settings) as api:
+                body = {"hold_id": "c", "channel": "web", "lines": [{"sku": "A", "qty": 1}]}
+                async with api.post("/v1/holds", json=body) as resp:
+                    assert resp.status == 201
+                proxy.hold()
+                started = time.monotonic()
+                async with api.post("/v1/holds", json={**body, "hold_id": "d"}) as resp:
+                    assert resp.status == 503
+                    assert (await resp.json())["error"]["code"] == "not_ready"
+                assert time.monotonic() - started < 8
+                proxy.release()
+
+    run(scenario())
