@@ -45,13 +45,12 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faust
 import uvloop
-from faust.types import AppT, EventT, StreamT
+from faust.types import AppT
 
 from stocksync.compat import faust as compat_faust
 from stocksync.compat import mode as compat_mode
@@ -75,7 +74,6 @@ __all__ = [
     "raw_topic",
     "start_worker",
     "stop_worker",
-    "take_events",
     "use_uvloop",
 ]
 
@@ -184,17 +182,6 @@ def raw_topic(app: faust.App, name: str) -> faust.TopicT:
         # can dead-letter it, instead of being dropped by the decoder.
         allow_empty=True,
     )
-
-
-def take_events(
-    stream: StreamT[Any], max_: int, within: float
-) -> AsyncIterator[Sequence[EventT[Any]]]:
-    """Batches of up to ``max_`` events, each with its real ``event.message`` offsets.
-
-    The same as ``stream.take_events(max_, within)``, which Faust's ``StreamT``
-    type does not declare although every agent's stream has it.
-    """
-    return cast("faust.Stream[Any]", stream).take_events(max_, within)
 
 
 def _broker_text(app: AppT) -> str:

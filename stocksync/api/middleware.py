@@ -157,10 +157,6 @@ class RequestPipeline:
         self._id_prefix = os.urandom(6).hex() + "-"
         self._id_counter = itertools.count(1)
 
-    def new_correlation_id(self) -> str:
-        """A process-unique id: a random prefix and a counter, cheap per request."""
-        return f"{self._id_prefix}{next(self._id_counter):x}"
-
     def wrap(
         self,
         handler: Callable[[web.Request, *Params], Awaitable[web.StreamResponse]]

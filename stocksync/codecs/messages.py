@@ -71,7 +71,6 @@ class Decoded(msgspec.Struct, frozen=True, kw_only=True):
 
 _event_decoder = msgspec.json.Decoder(Event)
 _bulk_decoder = msgspec.json.Decoder(list[msgspec.Raw])
-_any_decoder = msgspec.json.Decoder()
 
 
 def _classify(exc: msgspec.ValidationError) -> str:

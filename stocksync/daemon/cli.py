@@ -667,16 +667,14 @@ def _run(args: argparse.Namespace, module: str, function: str, *extra: Any, **op
     """Load the settings, then import ``module`` and call ``function(settings, ...)``."""
     settings = _load(args)  # first: a bad configuration never starts anything
     try:
-        target = importlib.import_module(module)
-    except ImportError as exc:
-        if exc.name is not None and (module + ".").startswith(exc.name + "."):
-            target = None  # the module itself is not there
-        else:
-            print(f"stocksync {args.command}: cannot load {module}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-    run = getattr(target, function, None)
-    if run is None:
-        print(f"stocksync {args.command}: not yet available", file=sys.stderr)
+        run = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as exc:
+        # Every command's module ships with the package: this is a broken install.
+        print(
+            f"stocksync {args.command}: cannot load {module}.{function} ({exc}); "
+            "reinstall stocksync",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return int(run(settings, *extra, **options))
 

@@ -504,7 +504,7 @@ def test_reconcile_needs_file(calls: list[Any]) -> None:
         (["rebuild"], "stocksync.daemon.operate"),
     ],
 )
-def test_missing_module_is_not_yet_available(
+def test_missing_module_is_a_broken_install(
     calls: list[Any],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -513,15 +513,18 @@ def test_missing_module_is_not_yet_available(
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
     assert cli.main(args) == 1
-    assert capsys.readouterr().err == f"stocksync {' '.join(args)}: not yet available\n"
+    err = capsys.readouterr().err
+    assert err.startswith(f"stocksync {' '.join(args)}: cannot load {module}.")
+    assert err.endswith("reinstall stocksync\n")
 
 
-def test_module_without_the_function_is_not_yet_available(
+def test_module_without_the_function_is_a_broken_install(
     calls: list[Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "stocksync.daemon.operate", types.ModuleType("operate"))
     assert cli.main(["reconcile", "f.csv"]) == 1
-    assert "stocksync reconcile: not yet available" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "stocksync reconcile: cannot load stocksync.daemon.operate.reconcile" in err
 
 
 def test_broken_dependency_is_reported_not_hidden(
@@ -533,7 +536,7 @@ def test_broken_dependency_is_reported_not_hidden(
     monkeypatch.setattr(importlib, "import_module", failing_import)
     assert cli.main(["worker"]) == 1
     err = capsys.readouterr().err
-    assert "cannot load stocksync.daemon.worker: No module named 'faust'" in err
+    assert "cannot load stocksync.daemon.worker.run (No module named 'faust')" in err
 
 
 def test_keyboard_interrupt_exits_130_quietly(
