@@ -23,7 +23,6 @@ from stocksync.agents.app import (
     raw_topic,
     start_worker,
     stop_worker,
-    take_events,
 )
 from stocksync.agents.topics import (
     BrokerUnavailable,
@@ -222,8 +221,8 @@ def test_worker_from_code_consumes_raw_bytes_and_sends_to_explicit_partitions(
         effects = raw_topic(app, names.effects)
 
         @app.agent(source)
-        async def translate(stream: faust.StreamT[bytes]) -> None:
-            async for events in take_events(stream, 100, 0.05):
+        async def translate(stream: faust.Stream[bytes]) -> None:
+            async for events in stream.take_events(100, 0.05):
                 sends = []
                 for event in events:
                     message = event.message

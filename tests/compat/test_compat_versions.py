@@ -19,7 +19,7 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 
 import stocksync.compat
-from stocksync.agents.app import create_app, raw_topic, start_worker, stop_worker, take_events
+from stocksync.agents.app import create_app, raw_topic, start_worker, stop_worker
 from stocksync.agents.topics import ensure_topics, topic_names
 from stocksync.compat import aiokafka as compat_aiokafka
 from stocksync.compat import faust as compat_faust
@@ -134,8 +134,8 @@ def test_a_worker_on_the_stock_behaviour_still_delivers(
         got: list[tuple[int, bytes]] = []
 
         @app.agent(raw_topic(app, names.stock))
-        async def collect(stream: faust.StreamT[bytes]) -> None:
-            async for events in take_events(stream, 10, 0.05):
+        async def collect(stream: faust.Stream[bytes]) -> None:
+            async for events in stream.take_events(10, 0.05):
                 got.extend((e.message.offset, e.value) for e in events)
 
         worker = await start_worker(app, timeout=30)
