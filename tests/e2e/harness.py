@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -83,6 +84,7 @@ __all__ = [
     "bulk",
     "ok",
     "realistic_stream",
+    "redis_options",
     "single",
 ]
 
@@ -793,6 +795,14 @@ class _LoopThread:
         self.loop.close()
 
 
+def redis_options(request: pytest.FixtureRequest, kind: str) -> dict[str, Any]:
+    """Options of :class:`Cluster` for ``kind`` "redis" (the test's database) or
+    "redis-cluster" (the session's three-master cluster, flushed)."""
+    if kind == "redis":
+        return {}
+    return {"redis_url": request.getfixturevalue("redis_cluster_url"), "redis_cluster": True}
+
+
 class Cluster:
     """One deployment of a test: config, workers, producer, and read-outs of Redis and the DLQ."""
 
@@ -810,9 +820,12 @@ class Cluster:
         node_safety: dict[str, int] | None = None,
         batch_size: int | None = None,
         extra_config: str = "",
+        redis_cluster: bool = False,
     ) -> None:
         self.extra_config = extra_config
         self.bootstrap = bootstrap
+        #: ``redis_url`` names a node of a Redis Cluster.
+        self.redis_cluster = redis_cluster
         self.batch_size = batch_size
         self.broker_url = broker_url
         self.redis_url = redis_url
@@ -848,9 +861,12 @@ class Cluster:
         self.notes: list[str] = []
         self._io = _LoopThread()
         self._producer: AIOKafkaProducer | None = None
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis: redis.Redis | redis.RedisCluster = (
+            redis.RedisCluster.from_url(redis_url) if redis_cluster
+            else redis.Redis.from_url(redis_url)
+        )
         # The model is read through the store, as the API reads it (in the I/O thread's loop).
-        self._store = RedisStore.from_url(redis_url, Keys(prefix))
+        self._store = RedisStore.from_url(redis_url, Keys(prefix), cluster=redis_cluster)
         self._rounds = itertools.count(1)
 
     # -- configuration and processes ----------------------------------------------------
@@ -894,6 +910,8 @@ class Cluster:
             STOCKSYNC_TOPIC_PREFIX=self.prefix,
             STOCKSYNC_WORKER_PORT="0",
         )
+        if self.redis_cluster:
+            env["STOCKSYNC_REDIS_CLUSTER"] = "1"
         env.update(overrides)
         return env
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import Cluster, realistic_stream
+from tests.e2e.harness import Cluster, realistic_stream, redis_options
 
 __all__: list[str] = []
 
@@ -19,12 +19,14 @@ def _batches(metrics: dict[str, float]) -> float:
     return metrics.get("stocksync_batch_size_count", 0.0)
 
 
+@pytest.mark.parametrize("redis_kind", ["redis", "redis-cluster"])
 def test_two_workers_share_the_partitions_and_survive_the_loss_of_one(
-    make_cluster: Callable[..., Cluster],
+    make_cluster: Callable[..., Cluster], request: pytest.FixtureRequest, redis_kind: str
 ) -> None:
     """Both workers of one group process part of the stream and the model equals the
-    reference; after one is SIGKILLed mid-stream the survivor finishes it, still exact."""
-    cluster = make_cluster(partitions=4)
+    reference; after one is SIGKILLed mid-stream the survivor finishes it, still exact
+    (on one Redis and on a three-master Redis Cluster)."""
+    cluster = make_cluster(partitions=4, **redis_options(request, redis_kind))
     rng = random.Random(cluster.seed())
     messages = realistic_stream(rng, cluster.wire, 2400)
     half = len(messages) // 2

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import Cluster, realistic_stream
+from tests.e2e.harness import Cluster, realistic_stream, redis_options
 
 __all__: list[str] = []
 
@@ -16,19 +16,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 @pytest.mark.parametrize(
-    "batch_size",
-    [None, 7],
-    ids=["default-batches", "batches-translated-in-chunks-of-7"],
+    ("batch_size", "redis_kind"),
+    [(None, "redis"), (7, "redis"), (None, "redis-cluster")],
+    ids=["default-batches", "batches-translated-in-chunks-of-7", "on-a-redis-cluster"],
 )
 def test_sigkill_twice_mid_stream_loses_nothing_and_applies_nothing_twice(
-    make_cluster: Callable[..., Cluster], batch_size: int | None
+    make_cluster: Callable[..., Cluster],
+    request: pytest.FixtureRequest,
+    batch_size: int | None,
+    redis_kind: str,
 ) -> None:
     """A worker SIGKILLed twice while a few thousand events stream in, restarted each time,
     ends with exactly the reference model (and every dead letter, possibly repeated).
 
     With a batch size of 7 events, bulk exports are translated and their effects sent
     in many chunks per batch, so kills also land between the chunks of a batch."""
-    cluster = make_cluster(partitions=4, batch_size=batch_size)
+    cluster = make_cluster(
+        partitions=4, batch_size=batch_size, **redis_options(request, redis_kind)
+    )
     rng = random.Random(cluster.seed())
     messages = realistic_stream(rng, cluster.wire, 3000)
     worker = cluster.start_worker()

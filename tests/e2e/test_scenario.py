@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from stocksync.codecs.messages import Reason
-from tests.e2e.harness import Cluster, Msg, Wire, bad, bulk, single
+from tests.e2e.harness import Cluster, Msg, Wire, bad, bulk, redis_options, single
 from tests.readmodel.oracle import ChannelFigures, NodeFigures
 
 __all__: list[str] = []
@@ -112,12 +112,14 @@ def scenario(w: Wire) -> list[Msg]:
     ]
 
 
+@pytest.mark.parametrize("redis_kind", ["redis", "redis-cluster"])
 def test_every_event_type_reaches_redis_as_the_contract_says(
-    make_cluster: Callable[..., Cluster],
+    make_cluster: Callable[..., Cluster], request: pytest.FixtureRequest, redis_kind: str
 ) -> None:
     """One worker, one scripted stream: every SKU/channel/node equals the reference, and the
-    dead-letter topic holds exactly the invalid events, whole, with why and where."""
-    cluster = make_cluster(partitions=4)
+    dead-letter topic holds exactly the invalid events, whole, with why and where; on one
+    Redis and on a three-master Redis Cluster."""
+    cluster = make_cluster(partitions=4, **redis_options(request, redis_kind))
     cluster.start_worker()
     messages = scenario(cluster.wire)
     cluster.send(messages)
