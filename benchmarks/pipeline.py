@@ -53,6 +53,8 @@ SCENARIOS = (
     "freshness",
 )
 PARTITIONS = 8
+#: The scenario's ``--redis`` names a node of a Redis Cluster (``--redis-cluster``).
+_CLUSTER = {"on": False}
 
 
 # --- shared helpers (run inside a scenario's subprocess) ---------------------------------
@@ -67,6 +69,7 @@ def _settings(broker: str, redis_url: str, prefix: str) -> Any:
         topic_prefix=prefix,
         partitions=PARTITIONS,
         redis_namespace=prefix,
+        redis_cluster=_CLUSTER["on"],
         worker=WorkerSettings(port=0, group_id=prefix),
     )
 
@@ -137,9 +140,18 @@ def _cpu() -> float:
 
 
 async def _redis_cpu(redis_url: str) -> float:
-    """CPU seconds the Redis server has used so far (its own INFO figures)."""
+    """CPU seconds the Redis server (every node of a cluster) has used so far (INFO)."""
     from redis import asyncio as aioredis
 
+    if _CLUSTER["on"]:
+        cluster = aioredis.RedisCluster.from_url(redis_url)
+        try:
+            per_node = await cluster.info("cpu", target_nodes=aioredis.RedisCluster.ALL_NODES)
+        finally:
+            await cluster.aclose()
+        return sum(
+            float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in per_node.values()
+        )
     client = aioredis.from_url(redis_url)
     try:
         info = await client.info("cpu")
@@ -488,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-cluster", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--produce", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=2000, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=15, help=argparse.SUPPRESS)
@@ -499,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         print(achieved)
         return 0
     if args.scenario:
+        _CLUSTER["on"] = args.redis_cluster
         _scenario(args.scenario, args.bootstrap, args.redis, args.events)
         return 0
 
@@ -530,7 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_scenario(name: str, broker: Any, redis: Any, events: int) -> dict[str, Any]:
+def _run_scenario(
+    name: str, broker: Any, redis: Any, events: int, *, cluster: bool = False
+) -> dict[str, Any]:
+    """Run one scenario in a fresh subprocess (``cluster``: ``redis`` is a cluster's node)."""
     done = subprocess.run(
         [
             sys.executable,
@@ -544,6 +561,7 @@ def _run_scenario(name: str, broker: Any, redis: Any, events: int) -> dict[str, 
             redis.url,
             "--events",
             str(events),
+            *(["--redis-cluster"] if cluster else []),
         ],
         capture_output=True,
         text=True,

@@ -27,8 +27,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from stocksync.daemon.services import RedisServer, TansuBroker
-from tests.cluster import LocalCluster
+from stocksync.daemon.services import LocalRedisCluster, RedisServer, TansuBroker
 
 __all__ = ["broker", "dev_state", "redis_server", "redis_url", "topic_prefix"]
 
@@ -81,9 +80,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
     """One running three-master Redis Cluster on loopback, for the test session."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
     try:
         cluster.start()
         yield cluster
@@ -92,7 +91,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 
 
 @pytest.fixture
-def redis_cluster_url(redis_cluster: LocalCluster) -> str:
+def redis_cluster_url(redis_cluster: LocalRedisCluster) -> str:
     """The URL of one node of ``redis_cluster``, every master flushed before the test."""
     redis_cluster.flush()
     return redis_cluster.url

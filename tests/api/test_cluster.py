@@ -13,18 +13,18 @@ from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
 from stocksync.codecs.state import Position
+from stocksync.daemon.services import LocalRedisCluster
 from stocksync.readmodel import core
 from stocksync.store import RedisStore, StoreUnavailable, Write
 from stocksync.store.layout import CLUSTER_SHARDS, Keys
 from tests.api.helpers import GENERATION, NAMESPACE, eventually, make_settings, run, serving
-from tests.cluster import LocalCluster
 
 __all__: list[str] = []
 
 Client = TestClient[Any, Any]
 
 
-def _node_of(cluster: LocalCluster, slot: int) -> tuple[str, str]:
+def _node_of(cluster: LocalRedisCluster, slot: int) -> tuple[str, str]:
     """(node id, url) of the master serving ``slot``."""
     with contextlib.closing(redis.Redis.from_url(cluster.url)) as client:
         for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
@@ -34,9 +34,9 @@ def _node_of(cluster: LocalCluster, slot: int) -> tuple[str, str]:
     raise AssertionError(f"no master serves slot {slot}")
 
 
-def _move_slot(cluster: LocalCluster, slot: int, pause: float) -> str:
+def _move_slot(cluster: LocalRedisCluster, slot: int, pause: float) -> str:
     """Move ``slot`` and its keys to another master, key by key, as redis-cli does."""
-    source_id, source_url = _node_of(cluster, slot)
+    source_id, _ = _node_of(cluster, slot)
     masters = [n for n in cluster.nodes if n.running]
     with contextlib.ExitStack() as stack:
         clients = [stack.enter_context(contextlib.closing(redis.Redis.from_url(n.url)))
@@ -44,7 +44,7 @@ def _move_slot(cluster: LocalCluster, slot: int, pause: float) -> str:
         ids = [c.execute_command("CLUSTER", "MYID").decode() for c in clients]
         target = next(i for i, node_id in enumerate(ids) if node_id != source_id)
         source = clients[ids.index(source_id)]
-        host, port = LocalCluster.address(masters[target]).split(":")
+        host, port = LocalRedisCluster.address(masters[target]).split(":")
         clients[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
         while True:
@@ -75,7 +75,7 @@ async def _metric(client: Client, name: str) -> float:
 
 
 def test_a_resharding_loses_no_change(
-    redis_cluster: LocalCluster, redis_cluster_url: str
+    redis_cluster: LocalRedisCluster, redis_cluster_url: str
 ) -> None:
     """While a shard's slot (its SKUs, change stream and marker) moves to another master,
     the writer keeps writing and the replica keeps following: every change is applied
