@@ -795,7 +795,8 @@ class Applier:
                 holds = tuple(
                     {e.hold: None for e in effects if type(e) is Reserve and e.hold is not None}
                 )
-                writes.append(Write(pos, before, holds))
+                cid = next((e.cid for e in reversed(effects) if e.cid), None)
+                writes.append(Write(pos, before, holds, cid))
         if writes:
             conflicts = await retrying(
                 lambda: self.store.write_batch(writes),

@@ -14,7 +14,8 @@ deployments; each generation of the model (see
                                 src   source topic partition of its last event
                                 m     how far it has read that partition (state_mark)
     {ns}:rma:{ID}       hash    the same fields, msgpack RmaState in s
-    {ns}:changes        stream  one entry per written SKU: sku, v, srv (see Change), and
+    {ns}:changes        stream  one entry per written SKU: sku, v, srv (see Change), cid
+                                when its last event had a correlation_id, and
                                 held when the write converted checkout holds; one per
                                 change of a SKU's hold lines: sku, held (see HeldChange);
                                 or a reload marker: reload, generation (see Reload)
@@ -323,9 +324,16 @@ class Reload(msgspec.Struct, frozen=True):
     generation: str
 
 
-def change_fields(sku: str, version: int, served: bytes) -> dict[str, str | int | bytes]:
+def change_fields(
+    sku: str, version: int, served: bytes, correlation_id: str | None = None
+) -> dict[str, str | int | bytes]:
     """The fields of a :class:`Change` entry (the batch script writes the same ones)."""
-    return {SKU_FIELD: sku, VERSION_FIELD: version, SERVED_FIELD: served}
+    fields: dict[str, str | int | bytes] = {
+        SKU_FIELD: sku, VERSION_FIELD: version, SERVED_FIELD: served
+    }
+    if correlation_id:
+        fields[CORRELATION_FIELD] = correlation_id
+    return fields
 
 
 def reload_fields(namespace: str, generation: str) -> dict[str, str]:

@@ -206,7 +206,7 @@ class MemoryStore:
             served = served_bytes(pos, self.topology)
             space.skus[pos.sku] = (pos.version, encode_position(pos), served)
             if announce:
-                fields = change_fields(pos.sku, pos.version, served)
+                fields = change_fields(pos.sku, pos.version, served, w.correlation_id)
                 space.changes.append((self.server.next_id(), {
                     k.encode(): v if isinstance(v, bytes) else str(v).encode()
                     for k, v in fields.items()

@@ -50,6 +50,8 @@ class Write(msgspec.Struct, frozen=True):
     #: hold_id); only :class:`~stocksync.store.RedisStore` keeps holds, the memory store
     #: (a rebuild's replay) leaves them alone.
     holds: tuple[str, ...] = ()
+    #: ``correlation_id`` of the last event applied, for the change entry (the feed's).
+    correlation_id: str | None = None
 
 
 class PositionStore(Protocol):

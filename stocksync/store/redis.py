@@ -452,6 +452,7 @@ class RedisStore:
                 served_bytes(w.position, topology),
                 w.position.sku,
                 ",".join(w.holds),
+                w.correlation_id or "",
             ]
         conflicts = await self._evalsha("WRITE_BATCH", keys, args)
         if conflicts == scripts.LOST:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from stocksync.store.layout import (
+    CORRELATION_FIELD,
     HELD_FIELD,
     ORDER_STATE_FIELD,
     POSITION_FIELD,
@@ -56,6 +57,7 @@ def _lua(text: str) -> str:
         ("$src", SOURCE_FIELD),
         ("$m", STATE_MARK_FIELD),
         ("$held", HELD_FIELD),
+        ("$cid", CORRELATION_FIELD),
     ):
         text = text.replace(f"'{name}'", f"'{value}'")
     assert "'$" not in text, text
@@ -108,7 +110,8 @@ end
 # each SKU with conversions, in order.
 # ARGV: n, maxlen, generation, announce (1: append change entries, 0: not), then per SKU:
 # expected version, new version, position, served form, sku, checkout holds it converts
-# ('' for none, else comma-separated ids). Converting deletes the holds' lines of the SKU
+# ('' for none, else comma-separated ids), correlation id of its last event ('' for none).
+# Converting deletes the holds' lines of the SKU
 # in this call and puts the SKU's remaining lines in its change entry, so the order's
 # reservation starts to count in the same step in which the held quantity stops.
 # Returns LOST, or the (1-based) indexes of SKUs whose version did not match (none written).
@@ -133,7 +136,7 @@ end
 local conflicts = {}
 for i = 1, n do
   local cur = redis.call('HGET', KEYS[i], '$v') or '0'
-  if cur ~= ARGV[5 + (i - 1) * 6] then
+  if cur ~= ARGV[5 + (i - 1) * 7] then
     conflicts[#conflicts + 1] = i
   end
 end
@@ -145,7 +148,7 @@ local announce = ARGV[4] == '1'
 local held_key = n + 2
 local now = nil
 for i = 1, n do
-  local a = 5 + (i - 1) * 6
+  local a = 5 + (i - 1) * 7
   redis.call('HSET', KEYS[i], '$v', ARGV[a + 1], '$pos', ARGV[a + 2], '$srv', ARGV[a + 3])
   local snap = false
   if ARGV[a + 5] ~= '' then
@@ -153,12 +156,18 @@ for i = 1, n do
     now = now or now_ms()
     snap = convert_lines(KEYS[held_key], ARGV[a + 5], now)
   end
-  if snap then
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*',
-               '$sku', ARGV[a + 4], '$v', ARGV[a + 1], '$srv', ARGV[a + 3], '$held', snap)
-  elseif announce then
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*',
-               '$sku', ARGV[a + 4], '$v', ARGV[a + 1], '$srv', ARGV[a + 3])
+  if snap or announce then
+    local entry = {'XADD', stream, 'MAXLEN', '~', ARGV[2], '*',
+                   '$sku', ARGV[a + 4], '$v', ARGV[a + 1], '$srv', ARGV[a + 3]}
+    if snap then
+      entry[#entry + 1] = '$held'
+      entry[#entry + 1] = snap
+    end
+    if ARGV[a + 6] ~= '' then
+      entry[#entry + 1] = '$cid'
+      entry[#entry + 1] = ARGV[a + 6]
+    end
+    redis.call(unpack(entry))
   end
 end
 return conflicts

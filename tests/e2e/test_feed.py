@@ -382,12 +382,15 @@ def test_coalescing_flapping_and_holds(
         # Three changes inside one interval: one message, the latest figures, after the interval.
         sent_at = time.time()
         for minute in (4, 5, 6):
-            cluster.send([single(w.adjusted(sku, "dc-east", -1, minute))])
+            event = w.adjusted(sku, "dc-east", -1, minute) | {"correlation_id": f"c-{minute}"}
+            cluster.send([single(event)])
         time.sleep(3.0)
         got = web_messages()
         assert [m["available"] for m in got] == [10, 7], got
         assert got[-1]["previous_status"] == "in_stock"
         assert got[-1]["status"] == "in_stock"
+        assert got[-1]["correlation_id"] == "c-6"  # of the event that made the last change
+        assert "correlation_id" not in got[0]
         cluster.note(f"coalesced message {time.time() - sent_at:.1f} s after the first change")
 
         # A hold taken through the API is part of the figure; its expiry is news too.

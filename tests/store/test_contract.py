@@ -170,6 +170,24 @@ class StoreContract:
 
         self.check(scenario)
 
+    def test_a_change_carries_the_correlation_id_of_its_last_event(self) -> None:
+        async def scenario(store: Store) -> None:
+            await store.write_batch([
+                Write(Position(sku="A", version=1), 0, correlation_id="ord-9912"),
+                _write("B", 1, 0),
+            ])
+            shards = getattr(getattr(store, "keys", None), "shards", 1)
+            entries = [
+                entry for shard in range(shards)
+                for entry in await store.read_changes("0-0", 10, None, shard)
+            ]
+            changes = [decode_change(fields) for _, fields in entries]
+            assert sorted(
+                (c.sku, c.correlation_id) for c in changes if isinstance(c, Change)
+            ) == [("A", "ord-9912"), ("B", None)]
+
+        self.check(scenario)
+
     # --- identity and generations ---
 
     def test_a_lost_model_refuses_every_read_and_write(self) -> None:
