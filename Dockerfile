@@ -29,7 +29,8 @@ ENV PATH=/opt/stocksync/bin:$PATH \
     PIP_ROOT_USER_ACTION=ignore \
     STOCKSYNC_CONFIG=/etc/stocksync/stocksync.toml \
     STOCKSYNC_API_HOST=0.0.0.0 \
-    STOCKSYNC_WORKER_HOST=0.0.0.0
+    STOCKSYNC_WORKER_HOST=0.0.0.0 \
+    STOCKSYNC_FEED_HOST=0.0.0.0
 # The wheelhouse is mounted for this step only, so no wheel stays in a layer.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv /opt/stocksync \
@@ -42,9 +43,10 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 COPY --chown=root:root --chmod=0644 deploy/stocksync.toml /etc/stocksync/stocksync.toml
 USER 10001:10001
 WORKDIR /tmp
-# The worker serves /healthz on 8081 and the API on 8080 (STOCKSYNC_WORKER_PORT,
-# STOCKSYNC_API_PORT); set STOCKSYNC_HEALTH_URL for the API or another port.
-EXPOSE 8080 8081
+# The worker serves /healthz on 8081, the API on 8080 and `stocksync feed` (the
+# availability feed: CMD ["feed"]) on 8082 (STOCKSYNC_WORKER_PORT, STOCKSYNC_API_PORT,
+# STOCKSYNC_FEED_PORT); set STOCKSYNC_HEALTH_URL for the API, the feed or another port.
+EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os,urllib.request as u; u.urlopen(os.environ.get('STOCKSYNC_HEALTH_URL') or 'http://127.0.0.1:%s/healthz' % os.environ.get('STOCKSYNC_WORKER_PORT', '8081'), timeout=4)"]
 STOPSIGNAL SIGTERM
