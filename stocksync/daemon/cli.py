@@ -518,7 +518,8 @@ def _check_config(args: argparse.Namespace) -> int:
             (
                 f"channel {c.name}",
                 f"nodes {', '.join(c.nodes)}; buffer {c.buffer},"
-                f" low-stock threshold {c.low_stock_threshold}",
+                f" low-stock threshold {c.low_stock_threshold}; feed notify {c.notify}"
+                + (f" every {c.notify_min_interval_ms} ms at most" if c.notify != "off" else ""),
             )
             for c in settings.channels
         ),
@@ -536,6 +537,15 @@ def _check_config(args: argparse.Namespace) -> int:
             "worker",
             f"{settings.worker.host}:{settings.worker.port}, consumer group"
             f" {settings.worker.group_id!r}",
+        ),
+        (
+            "feed",
+            f"{settings.feed.host}:{settings.feed.port}, {settings.topic_prefix}.availability.v1; "
+            + (
+                "webhooks: " + ", ".join(f"{h.name} ({h.url})" for h in settings.feed.webhooks)
+                if settings.feed.webhooks
+                else "no webhooks"
+            ),
         ),
     ]
     width = max(len(label) for label, _ in rows) + 1
