@@ -289,6 +289,35 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--port", type=_port, metavar="N", help="port of --every's /metrics")
     _add_target(probe)
 
+    rehearse = command(
+        "rehearse",
+        _ops("stocksync.ops.rehearse"),
+        "rehearse peak load against a deployment and judge it by a profile's SLOs",
+        "Drives stock, order and return events to the topics and single, batch and hold\n"
+        "requests to the API at once, along the profile's ramp (built-in 'peak': 1x to 10x\n"
+        "of a baseline), for --duration seconds; measures event-to-served freshness, API\n"
+        "latency per endpoint, errors, holds, dead letters and oversold positions each\n"
+        "second, and writes report.html, the plots as PNG and summary.json into --report.\n"
+        "Exits 1 when an SLO fails. Its SKUs are named by the profile's sku_prefix\n"
+        "(default rehearse-) and stay in the model afterwards.",
+    )
+    rehearse.add_argument(
+        "--profile", default="peak", metavar="P", help="built-in name or TOML file (default peak)"
+    )
+    rehearse.add_argument(
+        "--duration", type=_seconds, metavar="S", help="seconds of load (default: the profile's)"
+    )
+    rehearse.add_argument(
+        "--report", metavar="DIR", help="where to write the report (default rehearsal-TIME)"
+    )
+    rehearse.add_argument(
+        "--worker-url",
+        metavar="URL",
+        help="the worker's health server, for dead letters and oversold positions"
+        " (default: the dev setup's, else worker.host and worker.port)",
+    )
+    _add_target(rehearse)
+
     dlq = command("dlq", _missing_action, "inspect and replay dead-lettered events")
     dlq_actions = dlq.add_subparsers(title="actions", metavar="ACTION")
     dlq_list = dlq_actions.add_parser(

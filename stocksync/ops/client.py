@@ -101,11 +101,10 @@ class ApiClient:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"the API URL {base!r} is not an http:// or https:// URL")
         self.base = base.rstrip("/")
-        headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        #: Sent to the API only, never to another URL :meth:`fetch` reads.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._session = aiohttp.ClientSession(
-            headers=headers,
+            headers={"Accept": "application/json"},
             timeout=aiohttp.ClientTimeout(total=timeout),
             connector=aiohttp.TCPConnector(limit=connections),
         )
@@ -123,7 +122,7 @@ class ApiClient:
     ) -> Answer:
         """One request; a connection failure or timeout is an answer with status 0."""
         started = time.perf_counter()
-        extra = dict(headers or {})
+        extra = {**self._auth, **(headers or {})}
         if body is not None:
             extra["Content-Type"] = "application/json"
         try:
@@ -138,6 +137,23 @@ class ApiClient:
         except aiohttp.ClientError as exc:
             return Answer(0, _transport(exc), time.perf_counter() - started, b"")
         return Answer(status, _code(status, data), time.perf_counter() - started, data, etag)
+
+    async def fetch(self, url: str) -> Answer:
+        """``GET`` of another URL with the same session (the worker's ``/metrics``)."""
+        started = time.perf_counter()
+        try:
+            async with self._session.get(url) as response:
+                data = await response.read()
+                return Answer(
+                    response.status,
+                    _code(response.status, data),
+                    time.perf_counter() - started,
+                    data,
+                )
+        except TimeoutError:
+            return Answer(0, "timeout", time.perf_counter() - started, b"")
+        except aiohttp.ClientError as exc:
+            return Answer(0, _transport(exc), time.perf_counter() - started, b"")
 
     async def availability(
         self, sku: str, channel: str, *, detail: bool = False, etag: str | None = None
