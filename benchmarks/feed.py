@@ -113,7 +113,7 @@ async def _read_feed(bootstrap: str, topic: str, want: int, timeout: float,
 async def publisher(bootstrap: str, redis_url: str, workdir: Path, skus: int) -> dict[str, Any]:
     """Messages per second from the change stream to acknowledged feed messages."""
     from stocksync.codecs.state import Position
-    from stocksync.daemon.operate_io import open_store
+    from stocksync.ops.access import open_store
     from stocksync.store import Write
 
     prefix = f"b{uuid.uuid4().hex[:8]}"

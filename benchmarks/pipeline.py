@@ -80,7 +80,7 @@ async def _model_exists(settings: Any) -> None:
     Without one the worker would first rebuild the model from the topics the run
     filled beforehand, and the measured run would only skip what that applied.
     """
-    from stocksync.daemon.operate_io import open_store
+    from stocksync.ops.access import open_store
 
     store = open_store(settings)
     try:

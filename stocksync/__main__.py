@@ -1,6 +1,6 @@
 """``python -m stocksync``: the same command line as the ``stocksync`` script."""
 
-from stocksync.daemon.cli import main
+from stocksync.cli.main import main
 
 __all__: list[str] = []
 

@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from stocksync.agents.metrics import WorkerMetrics
-from stocksync.agents.pipeline import SourceMessage
+from stocksync.agents.stages import SourceMessage
 from stocksync.agents.topics import bootstrap_servers
 from stocksync.compat import aiokafka as compat_aiokafka
 from stocksync.config.connections import kafka_client_options

@@ -1,7 +1,7 @@
 """The Faust agents of the worker: one translator per source topic, one applier on effects.
 
 Each agent is a thin loop over ``take_events``: it turns Faust events into
-plain :class:`~stocksync.agents.pipeline.SourceMessage` values (or effects
+plain :class:`~stocksync.agents.stages.SourceMessage` values (or effects
 payloads) and hands the batch to its stage. Faust acks a batch when the loop
 body returns - and also when it is interrupted, in a ``finally``. So a batch is
 run shielded from cancellation: on shutdown an in-flight batch may finish
@@ -25,7 +25,7 @@ from stocksync.agents.app import raw_topic
 from stocksync.agents.dlq import DeadLetterOut, record_size
 from stocksync.agents.incarnations import IncarnationSource
 from stocksync.agents.metrics import WorkerMetrics
-from stocksync.agents.pipeline import (
+from stocksync.agents.stages import (
     Applier,
     Healer,
     MessageTooLarge,

@@ -4,7 +4,7 @@ Every script of the store checks the model's identity marker; when it is gone
 (Redis restarted empty, flushed, failed over to an empty replica) the store
 raises :class:`~stocksync.store.ModelLost` and nothing is read or written. The
 stage that hit it calls :class:`Healer`: one worker takes the rebuild lock in
-Redis and runs :func:`~stocksync.daemon.operate_rebuild.rebuild_generation`
+Redis and runs :func:`~stocksync.ops.rebuild.rebuild_generation`
 (the operator's rebuild, from the source topics into a new generation, order
 and RMA state included); the others wait until a live generation with its
 marker is there. Then every stage goes on with its batch against the new
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Final
 
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import OperateError
+from stocksync.ops.access import OperateError
 from stocksync.store import RedisStore, StoreUnavailable
 
 __all__ = ["Healer"]
@@ -97,7 +97,7 @@ class Healer:
             await asyncio.sleep(self.poll)
 
     async def _rebuild(self) -> None:
-        from stocksync.daemon.operate_rebuild import rebuild_generation
+        from stocksync.ops.rebuild import rebuild_generation
 
         log.warning("the model is lost; this worker rebuilds it from the source topics")
         renew = asyncio.create_task(self._renew(), name="stocksync-rebuild-lock")

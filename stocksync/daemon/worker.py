@@ -38,7 +38,7 @@ from stocksync.config.settings import Settings
 from stocksync.daemon.brokerwatch import BrokerWatch, ClientLogGate
 from stocksync.daemon.collector import collect_less
 from stocksync.daemon.healing import Healer
-from stocksync.daemon.operate_rebuild import HEARTBEAT_FRESH_SECONDS
+from stocksync.ops.rebuild import HEARTBEAT_FRESH_SECONDS
 from stocksync.readmodel import core
 from stocksync.store import RedisStore, StoreUnavailable
 from stocksync.store.incarnations import IncarnationRecords

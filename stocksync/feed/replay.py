@@ -22,9 +22,9 @@ import msgspec
 
 from stocksync.codecs.feed import FeedDeadLetter, dead_letter_decoder, encode
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import OperateError, audit, read_topics
 from stocksync.feed.service import dlq_topic
 from stocksync.feed.webhooks import MAX_BATCH, post
+from stocksync.ops.access import OperateError, audit, read_topics
 
 __all__ = ["replay", "run"]
 

@@ -1,3 +1,3 @@
-"""Operator tools that look at a deployment from outside: the probe and the peak rehearsal."""
+"""Operator tools: dead letters, rebuild, reconcile, produce, the probe and the peak rehearsal."""
 
 __all__: list[str] = []

@@ -38,7 +38,7 @@ from stocksync.agents.topics import topic_names
 from stocksync.codecs.events import StockSnapshot
 from stocksync.codecs.projections import ChannelAvailability
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import OperateError, open_producer
+from stocksync.ops.access import OperateError, open_producer
 from stocksync.ops.client import Answer, ApiClient, api_url, read_token
 
 __all__ = ["PROBE_SOURCE", "Probe", "ProbeMetrics", "ProbeResult", "run"]

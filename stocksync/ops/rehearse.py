@@ -56,7 +56,7 @@ from stocksync.codecs.events import (
 )
 from stocksync.config.devsetup import DevSetup
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import OperateError, open_producer
+from stocksync.ops.access import OperateError, open_producer
 from stocksync.ops.client import Answer, ApiClient, api_url, read_token
 from stocksync.ops.profile import MAX_DURATION, Profile, load_profile
 

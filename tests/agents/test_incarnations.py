@@ -17,7 +17,7 @@ from stocksync.agents.incarnations import (
     record_crc,
 )
 from stocksync.agents.metrics import WorkerMetrics
-from stocksync.agents.pipeline import SourceMessage
+from stocksync.agents.stages import SourceMessage
 from stocksync.readmodel import core
 from stocksync.store.incarnations import Incarnation, IncarnationRecords
 from stocksync.store.layout import Keys

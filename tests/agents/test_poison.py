@@ -19,9 +19,9 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
-from stocksync.agents import pipeline
+from stocksync.agents import stages
 from stocksync.agents.dlq import DeadLetterOut, dead_letter, record_size
-from stocksync.agents.pipeline import (
+from stocksync.agents.stages import (
     Applier,
     MessageTooLarge,
     SourceMessage,
@@ -302,14 +302,14 @@ def test_the_faust_outbox_reports_which_sends_were_refused() -> None:
 def test_a_crash_while_decoding_dead_letters_the_message_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = pipeline.decode_message
+    real = stages.decode_message
 
     def decode(value: bytes | None) -> object:
         if value == b'{"boom":1}':
             raise RecursionError("maximum recursion depth exceeded\nwhile decoding")
         return real(value)
 
-    monkeypatch.setattr(pipeline, "decode_message", decode)
+    monkeypatch.setattr(stages, "decode_message", decode)
     rig = Rig()
     rig.feed("stock", [rig.adjust("A", 2), rig.message("stock", "A", b'{"boom":1}'),
                        rig.adjust("A", 3)])

@@ -556,7 +556,7 @@ def test_redis_acl_user_from_settings(tmp_path: Path, secured_redis: SecuredRedi
 
 
 def test_operator_client_over_tls(tmp_path: Path, secured_redis: SecuredRedis) -> None:
-    from stocksync.daemon.operate_io import open_store
+    from stocksync.ops.access import open_store
 
     if secured_redis.tls_url is None:
         pytest.skip("no certificate for a TLS port")
@@ -579,7 +579,7 @@ def test_operator_client_over_tls(tmp_path: Path, secured_redis: SecuredRedis) -
 
 def test_every_kafka_client_takes_the_options(tmp_path: Path, tls: Tls) -> None:
     from stocksync.agents.topics import BrokerUnavailable, ensure_topics
-    from stocksync.daemon.operate_io import kafka_options
+    from stocksync.ops.access import kafka_options
 
     settings = sasl_ssl(tmp_path, tls)
     assert kafka_options(settings)["sasl_plain_password"] == KAFKA_SECRET

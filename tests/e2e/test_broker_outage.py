@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from stocksync.daemon.services import TansuBroker
-from tests.e2e.harness import Cluster, WorkerProcess, realistic_stream
+from tests.e2e.events import realistic_stream
+from tests.e2e.harness import Cluster
+from tests.e2e.processes import WorkerProcess
 from tests.e2e.test_topic_reset import later_events
 
 __all__: list[str] = []

@@ -30,14 +30,9 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stocksync.daemon.services import free_port
-from tests.e2e.harness import (
-    Channel,
-    Cluster,
-    WorkerProcess,
-    _LoopThread,
-    realistic_stream,
-    single,
-)
+from tests.e2e.events import Channel, realistic_stream, single
+from tests.e2e.harness import Cluster, _LoopThread
+from tests.e2e.processes import WorkerProcess
 
 __all__: list[str] = []
 

@@ -14,7 +14,8 @@ import pytest
 from stocksync.config.settings import ApiSettings, ChannelSettings, NodeSettings, Settings
 from stocksync.daemon.services import free_port
 from tests.api.helpers import ApiProcess
-from tests.e2e.harness import NODE_SAFETY, Cluster, single
+from tests.e2e.events import NODE_SAFETY, single
+from tests.e2e.harness import Cluster
 
 __all__: list[str] = []
 

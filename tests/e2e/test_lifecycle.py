@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from stocksync.daemon.services import TansuBroker, free_port
-from tests.e2e.harness import Cluster, WorkerProcess, realistic_stream
+from tests.e2e.events import realistic_stream
+from tests.e2e.harness import Cluster
+from tests.e2e.processes import WorkerProcess
 
 __all__: list[str] = []
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from stocksync.daemon.services import RedisServer
-from tests.e2e.harness import ApiReplica, Cluster, realistic_stream
+from tests.e2e.events import realistic_stream
+from tests.e2e.harness import Cluster
+from tests.e2e.processes import ApiReplica
 
 __all__: list[str] = []
 

@@ -20,7 +20,8 @@ from collections.abc import Callable
 import pytest
 
 from stocksync.codecs.messages import Reason, decode_message
-from tests.e2e.harness import Cluster, Msg, Wire, bad, bulk, single
+from tests.e2e.events import Msg, Wire, bad, bulk, single
+from tests.e2e.harness import Cluster
 
 __all__: list[str] = []
 

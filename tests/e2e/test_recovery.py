@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import Cluster, realistic_stream, redis_options
+from tests.e2e.events import realistic_stream
+from tests.e2e.harness import Cluster, redis_options
 
 __all__: list[str] = []
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import pytest
 
 from stocksync.codecs.messages import Reason
-from tests.e2e.harness import Cluster, Msg, Wire, bad, bulk, redis_options, single
+from tests.e2e.events import Msg, Wire, bad, bulk, single
+from tests.e2e.harness import Cluster, redis_options
 from tests.readmodel.oracle import ChannelFigures, NodeFigures
 
 __all__: list[str] = []

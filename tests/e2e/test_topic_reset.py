@@ -14,7 +14,8 @@ import pytest
 from stocksync.agents.topics import ensure_topics
 from stocksync.config.settings import Settings
 from stocksync.daemon.services import TansuBroker
-from tests.e2e.harness import NODES, T0, Cluster, Msg, Wire, realistic_stream, single
+from tests.e2e.events import NODES, T0, Msg, Wire, realistic_stream, single
+from tests.e2e.harness import Cluster
 
 __all__: list[str] = []
 

@@ -1,7 +1,10 @@
-"""One running ``stocksync dev --no-demo`` for the operator tools' end-to-end tests.
+"""Fixtures of the operator tools' tests.
 
-The probe and the rehearsal find it the way an operator's shell would: through
-its state file, with no broker, Redis or API settings of their own.
+- ``settings``: this test's topics on the session broker and its Redis database,
+  for the dlq, rebuild, reconcile and produce commands.
+- ``dev_stack`` (package): one running ``stocksync dev --no-demo``. The probe and
+  the rehearsal find it the way an operator's shell would: through its state
+  file, with no broker, Redis or API settings of their own.
 """
 
 from __future__ import annotations
@@ -20,9 +23,26 @@ from pathlib import Path
 
 import pytest
 
-from stocksync.daemon.services import free_port
+from stocksync.agents.topics import ensure_topics
+from stocksync.config.settings import Settings
+from stocksync.daemon.services import TansuBroker, free_port
+from tests.ops.helpers import run
 
-__all__ = ["DevStack", "dev_stack"]
+__all__ = ["DevStack", "dev_stack", "settings"]
+
+
+@pytest.fixture
+def settings(broker: TansuBroker, redis_url: str, topic_prefix: str) -> Settings:
+    """Settings on the session broker, this test's topics (created, 2 partitions) and database."""
+    made = Settings(
+        broker=broker.url,
+        redis_url=redis_url,
+        topic_prefix=topic_prefix,
+        partitions=2,
+        redis_namespace="ops",
+    )
+    run(ensure_topics(broker.url, made))
+    return made
 
 
 def _ready(url: str) -> bool:

@@ -34,6 +34,7 @@ from stocksync.readmodel.core import (
     topology_of,
     translate,
 )
+from tests.readmodel.memory_worker import NOW_MS, WINDOW_MS, Pipeline, build_model
 from tests.readmodel.oracle import (
     APPLIED,
     DUPLICATE,
@@ -42,7 +43,6 @@ from tests.readmodel.oracle import (
     NodeFigures,
     expected_model,
 )
-from tests.readmodel.pipeline import NOW_MS, WINDOW_MS, Pipeline, build_model
 from tests.readmodel.scenarios import (
     PLUS_TWO,
     adjusted,

@@ -29,8 +29,8 @@ from stocksync.codecs.state import (
     state_encoder,
 )
 from stocksync.readmodel.core import SourceRef, Topology, apply_effects, copy_position, project
+from tests.readmodel.memory_worker import NOW_MS, WINDOW_MS, Pipeline, build_model, pack
 from tests.readmodel.oracle import APPLIED, DUPLICATE, Model, expected_model, key_group
-from tests.readmodel.pipeline import NOW_MS, WINDOW_MS, Pipeline, build_model, pack
 from tests.readmodel.scenarios import (
     NODES,
     POISONS,

@@ -1,7 +1,7 @@
 """Operator commands: ``dlq list``, ``dlq replay``, ``rebuild`` and ``reconcile``.
 
 The CLI calls one function here per command with the settings and the parsed
-arguments; each runs its coroutine from ``operate_*`` modules and returns the
+arguments; each runs its coroutine from the modules beside it and returns the
 exit status: 0 done, 1 failed or refused. Reports go to stdout, progress and
 problems to stderr, audit lines to the ``stocksync.audit`` logger.
 """
@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from typing import Any, Final
 
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import OperateError
+from stocksync.ops.access import OperateError
 
 __all__ = ["dlq_list", "dlq_replay", "operator_name", "rebuild", "reconcile"]
 
@@ -51,7 +51,7 @@ def _run(command: str, work: Coroutine[Any, Any, int]) -> int:
 
 def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
     """``stocksync dlq list [--reason R] [--limit N]``."""
-    from stocksync.daemon.operate_dlq import list_letters
+    from stocksync.ops.dlq import list_letters
 
     async def work() -> int:
         await list_letters(settings, sys.stdout, reason=args.reason, limit=args.limit)
@@ -62,7 +62,7 @@ def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     """``stocksync dlq replay [--reason R] [--since T] [--dry-run] [--limit N]``."""
-    from stocksync.daemon.operate_dlq import replay_letters
+    from stocksync.ops.dlq import replay_letters
 
     async def work() -> int:
         await replay_letters(
@@ -81,7 +81,7 @@ def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 def reconcile(settings: Settings, args: argparse.Namespace) -> int:
     """``stocksync reconcile FILE [--apply] [--export CSV] [--metrics-file PATH]``."""
-    from stocksync.daemon.operate_reconcile import reconcile as compare_and_apply
+    from stocksync.ops.reconcile import reconcile as compare_and_apply
 
     return _run(
         "reconcile",
@@ -101,8 +101,8 @@ def reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 def rebuild(settings: Settings, args: argparse.Namespace) -> int:
     """``stocksync rebuild [--yes] [--force]``."""
-    from stocksync.daemon.operate_rebuild import ask
-    from stocksync.daemon.operate_rebuild import rebuild as rebuild_model
+    from stocksync.ops.rebuild import ask
+    from stocksync.ops.rebuild import rebuild as rebuild_model
 
     async def work() -> int:
         await rebuild_model(

@@ -14,20 +14,20 @@ import msgspec
 import pytest
 import redis
 
-from stocksync.agents.pipeline import Applier, SourceMessage, Translator
+from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.messages import decode_message
 from stocksync.codecs.state import OrderState, Position, position_decoder
 from stocksync.config.settings import NodeSettings, Settings, WorkerSettings
 from stocksync.daemon import operate
-from stocksync.daemon.operate_io import open_store
-from stocksync.daemon.operate_rebuild import _Progress, active_workers
+from stocksync.ops.access import open_store
+from stocksync.ops.rebuild import _Progress, active_workers
 from stocksync.readmodel import core
 from stocksync.store import Write
 from stocksync.store.generation import GENERATION_PATTERN
 from stocksync.store.layout import Keys
 from stocksync.store.served import decode_detail, decode_served, served_bytes
-from tests.operate.helpers import produce, run
+from tests.ops.helpers import produce, run
 
 NOW_MS = 1_795_770_000_000
 WINDOW_MS = 86_400_000

@@ -676,7 +676,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    return _run(args, "stocksync.daemon.produce", "run", args)
+    return _run(args, "stocksync.ops.produce", "run", args)
 
 
 def _ops(module: str) -> Handler:
@@ -689,10 +689,10 @@ def _ops(module: str) -> Handler:
 
 
 def _operation(function: str) -> Handler:
-    """A handler calling ``stocksync.daemon.operate.<function>(settings, args)``."""
+    """A handler calling ``stocksync.ops.commands.<function>(settings, args)``."""
 
     def handler(args: argparse.Namespace) -> int:
-        return _run(args, "stocksync.daemon.operate", function, args)
+        return _run(args, "stocksync.ops.commands", function, args)
 
     return handler
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from stocksync.agents.pipeline import header_text
+from stocksync.agents.stages import header_text
 from stocksync.agents.topics import bootstrap_servers
 from stocksync.config.connections import kafka_client_options, redis_client_options
 from stocksync.config.settings import Settings

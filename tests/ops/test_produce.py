@@ -13,9 +13,9 @@ import msgspec
 import pytest
 
 from stocksync.config.settings import Settings
-from stocksync.daemon.produce import Summary, plan_line
 from stocksync.daemon.services import TansuBroker
-from tests.operate.helpers import read_all
+from stocksync.ops.produce import Summary, plan_line
+from tests.ops.helpers import read_all
 
 TOPICS = {"stock": "p.stock.v1", "orders": "p.orders.v1", "returns": "p.returns.v1"}
 

@@ -33,7 +33,7 @@ from stocksync.agents.topics import topic_names
 from stocksync.codecs.events import Identifier, Instant, instant_of_datetime
 from stocksync.codecs.state import Position
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import (
+from stocksync.ops.access import (
     OperateError,
     Refused,
     audit,

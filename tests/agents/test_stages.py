@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import msgspec
 
 from stocksync.agents.dlq import DeadLetterOut
-from stocksync.agents.pipeline import Applier, SourceMessage, Translator
+from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.codecs.dlq import dead_letter_decoder
 from stocksync.codecs.effects import batch_decoder
 from stocksync.readmodel import core

@@ -37,7 +37,7 @@ from stocksync.agents.topics import TopicSetupError, ensure_topics, topic_names
 from stocksync.codecs.events import Event, OrderEvent, ReturnEvent, StockEvent
 from stocksync.codecs.messages import decode_message
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import OperateError, open_producer
+from stocksync.ops.access import OperateError, open_producer
 from stocksync.readmodel import core
 
 __all__ = ["PROGRESS_EVERY", "Outgoing", "Summary", "plan_line", "produce", "run"]

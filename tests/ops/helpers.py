@@ -9,7 +9,7 @@ from typing import TypeVar
 from aiokafka import AIOKafkaProducer
 
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import Record, read_topics
+from stocksync.ops.access import Record, read_topics
 
 __all__ = ["produce", "read_all", "run"]
 

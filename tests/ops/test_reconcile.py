@@ -14,14 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from stocksync.agents.dlq import DeadLetterOut
-from stocksync.agents.pipeline import Applier, SourceMessage, Translator
+from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.events import Instant, instant_of_datetime
 from stocksync.codecs.state import NodePosition, Position
 from stocksync.config.settings import Settings
 from stocksync.daemon import operate
-from stocksync.daemon.operate_io import Record
-from stocksync.daemon.operate_reconcile import (
+from stocksync.ops.access import Record
+from stocksync.ops.reconcile import (
     BULK_EVENTS,
     compare,
     parse_counts,
@@ -30,7 +30,7 @@ from stocksync.daemon.operate_reconcile import (
 from stocksync.readmodel import core
 from stocksync.store import RedisStore, Write
 from stocksync.store.layout import Keys
-from tests.operate.helpers import read_all, run
+from tests.ops.helpers import read_all, run
 
 DAY_MS = 86_400_000
 

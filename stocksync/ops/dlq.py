@@ -26,7 +26,7 @@ from stocksync.agents.topics import topic_names
 from stocksync.codecs.dlq import DeadLetter, dead_letter_decoder
 from stocksync.codecs.events import Event
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import OperateError, audit, open_producer, read_topics
+from stocksync.ops.access import OperateError, audit, open_producer, read_topics
 from stocksync.readmodel import core
 
 __all__ = ["Letter", "Replay", "format_letter", "list_letters", "read_letters", "replay_letters"]

@@ -10,15 +10,15 @@ import msgspec
 import pytest
 
 from stocksync.agents.dlq import dead_letter
-from stocksync.agents.pipeline import Applier, SourceMessage, Translator
+from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.config.settings import Settings
 from stocksync.daemon import operate
-from stocksync.daemon.operate_io import Record
 from stocksync.daemon.services import TansuBroker
+from stocksync.ops.access import Record
 from stocksync.readmodel import core
 from stocksync.store import MemoryStore
-from tests.operate.helpers import produce, read_all, run
+from tests.ops.helpers import produce, read_all, run
 
 NOW_MS = int(datetime(2026, 11, 27, 9, 0, tzinfo=UTC).timestamp() * 1000)
 DAY_MS = 86_400_000

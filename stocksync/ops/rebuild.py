@@ -8,8 +8,8 @@ The model is rebuilt beside the live one and replaces it in one step:
    not by the broker's group membership, which outlives a stopped worker;
 2. read the stock, orders and returns topics from their earliest offsets up
    to their end (a plain consumer, no group), and run the worker's own
-   :class:`~stocksync.agents.pipeline.Translator` and
-   :class:`~stocksync.agents.pipeline.Applier` over a
+   :class:`~stocksync.agents.stages.Translator` and
+   :class:`~stocksync.agents.stages.Applier` over a
    :class:`~stocksync.store.MemoryStore`, the translators handing effects
    straight to the applier. Each batch runs at the produce time of its
    messages, so de-duplication windows and ``updated_at`` are those of the
@@ -51,11 +51,11 @@ from aiokafka.errors import KafkaError
 
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.incarnations import IncarnationSource, StoredIncarnations
-from stocksync.agents.pipeline import Applier, SourceMessage, Translator
+from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.state import OrderState
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import (
+from stocksync.ops.access import (
     OperateError,
     Refused,
     audit,

@@ -363,7 +363,7 @@ def calls(
     server.run = recorder("api")  # type: ignore[attr-defined]
     dev = types.ModuleType("stocksync.daemon.dev")
     dev.run = recorder("dev")  # type: ignore[attr-defined]
-    operate = types.ModuleType("stocksync.daemon.operate")
+    operate = types.ModuleType("stocksync.ops.commands")
     for function in ["dlq_list", "dlq_replay", "rebuild", "reconcile"]:
         setattr(operate, function, recorder(function))
     for module in [worker, server, dev, operate]:
@@ -500,8 +500,8 @@ def test_reconcile_needs_file(calls: list[Any]) -> None:
         (["worker"], "stocksync.daemon.worker"),
         (["api"], "stocksync.api.server"),
         (["dev"], "stocksync.daemon.dev"),
-        (["dlq", "list"], "stocksync.daemon.operate"),
-        (["rebuild"], "stocksync.daemon.operate"),
+        (["dlq", "list"], "stocksync.ops.commands"),
+        (["rebuild"], "stocksync.ops.commands"),
     ],
 )
 def test_missing_module_is_a_broken_install(
@@ -521,10 +521,10 @@ def test_missing_module_is_a_broken_install(
 def test_module_without_the_function_is_a_broken_install(
     calls: list[Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "stocksync.daemon.operate", types.ModuleType("operate"))
+    monkeypatch.setitem(sys.modules, "stocksync.ops.commands", types.ModuleType("operate"))
     assert cli.main(["reconcile", "f.csv"]) == 1
     err = capsys.readouterr().err
-    assert "stocksync reconcile: cannot load stocksync.daemon.operate.reconcile" in err
+    assert "stocksync reconcile: cannot load stocksync.ops.commands.reconcile" in err
 
 
 def test_broken_dependency_is_reported_not_hidden(
@@ -575,7 +575,7 @@ def test_dlq_reason_must_be_a_known_one(tmp_path: Path) -> None:
 def test_audit_names_the_login_without_user(monkeypatch: pytest.MonkeyPatch) -> None:
     import pwd
 
-    from stocksync.daemon.operate import operator_name
+    from stocksync.ops.commands import operator_name
 
     monkeypatch.delenv("USER", raising=False)
     assert operator_name() == pwd.getpwuid(os.getuid()).pw_name

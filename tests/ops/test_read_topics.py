@@ -9,8 +9,8 @@ from aiokafka import AIOKafkaProducer
 
 from stocksync.agents.topics import topic_names
 from stocksync.config.settings import Settings
-from stocksync.daemon.operate_io import Record, read_topics
-from tests.operate.helpers import produce, run
+from stocksync.ops.access import Record, read_topics
+from tests.ops.helpers import produce, run
 
 
 def test_a_busy_topic_is_read_past_what_it_held_and_no_further(settings: Settings) -> None:

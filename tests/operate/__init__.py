@@ -1,1 +1,0 @@
-"""Tests of the operator commands against a real broker and redis-server."""
