@@ -20,10 +20,10 @@ import jsonschema_rs
 import msgspec
 import pytest
 
+from stocksync.cli import main as cli
 from stocksync.codecs.events import Event
 from stocksync.config import Settings
 from stocksync.config.devsetup import STATE_ENV as DEV_STATE
-from stocksync.daemon import cli
 
 SUBCOMMANDS = [
     ["check-config"],

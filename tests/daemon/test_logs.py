@@ -107,7 +107,7 @@ def test_log_format_option(option: str | None, json_lines: bool) -> None:
     if option:
         args.insert(3, option)
     code = (
-        "import logging, sys; from stocksync.daemon import cli;"
+        "import logging, sys; from stocksync.cli import main as cli;"
         f"sys.argv = {args[2:]!r};"
         "args = cli.build_parser().parse_args(sys.argv[1:]);"
         "cli.setup_logging(args.log_level, args.log_format);"

@@ -13,8 +13,8 @@ from stocksync.agents.dlq import dead_letter
 from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.config.settings import Settings
-from stocksync.daemon import operate
 from stocksync.daemon.services import TansuBroker
+from stocksync.ops import commands
 from stocksync.ops.access import Record
 from stocksync.readmodel import core
 from stocksync.store import MemoryStore
@@ -88,7 +88,7 @@ def ns(**fields: object) -> argparse.Namespace:
 def test_list_prints_one_line_per_record(
     planted: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert operate.dlq_list(planted, ns()) == 0
+    assert commands.dlq_list(planted, ns()) == 0
     lines = capsys.readouterr().out.splitlines()
     names = topic_names(planted)
     assert lines[0] == (
@@ -104,7 +104,7 @@ def test_list_prints_one_line_per_record(
 def test_list_filters_by_reason_and_limits(
     planted: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert operate.dlq_list(planted, ns(reason="unknown_order", limit=1)) == 0
+    assert commands.dlq_list(planted, ns(reason="unknown_order", limit=1)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert "someone.elses.topic" in lines[0]  # the newest one
@@ -115,12 +115,12 @@ def test_list_without_a_dlq_topic(
     broker: TansuBroker, redis_url: str, topic_prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = Settings(broker=broker.url, redis_url=redis_url, topic_prefix=topic_prefix)
-    assert operate.dlq_list(settings, ns()) == 0
+    assert commands.dlq_list(settings, ns()) == 0
     assert capsys.readouterr().out == "0 dead-lettered event(s)\n"
 
 
 def test_dry_run_sends_nothing(planted: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    assert operate.dlq_replay(planted, ns(dry_run=True)) == 0
+    assert commands.dlq_replay(planted, ns(dry_run=True)) == 0
     out = capsys.readouterr().out
     names = topic_names(planted)
     assert "would send 3 of 4 matching dead-lettered event(s)" in out
@@ -134,7 +134,7 @@ def test_replay_sends_original_bytes_and_keys(
 ) -> None:
     names = topic_names(planted)
     caplog.set_level(logging.INFO, logger="stocksync.audit")
-    assert operate.dlq_replay(planted, ns()) == 0
+    assert commands.dlq_replay(planted, ns()) == 0
     out = capsys.readouterr().out
     assert "[3/3] sent" in out
 
@@ -166,10 +166,10 @@ def test_replay_filters_by_reason_since_and_limit(
 ) -> None:
     names = topic_names(planted)
     since = datetime(2026, 11, 27, 9, 0, 1, tzinfo=UTC)
-    assert operate.dlq_replay(planted, ns(since=since, limit=1)) == 0
+    assert commands.dlq_replay(planted, ns(since=since, limit=1)) == 0
     (only,) = read_all(planted, names.sources)
     assert (only.topic, only.key) == (names.stock, b"erp-export-17")
-    assert operate.dlq_replay(planted, ns(reason="malformed_json")) == 0
+    assert commands.dlq_replay(planted, ns(reason="malformed_json")) == 0
     assert len(read_all(planted, names.sources)) == 2
 
 
@@ -178,7 +178,7 @@ def test_a_rejected_order_event_is_rekeyed_to_its_order(
 ) -> None:
     names = topic_names(settings)
     produce(settings, [letter(settings, reason="key_mismatch", key=b"other-order", index=0)])
-    assert operate.dlq_replay(settings, ns()) == 0
+    assert commands.dlq_replay(settings, ns()) == 0
     assert "[key b'other-order' -> '9912' (the event's own id)]" in capsys.readouterr().out
     (sent,) = read_all(settings, [names.orders])
     assert sent.key == b"9912"
@@ -187,8 +187,8 @@ def test_a_rejected_order_event_is_rekeyed_to_its_order(
 def test_replaying_twice_applies_once(planted: Settings) -> None:
     """What makes replay safe: a replayed event that applied once is skipped the second time."""
     names = topic_names(planted)
-    assert operate.dlq_replay(planted, ns(reason="invalid_field")) == 0
-    assert operate.dlq_replay(planted, ns(reason="invalid_field")) == 0
+    assert commands.dlq_replay(planted, ns(reason="invalid_field")) == 0
+    assert commands.dlq_replay(planted, ns(reason="invalid_field")) == 0
     replayed = read_all(planted, [names.stock])
     assert len(replayed) == 2
     store = run(MemoryStore.fresh(core.Topology(channels=())))
@@ -229,10 +229,10 @@ def test_a_truncated_record_is_not_replayed_and_says_why(
                partition=0, offset=9, key=b"SKU-1", raw=huge),
         letter(settings),
     ])
-    assert operate.dlq_list(settings, ns()) == 0
+    assert commands.dlq_list(settings, ns()) == 0
     listed = capsys.readouterr().out
     assert "[truncated: 1200000 bytes, sha256 " in listed
-    assert operate.dlq_replay(settings, ns()) == 0
+    assert commands.dlq_replay(settings, ns()) == 0
     out = capsys.readouterr().out
     assert "skip  " in out and f"{names.stock}[0]@9" in out
     assert "cannot be replayed whole" in out and f"take the original from {names.stock}[0]@9" in out

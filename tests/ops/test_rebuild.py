@@ -19,7 +19,7 @@ from stocksync.agents.topics import topic_names
 from stocksync.codecs.messages import decode_message
 from stocksync.codecs.state import OrderState, Position, position_decoder
 from stocksync.config.settings import NodeSettings, Settings, WorkerSettings
-from stocksync.daemon import operate
+from stocksync.ops import commands
 from stocksync.ops.access import open_store
 from stocksync.ops.rebuild import _Progress, active_workers
 from stocksync.readmodel import core
@@ -210,7 +210,7 @@ def test_rebuild_equals_the_core_and_switches_the_pointer(
         client.hset("ops:sku:{OLD}", mapping={"v": 1, "pos": b"", "srv": b""})
         caplog.set_level(logging.INFO, logger="stocksync.audit")
 
-        assert operate.rebuild(settings, args()) == 0
+        assert commands.rebuild(settings, args()) == 0
 
         captured = capsys.readouterr()
         pointer = get(client, "ops:generation")
@@ -248,7 +248,7 @@ def test_rebuild_equals_the_core_and_switches_the_pointer(
         assert (line.what, line.count) == ("rebuild", len(expected))  # type: ignore[attr-defined]
 
         # A second rebuild switches again and marks the first generation's stream.
-        assert operate.rebuild(settings, args()) == 0
+        assert commands.rebuild(settings, args()) == 0
         second = get(client, "ops:generation")
         assert second is not None and second != pointer
         marker = last_entry(client, f"{namespace}:changes")
@@ -291,10 +291,10 @@ def test_rebuild_refuses_while_a_worker_keeps_a_heartbeat(
 
     why = run(beat())
     assert why is not None and "host:42:abc" in why
-    assert operate.rebuild(settings, args()) == 1
+    assert commands.rebuild(settings, args()) == 1
     err = capsys.readouterr().err
     assert "Stop every `stocksync worker` first" in err
-    assert operate.rebuild(settings, args(force=True)) == 0
+    assert commands.rebuild(settings, args(force=True)) == 0
     assert "going on despite --force" in capsys.readouterr().err
 
 
@@ -313,14 +313,14 @@ def test_a_stopped_worker_does_not_block_a_rebuild(
             await store.close()
 
     run(beat_then_stop())
-    assert operate.rebuild(settings, args()) == 0
+    assert commands.rebuild(settings, args()) == 0
 
 
 def test_rebuild_refuses_when_the_topics_hold_far_less_than_the_model(
     filled: tuple[Settings, list[tuple[str, str, bytes]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings, _ = filled
-    assert operate.rebuild(settings, args()) == 0
+    assert commands.rebuild(settings, args()) == 0
     capsys.readouterr()
 
     async def grow() -> int:
@@ -339,12 +339,12 @@ def test_rebuild_refuses_when_the_topics_hold_far_less_than_the_model(
     client = redis.Redis.from_url(settings.redis_url)
     try:
         before = get(client, "ops:generation")
-        assert operate.rebuild(settings, args()) == 1
+        assert commands.rebuild(settings, args()) == 1
         err = capsys.readouterr().err
         assert f"but the live model under 'ops:{before.decode()}' has {live:,}" in err  # type: ignore[union-attr]
         assert "Nothing changed; --force rebuilds anyway" in err
         assert get(client, "ops:generation") == before
-        assert operate.rebuild(settings, args(force=True)) == 0
+        assert commands.rebuild(settings, args(force=True)) == 0
         assert "going on despite --force: the topics hold" in capsys.readouterr().err
         assert get(client, "ops:generation") != before
     finally:
@@ -369,7 +369,7 @@ def test_the_worker_goes_on_from_a_rebuilt_model(
 ) -> None:
     """The translators and the applier read and write what the rebuild wrote."""
     settings, sent = filled
-    assert operate.rebuild(settings, args()) == 0
+    assert commands.rebuild(settings, args()) == 0
     topology = core.topology_of(settings)
     names = topic_names(settings)
     after = [
@@ -420,7 +420,7 @@ def test_the_worker_goes_on_from_a_rebuilt_model(
 
 
 def test_rebuild_asks_first(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    assert operate.rebuild(settings, args(yes=False)) == 1
+    assert commands.rebuild(settings, args(yes=False)) == 1
     assert "not confirmed; nothing changed" in capsys.readouterr().err
     client = redis.Redis.from_url(settings.redis_url)
     try:
@@ -443,7 +443,7 @@ def test_rebuild_keys_watermarks_by_the_live_topics_incarnations(
             Keys("ops").incarnations(),
             mapping={f"{names.stock}/{p}": "1 0 0" for p in range(settings.partitions)},
         )
-        assert operate.rebuild(settings, args()) == 0
+        assert commands.rebuild(settings, args()) == 0
         pointer = get(client, "ops:generation")
         assert pointer is not None
         model = stored(client, f"ops:{pointer.decode()}")

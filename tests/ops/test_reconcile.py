@@ -19,7 +19,7 @@ from stocksync.agents.topics import topic_names
 from stocksync.codecs.events import Instant, instant_of_datetime
 from stocksync.codecs.state import NodePosition, Position
 from stocksync.config.settings import Settings
-from stocksync.daemon import operate
+from stocksync.ops import commands
 from stocksync.ops.access import Record
 from stocksync.ops.reconcile import (
     BULK_EVENTS,
@@ -101,7 +101,7 @@ def test_report_finds_the_planted_drift(
     plant(settings, MODEL)
     export = tmp_path / "diff.csv"
     metrics = tmp_path / "reconcile.prom"
-    assert operate.reconcile(
+    assert commands.reconcile(
         settings, ns(counts, export=str(export), metrics_file=str(metrics))
     ) == 0
     out = capsys.readouterr().out
@@ -145,7 +145,7 @@ def test_bad_rows_are_reported_by_line_and_block_apply(
         "dc-east,A,2026-11-27T10:00:00Z,6,twice\n"
         "dc-east,bad sku,2026-11-27T10:00:00Z,1,space\n"
     )
-    assert operate.reconcile(settings, ns(path, apply=True)) == 1
+    assert commands.reconcile(settings, ns(path, apply=True)) == 1
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     assert err[0] == (
@@ -168,7 +168,7 @@ def test_a_file_without_the_columns_is_refused(
 ) -> None:
     path = tmp_path / "wrong.csv"
     path.write_text("item,qty\nA,1\n")
-    assert operate.reconcile(settings, ns(path)) == 1
+    assert commands.reconcile(settings, ns(path)) == 1
     assert "lacks sku, node, on_hand, as_of" in capsys.readouterr().err
 
 
@@ -203,7 +203,7 @@ def test_apply_publishes_snapshots_that_make_the_model_converge(
 ) -> None:
     plant(settings, MODEL)
     caplog.set_level(logging.INFO, logger="stocksync.audit")
-    assert operate.reconcile(settings, ns(counts, apply=True)) == 0
+    assert commands.reconcile(settings, ns(counts, apply=True)) == 0
     out = capsys.readouterr().out
     assert "published 3 stock.snapshot event(s) in 1 message(s)" in out
     (audit,) = [r for r in caplog.records if r.name == "stocksync.audit"]
@@ -220,7 +220,7 @@ def test_apply_publishes_snapshots_that_make_the_model_converge(
 
     # The worker's stages apply them to the same Redis; a second run finds no drift.
     apply_stock_messages(settings, [message_of(message)])
-    assert operate.reconcile(settings, ns(counts)) == 0
+    assert commands.reconcile(settings, ns(counts)) == 0
     assert "compared 5 row(s): 0 differ, total absolute drift 0 unit(s)" in capsys.readouterr().out
 
 
@@ -264,7 +264,7 @@ def test_an_empty_key_space_is_a_warning_and_exit_1_not_a_report_of_everything_m
     path = tmp_path / "count.csv"
     path.write_text("sku,node,on_hand,as_of\nA,dc-east,5,2026-11-27T10:00:00Z\n")
     for apply in (False, True):
-        assert operate.reconcile(settings, ns(path, apply=apply)) == 1
+        assert commands.reconcile(settings, ns(path, apply=apply)) == 1
         err = capsys.readouterr().err
         assert "warning: the read model holds no SKU at all" in err
         assert f"keys {settings.redis_namespace}:*" in err
@@ -273,5 +273,5 @@ def test_an_empty_key_space_is_a_warning_and_exit_1_not_a_report_of_everything_m
 
     # One SKU anywhere in the key space, even one the file does not name: a real comparison.
     plant(settings, [Position(sku="OTHER", nodes={})])
-    assert operate.reconcile(settings, ns(path)) == 0
+    assert commands.reconcile(settings, ns(path)) == 0
     assert "no SKU at all" not in capsys.readouterr().err
