@@ -4,16 +4,23 @@ Every scenario runs in the same run, on the same seeded Redis, each server fresh
 
 - ``hold``: ``POST /v1/holds`` (one unit of a random SKU, partial) through
   ``stocksync api --processes 2``;
-- ``evalsha``: a bare aiohttp handler doing one Redis ``EVALSHA`` per request
-  (sent as the hold store sends its one call: packed by hiredis, on kept
-  connections), in two processes on one port: the floor a hold cannot go below;
+- ``evalsha``: a bare aiohttp handler doing one Redis ``EVALSHA`` of a trivial
+  script (one ``HGET``) per request, sent as the hold store sends its one call,
+  in two processes on one port: the issue's floor;
+- ``bare_hold``: the same bare handler, but reading the POST body as the hold
+  benchmark sends it and running the hold's own script
+  (:data:`~stocksync.store.scripts.CREATE_HOLD`) on the same keys and
+  arguments: the floor of a hold, so the ratio measures what the API adds to
+  the one script call (validation, answer, following its own change stream);
 - ``get`` and ``get_held``: ``GET /v1/availability/{sku}`` over SKUS_GET SKUs
   through ``api --processes 2``, without holds and with 1,000 active holds on
   exactly those SKUs (every answer is one less its holds).
 
-Each at 32 and 64 connections. Reported: requests/s, p50/p99, and the ratios the
-issue sets targets for. Nothing is pinned: two API processes, wrk and Redis
-share the machine's two cores, as a small deployment would.
+Each at 32 and 64 connections. Reported: requests/s, p50/p99, the CPU time per
+request of the server processes, of Redis and of the load generator (wrk, in C,
+on CPU 0), and the ratios the issue sets targets for. Nothing else is pinned:
+two server processes, wrk and Redis share the machine's two cores, as a small
+deployment would.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -50,6 +58,7 @@ SKUS_GET: Final = 1000
 _TARGETS: Final = {
     "hold_p99_ms_at_64": 10.0,
     "hold_over_evalsha_at_64": 0.8,
+    "hold_over_bare_hold_at_64": 0.8,
     "get_held_over_get_at_64": 0.9,
 }
 _BARE_BODY: Final = b'{"sku":"SKU-0000001","channel":"web","available":118,"held":0}'
@@ -75,15 +84,26 @@ def _serve_api(settings_json: str) -> None:
     sys.exit(run(msgspec.json.decode(settings_json, type=Settings), processes=2))
 
 
-def _serve_bare(port: int, redis_url: str) -> None:
-    """Two processes on one port, each: aiohttp on uvloop, one EVALSHA per request."""
+def _serve_bare(port: int, redis_url: str, mode: str) -> None:
+    """Two processes on one port, each: aiohttp on uvloop, one EVALSHA per request.
+
+    ``mode`` ``evalsha``: a trivial script; ``hold``: the POST body decoded and the
+    hold's own script run with the arguments the hold store would pass.
+    """
     import hiredis
+    import msgspec
     import redis.asyncio as aioredis
     import uvloop
     from aiohttp import web
 
-    script = "return redis.call('HGET', KEYS[1], 'v')"
+    from stocksync.readmodel.holds import fingerprint
+    from stocksync.store import scripts
+    from stocksync.store.layout import Keys
+
+    script = scripts.CREATE_HOLD if mode == "hold" else "return redis.call('HGET', KEYS[1], 'v')"
     key = f"{NAMESPACE}:sku:{{{sku_name(1)}}}"
+    keys = Keys(NAMESPACE)
+    decode = msgspec.json.Decoder().decode
     children = []
     for _ in range(2):
         pid = os.fork()
@@ -102,29 +122,82 @@ def _serve_bare(port: int, redis_url: str) -> None:
         app["client"] = client
         app["idle"] = []
         app["slots"] = asyncio.Semaphore(32)
+        try:
+            from stocksync.store.multiplex import Multiplexed
+        except ImportError:  # a tree from before the hold store pipelined its calls
+            app["pipe"] = None
+        else:
+            app["pipe"] = Multiplexed(client, 5.0)
         yield
+        if app["pipe"] is not None:
+            await app["pipe"].close()
         for connection in app["idle"]:
             await connection.disconnect()
         await client.aclose()
 
-    async def handle(request: web.Request) -> web.Response:
-        # One EVALSHA the way the hold store sends it: packed by hiredis, on a kept
-        # connection behind a semaphore, so the baseline is as cheap as a hold's call.
-        app = request.app
-        packed = hiredis.pack_command(("EVALSHA", app["sha"], 1, key))
+    async def call(app: web.Application, packed: bytes) -> Any:
+        # One EVALSHA the way the hold store sends its calls, so the baseline pays what
+        # a hold's call pays: on the store's pipelined connection where it has one,
+        # else packed by hiredis on kept connections behind a semaphore.
+        pipe = app["pipe"]
+        if pipe is not None:
+            return await pipe.call(packed)
         async with app["slots"]:
             idle = app["idle"]
             connection = idle.pop() if idle else app["client"].connection_pool.make_connection()
             await connection.send_packed_command(packed)
-            await connection.read_response()
+            reply = await connection.read_response()
             idle.append(connection)
-        return web.Response(body=_BARE_BODY, content_type="application/json")
+            return reply
+
+    async def handle(request: web.Request) -> web.Response:
+        if mode == "evalsha":
+            await call(request.app, hiredis.pack_command(("EVALSHA", request.app["sha"], 1, key)))
+            return web.Response(body=_BARE_BODY, content_type="application/json")
+        if request.method != "POST":  # the readiness probe
+            return web.Response(body=b"{}", content_type="application/json")
+        req = decode(await request.read())
+        hold_id, channel = req["hold_id"], req["channel"]
+        line = req["lines"][0]
+        sku, qty = line["sku"], line["qty"]
+        packed = hiredis.pack_command(
+            (
+                "EVALSHA",
+                request.app["sha"],
+                4,
+                keys.hold(hold_id),
+                keys.changes(),
+                keys.sku(sku),
+                keys.held(sku),
+                fingerprint(channel, [(sku, qty)]),
+                channel,
+                req["ttl_seconds"] * 1000,
+                1,
+                86_400_000,
+                1_000_000,
+                hold_id,
+                1,
+                sku,
+                qty,
+            )
+        )
+        reply = await call(request.app, packed)
+        return web.Response(
+            status=201,
+            body=b'{"hold_id":"%s","status":"%s"}' % (hold_id.encode(), reply[2]),
+            content_type="application/json",
+        )
 
     app = web.Application()
     app.cleanup_ctx.append(start)
     app.router.add_route("*", "/{tail:.*}", handle)
     web.run_app(
-        app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None,
+        app,
+        host="127.0.0.1",
+        port=port,
+        reuse_port=True,
+        access_log=None,
+        print=None,
         loop=uvloop.new_event_loop(),
     )
 
@@ -164,15 +237,28 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
+def _children_cpu() -> float:
+    """User + system CPU of the waited-for children so far: wrk's, as run_wrk waits for it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _hold_some(url: str, count: int) -> None:
     """``count`` active holds, one unit each of SKU 0 .. count-1."""
     for i in range(count):
-        body = json.dumps({
-            "hold_id": f"standing-{i}", "channel": "web", "ttl_seconds": 3600, "partial": True,
-            "lines": [{"sku": sku_name(i), "qty": 1}],
-        }).encode()
+        body = json.dumps(
+            {
+                "hold_id": f"standing-{i}",
+                "channel": "web",
+                "ttl_seconds": 3600,
+                "partial": True,
+                "lines": [{"sku": sku_name(i), "qty": 1}],
+            }
+        ).encode()
         req = urllib.request.Request(
-            url + "/v1/holds", data=body, method="POST",
+            url + "/v1/holds",
+            data=body,
+            method="POST",
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
@@ -188,8 +274,9 @@ def _measure(
     run: int,
 ) -> dict[str, dict[str, Any]]:
     port = free_port()
-    if scenario == "evalsha":
-        proc = _start(["serve-bare", str(port), redis_url], logs / "bare.log")
+    if scenario in ("evalsha", "bare_hold"):
+        mode = "hold" if scenario == "bare_hold" else "evalsha"
+        proc = _start(["serve-bare", str(port), redis_url, mode], logs / f"{scenario}.log")
         ready = "/healthz"
     else:
         proc = _start(["serve-api", _settings_json(port, redis_url)], logs / f"{scenario}.log")
@@ -202,22 +289,41 @@ def _measure(
         if scenario == "get_held":
             _hold_some(url, SKUS_GET)
             time.sleep(0.5)
-        script = LUA_DIR / ("hold.lua" if scenario == "hold" else "single.lua")
-        skus = args.skus if scenario == "hold" else SKUS_GET
+        posts = scenario in ("hold", "bare_hold")
+        script = LUA_DIR / ("hold.lua" if posts else "single.lua")
+        skus = args.skus if posts else SKUS_GET
         for connections in (32, 64):
             env = {"SKUS": str(skus), "RUN": f"{run}x{connections}"}
-            run_wrk(url, script=script, seconds=args.warmup, connections=connections,
-                    threads=1, cpu=0, env=env)
+            run_wrk(
+                url,
+                script=script,
+                seconds=args.warmup,
+                connections=connections,
+                threads=1,
+                cpu=0,
+                env=env,
+            )
             pids = _tree(proc.pid)
-            before = _cpu(pids), _cpu([redis_pid])
-            result = run_wrk(url, script=script, seconds=args.seconds, connections=connections,
-                             threads=1, cpu=0, env={**env, "RUN": f"{run}m{connections}"})
+            before = _cpu(pids), _cpu([redis_pid]), _children_cpu()
+            result = run_wrk(
+                url,
+                script=script,
+                seconds=args.seconds,
+                connections=connections,
+                threads=1,
+                cpu=0,
+                env={**env, "RUN": f"{run}m{connections}"},
+            )
             server, redis_cpu = _cpu(pids) - before[0], _cpu([redis_pid]) - before[1]
+            client = _children_cpu() - before[2]
             if result.non_2xx or result.socket_errors:
                 raise RuntimeError(f"{scenario}: {result}")
             figures[str(connections)] = result.as_dict() | {
                 "server_cpu_us_per_request": server / max(1, result.requests) * 1e6,
                 "redis_cpu_us_per_request": redis_cpu / max(1, result.requests) * 1e6,
+                "client_cpu_us_per_request": client / max(1, result.requests) * 1e6,
+                # Cores the load generator kept busy: near 1.0 would make it the bottleneck.
+                "client_cores": client / args.seconds,
             }
     finally:
         _stop(proc)
@@ -233,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
-    scenarios = ("evalsha", "hold", "get", "get_held")
+    scenarios = ("evalsha", "bare_hold", "hold", "get", "get_held")
     results: dict[str, Any] = {"scenarios": {}, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
@@ -265,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         / best["evalsha"]["64"]["requests_per_second"],
         "hold_over_evalsha_at_32": best["hold"]["32"]["requests_per_second"]
         / best["evalsha"]["32"]["requests_per_second"],
+        "hold_over_bare_hold_at_64": best["hold"]["64"]["requests_per_second"]
+        / best["bare_hold"]["64"]["requests_per_second"],
+        "hold_over_bare_hold_at_32": best["hold"]["32"]["requests_per_second"]
+        / best["bare_hold"]["32"]["requests_per_second"],
+        "hold_cpu_over_bare_hold_at_64": _cpu_per_request(best["hold"]["64"])
+        / _cpu_per_request(best["bare_hold"]["64"]),
         "get_held_over_get_at_64": best["get_held"]["64"]["requests_per_second"]
         / best["get"]["64"]["requests_per_second"],
         "get_held_over_get_at_32": best["get_held"]["32"]["requests_per_second"]
@@ -273,13 +385,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"\n{'scenario':12s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}"
-          f" {'API CPU us/req':>15s} {'Redis CPU us/req':>17s}")
+    print(
+        f"\n{'scenario':12s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}"
+        f" {'API CPU us/req':>15s} {'Redis CPU us/req':>17s} {'wrk CPU us/req':>15s}"
+    )
     for scenario, by_conns in best.items():
         for conns, f in by_conns.items():
-            print(f"{scenario:12s} {conns:>5s} {f['requests_per_second']:9.0f}"
-                  f" {f['p50_ms']:8.2f} {f['p99_ms']:8.2f}"
-                  f" {f['server_cpu_us_per_request']:15.1f} {f['redis_cpu_us_per_request']:17.1f}")
+            print(
+                f"{scenario:12s} {conns:>5s} {f['requests_per_second']:9.0f}"
+                f" {f['p50_ms']:8.2f} {f['p99_ms']:8.2f}"
+                f" {f['server_cpu_us_per_request']:15.1f} {f['redis_cpu_us_per_request']:17.1f}"
+                f" {f['client_cpu_us_per_request']:15.1f}"
+            )
     print()
     for key, value in results["summary"].items():
         target = _TARGETS.get(key)
@@ -287,8 +404,13 @@ def main(argv: list[str] | None = None) -> int:
         if target is not None:
             ok = value < target if key.endswith("_ms_at_64") else value >= target
             verdict = f"target {target:g}  {'met' if ok else 'MISSED'}"
-        print(f"{key:26s} {value:8.2f}   {verdict}")
+        print(f"{key:30s} {value:8.2f}   {verdict}")
     return 0
+
+
+def _cpu_per_request(figures: dict[str, Any]) -> float:
+    """Server and Redis CPU of one request, in microseconds."""
+    return float(figures["server_cpu_us_per_request"] + figures["redis_cpu_us_per_request"])
 
 
 def _copy_db(port: int, source: int, target: int) -> None:
@@ -313,6 +435,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve-api":
         _serve_api(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "serve-bare":
-        _serve_bare(int(sys.argv[2]), sys.argv[3])
+        _serve_bare(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     else:
         raise SystemExit(main())
