@@ -102,7 +102,6 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         holds_client,
         lambda: sync.store.keys,
         changes_maxlen=settings.worker.changes_maxlen,
-        max_connections=_HOLD_CONNECTIONS,
         timeout=_SOCKET_TIMEOUT,
     )
     app[HOLDS] = holds

@@ -35,19 +35,19 @@ the call that writes the order's reservation.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, cast
 
 import hiredis
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError
 
 from stocksync.codecs.holds import HoldStatus, StoredLine, stored_lines_decoder
 from stocksync.store import scripts
 from stocksync.store.layout import Keys
-from stocksync.store.protocol import StoreError, StoreUnavailable
+from stocksync.store.multiplex import Multiplexed, NoScript
+from stocksync.store.protocol import StoreUnavailable
 
 __all__ = ["MEMORY_MS", "Created", "HoldRecord", "HoldStore"]
 
@@ -117,7 +117,6 @@ class HoldStore:
         *,
         memory_ms: int = MEMORY_MS,
         changes_maxlen: int = 1_000_000,
-        max_connections: int = 32,
         timeout: float = 5.0,
     ) -> None:
         self.client = client
@@ -132,29 +131,24 @@ class HoldStore:
         self._extend = client.register_script(scripts.EXTEND_HOLD)
         self._convert = client.register_script(scripts.CONVERT_HOLD)
         self._held_page = client.register_script(scripts.READ_HELD_PAGE)
-        # Connections of the hold calls, made by the client's pool and kept here: a
-        # burst of checkouts waits for one of ``max_connections`` instead of failing
-        # (redis-py's pool raises past its limit, and its blocking pool costs about a
-        # third of a hold's CPU).
-        self._idle: list[Any] = []
-        self._slots = asyncio.Semaphore(max_connections)
-        #: Most seconds one call may take. Give the client no socket_timeout: redis-py
-        #: then wraps every send in asyncio.wait_for, a Task per command.
+        #: Most seconds one call may take.
         self.timeout = timeout
+        # Every hold call of the process on one pipelined connection (see
+        # stocksync.store.multiplex): redis-py's command path and a connection per
+        # call cost about as much CPU as the rest of a hold.
+        self._pipe = (
+            None if isinstance(client, aioredis.RedisCluster) else Multiplexed(client, timeout)
+        )
 
     async def close(self) -> None:
-        """Close the connections of the hold calls."""
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await connection.disconnect()
+        """Close the connection of the hold calls."""
+        if self._pipe is not None:
+            await self._pipe.close()
 
     async def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a registered script with its command packed in C; load it first if needed.
-
-        A hold is one script call: redis-py's pure-Python command path would cost
-        about as much CPU as the rest of the request.
-        """
-        if isinstance(self.client, aioredis.RedisCluster):
+        """Run a registered script in one round trip; load it first if Redis lacks it."""
+        pipe = self._pipe
+        if pipe is None:
             # Routed by slot. A hold's keys span shards, so on a cluster only the
             # single-key scripts (reading a hold) run; the others fail as unavailable.
             try:
@@ -163,33 +157,13 @@ class HoldStore:
                 raise StoreUnavailable(f"a hold script failed: {exc}") from exc
         packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         try:
-            async with self._slots, asyncio.timeout(self.timeout):
-                idle = self._idle
-                pool = self.client.connection_pool
-                connection = idle.pop() if idle else pool.make_connection()  # type: ignore[no-untyped-call]
-                try:
-                    try:
-                        await connection.send_packed_command(packed)
-                        reply = await connection.read_response()
-                    except NoScriptError:
-                        await self.client.script_load(script.script)
-                        await connection.send_packed_command(packed)
-                        reply = await connection.read_response()
-                except ResponseError as exc:
-                    # The script itself failed (a bug, or data it cannot read): retrying
-                    # would fail again, so this is no StoreUnavailable.
-                    idle.append(connection)
-                    raise StoreError(f"a hold script failed: {exc}") from exc
-                except BaseException as exc:
-                    # A half-read reply would poison the next command on this connection.
-                    await connection.disconnect(nowait=True)
-                    if isinstance(exc, RedisError | OSError):
-                        raise StoreUnavailable(f"a hold script failed: {exc}") from exc
-                    raise
-                idle.append(connection)
-                return reply
-        except TimeoutError:
-            raise StoreUnavailable(f"a hold script took more than {self.timeout:g} s") from None
+            return await pipe.call(packed)
+        except NoScript:
+            try:
+                await self.client.script_load(script.script)
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"loading a hold script failed: {exc}") from exc
+            return await pipe.call(packed)
 
     async def create(
         self,
