@@ -282,11 +282,59 @@ return 0
 """
 
 
+# Lua helpers of the hold scripts only: each SKU's held hash is read once and written
+# with one HSET (version and line together) and one XADD.
+_LINES_PRELUDE: Final = """
+-- A held hash read once: its active lines as {hold_id, channel, qty, exp}, the fields
+-- of its expired lines (not deleted yet: see drop) and its hold version.
+local function read_lines(key, now)
+  local flat = redis.call('HGETALL', key)
+  local lines, expired, hv = {}, {}, 0
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    if f == 'v' then
+      hv = tonumber(flat[i + 1])
+    elseif string.sub(f, 1, 2) == 'h:' then
+      local l = cmsgpack.unpack(flat[i + 1])
+      if l[3] <= now then
+        expired[#expired + 1] = f
+      else
+        lines[#lines + 1] = {string.sub(f, 3), l[1], l[2], l[3]}
+      end
+    end
+  end
+  return lines, expired, hv
+end
+-- Delete `fields` of a held hash, in chunks (unpack has a stack limit).
+local function drop(key, fields)
+  for i = 1, #fields, 1000 do
+    redis.call('HDEL', key, unpack(fields, i, math.min(#fields, i + 999)))
+  end
+end
+-- Count `changes` on the hold version, set the field-value pairs `...` with it in one
+-- HSET, and append the SKU's lines to the change stream.
+local function commit(key, stream, maxlen, sku, lines, hv, changes, ...)
+  local v = hv + changes
+  redis.call('HSET', key, 'v', v, ...)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+             'sku', sku, 'held', cmsgpack.pack({v, lines}))
+end
+-- Lines without hold_id's; whether it had one.
+local function without_hold(lines, hold_id)
+  local kept, found = {}, false
+  for _, l in ipairs(lines) do
+    if l[1] == hold_id then found = true else kept[#kept + 1] = l end
+  end
+  return kept, found
+end
+"""
+
+
 # KEYS: hold, stream, then per line: SKU hash (live), held hash (base).
 # ARGV: fp, channel, ttl ms, partial, memory ms, maxlen, hold_id, n, then per line: sku, qty.
 # Returns {'conflict', now} | {'exists', now, st, exp, lines, ch} | {'short', now, avail...}
 #       | {'created', now, st, exp, lines, ch}
-CREATE_HOLD: Final = _lua(_HOLD_PRELUDE + """
+CREATE_HOLD: Final = _lua(_HOLD_PRELUDE + _LINES_PRELUDE + """
 -- A msgpack item's header at byte i of s: kind ('int', 'str' for str and bin, 'arr'),
 -- its value or length, and where what follows the header starts. Redis's cmsgpack
 -- cannot read msgpack bin, which the served form holds, so the figure is read here.
@@ -338,10 +386,11 @@ end
 
 local now = now_ms()
 local hold = KEYS[1]
-local found = redis.call('HMGET', hold, 'fp', 'st', 'exp', 'lines', 'ch')
-if found[1] then
-  if found[1] ~= ARGV[1] then return {'conflict', now} end
-  return {'exists', now, found[2], found[3], found[4], found[5]}
+local fp = redis.call('HGET', hold, 'fp')
+if fp then
+  if fp ~= ARGV[1] then return {'conflict', now} end
+  local found = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch')
+  return {'exists', now, found[1], found[2], found[3], found[4]}
 end
 local channel, partial, maxlen, hold_id = ARGV[2], ARGV[4] == '1', ARGV[6], ARGV[7]
 local n = tonumber(ARGV[8])
@@ -349,7 +398,7 @@ local exp = now + tonumber(ARGV[3])
 local state, grants, avails, short = {}, {}, {}, false
 for i = 1, n do
   local qty = tonumber(ARGV[8 + 2 * i])
-  local lines, pruned = active_lines(KEYS[2 + 2 * i], now)
+  local lines, expired, hv = read_lines(KEYS[2 + 2 * i], now)
   local held = 0
   for _, l in ipairs(lines) do
     if l[2] == channel then held = held + l[3] end
@@ -360,18 +409,21 @@ for i = 1, n do
   if avail < qty then
     if partial then g = avail else g = 0; short = true end
   end
-  state[i], grants[i], avails[i] = {lines, pruned}, g, avail
+  state[i], grants[i], avails[i] = {lines, expired, hv}, g, avail
 end
 local full = true
+local field = 'h:' .. hold_id
 for i = 1, n do
-  local sku, qty = ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
-  local lines, changes = state[i][1], state[i][2]
+  local key, sku, qty = KEYS[2 + 2 * i], ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  local lines, expired, hv = state[i][1], state[i][2], state[i][3]
+  drop(key, expired)
   if not short and grants[i] > 0 then
-    redis.call('HSET', KEYS[2 + 2 * i], 'h:' .. hold_id, cmsgpack.pack({channel, grants[i], exp}))
     lines[#lines + 1] = {hold_id, channel, grants[i], exp}
-    changes = changes + 1
+    commit(key, KEYS[2], maxlen, sku, lines, hv, #expired + 1,
+           field, cmsgpack.pack({channel, grants[i], exp}))
+  elseif #expired > 0 then
+    commit(key, KEYS[2], maxlen, sku, lines, hv, #expired)
   end
-  if changes > 0 then publish(KEYS[2 + 2 * i], KEYS[2], maxlen, sku, lines, changes) end
   if grants[i] < qty then full = false end
 end
 if short then
