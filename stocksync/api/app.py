@@ -65,8 +65,6 @@ HOLDS: Final = web.AppKey("holds", HoldStore)
 #: Longer than the XREAD block, so a silent Redis is noticed without cutting off reads.
 _SOCKET_TIMEOUT: Final = 5.0
 _CONNECT_TIMEOUT: Final = 2.0
-#: Redis connections one process uses for holds at most (more requests wait for one).
-_HOLD_CONNECTIONS: Final = 32
 
 
 async def _model_sync(app: web.Application) -> AsyncIterator[None]:
