@@ -20,6 +20,7 @@ import jsonschema_rs
 import msgspec
 import pytest
 
+from stocksync.cli import configuration
 from stocksync.cli import main as cli
 from stocksync.codecs.events import Event
 from stocksync.config import Settings
@@ -331,7 +332,7 @@ def test_hash_token_refuses(tmp_path: Path, stdin: str, args: list[str], message
 
 
 def test_token_sha256_is_lowercase_hex_of_utf8() -> None:
-    assert cli.token_sha256("abc") == (
+    assert configuration.token_sha256("abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
 
