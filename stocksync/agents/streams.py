@@ -40,7 +40,7 @@ from stocksync.readmodel import core
 from stocksync.store import RedisStore
 from stocksync.store.holds import HoldStore
 
-__all__ = ["EXIT_ABANDONED_BATCH", "FaustOutbox", "Pipeline", "register"]
+__all__ = ["EXIT_ABANDONED_BATCH", "FaustOutbox", "WorkerStages", "register"]
 
 log = logging.getLogger("stocksync.agents")
 
@@ -112,8 +112,8 @@ async def _send_all(sends: Sequence[tuple[int, Callable[[], Awaitable[Any]]]]) -
         raise MessageTooLarge(min(size for _, size in refused), sorted(n for n, _ in refused))
 
 
-class Pipeline:
-    """Everything the agents of one worker share."""
+class WorkerStages:
+    """The stages of one worker (a translator per source topic, the applier) and what they share."""
 
     def __init__(
         self,
@@ -220,31 +220,31 @@ def _source_message(event: Any) -> SourceMessage:
     )
 
 
-def register(app: faust.App, pipeline: Pipeline) -> None:
+def register(app: faust.App, stages: WorkerStages) -> None:
     """Declare the topics and agents of the worker on ``app``."""
-    settings = pipeline.settings
-    names = pipeline.topics
+    settings = stages.settings
+    names = stages.topics
     size = settings.worker.batch_size
     within = settings.worker.batch_window_ms / 1000
     apply_within = settings.worker.apply_window_ms / 1000
     effects_topic = raw_topic(app, names.effects)
-    pipeline.outbox = FaustOutbox(effects_topic, raw_topic(app, names.dlq))
+    stages.outbox = FaustOutbox(effects_topic, raw_topic(app, names.dlq))
     # The producer refuses anything larger than its own limit, whatever the broker takes.
     producer_limit = int(app.conf.producer_max_request_size)
-    if producer_limit < pipeline.max_message_bytes:
+    if producer_limit < stages.max_message_bytes:
         log.info(
             "messages sent are at most %d bytes (the producer's max_request_size)",
             producer_limit,
         )
-        pipeline.max_message_bytes = producer_limit
+        stages.max_message_bytes = producer_limit
 
     def translator_agent(kind: str, topic_name: str) -> None:
-        translator = pipeline.translator(kind)
+        translator = stages.translator(kind)
 
         async def translate(stream: Any) -> None:
             async for events in stream.take_events(size, within):
                 messages = [_source_message(e) for e in events]
-                await pipeline.run_batch(
+                await stages.run_batch(
                     kind,
                     len(messages),
                     lambda m=messages: translator.process(m),  # type: ignore[misc]
@@ -256,12 +256,12 @@ def register(app: faust.App, pipeline: Pipeline) -> None:
     translator_agent("orders", names.orders)
     translator_agent("returns", names.returns)
 
-    applier = pipeline.applier
+    applier = stages.applier
 
     async def apply(stream: Any) -> None:
         async for events in stream.take_events(size, apply_within):
             payloads = [e.value for e in events if e.value]
-            await pipeline.run_batch(
+            await stages.run_batch(
                 "apply",
                 len(payloads),
                 lambda p=payloads: applier.process(p),  # type: ignore[misc]

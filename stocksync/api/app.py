@@ -29,7 +29,7 @@ from stocksync.api.handlers import AvailabilityHandlers, OperationalHandlers
 from stocksync.api.holds import HOLDS_PATH, HoldHandlers
 from stocksync.api.hoststate import HostState
 from stocksync.api.metrics import ApiMetrics, ConnectionStats
-from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, RequestPipeline, SyncHandler
+from stocksync.api.middleware import UNMATCHED_ROUTE, AccessLog, HandlerWrapper, SyncHandler
 from stocksync.api.model import AvailabilityModel, ModelSync, SyncStatus, now_ms
 from stocksync.api.openapi import OPENAPI_PATH, openapi_document
 from stocksync.api.protocol import CONNECTION_LIMITS, ConnectionLimits
@@ -184,7 +184,7 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
         model.holds_over(now_ms()),
     )
     metrics.synthetic_skus = lambda: int(settings.probe.sku in model.entries)
-    pipeline = RequestPipeline(
+    wrapper = HandlerWrapper(
         metrics=metrics,
         authenticator=authenticator,
         access_log=AccessLog(api.access_log, api.access_log_sample),
@@ -210,7 +210,7 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
     # The hot endpoints: HotRoutes serves them ahead of the router (see
     # stocksync.api.dispatch), and the router serves what HotRoutes leaves to it.
     query_resource = app.router.add_resource(QUERY_PATH)
-    query = pipeline.wrap(
+    query = wrapper.wrap(
         availability.query, query_resource.canonical, protected=True, scope=READ_SCOPE
     )
     query_resource.add_route("POST", query)
@@ -219,11 +219,11 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
     sku_resource = app.router.add_resource(
         AVAILABILITY_PREFIX + rf"{{sku:(?!{QUERY_NAME}\Z)[\s\S]*}}"
     )
-    get = pipeline.wrap(availability.get, sku_resource.canonical, protected=True, scope=READ_SCOPE)
+    get = wrapper.wrap(availability.get, sku_resource.canonical, protected=True, scope=READ_SCOPE)
     routed_get = _sku_from_path(get)
     sku_resource.add_route("HEAD", routed_get)
     sku_resource.add_route("GET", routed_get)
-    unmatched = pipeline.wrap(pipeline.unmatched, UNMATCHED_ROUTE, protected=False)
+    unmatched = wrapper.wrap(wrapper.unmatched, UNMATCHED_ROUTE, protected=False)
     holds = HoldHandlers(
         lambda: app.get(HOLDS),
         [c.name for c in settings.channels],
@@ -233,7 +233,7 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
         body_budget=budget,
     )
     create = app.router.add_resource(HOLDS_PATH)
-    hold = pipeline.wrap(holds.create, create.canonical, protected=True, scope=HOLDS_SCOPE)
+    hold = wrapper.wrap(holds.create, create.canonical, protected=True, scope=HOLDS_SCOPE)
     create.add_route("POST", hold)
     app[HOT_ROUTES] = HotRoutes(get, query, unmatched, hold)
     one = app.router.add_resource(HOLDS_PATH + "/{hold_id}")
@@ -244,7 +244,7 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
         (extend, "POST", holds.extend),
     ]
     for hold_resource, method, hold_handler in by_id:
-        hold_route = pipeline.wrap(
+        hold_route = wrapper.wrap(
             hold_handler, hold_resource.canonical, protected=True, scope=HOLDS_SCOPE
         )
         hold_resource.add_route(method, _param_from_path(hold_route, "hold_id"))
@@ -258,7 +258,7 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
     ]
     for path, handler, protected in routes:
         resource = app.router.add_resource(path)
-        wrapped = pipeline.wrap(handler, resource.canonical, protected=protected, scope=None)
+        wrapped = wrapper.wrap(handler, resource.canonical, protected=protected, scope=None)
         resource.add_route("HEAD", wrapped)
         resource.add_route("GET", wrapped)
     # Last, so that it only takes what no route above does.

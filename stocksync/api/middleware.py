@@ -11,7 +11,7 @@ This is a wrapper put around each route's handler when the routes are
 registered, not an aiohttp middleware: any middleware makes aiohttp add a
 second one of its own and build the chain per request, about 8 us a request
 on the benchmark machine, 5% of the single-SKU throughput. Requests no route
-matches reach :meth:`RequestPipeline.unmatched`, registered last for every
+matches reach :meth:`HandlerWrapper.unmatched`, registered last for every
 method and path, so they get the same treatment and JSON errors.
 """
 
@@ -49,7 +49,7 @@ __all__ = [
     "INTERNAL_MESSAGE",
     "UNMATCHED_ROUTE",
     "AccessLog",
-    "RequestPipeline",
+    "HandlerWrapper",
     "SyncHandler",
     "error_response",
 ]
@@ -141,7 +141,7 @@ def _from_http(exc: web.HTTPException) -> web.Response:
     return error_response(InternalError(INTERNAL_MESSAGE), status)
 
 
-class RequestPipeline:
+class HandlerWrapper:
     """Wraps handlers with correlation ids, bearer checks, error mapping, metrics, access log."""
 
     def __init__(
@@ -166,7 +166,7 @@ class RequestPipeline:
         protected: bool,
         scope: Scope | None = READ_SCOPE,
     ) -> Callable[[web.Request, *Params], Awaitable[web.StreamResponse]]:
-        """``handler`` behind the pipeline; ``protected`` routes need a token if any is set.
+        """``handler`` behind the wrapper; ``protected`` routes need a token if any is set.
 
         A protected route needs a token with ``scope`` (or ``admin``); with
         ``scope=None`` any valid token will do.

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from stocksync.agents.app import create_app, new_event_loop, start_worker, stop_worker
 from stocksync.agents.incarnations import KafkaRecordReader, TopicIncarnations
 from stocksync.agents.metrics import WorkerMetrics
-from stocksync.agents.streams import Pipeline, register
+from stocksync.agents.streams import WorkerStages, register
 from stocksync.agents.topics import TopicSetupError, ensure_topics, message_limit, topic_names
 from stocksync.compat import aiokafka as compat_aiokafka
 from stocksync.config.connections import redis_client_options
@@ -112,12 +112,12 @@ def _not_ready(message: str) -> web.Response:
 
 
 def _health_app(
-    pipeline: Pipeline,
+    stages: WorkerStages,
     state: dict[str, bool],
     healer: Healer | None = None,
     watch: BrokerWatch | None = None,
 ) -> web.Application:
-    metrics = pipeline.metrics
+    metrics = stages.metrics
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -135,7 +135,7 @@ def _health_app(
         if problem is not None:
             return _not_ready(problem)
         try:
-            await asyncio.wait_for(pipeline.store.ping(), 1.0)
+            await asyncio.wait_for(stages.store.ping(), 1.0)
         except (StoreUnavailable, TimeoutError):
             return _not_ready("Redis is not answering")
         return web.json_response({"status": "ready"})
@@ -183,7 +183,7 @@ async def serve(
         topics=names.sources,
         metrics=metrics,
     )
-    pipeline = Pipeline(
+    stages = WorkerStages(
         settings=settings,
         topics=names,
         effects_partitions=counts[names.effects],
@@ -195,7 +195,7 @@ async def serve(
     )
 
     def _healed() -> None:
-        pipeline.applier.forget()
+        stages.applier.forget()
         incarnations.forget()  # the rebuild stored the numbers its watermarks carry
 
     healer.on_healed = _healed
@@ -207,7 +207,7 @@ async def serve(
     # Only this worker creates topics, with the configured partition counts.
     compat_aiokafka.forbid_topic_auto_creation()
     app = create_app(settings)
-    register(app, pipeline)
+    register(app, stages)
     if not incarnations.watch_resets():
         log.warning("offset resets while running go unnoticed (see stocksync.compat.aiokafka)")
 
@@ -220,7 +220,7 @@ async def serve(
     gate.install()
     watching = asyncio.ensure_future(watch.run())
     state = {"ready": False}
-    runner = web.AppRunner(_health_app(pipeline, state, healer, watch), access_log=None)
+    runner = web.AppRunner(_health_app(stages, state, healer, watch), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.worker.host, settings.worker.port, reuse_address=True)
     try:
@@ -267,7 +267,7 @@ async def serve(
             await store.forget_worker(worker_id)
         await _stop_watching(watching, gate, incarnations)
         await runner.cleanup()
-        await pipeline.holds.close()
+        await stages.holds.close()
         await store.close()
         log.info("worker stopped")
 

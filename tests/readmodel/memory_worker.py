@@ -45,7 +45,7 @@ __all__ = [
     "NOW_MS",
     "PARTITIONS",
     "WINDOW_MS",
-    "Pipeline",
+    "MemoryWorker",
     "build_model",
     "copy_state",
     "pack",
@@ -70,7 +70,7 @@ def copy_state(state: State) -> State:
     return decoder.decode(state_encoder.encode(state))
 
 
-class Pipeline:
+class MemoryWorker:
     """Translators and an applier sharing one process: the worker without Kafka and Redis."""
 
     def __init__(
@@ -214,10 +214,10 @@ def build_model(
 ) -> Model:
     """Deliver every event once, in this order, in messages cut by :func:`pack`, and read the
     resulting model."""
-    pipeline = Pipeline(topology)
+    worker = MemoryWorker(topology)
     verdicts = [
         verdict
         for message in pack(events_in_order, sizes)
-        for _, verdict in pipeline.deliver_message(message)
+        for _, verdict in worker.deliver_message(message)
     ]
-    return pipeline.model(skus, nodes, verdicts)
+    return worker.model(skus, nodes, verdicts)

@@ -1,7 +1,7 @@
 """The contract's rules, one table each, run through the core and the brute-force oracle.
 
 Every case states the figures the contract asks for by hand; :func:`settle`
-runs the events through the core (the worker's wiring, :mod:`.pipeline`) and
+runs the events through the core (the worker's wiring, :mod:`.worker`) and
 through the oracle (:mod:`.oracle`) and requires all three to agree, so these
 tables also keep the oracle honest.
 """
@@ -34,7 +34,7 @@ from stocksync.readmodel.core import (
     topology_of,
     translate,
 )
-from tests.readmodel.memory_worker import NOW_MS, WINDOW_MS, Pipeline, build_model
+from tests.readmodel.memory_worker import NOW_MS, WINDOW_MS, MemoryWorker, build_model
 from tests.readmodel.oracle import (
     APPLIED,
     DUPLICATE,
@@ -173,13 +173,13 @@ def test_equal_policy_occurred_at_goes_to_the_greater_pair_whatever_the_order(
 
 
 def test_a_snapshot_tie_with_a_position_stored_before_pairs_were_kept_keeps_it() -> None:
-    pipeline = Pipeline(TOPOLOGY)
-    assert pipeline.deliver(snapshot(A, EAST, 5, as_of=1, eid="a")) == APPLIED
-    node = pipeline.positions[A].nodes[EAST]
+    worker = MemoryWorker(TOPOLOGY)
+    assert worker.deliver(snapshot(A, EAST, 5, as_of=1, eid="a")) == APPLIED
+    node = worker.positions[A].nodes[EAST]
     node.snap_by = None  # as converted from the stored form before this one
-    assert pipeline.deliver(snapshot(A, EAST, 9, as_of=1, eid="b")) == APPLIED
+    assert worker.deliver(snapshot(A, EAST, 9, as_of=1, eid="b")) == APPLIED
     assert node.snap == 5
-    assert pipeline.deliver(snapshot(A, EAST, 9, as_of=2, eid="c")) == APPLIED
+    assert worker.deliver(snapshot(A, EAST, 9, as_of=2, eid="c")) == APPLIED
     assert (node.snap, node.snap_by) == (9, ("erp", "c"))
 
 
@@ -223,12 +223,12 @@ def test_instants_at_both_ends_of_the_years_0001_to_9999_compare() -> None:
     ]
     model = settle(events)
     assert (at(model, A, EAST).on_hand, at(model, B, EAST).on_hand) == (11, 9)
-    pipeline = Pipeline(TOPOLOGY)
+    worker = MemoryWorker(TOPOLOGY)
     for event in events:
-        pipeline.deliver(event)
-    batch = EffectBatch(pipeline.sent)
+        worker.deliver(event)
+    batch = EffectBatch(worker.sent)
     assert batch_decoder.decode(batch_encoder.encode(batch)) == batch
-    position = pipeline.positions[A]
+    position = worker.positions[A]
     assert position_decoder.decode(state_encoder.encode(position)) == position
 
 
@@ -255,12 +255,12 @@ def test_pairs_that_join_to_the_same_string_are_different_order_and_return_event
 
 
 def test_effects_and_states_carry_the_pair() -> None:
-    pipeline = Pipeline(TOPOLOGY)
-    pipeline.deliver(adjusted(A, EAST, 1, at=1, source="a\x1fb", eid="c"))
-    pipeline.deliver(created("o1", [("1", A, 3, EAST)], source="shop", eid="x\x1fy"))
-    assert pipeline.sent[0].eid == ("a\x1fb", "c")
-    assert list(pipeline.positions[A].seen) == [("a\x1fb", "c")]
-    assert list(pipeline.states[("order", "o1")].seen) == [("shop", "x\x1fy")]
+    worker = MemoryWorker(TOPOLOGY)
+    worker.deliver(adjusted(A, EAST, 1, at=1, source="a\x1fb", eid="c"))
+    worker.deliver(created("o1", [("1", A, 3, EAST)], source="shop", eid="x\x1fy"))
+    assert worker.sent[0].eid == ("a\x1fb", "c")
+    assert list(worker.positions[A].seen) == [("a\x1fb", "c")]
+    assert list(worker.states[("order", "o1")].seen) == [("shop", "x\x1fy")]
 
 
 def test_no_snapshot_on_hand_is_the_sum_of_physical_changes() -> None:
@@ -589,7 +589,7 @@ _BASE = [snapshot(A, EAST, 10, as_of=0), created("o1", [("1", A, 3, EAST)]),
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )
 def test_invalid_events_are_rejected_and_change_nothing(invalid: Event, reason: str) -> None:
-    before = Pipeline(TOPOLOGY)
+    before = MemoryWorker(TOPOLOGY)
     for event in _BASE:
         assert before.deliver(event) == APPLIED
     states = {group: state_encoder.encode(s) for group, s in before.states.items()}
@@ -637,25 +637,25 @@ def test_duplicate_return_event_has_no_further_effect() -> None:
 @pytest.mark.parametrize(("later_ms", "applies"), [(WINDOW_MS - 1, False), (WINDOW_MS, True)],
                          ids=["inside-window", "after-window"])
 def test_duplicate_after_the_window_applies_again(later_ms: int, applies: bool) -> None:
-    pipeline = Pipeline(TOPOLOGY)
+    worker = MemoryWorker(TOPOLOGY)
     delta = adjusted(A, EAST, 5, at=1)
     ship = shipped("o1", EAST, {"1": 1})
     for event in (created("o1", [("1", A, 3, EAST)]), delta, ship):
-        assert pipeline.deliver(event) == APPLIED
-    pipeline.now_ms += later_ms
+        assert worker.deliver(event) == APPLIED
+    worker.now_ms += later_ms
     expected = APPLIED if applies else DUPLICATE
-    assert [pipeline.deliver(delta), pipeline.deliver(ship)] == [expected, expected]
-    view = pipeline.model(SKUS, NODES, []).nodes[(A, EAST)]
+    assert [worker.deliver(delta), worker.deliver(ship)] == [expected, expected]
+    view = worker.model(SKUS, NODES, []).nodes[(A, EAST)]
     assert view.on_hand == (5 - 1) * (2 if applies else 1)
 
 
 def test_second_order_created_inside_or_after_window_is_never_applied_twice() -> None:
     order = created("o1", [("1", A, 3, EAST)])
-    pipeline = Pipeline(TOPOLOGY)
-    assert pipeline.deliver(order) == APPLIED
-    pipeline.now_ms += WINDOW_MS
-    assert pipeline.deliver(order) == Reason.ORDER_EXISTS
-    assert pipeline.model(SKUS, NODES, []).nodes[(A, EAST)].reserved == 3
+    worker = MemoryWorker(TOPOLOGY)
+    assert worker.deliver(order) == APPLIED
+    worker.now_ms += WINDOW_MS
+    assert worker.deliver(order) == Reason.ORDER_EXISTS
+    assert worker.model(SKUS, NODES, []).nodes[(A, EAST)].reserved == 3
 
 
 # --- watermarks -------------------------------------------------------------------------------
@@ -716,43 +716,43 @@ def test_replay_at_or_below_the_order_watermark_is_skipped(where: SourceRef,
 
 
 def test_redelivered_stock_event_is_skipped_by_the_watermark() -> None:
-    pipeline = Pipeline(TOPOLOGY)
+    worker = MemoryWorker(TOPOLOGY)
     delta = adjusted(A, EAST, 5, at=1)
-    where = pipeline.record(delta)
-    assert pipeline.deliver(delta, where) == APPLIED
-    assert pipeline.deliver(delta, where) == DUPLICATE
-    assert pipeline.positions[A].nodes[EAST].changes == [(pipeline.sent[0].at, 5)]
+    where = worker.record(delta)
+    assert worker.deliver(delta, where) == APPLIED
+    assert worker.deliver(delta, where) == DUPLICATE
+    assert worker.positions[A].nodes[EAST].changes == [(worker.sent[0].at, 5)]
 
 
 def test_redelivered_stock_event_after_the_window_is_still_skipped_by_the_watermark() -> None:
     # After a long outage a consumer may restart from an offset older than the window:
     # the (source, event_id) entry has expired, the watermark has not.
-    pipeline = Pipeline(TOPOLOGY)
+    worker = MemoryWorker(TOPOLOGY)
     delta = adjusted(A, EAST, 5, at=1)
-    where = pipeline.record(delta)
-    assert pipeline.deliver(delta, where) == APPLIED
-    pipeline.now_ms += 3 * WINDOW_MS
-    assert pipeline.deliver(delta, where) == DUPLICATE
-    assert pipeline.model(SKUS, NODES, []).nodes[(A, EAST)].on_hand == 5
+    where = worker.record(delta)
+    assert worker.deliver(delta, where) == APPLIED
+    worker.now_ms += 3 * WINDOW_MS
+    assert worker.deliver(delta, where) == DUPLICATE
+    assert worker.model(SKUS, NODES, []).nodes[(A, EAST)].on_hand == 5
 
 
 def test_redelivered_order_event_after_the_window_is_still_skipped_by_the_watermark() -> None:
-    pipeline = Pipeline(TOPOLOGY)
+    worker = MemoryWorker(TOPOLOGY)
     ship = shipped("o1", EAST, {"1": 1})
-    assert pipeline.deliver(created("o1", [("1", A, 3, EAST)])) == APPLIED
-    where = pipeline.record(ship)
-    assert pipeline.deliver(ship, where) == APPLIED
-    pipeline.now_ms += 3 * WINDOW_MS
-    assert pipeline.deliver(ship, where) == DUPLICATE
-    assert pipeline.model(SKUS, NODES, []).nodes[(A, EAST)] == NodeFigures(-1, 2, 0, 0, 0)
+    assert worker.deliver(created("o1", [("1", A, 3, EAST)])) == APPLIED
+    where = worker.record(ship)
+    assert worker.deliver(ship, where) == APPLIED
+    worker.now_ms += 3 * WINDOW_MS
+    assert worker.deliver(ship, where) == DUPLICATE
+    assert worker.model(SKUS, NODES, []).nodes[(A, EAST)] == NodeFigures(-1, 2, 0, 0, 0)
 
 
 @pytest.mark.parametrize(("on_hand", "reserved", "oversold"), [(3, 4, True), (4, 4, False)])
 def test_oversold_is_on_hand_below_reserved(on_hand: int, reserved: int, oversold: bool) -> None:
-    pipeline = Pipeline(TOPOLOGY)
+    worker = MemoryWorker(TOPOLOGY)
     for event in (snapshot(A, EAST, on_hand, as_of=0), created("o1", [("1", A, reserved, EAST)])):
-        pipeline.deliver(event)
-    assert is_oversold(node_view(pipeline.positions[A], EAST, TOPOLOGY)) is oversold
+        worker.deliver(event)
+    assert is_oversold(node_view(worker.positions[A], EAST, TOPOLOGY)) is oversold
 
 
 def test_largest_quantities_survive_the_stored_encodings() -> None:
@@ -767,11 +767,11 @@ def test_largest_quantities_survive_the_stored_encodings() -> None:
         received("r1", EAST, [(str(i), big, A) for i in range(MAX_LINES)]),
         shipped("o0", WEST, {str(i): big for i in range(MAX_LINES)}),
     ]
-    pipeline = Pipeline(TOPOLOGY)
-    assert [pipeline.deliver(event) for event in events] == [APPLIED] * len(events)
-    batch = EffectBatch(pipeline.sent)
+    worker = MemoryWorker(TOPOLOGY)
+    assert [worker.deliver(event) for event in events] == [APPLIED] * len(events)
+    batch = EffectBatch(worker.sent)
     assert batch_decoder.decode(batch_encoder.encode(batch)) == batch
-    position = pipeline.positions[A]
+    position = worker.positions[A]
     assert position_decoder.decode(state_encoder.encode(position)) == position
     assert position.nodes[EAST].reserved == 7 * (MAX_LINES // 2) * big  # o0 shipped
 

@@ -29,7 +29,7 @@ from stocksync.codecs.state import (
     state_encoder,
 )
 from stocksync.readmodel.core import SourceRef, Topology, apply_effects, copy_position, project
-from tests.readmodel.memory_worker import NOW_MS, WINDOW_MS, Pipeline, build_model, pack
+from tests.readmodel.memory_worker import NOW_MS, WINDOW_MS, MemoryWorker, build_model, pack
 from tests.readmodel.oracle import APPLIED, DUPLICATE, Model, expected_model, key_group
 from tests.readmodel.scenarios import (
     NODES,
@@ -78,7 +78,7 @@ def without_version(position: Position) -> Position:
 
 @PROPERTY
 @given(scenarios(), SIZES)
-def test_core_pipeline_equals_the_contract_oracle(scenario: Scenario, sizes: Sizes) -> None:
+def test_memory_worker_equals_the_contract_oracle(scenario: Scenario, sizes: Sizes) -> None:
     topology, skus, events = scenario
     expected = expected_model(events, topology, skus, NODES)
     assert build_model(events, topology, skus, NODES, sizes=sizes) == expected
@@ -105,12 +105,12 @@ def test_redelivery_with_the_same_offsets_changes_nothing(
     """Consumers restart from an older committed offset: a partition's records come again."""
     topology, skus, events = scenario
     messages = pack(events, sizes)
-    pipeline = Pipeline(topology)
+    worker = MemoryWorker(topology)
     records: dict[tuple[str, int], list[tuple[list[Event], list[SourceRef]]]] = defaultdict(list)
     when = {pick % max(1, len(messages)): (which, back) for pick, which, back in replays}
     verdicts = []
     for step, message in enumerate(messages):
-        delivered = pipeline.deliver_message(message)
+        delivered = worker.deliver_message(message)
         verdicts += [verdict for _, verdict in delivered]
         ref = delivered[0][0]
         records[(ref.kind, ref.partition)].append((message, [r for r, _ in delivered]))
@@ -120,9 +120,9 @@ def test_redelivery_with_the_same_offsets_changes_nothing(
             log = records[partition]
             for again, refs in log[len(log) - 1 - back % len(log):]:
                 for event, where in zip(again, refs, strict=True):
-                    assert pipeline.deliver(event, where) in {DUPLICATE} | _rejections(verdicts)
+                    assert worker.deliver(event, where) in {DUPLICATE} | _rejections(verdicts)
     once = build_model(events, topology, skus, NODES, sizes=sizes)
-    assert pipeline.model(skus, NODES, verdicts) == once
+    assert worker.model(skus, NODES, verdicts) == once
 
 
 def _rejections(verdicts: list[str]) -> set[str]:
@@ -149,16 +149,16 @@ def test_producer_duplicate_with_a_new_offset_equals_applying_once(
         assert figures(model) == figures(once)
 
 
-def _sent_by_sku(scenario: Scenario, sizes: Sizes) -> tuple[Pipeline, dict[str, list[Effect]]]:
-    """Every effect the translators sent for a scenario, by SKU, and the pipeline that sent them."""
+def _sent_by_sku(scenario: Scenario, sizes: Sizes) -> tuple[MemoryWorker, dict[str, list[Effect]]]:
+    """Every effect the translators sent for a scenario, by SKU, and the worker that sent them."""
     topology, _, events = scenario
-    pipeline = Pipeline(topology)
+    worker = MemoryWorker(topology)
     for message in pack(events, sizes):
-        pipeline.deliver_message(message)
+        worker.deliver_message(message)
     by_sku: dict[str, list[Effect]] = defaultdict(list)
-    for effect in pipeline.sent:
+    for effect in worker.sent:
         by_sku[effect.sku].append(effect)
-    return pipeline, by_sku
+    return worker, by_sku
 
 
 @PROPERTY
@@ -166,7 +166,7 @@ def _sent_by_sku(scenario: Scenario, sizes: Sizes) -> tuple[Pipeline, dict[str, 
 def test_folding_a_batch_equals_applying_one_by_one_and_replay_changes_nothing(
     scenario: Scenario, sizes: Sizes, chunks: list[int], pick: int
 ) -> None:
-    pipeline, by_sku = _sent_by_sku(scenario, sizes)
+    worker, by_sku = _sent_by_sku(scenario, sizes)
     for sku, effects in by_sku.items():
         batch, single, chunked = Position(sku=sku), Position(sku=sku), Position(sku=sku)
         applied, skipped = apply_effects(batch, effects, NOW_MS, WINDOW_MS)
@@ -178,7 +178,7 @@ def test_folding_a_batch_equals_applying_one_by_one_and_replay_changes_nothing(
             apply_effects(chunked, effects[start:start + size], NOW_MS, WINDOW_MS)
             start += size
         apply_effects(chunked, effects[start:], NOW_MS, WINDOW_MS)
-        expected = without_version(pipeline.positions[sku])
+        expected = without_version(worker.positions[sku])
         assert without_version(batch) == without_version(single) == without_version(chunked)
         assert without_version(batch) == expected
         assert batch.version == (1 if applied else 0)
@@ -205,28 +205,28 @@ def test_crash_and_restart_from_older_checkpoints_gives_the_same_model(
     states_at, positions_at = (pick % (len(messages) + 1) for pick in picks[:2])
     source_from = picks[2] % (states_at + 1)
     effects_from_step = picks[3] % (positions_at + 1)
-    pipeline = Pipeline(topology)
+    worker = MemoryWorker(topology)
     delivered: list[tuple[list[Event], list[SourceRef]]] = []
     sent_before: list[int] = []
     saved_states: dict[tuple[str, str], OrderState | RmaState] = {}
     saved_positions: dict[str, Position] = {}
     for step in range(len(messages) + 1):
-        sent_before.append(len(pipeline.sent))
+        sent_before.append(len(worker.sent))
         if step == states_at:
-            saved_states, _ = pipeline.checkpoint()
+            saved_states, _ = worker.checkpoint()
         if step == positions_at:
-            _, saved_positions = pipeline.checkpoint()
+            _, saved_positions = worker.checkpoint()
         if step < len(messages):
-            refs = [ref for ref, _ in pipeline.deliver_message(messages[step])]
+            refs = [ref for ref, _ in worker.deliver_message(messages[step])]
             delivered.append((messages[step], refs))
-    before = pipeline.model(skus, NODES, [])
+    before = worker.model(skus, NODES, [])
 
-    pipeline.states, pipeline.positions = saved_states, saved_positions
-    pipeline.apply(pipeline.sent[sent_before[effects_from_step]:])  # the effects topic, again
+    worker.states, worker.positions = saved_states, saved_positions
+    worker.apply(worker.sent[sent_before[effects_from_step]:])  # the effects topic, again
     for message, refs in delivered[source_from:]:                   # the source topics, again
         for event, where in zip(message, refs, strict=True):
-            pipeline.deliver(event, where)
-    assert pipeline.model(skus, NODES, []) == before
+            worker.deliver(event, where)
+    assert worker.model(skus, NODES, []) == before
 
 
 @PROPERTY
@@ -240,17 +240,17 @@ def test_encode_decode_round_trips_lose_nothing(scenario: Scenario, sizes: Sizes
         bulk = decode_message(msgspec.json.encode(events))
         assert [decoded for _, decoded, _ in bulk.events] == events
 
-    pipeline, by_sku = _sent_by_sku((topology, skus, events), sizes)
-    for state in pipeline.states.values():
+    worker, by_sku = _sent_by_sku((topology, skus, events), sizes)
+    for state in worker.states.values():
         kind = OrderState if isinstance(state, OrderState) else RmaState
         assert msgspec.msgpack.decode(state_encoder.encode(state), type=kind) == state
-    for sku, position in pipeline.positions.items():
+    for sku, position in worker.positions.items():
         assert position_decoder.decode(state_encoder.encode(position)) == position
         projection = project(position, topology)
         assert projection_decoder.decode(projection_encoder.encode(projection)) == projection
         batch = EffectBatch(by_sku[sku])
         assert batch_decoder.decode(batch_encoder.encode(batch)) == batch
-    everything = EffectBatch(pipeline.sent)
+    everything = EffectBatch(worker.sent)
     assert batch_decoder.decode(batch_encoder.encode(everything)) == everything
 
 
@@ -293,7 +293,7 @@ def test_spoiled_bytes_among_valid_events_are_rejected_and_change_nothing(
             standalone[at].append((spoiled, POISONS[poison]))
         else:
             values[at].insert(place % (len(values[at]) + 1), spoiled)
-    pipeline = Pipeline(topology)
+    worker = MemoryWorker(topology)
     verdicts: list[str] = []
     for at, (message, elements) in enumerate(zip(messages, values, strict=True)):
         for spoiled, reason in standalone[at]:
@@ -305,5 +305,5 @@ def test_spoiled_bytes_among_valid_events_are_rejected_and_change_nothing(
         assert [event for _, event, _ in decoded.events] == message
         assert len(decoded.rejections) == len(elements) - len(message)
         assert all(r.reason in POISONS.values() for r in decoded.rejections)
-        verdicts += [verdict for _, verdict in pipeline.deliver_message(message)]
-    assert pipeline.model(skus, NODES, verdicts) == expected_model(events, topology, skus, NODES)
+        verdicts += [verdict for _, verdict in worker.deliver_message(message)]
+    assert worker.model(skus, NODES, verdicts) == expected_model(events, topology, skus, NODES)
