@@ -106,6 +106,7 @@ def _headers(
     offset: int,
     index: int | None,
     correlation_id: str | None,
+    owner: str | None,
 ) -> list[tuple[str, bytes]]:
     headers = [
         ("reason", reason.encode()),
@@ -117,6 +118,8 @@ def _headers(
         headers.append(("index", str(index).encode()))
     if correlation_id:
         headers.append(("correlation_id", correlation_id.encode()))
+    if owner:
+        headers.append(("owner", owner.encode()))
     return headers
 
 
@@ -133,11 +136,16 @@ def dead_letter(
     raw: bytes,
     now_ms: int,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    owner: str | None = None,
 ) -> DeadLetterOut:
-    """The dead-letter message of one rejected event: whole if it fits in ``max_bytes``."""
+    """The dead-letter message of one rejected event: whole if it fits in ``max_bytes``.
+
+    ``owner`` is the team it is routed to (:mod:`stocksync.agents.owners`); the worker
+    always names one.
+    """
     rejected_at = format_millis(now_ms)
     if len(raw) + (len(key) if key is not None else 0) < max_bytes:
-        headers = _headers(reason, topic, partition, offset, index, correlation_id)
+        headers = _headers(reason, topic, partition, offset, index, correlation_id, owner)
         record = DeadLetter(
             reason=reason,
             message=message,
@@ -148,6 +156,7 @@ def dead_letter(
             key=key.decode("utf-8", "replace") if key is not None else None,
             correlation_id=correlation_id,
             rejected_at=rejected_at,
+            owner=owner,
             **_embed(raw),  # type: ignore[arg-type]
         )
         value = dead_letter_encoder.encode(record)
@@ -165,6 +174,7 @@ def dead_letter(
         raw=raw,
         rejected_at=rejected_at,
         max_bytes=max_bytes,
+        owner=owner,
     )
 
 
@@ -181,11 +191,12 @@ def _truncated(
     raw: bytes,
     rejected_at: str,
     max_bytes: int,
+    owner: str | None,
 ) -> DeadLetterOut:
     """The truncated form (see :mod:`stocksync.codecs.dlq`), as large as fits in ``max_bytes``."""
     short_key = key[:FIELD_MAX] if key is not None else None
     cid = cut_text(correlation_id)
-    headers = _headers(reason, topic, partition, offset, index, cid)
+    headers = _headers(reason, topic, partition, offset, index, cid, owner)
     digest = hashlib.sha256(raw).hexdigest()
     head = min(HEAD_BYTES, len(raw))
     while True:
@@ -202,6 +213,7 @@ def _truncated(
             truncated=True,
             event_sha256=digest,
             event_length=len(raw),
+            owner=owner,
             **_head(raw[:head]),  # type: ignore[arg-type]
         )
         value = dead_letter_encoder.encode(record)

@@ -196,5 +196,8 @@ class WorkerMetrics:
             registry=r,
         )
         self.dead_letters = Counter(
-            "stocksync_dead_letters_total", "Records written to the dead-letter topic.", registry=r
+            "stocksync_dead_letters_total",
+            "Records written to the dead-letter topic, by reason and owning team ([dlq.owners]).",
+            ["reason", "owner"],
+            registry=r,
         )

@@ -34,6 +34,7 @@ from stocksync.agents.dlq import (
     dead_letter,
 )
 from stocksync.agents.metrics import WorkerMetrics
+from stocksync.agents.owners import Owners
 from stocksync.agents.topics import effects_partition
 from stocksync.codecs.dlq import FIELD_MAX
 from stocksync.codecs.effects import Effect, EffectBatch, Reserve, batch_decoder, batch_encoder
@@ -269,8 +270,13 @@ class _Healed(Exception):
     """The model was rebuilt while the applier held positions of the lost one."""
 
 
-#: Builds the dead-letter record of one rejected event for a message size limit.
-_Letter = Callable[[int], DeadLetterOut]
+class _Letter(msgspec.Struct, frozen=True):
+    """A rejected event's dead letter to be: its reason, its owner, and what builds it."""
+
+    reason: str
+    owner: str
+    #: Builds the record for a message size limit.
+    make: Callable[[int], DeadLetterOut]
 
 
 class Translator:
@@ -300,6 +306,7 @@ class Translator:
         incarnations: IncarnationSource | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         holds: HoldConverter | None = None,
+        owners: Owners | None = None,
     ) -> None:
         if kind not in ("stock", "orders", "returns"):
             raise ValueError(f"unknown source kind {kind!r}")
@@ -322,6 +329,8 @@ class Translator:
         self._stuck = 0
         #: Converts checkout holds (order.created with hold_id); None in a rebuild's replay.
         self.holds = holds
+        #: Who owns each dead letter (``[dlq.owners]``); the topic defaults without one.
+        self.owners = owners or Owners()
 
     async def process(self, messages: Sequence[SourceMessage]) -> int:
         """Translate a batch; returns how many effects were sent.
@@ -423,7 +432,8 @@ class Translator:
                     traced = True
                     letters.append(
                         self._letter(
-                            msg, index, Reason.INTERNAL_ERROR, why, raw, msg.correlation_id, now
+                            msg, index, Reason.INTERNAL_ERROR, why, raw, msg.correlation_id, now,
+                            event.source,
                         )
                     )
                     continue
@@ -437,6 +447,7 @@ class Translator:
                             raw,
                             event.correlation_id,
                             now,
+                            event.source,
                         )
                     )
                     continue
@@ -474,14 +485,16 @@ class Translator:
                 traced = True
                 letters.append(
                     self._letter(
-                        msg, index, Reason.INTERNAL_ERROR, why, raw, event.correlation_id, now
+                        msg, index, Reason.INTERNAL_ERROR, why, raw, event.correlation_id, now,
+                        event.source,
                     )
                 )
                 continue
             if isinstance(outcome, core.Rejected):
                 letters.append(
                     self._letter(
-                        msg, index, outcome.reason, outcome.message, raw, event.correlation_id, now
+                        msg, index, outcome.reason, outcome.message, raw, event.correlation_id,
+                        now, event.source,
                     )
                 )
                 continue
@@ -502,7 +515,9 @@ class Translator:
 
         if letters:
             await self._send_letters(letters)
-            self.metrics.dead_letters.inc(len(letters))
+            counted = Counter((letter.reason, letter.owner) for letter in letters)
+            for (reason, owner), n in counted.items():
+                self.metrics.dead_letters.labels(reason, owner).inc(n)
         if by_partition:
             await self._send_effects(by_partition, sent)
         self._count(consumed, skipped, sent)
@@ -570,7 +585,7 @@ class Translator:
 
     async def _send_letters(self, letters: Sequence[_Letter]) -> None:
         """Send dead letters, truncated to fit; resend smaller those refused for size."""
-        pending = list(letters)
+        pending = [letter.make for letter in letters]
         built = [make(self.max_message_bytes) for make in pending]
         truncated = sum(out.truncated for out in built)
         if truncated:
@@ -685,9 +700,14 @@ class Translator:
         raw: bytes,
         correlation_id: str | None,
         now: int,
+        source: str | None = None,
     ) -> _Letter:
-        """Count and log a rejected event; return what builds its record for a size limit."""
+        """Count and log a rejected event; return what builds its record for a size limit.
+
+        ``source`` is the decoded event's; without one it is read from ``raw``.
+        """
         self.metrics.events_rejected.labels(self.kind, reason).inc()
+        owner = self.owners.of_raw(self.kind, raw, source)
         log.warning(
             "rejected event at %s[%d]@%d%s: %s: %s",
             msg.topic,
@@ -696,9 +716,9 @@ class Translator:
             f" #{index}" if index is not None else "",
             reason,
             cut_text(message),
-            extra={"correlation_id": cut_text(correlation_id), "reason": reason},
+            extra={"correlation_id": cut_text(correlation_id), "reason": reason, "owner": owner},
         )
-        return lambda max_bytes: dead_letter(
+        return _Letter(reason, owner, lambda max_bytes: dead_letter(
             reason=reason,
             message=message,
             topic=msg.topic,
@@ -710,7 +730,8 @@ class Translator:
             raw=raw,
             now_ms=now,
             max_bytes=max_bytes,
-        )
+            owner=owner,
+        ))
 
 
 class Applier:

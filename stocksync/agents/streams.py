@@ -25,6 +25,7 @@ from stocksync.agents.app import raw_topic
 from stocksync.agents.dlq import DeadLetterOut, record_size
 from stocksync.agents.incarnations import IncarnationSource
 from stocksync.agents.metrics import WorkerMetrics
+from stocksync.agents.owners import Owners
 from stocksync.agents.stages import (
     Applier,
     Healer,
@@ -129,6 +130,8 @@ class WorkerStages:
         max_message_bytes: int | None = None,
     ) -> None:
         self.settings = settings
+        #: Who owns each dead letter, shared by the translators.
+        self.owners = Owners(settings.dlq)
         #: The largest message the translators send (the broker's limit, see
         #: :func:`stocksync.agents.topics.message_limit`; the setting when not known).
         self.max_message_bytes = max_message_bytes or settings.worker.max_message_bytes
@@ -171,6 +174,7 @@ class WorkerStages:
                 incarnations=self.incarnations,
                 max_message_bytes=self.max_message_bytes,
                 holds=self.holds if kind == "orders" else None,
+                owners=self.owners,
             )
         return found
 

@@ -5,7 +5,11 @@ bytes exactly as received (as a string when they were not valid UTF-8 JSON,
 base64 in ``event_b64`` when not even UTF-8), so a record can be replayed to its
 source topic unchanged. The same facts are also set as Kafka headers
 (``reason``, ``source_topic``, ``source_partition``, ``source_offset``,
-``index``, ``correlation_id``) for tools that only read headers.
+``index``, ``correlation_id``, ``owner``) for tools that only read headers.
+
+``owner`` is the team the exception is routed to (``[dlq.owners]``, see
+:mod:`stocksync.agents.owners`). Records written before owners existed have
+none and read as :data:`UNOWNED`.
 
 A record that would be larger than the broker accepts is sent **truncated**
 (``truncated`` true): it keeps the reason, the location, the key and the
@@ -28,15 +32,19 @@ import msgspec
 __all__ = [
     "FIELD_MAX",
     "HEAD_BYTES",
+    "UNOWNED",
     "DeadLetter",
     "dead_letter_decoder",
     "dead_letter_encoder",
+    "owner_of",
 ]
 
 #: Bytes of the value a truncated record keeps (at most; fewer on a very small broker limit).
 HEAD_BYTES: Final = 64 * 1024
 #: Characters a truncated record keeps of its key, correlation id and message.
 FIELD_MAX: Final = 1024
+#: The owner of a record that names none (written before owners existed).
+UNOWNED: Final = "unowned"
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -67,6 +75,14 @@ class DeadLetter(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     event_sha256: str | None = None
     #: Length in bytes of the whole value, set when ``truncated``.
     event_length: int | None = None
+    #: The team that owns the exception (``erp``, ``warehouse``, ``commerce``, ``returns``,
+    #: ``finance``); absent in records written before owners existed.
+    owner: str | None = None
+
+
+def owner_of(record: DeadLetter) -> str:
+    """The record's owner, :data:`UNOWNED` when it names none."""
+    return record.owner or UNOWNED
 
 
 dead_letter_encoder = msgspec.json.Encoder()

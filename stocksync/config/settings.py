@@ -25,8 +25,10 @@ from msgspec import Meta
 from stocksync.codecs.events import Identifier
 
 __all__ = [
+    "TEAMS",
     "ApiSettings",
     "ChannelSettings",
+    "DlqSettings",
     "FeedSettings",
     "HoldSettings",
     "KafkaSecurityProtocol",
@@ -38,7 +40,9 @@ __all__ = [
     "Scope",
     "Secret",
     "Settings",
+    "Team",
     "TokenSettings",
+    "TopicOwnerSettings",
     "WebhookSettings",
     "WorkerSettings",
     "is_probe_sku",
@@ -65,6 +69,13 @@ TopicPrefix = Annotated[
 ]
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+#: The teams an exception (a dead letter) can be routed to.
+Team = Literal["erp", "warehouse", "commerce", "returns", "finance"]
+TEAMS: tuple[Team, ...] = ("erp", "warehouse", "commerce", "returns", "finance")
+#: A glob over an event's ``source`` (``*``, ``?``, ``[...]``), matched case-sensitively.
+SourcePattern = Annotated[
+    str, Meta(min_length=1, max_length=256, description="a glob over the event's source")
+]
 FilePath = Annotated[str, Meta(min_length=1, description="the path of a file")]
 UserName = Annotated[str, Meta(min_length=1, description="a non-empty user name")]
 
@@ -276,6 +287,28 @@ class FeedSettings(_Config, frozen=True):
     webhooks: list[WebhookSettings] = msgspec.field(default_factory=list)
 
 
+class TopicOwnerSettings(_Config, frozen=True):
+    """Who owns a dead letter of each source topic when no ``[dlq.owners]`` pattern matches."""
+
+    #: Stock snapshots and adjustments: the ERP (a WMS is routed by a pattern on its source).
+    stock: Team = "erp"
+    #: Order events from the shop and the OMS.
+    orders: Team = "commerce"
+    #: Return events from the returns platform.
+    returns: Team = "returns"
+
+
+class DlqSettings(_Config, frozen=True):
+    """Who owns the exceptions: a team for every dead letter (``[dlq]``)."""
+
+    #: ``source`` glob -> team, e.g. ``"wms-*" = "warehouse"``; the first pattern (in file
+    #: order) that matches the event's ``source`` wins.
+    owners: dict[SourcePattern, Team] = msgspec.field(default_factory=dict)
+    #: The owner by source topic when no pattern matches, or the event has no readable
+    #: ``source`` (it was not JSON, say).
+    default_owners: TopicOwnerSettings = msgspec.field(default_factory=TopicOwnerSettings)
+
+
 class KafkaSecuritySettings(_Config, frozen=True):
     """How the Kafka clients authenticate and encrypt; PLAINTEXT does neither."""
 
@@ -340,6 +373,7 @@ class Settings(_Config, frozen=True):
     kafka: KafkaSecuritySettings = msgspec.field(default_factory=KafkaSecuritySettings)
     redis: RedisSecuritySettings = msgspec.field(default_factory=RedisSecuritySettings)
     probe: ProbeSettings = msgspec.field(default_factory=ProbeSettings)
+    dlq: DlqSettings = msgspec.field(default_factory=DlqSettings)
 
 
 def is_probe_sku(settings: Settings, sku: str) -> bool:

@@ -51,6 +51,7 @@ from aiokafka.errors import KafkaError
 
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.incarnations import IncarnationSource, StoredIncarnations
+from stocksync.agents.owners import Owners
 from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.state import OrderState
@@ -234,6 +235,7 @@ async def _replay_sources(
     )
     outbox = _DirectOutbox(applier, committed)
     kinds = {names.stock: "stock", names.orders: "orders", names.returns: "returns"}
+    owners = Owners(settings.dlq)
     translators = {
         kind: Translator(
             kind=kind,
@@ -243,6 +245,7 @@ async def _replay_sources(
             window_ms=window_ms,
             clock=clock,
             incarnations=incarnations,
+            owners=owners,
         )
         for kind in kinds.values()
     }

@@ -30,7 +30,7 @@ from stocksync.agents.stages import (
     retrying,
 )
 from stocksync.agents.streams import _send_all
-from stocksync.codecs.dlq import HEAD_BYTES, dead_letter_decoder
+from stocksync.codecs.dlq import HEAD_BYTES, UNOWNED, dead_letter_decoder, owner_of
 from stocksync.codecs.effects import Snapshot, batch_decoder
 from stocksync.codecs.messages import Reason
 from stocksync.readmodel import core
@@ -75,6 +75,19 @@ def test_a_small_dead_letter_is_whole_and_unchanged() -> None:
         "partition": 2, "offset": 41, "key": "SKU-1", "correlation_id": "corr-1",
         "rejected_at": "2025-11-27T09:00:00.000Z", "event_text": "{oops",
     }
+
+
+def test_the_owner_is_the_last_field_and_a_header_and_old_records_read_unowned() -> None:
+    """The owner only grows the record at its end; a record without one reads as unowned."""
+    before = letter(b"{oops").value
+    out = letter(b"{oops", owner="warehouse")
+    assert out.value == before[:-1] + b',"owner":"warehouse"}'
+    assert out.headers[-1] == ("owner", b"warehouse")
+    assert owner_of(dead_letter_decoder.decode(out.value)) == "warehouse"
+    assert owner_of(dead_letter_decoder.decode(before)) == UNOWNED == "unowned"
+    cut = letter(b"A" * 1_048_576, owner="erp")
+    assert cut.truncated and dead_letter_decoder.decode(cut.value).owner == "erp"
+    assert ("owner", b"erp") in cut.headers
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,12 @@ from collections.abc import Sequence
 import msgspec
 
 from stocksync.agents.dlq import DeadLetterOut
+from stocksync.agents.metrics import WorkerMetrics
+from stocksync.agents.owners import Owners
 from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.codecs.dlq import dead_letter_decoder
 from stocksync.codecs.effects import batch_decoder
+from stocksync.config.settings import DlqSettings
 from stocksync.readmodel import core
 from stocksync.store import MemoryStore
 
@@ -50,9 +53,10 @@ def ev(type_: str, event_id: str, **fields: object) -> dict[str, object]:
 class Rig:
     """Three translators and one applier over memory, like one worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, owners: Owners | None = None) -> None:
         self.outbox = MemoryOutbox()
         self.store = asyncio.run(MemoryStore.fresh(TOPOLOGY))
+        self.metrics = WorkerMetrics()
         self.offsets: dict[str, int] = {"stock": 0, "orders": 0, "returns": 0}
         self.translators = {
             kind: Translator(
@@ -62,6 +66,8 @@ class Rig:
                 store=None if kind == "stock" else self.store,
                 window_ms=DAY_MS,
                 clock=lambda: 1_000,
+                metrics=self.metrics,
+                owners=owners,
             )
             for kind in self.offsets
         }
@@ -139,6 +145,42 @@ def test_invalid_events_go_to_the_dead_letters_and_the_rest_applies() -> None:
     assert isinstance(letters[0].event, msgspec.Raw)
     assert msgspec.json.decode(letters[0].event) == bad
     assert letters[1].event_text == "{not json"
+
+
+def test_every_dead_letter_names_its_owner_and_is_counted_by_reason_and_owner() -> None:
+    owners = Owners(DlqSettings(owners={"wms-*": "warehouse", "shop": "finance"}))
+    rig = Rig(owners)
+    wms = ev("stock.adjusted", "a1", sku="A", node="dc-west", delta=0, reason="receipt",
+             source="wms-east")
+    erp = ev("stock.adjusted", "a2", sku="A", node="dc-west", delta=0, reason="receipt",
+             source="erp")
+    shop = ev("order.cancelled", "c1", order_id="x", source="shop")
+    oms = ev("order.cancelled", "c2", order_id="y", source="oms")
+    rig.feed("stock", [rig.message("stock", "any", [wms, erp]),
+                       rig.message("stock", "A", b"{not json")])
+    rig.feed("orders", [rig.message("orders", "x", shop), rig.message("orders", "y", oms)])
+    letters = [dead_letter_decoder.decode(letter.value) for letter in rig.outbox.letters]
+    assert [(d.reason, d.owner) for d in letters] == [
+        ("invalid_field", "warehouse"),  # a pattern on the source, read from a bad event
+        ("invalid_field", "erp"),  # no pattern: the stock topic's default
+        ("malformed_json", "erp"),  # no readable source
+        ("unknown_order", "finance"),
+        ("unknown_order", "commerce"),  # the orders topic's default
+    ]
+    assert [dict(x.headers)["owner"] for x in rig.outbox.letters] == [
+        b"warehouse", b"erp", b"erp", b"finance", b"commerce"
+    ]
+    value = rig.metrics.registry.get_sample_value
+    assert value("stocksync_dead_letters_total",
+                 {"reason": "invalid_field", "owner": "erp"}) == 1
+    assert value("stocksync_dead_letters_total",
+                 {"reason": "invalid_field", "owner": "warehouse"}) == 1
+    assert value("stocksync_dead_letters_total",
+                 {"reason": "malformed_json", "owner": "erp"}) == 1
+    assert value("stocksync_dead_letters_total",
+                 {"reason": "unknown_order", "owner": "finance"}) == 1
+    assert value("stocksync_dead_letters_total",
+                 {"reason": "unknown_order", "owner": "commerce"}) == 1
 
 
 def test_a_quantity_beyond_the_limit_is_dead_lettered_and_the_next_event_applies() -> None:

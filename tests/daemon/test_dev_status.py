@@ -22,7 +22,8 @@ def test_rates_and_freshness_are_of_the_interval_and_lag_is_age_of_the_newest() 
     before = sample_of(worker_text(metrics), API, at=1000.0)
     metrics.events_consumed.labels("t.orders.v1", "order.created").inc(40)
     metrics.events_rejected.labels("t.orders.v1", "unknown_order").inc(10)
-    metrics.dead_letters.inc(10)
+    metrics.dead_letters.labels("unknown_order", "commerce").inc(6)
+    metrics.dead_letters.labels("invalid_field", "erp").inc(4)  # summed over reason, owner
     metrics.freshness.observe_many("produced", [0.04] * 99 + [0.09])
     metrics.freshness.observe_many("occurred", [100.0] * 50)  # not the basis shown
     metrics.last_event_produced.set(1009.5)
