@@ -195,6 +195,12 @@ class WorkerMetrics:
             "1 while the worker reaches the Kafka broker, 0 during an outage.",
             registry=r,
         )
+        self.model_lost = Gauge(
+            "stocksync_model_lost",
+            "1 while Redis has lost the model (no identity marker) and this worker waits for"
+            " or runs its rebuild from the topics.",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "stocksync_dead_letters_total",
             "Records written to the dead-letter topic, by reason and owning team ([dlq.owners]).",

@@ -235,6 +235,12 @@ def _health_families(status: SyncStatus, synthetic: int = 0) -> Iterator[Metric]
     """The model's size (business SKUs only), freshness and sync failures."""
     yield _gauge("stocksync_api_ready", "1 when /readyz answers 200.", float(status.ready))
     yield _gauge(
+        "stocksync_model_lost",
+        "1 while Redis has lost the model (no identity marker) and this replica serves its"
+        " last one (/readyz says model_lost), until it has loaded the rebuilt one.",
+        float(status.code == "model_lost"),
+    )
+    yield _gauge(
         "stocksync_api_redis_connected",
         "1 when the last Redis commands of the model sync succeeded.",
         float(status.connected),

@@ -274,8 +274,10 @@ def test_a_lost_model_is_served_until_the_rebuilt_one_is_live(
 
     async def scenario() -> None:
         async with serving(make_settings(redis_url)) as client:
+            assert await _metric(client, "stocksync_model_lost") == 0
             store.flushdb()  # what a Redis restarted without persistence holds
             await eventually(lambda: _lost(client))
+            assert await _metric(client, "stocksync_model_lost") == 1
             assert await _version(client, "A") == 5  # the last model, meanwhile
             async with serving(make_settings(redis_url), ready=False) as fresh:
                 await eventually(lambda: _lost(fresh))
@@ -290,6 +292,7 @@ def test_a_lost_model_is_served_until_the_rebuilt_one_is_live(
                     assert await _version(replica, "A") == 1
                     assert not await _has(replica, "B")
                     await eventually(lambda r=replica: _ready(r))  # type: ignore[misc]
+                    assert await _metric(replica, "stocksync_model_lost") == 0
 
     run(scenario())
 
