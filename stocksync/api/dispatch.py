@@ -24,7 +24,12 @@ from typing import Final, cast
 from aiohttp import hdrs, web
 
 from stocksync.api.metrics import ConnectionStats
-from stocksync.api.protocol import CONNECTION_LIMITS, ApiServer, ConnectionLimits
+from stocksync.api.protocol import (
+    CONNECTION_LIMITS,
+    UNREAD_BODY_LINGER,
+    ApiServer,
+    ConnectionLimits,
+)
 
 __all__ = [
     "AVAILABILITY_PREFIX",
@@ -108,6 +113,8 @@ class ApiRunner(web.AppRunner):
         """The application's server, with the app's connection limits and JSON errors."""
         limits = self.app.get(CONNECTION_LIMITS) or ConnectionLimits()
         self._kwargs["keepalive_timeout"] = limits.idle_timeout
+        # A refused upload's connection closes soon after its answer, not 10 s later.
+        self._kwargs["lingering_time"] = UNREAD_BODY_LINGER
         server = await super()._make_server()
         server.__class__ = ApiServer  # same state; only makes other connections
         cast(ApiServer, server).adopt(limits, self.app.get(CONNECTION_STATS) or ConnectionStats())

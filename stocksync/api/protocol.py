@@ -15,6 +15,13 @@ of a read that also holds a malformed one. :class:`ApiProtocol` changes that:
 - **idle keep-alive** (``api.idle_timeout_s``): aiohttp's keep-alive timer;
 - **connection cap** (``api.max_connections`` per process): one more is
   answered ``503 overloaded`` with ``Retry-After`` and closed;
+- **refused uploads** (an answer that closes the connection before the body was
+  read: ``503 overloaded`` over the upload budget, ``413``, ``401`` ...): the
+  answer is followed at once by the end of what the server sends (a half
+  close), the rest of the body is read and dropped for at most
+  :data:`UNREAD_BODY_LINGER` seconds (aiohttp's ``lingering_time``, 10 s by
+  default), so the client's bytes in flight do not reset the connection before
+  it has read the answer, and then the connection closes;
 - requests it cannot parse get ``bad_request`` (their status stays aiohttp's)
   and one INFO line; a server error keeps aiohttp's log with its traceback and
   is answered ``internal`` without detail;
@@ -49,6 +56,7 @@ from stocksync.api.upload import BodyTimeout
 __all__ = [
     "CONNECTION_LIMITS",
     "TESTED_AIOHTTP",
+    "UNREAD_BODY_LINGER",
     "ApiProtocol",
     "ApiServer",
     "ConnectionLimits",
@@ -142,6 +150,8 @@ _HEADERS_LATE: Final = _raw_error(
 )
 #: Seconds a refused connection stays open for its answer to be read before it closes.
 _REFUSED_LINGER: Final = 1.0
+#: Seconds the rest of a body not read (its request refused) is dropped before closing.
+UNREAD_BODY_LINGER: Final = 1.0
 
 
 class ApiServer(Server):
@@ -297,6 +307,25 @@ class ApiProtocol(RequestHandler):
             return
         self.transport.write(_HEADERS_LATE)
         self.force_close()
+
+    # --- refused uploads ---
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """Send the response; end the sending side at once when it refused an unread body."""
+        done = await super().finish_response(request, resp, start_time)
+        transport = self.transport
+        if (
+            not resp.keep_alive
+            and not request.content.is_eof()
+            and transport is not None
+            and not transport.is_closing()
+            and transport.can_write_eof()
+        ):
+            # The answer is all the client gets: say so now, not when the linger ends.
+            transport.write_eof()
+        return done
 
     # --- errors outside any handler ---
 

@@ -14,7 +14,7 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from stocksync.api.protocol import TESTED_AIOHTTP, ApiProtocol, _check_aiohttp
-from tests.api.helpers import make_settings, projection, run, serving, write
+from tests.api.helpers import eventually, make_settings, projection, run, serving, write
 from tests.api.wire import Answer, exchange, parse_answers, read_answers, wait_closed
 
 Client = TestClient[Any, Any]
@@ -132,37 +132,58 @@ def test_a_hanging_upload_gets_408_within_the_body_timeout(
 
 
 def test_uploads_over_the_memory_budget_are_refused(redis_url: str, store: redis.Redis) -> None:
-    settings = make_settings(redis_url, max_buffered_body_bytes=200_000, body_timeout_s=30)
+    """Four 180 KB uploads held at once against a 200 KB budget (64 KiB of each free): the
+    server reads them all, so exactly one fits and three are refused with 503, each followed
+    at once by the end of the connection (not left half read); the one that fits is served."""
+    settings = make_settings(redis_url, max_buffered_body_bytes=200_000, body_timeout_s=60)
     head = (
         b"POST /v1/availability/query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    chunk = b" " * 60_000
+    query = b'{"skus":["A"],"channel":"web"}'
+    chunk = query + b" " * (60_000 - len(query))  # JSON, then whitespace: a valid body
     piece = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
-
-    async def answer(reader: asyncio.StreamReader) -> list[Answer]:
-        # No answer in time: still being read, within the budget.
-        with contextlib.suppress(AssertionError, TimeoutError):
-            return await read_answers(reader, 1, timeout=4.0)
-        return []
+    blank = b"%x\r\n" % 60_000 + b" " * 60_000 + b"\r\n"
 
     async def scenario() -> None:
         async with serving(settings) as client:
             port = _port(client)
             connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
             for _, writer in connections:
-                writer.write(head + piece * 3)  # 180 KB each: 115 KB over the allowance
-                # A refused upload is not read further: its send buffer may never drain.
-                with contextlib.suppress(TimeoutError, ConnectionError):
-                    await asyncio.wait_for(writer.drain(), 5)
-            got = await asyncio.gather(*(answer(reader) for reader, _ in connections))
-            answers = [a for answered in got for a in answered]
-            assert answers and all(a.status == 503 for a in answers)
-            assert {a.code() for a in answers} == {"overloaded"}
-            assert all(a.headers["retry-after"] == "1" for a in answers)
-            assert len(answers) < 4  # at least one upload fits
+                # Not drained: a refused upload's rest may stay unread in its buffers.
+                writer.write(head + piece + blank * 2)  # 180 KB: 115 KB over the allowance
+            waiting = {
+                asyncio.ensure_future(read_answers(reader, 1, timeout=60)): n
+                for n, (reader, _) in enumerate(connections)
+            }
+            refused: dict[int, Answer] = {}
+            while len(refused) < 3:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    (answer,) = task.result()
+                    refused[waiting.pop(task)] = answer
+            for n, answer in refused.items():
+                assert answer.status == 503, answer
+                assert answer.code() == "overloaded"
+                assert answer.headers["retry-after"] == "1"
+                assert answer.headers["connection"] == "close"
+                answered = time.monotonic()
+                # The server ends the connection after its answer; nothing else comes.
+                assert await wait_closed(connections[n][0], 30) == b""
+                assert time.monotonic() - answered < 6.0  # not aiohttp's 10 s of lingering
+            # The one that fits is still being read: its end makes it a query like any other.
+            ((task, n),) = waiting.items()
+            assert not task.done()
+            connections[n][1].write(b"0\r\n\r\n")
+            (answer,) = await task
+            assert answer.status == 200, answer
+            assert [item["sku"] for item in answer.json()["items"]] == ["A"]  # type: ignore[index]
             for _, writer in connections:
                 writer.close()
-            # The budget is given back: a small batch is served as ever.
+            # Every refused connection is gone from the server, and the budget is given back.
+            async def only_the_clients_own() -> bool:
+                return await _metric(client, "stocksync_api_connections_open") <= 1
+
+            await eventually(only_the_clients_own, timeout=30)
             async with client.post(
                 "/v1/availability/query", json={"skus": ["A"], "channel": "web"}
             ) as resp:
