@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
+from stocksync.agents.metrics import WorkerMetrics
 from stocksync.config.settings import Settings
 from stocksync.ops.access import OperateError
 from stocksync.store import RedisStore, StoreUnavailable
@@ -46,6 +47,7 @@ class Healer:
         worker_id: str,
         on_healed: Callable[[], None] = lambda: None,
         poll: float = 0.5,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -55,16 +57,22 @@ class Healer:
         #: True while the model is missing and this process waits for or runs a rebuild.
         self.healing = False
         self.rebuilds = 0
+        #: ``stocksync_model_lost`` is 1 while healing.
+        self.metrics = metrics
         self._lock = asyncio.Lock()
 
     async def __call__(self) -> None:
         """Return once the store is bound to a live model again (rebuilt here or elsewhere)."""
         async with self._lock:
             self.healing = True
+            if self.metrics is not None:
+                self.metrics.model_lost.set(1)
             try:
                 await self._heal()
             finally:
                 self.healing = False
+                if self.metrics is not None:
+                    self.metrics.model_lost.set(0)
 
     async def _heal(self) -> None:
         store = self.store

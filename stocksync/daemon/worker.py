@@ -176,7 +176,7 @@ async def serve(
     store = await _connect_redis(settings)
     metrics = metrics or WorkerMetrics()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    healer = Healer(settings, store, worker_id=worker_id)
+    healer = Healer(settings, store, worker_id=worker_id, metrics=metrics)
     incarnations = TopicIncarnations(
         records=IncarnationRecords(store.client, store.keys),
         reader=KafkaRecordReader(settings),
