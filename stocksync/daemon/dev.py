@@ -5,7 +5,8 @@ package), uses the configured Redis when it answers (in a key space of its
 own, ``{redis_namespace}-dev``) or starts a private ``redis-server``, runs
 ``stocksync worker`` and ``stocksync api`` as child processes, feeds a
 realistic demo stream unless ``--no-demo`` and says "stocksync is up" once the
-API serves the demo data, with example requests. While it runs it records its
+worker has its partitions (its ``/readyz``) and the API serves the demo data,
+with example requests. While it runs it records its
 endpoints in a state file (:mod:`stocksync.config.devsetup`), so other
 ``stocksync`` commands without broker or Redis settings use this setup, and
 prints a status line every few seconds from the worker's and the API's
@@ -98,7 +99,11 @@ def _get(url: str, timeout: float = 2.0) -> bytes | None:
         return None
 
 
-def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+def _wait_ready(
+    urls: dict[str, str], children: list[subprocess.Popen[bytes]], logs: list[Path]
+) -> None:
+    """Wait until every ``/readyz`` of ``urls`` (what -> URL) answers 200, or a child dies."""
+    waiting = dict(urls)
     deadline = time.monotonic() + _READY_TIMEOUT
     while time.monotonic() < deadline:
         for child, log_path in zip(children, logs, strict=True):
@@ -108,10 +113,16 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], logs: list[Pa
                     f"{_command_text(child)} exited with status {child.returncode}:\n"
                     + "\n".join(tail)
                 )
-        if _get(url, timeout=1) is not None:
+        for what, url in list(waiting.items()):
+            if _get(url, timeout=1) is not None:
+                del waiting[what]
+        if not waiting:
             return
         time.sleep(0.3)
-    raise ServiceError(f"the API did not become ready at {url} within {_READY_TIMEOUT:.0f} s")
+    raise ServiceError(
+        " and ".join(f"the {what} did not become ready at {url}" for what, url in waiting.items())
+        + f" within {_READY_TIMEOUT:.0f} s"
+    )
 
 
 # --- the status line ----------------------------------------------------------------
@@ -519,7 +530,13 @@ def run(
             )
             _say(f"starting worker, API and availability feed (logs in {data})...")
             try:
-                _wait_ready(f"{setup.api_url}/readyz", children, logs)
+                # The worker too: ready means its partitions are assigned, so an event sent
+                # right after "up" (with --no-demo) is applied at once, not seconds later.
+                _wait_ready(
+                    {"API": f"{setup.api_url}/readyz", "worker": f"{setup.worker_url}/readyz"},
+                    children,
+                    logs,
+                )
             except ServiceError as exc:
                 print(f"stocksync dev: {exc}", file=sys.stderr)
                 failed = True

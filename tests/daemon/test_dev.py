@@ -164,6 +164,9 @@ def test_dev_on_a_reachable_redis_says_why_it_moved_and_cleans_its_keys(
             STOCKSYNC_REDIS_NAMESPACE="shop",
         ) as running:
             address = running.wait_for(r"stocksync is up\. API: (http://\S+)")[1]
+            # Up means the worker has its partitions too: what is sent now is applied now.
+            worker_url = json.loads((tmp_path / "state" / "dev.json").read_text())["worker_url"]
+            assert _get(f"{worker_url}/readyz")[0] == 200
             text = running.text
             assert f"api: port {busy} on 127.0.0.1 is taken (another program listens there)" in text
             assert f"the configured Redis at {redis_url} answers; using it, keys shop-dev:*" in text
