@@ -50,18 +50,25 @@ def _run(command: str, work: Coroutine[Any, Any, int]) -> int:
 
 
 def dlq_list(settings: Settings, args: argparse.Namespace) -> int:
-    """``stocksync dlq list [--reason R] [--limit N]``."""
+    """``stocksync dlq list [--reason R] [--owner T] [--limit N] [--show-body]``."""
     from stocksync.ops.dlq import list_letters
 
     async def work() -> int:
-        await list_letters(settings, sys.stdout, reason=args.reason, limit=args.limit)
+        await list_letters(
+            settings,
+            sys.stdout,
+            reason=args.reason,
+            limit=args.limit,
+            owner=args.owner,
+            show_body=args.show_body,
+        )
         return EXIT_OK
 
     return _run("dlq list", work())
 
 
 def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
-    """``stocksync dlq replay [--reason R] [--since T] [--dry-run] [--limit N]``."""
+    """``stocksync dlq replay [--reason R] [--owner T] [--since T] [--dry-run] [--limit N]``."""
     from stocksync.ops.dlq import replay_letters
 
     async def work() -> int:
@@ -73,6 +80,7 @@ def dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
             limit=args.limit,
             dry_run=args.dry_run,
             who=operator_name(),
+            owner=args.owner,
         )
         return EXIT_OK
 

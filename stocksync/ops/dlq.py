@@ -9,6 +9,10 @@ applied once; an event that was already applied is skipped by its
 (``source``, ``event_id``). A truncated record (its message was larger than
 the broker takes) is never replayed: it holds only the head of the value;
 the replay says so and where the original is.
+
+Every record names the team that owns it (``owner``, see
+:mod:`stocksync.agents.owners`); records written before owners existed are
+``unowned``. Both commands choose by owner as they do by reason.
 """
 
 from __future__ import annotations
@@ -23,13 +27,21 @@ from typing import Final, TextIO
 import msgspec
 
 from stocksync.agents.topics import topic_names
-from stocksync.codecs.dlq import DeadLetter, dead_letter_decoder
+from stocksync.codecs.dlq import DeadLetter, dead_letter_decoder, owner_of
 from stocksync.codecs.events import Event
 from stocksync.config.settings import Settings
 from stocksync.ops.access import OperateError, audit, open_producer, read_topics
 from stocksync.readmodel import core
 
-__all__ = ["Letter", "Replay", "format_letter", "list_letters", "read_letters", "replay_letters"]
+__all__ = [
+    "Letter",
+    "Replay",
+    "format_body",
+    "format_letter",
+    "list_letters",
+    "read_letters",
+    "replay_letters",
+]
 
 log = logging.getLogger("stocksync.operate")
 
@@ -90,6 +102,7 @@ async def read_letters(
     *,
     reason: str | None = None,
     since: datetime | None = None,
+    owner: str | None = None,
 ) -> tuple[list[Letter], int]:
     """Dead letters matching the filters, oldest first, and the count of unreadable records."""
     dlq = topic_names(settings).dlq
@@ -107,6 +120,8 @@ async def read_letters(
             letter = Letter(record, rec.partition, rec.offset, rec.key)
             if reason is not None and record.reason != reason:
                 continue
+            if owner is not None and owner_of(record) != owner:
+                continue
             if since is not None:
                 at = _rejected_at(letter)
                 if at is None or at < since:
@@ -123,12 +138,20 @@ def _clean(text: str | None) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
+def _escaped(text: str) -> str:
+    """``text`` on one line: what is not printable is shown as its escape (``\\n``, ``\\x1b``)."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def format_letter(letter: Letter) -> str:
-    """One line: time, reason, where, key, correlation id, message."""
+    """One line: time, reason, owner, where, key, correlation id, message."""
     r = letter.record
     fields = [
         r.rejected_at,
         _clean(r.reason),
+        f"owner={_clean(owner_of(r))}",
         letter.where,
         f"key={_clean(r.key)}",
         f"cid={_clean(r.correlation_id)}",
@@ -139,15 +162,63 @@ def format_letter(letter: Letter) -> str:
     return "  ".join(fields)
 
 
+def format_body(letter: Letter) -> str:
+    """The rejected event's body on one indented line, saying what form it is in.
+
+    Valid JSON is shown on one line (its line breaks and indentation dropped,
+    nothing else changed); other text with its unprintable characters escaped;
+    bytes that are not UTF-8 as base64. A truncated record says how much of the value it kept.
+    """
+    r = letter.record
+    if r.truncated:
+        if r.event_text is not None:
+            head, kept, form = _escaped(r.event_text), len(r.event_text.encode()), "as text"
+        elif r.event_b64 is not None:
+            try:
+                kept = len(base64.b64decode(r.event_b64))
+            except (binascii.Error, ValueError):
+                kept = 0
+            head, form = r.event_b64, "base64"
+        else:
+            head, kept, form = "", 0, "none kept"
+        return (
+            f"    body (truncated: the first {kept} of {r.event_length} bytes, {form};"
+            f" sha256 {_clean(r.event_sha256)}): {head}"
+        )
+    if not isinstance(r.event, msgspec.UnsetType):
+        try:
+            compact = msgspec.json.format(bytes(r.event), indent=0).decode("utf-8")
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            compact = bytes(r.event).decode("utf-8", "replace")
+        return f"    body: {_escaped(compact)}"
+    if r.event_text is not None:
+        return f"    body (not JSON): {_escaped(r.event_text)}"
+    if r.event_b64 is not None:
+        return f"    body (not UTF-8, base64): {r.event_b64}"
+    return "    body: -"
+
+
 async def list_letters(
-    settings: Settings, out: TextIO, *, reason: str | None, limit: int | None
+    settings: Settings,
+    out: TextIO,
+    *,
+    reason: str | None,
+    limit: int | None,
+    owner: str | None = None,
+    show_body: bool = False,
 ) -> int:
-    """Print dead letters, oldest first (with ``limit``, the newest ``limit``); return the count."""
-    letters, unreadable = await read_letters(settings, reason=reason)
+    """Print dead letters, oldest first (with ``limit``, the newest ``limit``); return the count.
+
+    With ``show_body`` each line is followed by the event's body (:func:`format_body`).
+    """
+    letters, unreadable = await read_letters(settings, reason=reason, owner=owner)
     shown = letters[-limit:] if limit is not None else letters
     for letter in shown:
         print(format_letter(letter), file=out)
+        if show_body:
+            print(format_body(letter), file=out)
     what = f" with reason {reason!r}" if reason else ""
+    what += f" owned by {owner!r}" if owner else ""
     more = f" (showing the newest {len(shown)})" if len(shown) < len(letters) else ""
     bad = f"; {unreadable} unreadable record(s) skipped" if unreadable else ""
     print(f"{len(letters)} dead-lettered event(s){what}{more}{bad}", file=out)
@@ -203,10 +274,11 @@ async def replay_letters(
     dry_run: bool,
     who: str,
     echo: Callable[[str], None] | None = None,
+    owner: str | None = None,
 ) -> int:
     """Send the chosen dead letters back to their topics (oldest first); return how many."""
     say = echo or (lambda line: print(line, file=out, flush=True))
-    letters, _unreadable = await read_letters(settings, reason=reason, since=since)
+    letters, _unreadable = await read_letters(settings, reason=reason, since=since, owner=owner)
     chosen = letters[:limit] if limit is not None else letters
     sources = topic_names(settings).sources
     plans: list[Replay] = []
@@ -247,6 +319,7 @@ async def replay_letters(
             "dlq replay",
             sent,
             reason=reason,
+            owner=owner,
             since=since.isoformat() if since else None,
             limit=limit,
             planned=len(plans),

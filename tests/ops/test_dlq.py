@@ -52,16 +52,17 @@ def letter(settings: Settings, **fields: object) -> Message:
 
 @pytest.fixture
 def planted(settings: Settings) -> Settings:
-    """Four dead letters: a single order event, a bulk element, a malformed one, a foreign one."""
+    """Four dead letters: a single order event, a bulk element, a malformed one written
+    before owners existed, a foreign one."""
     names = topic_names(settings)
     produce(
         settings,
         [
-            letter(settings, correlation_id="ord-9912"),
+            letter(settings, correlation_id="ord-9912", owner="commerce"),
             letter(
                 settings, reason="invalid_field", message="Expected `int`", topic=names.stock,
                 partition=0, offset=3, index=2, key=b"erp-export-17",
-                raw=msgspec.json.encode(SNAPSHOT), now_ms=NOW_MS + 1000,
+                raw=msgspec.json.encode(SNAPSHOT), now_ms=NOW_MS + 1000, owner="warehouse",
             ),
             letter(
                 settings, reason="malformed_json", message="not valid JSON", topic=names.stock,
@@ -69,7 +70,7 @@ def planted(settings: Settings) -> Settings:
             ),
             letter(
                 settings, reason="unknown_order", topic="someone.elses.topic",
-                now_ms=NOW_MS + 3000,
+                now_ms=NOW_MS + 3000, owner="commerce",
             ),
         ],
     )
@@ -80,6 +81,7 @@ def ns(**fields: object) -> argparse.Namespace:
     """The arguments the CLI would pass."""
     base: dict[str, object] = {
         "reason": None, "limit": None, "since": None, "dry_run": False, "config": None,
+        "owner": None, "show_body": False,
     }
     base.update(fields)
     return argparse.Namespace(**base)
@@ -92,10 +94,13 @@ def test_list_prints_one_line_per_record(
     lines = capsys.readouterr().out.splitlines()
     names = topic_names(planted)
     assert lines[0] == (
-        f"2026-11-27T09:00:00.000Z  unknown_order  {names.orders}[1]@7  key=9912  cid=ord-9912"
-        "  order '9912' is unknown"
+        f"2026-11-27T09:00:00.000Z  unknown_order  owner=commerce  {names.orders}[1]@7  key=9912"
+        "  cid=ord-9912  order '9912' is unknown"
     )
-    assert lines[1].startswith(f"2026-11-27T09:00:01.000Z  invalid_field  {names.stock}[0]@3#2")
+    assert lines[1].startswith(
+        f"2026-11-27T09:00:01.000Z  invalid_field  owner=warehouse  {names.stock}[0]@3#2"
+    )
+    assert "  malformed_json  owner=unowned  " in lines[2]  # a record of before owners
     assert "key=erp-export-17  cid=-  Expected `int`" in lines[1]
     assert "key=SKU-\ufffd" in lines[2]  # an undecodable key byte is replaced, not printed raw
     assert lines[-1] == "4 dead-lettered event(s)"
@@ -109,6 +114,60 @@ def test_list_filters_by_reason_and_limits(
     assert len(lines) == 2
     assert "someone.elses.topic" in lines[0]  # the newest one
     assert lines[1] == "2 dead-lettered event(s) with reason 'unknown_order' (showing the newest 1)"
+
+
+def test_list_filters_by_owner_and_shows_bodies(
+    planted: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert commands.dlq_list(planted, ns(owner="commerce", show_body=True)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    assert "owner=commerce" in lines[0] and "owner=commerce" in lines[2]
+    # The event as received, on one line.
+    body = msgspec.json.format(msgspec.json.encode(CANCEL), indent=0).decode()
+    assert lines[1] == f"    body: {body}" and '"order_id": "9912"' in body
+    assert lines[-1] == "2 dead-lettered event(s) owned by 'commerce'"
+    assert commands.dlq_list(planted, ns(owner="unowned", reason="malformed_json",
+                                        show_body=True)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "    body (not JSON): {oops\\n"  # the line break shown, not made
+    assert lines[-1] == (
+        "1 dead-lettered event(s) with reason 'malformed_json' owned by 'unowned'"
+    )
+    assert commands.dlq_list(planted, ns(owner="finance")) == 0
+    assert capsys.readouterr().out == "0 dead-lettered event(s) owned by 'finance'\n"
+
+
+def test_bodies_of_pretty_printed_binary_and_truncated_events(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = topic_names(settings)
+    produce(settings, [
+        letter(settings, raw=b'{\n  "type": "order.cancelled",\n  "order_id": "9912"\n}'),
+        letter(settings, reason="malformed_json", raw=b"\xff\xfe\x00", now_ms=NOW_MS + 1),
+        letter(settings, reason="malformed_json", topic=names.stock, raw=b"A" * 1_200_000,
+               now_ms=NOW_MS + 2),
+    ])
+    assert commands.dlq_list(settings, ns(show_body=True)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == '    body: {"type": "order.cancelled", "order_id": "9912"}'
+    assert lines[3] == "    body (not UTF-8, base64): //4A"
+    assert lines[5].startswith(
+        "    body (truncated: the first 65536 of 1200000 bytes, as text; sha256 "
+    )
+    assert lines[5].endswith("): " + "A" * 65536)
+
+
+def test_replay_filters_by_owner(planted: Settings, capsys: pytest.CaptureFixture[str],
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    names = topic_names(planted)
+    caplog.set_level(logging.INFO, logger="stocksync.audit")
+    assert commands.dlq_replay(planted, ns(owner="warehouse")) == 0
+    assert "sending 1 of 1 matching dead-lettered event(s)" in capsys.readouterr().out
+    (only,) = read_all(planted, names.sources)
+    assert (only.topic, only.key) == (names.stock, b"erp-export-17")
+    (line,) = [r for r in caplog.records if r.name == "stocksync.audit"]
+    assert line.owner == "warehouse"  # type: ignore[attr-defined]
 
 
 def test_list_without_a_dlq_topic(
