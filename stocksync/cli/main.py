@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from stocksync import __version__
 from stocksync.cli import checks, configuration, operations, services
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
     _add_globals(shared, default=argparse.SUPPRESS)
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(  # its subcommands get its class
         prog="stocksync",
         description=_OVERVIEW,
         epilog=ENVIRONMENT,
@@ -76,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     for group in (configuration, services, operations, checks):
         group.register(commands)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument value is one line, like a bad setting."""
+
+    def error(self, message: str) -> NoReturn:
+        """Say a bad value in one line and exit 2; other usage errors show the usage too."""
+        if message.startswith("argument "):
+            self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        super().error(message)
 
 
 def _add_globals(parser: argparse.ArgumentParser, default: str | None) -> None:

@@ -7,6 +7,8 @@ import sys
 
 from stocksync.cli.launch import EXIT_USAGE, run_module
 from stocksync.cli.parsing import Commands, Handler, positive, since
+from stocksync.codecs.dlq import UNOWNED
+from stocksync.config.settings import TEAMS
 
 __all__ = ["register"]
 
@@ -35,14 +37,20 @@ def register(commands: Commands) -> None:
         "list dead-lettered events",
         "List dead-lettered events, newest last.",
     )
-    _add_reason_limit(dlq_list)
+    _add_filters(dlq_list)
+    dlq_list.add_argument(
+        "--show-body",
+        action="store_true",
+        help="also print each event's body as received, on one line (a truncated record"
+        " says how much of it was kept)",
+    )
     dlq_replay = dlq_actions.add(
         "replay",
         _operation("dlq_replay"),
         "send dead-lettered events back to their source topics",
         "Send dead-lettered events back to their source topics, unchanged.",
     )
-    _add_reason_limit(dlq_replay)
+    _add_filters(dlq_replay)
     dlq_replay.add_argument(
         "--since",
         type=since,
@@ -89,14 +97,35 @@ def register(commands: Commands) -> None:
     )
 
 
-def _add_reason_limit(parser: argparse.ArgumentParser) -> None:
+def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reason",
         type=_reason,
         metavar="R",
         help=f"only events dead-lettered for reason R: {', '.join(_reasons())}",
     )
+    parser.add_argument(
+        "--owner",
+        type=_owner,
+        metavar="T",
+        help=f"only events owned by team T ([dlq.owners]): {', '.join(_owners())}"
+        f" ({UNOWNED}: records written before owners existed)",
+    )
     parser.add_argument("--limit", type=positive, metavar="N", help="at most N events")
+
+
+def _owners() -> list[str]:
+    """Every owner a dead letter can name, and the one of a record naming none."""
+    return [*TEAMS, UNOWNED]
+
+
+def _owner(text: str) -> str:
+    valid = _owners()
+    if text not in valid:
+        raise argparse.ArgumentTypeError(
+            f"unknown owner {text!r}; expected one of {', '.join(valid)}"
+        )
+    return text
 
 
 def _reasons() -> list[str]:

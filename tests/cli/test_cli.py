@@ -571,6 +571,23 @@ def test_dlq_reason_must_be_a_known_one(tmp_path: Path) -> None:
     )
     assert expected in done.stderr
     assert "unknown_order" in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr  # one line, like a bad setting
+    assert done.stderr.endswith("(see stocksync dlq list --help)\n")
+
+
+def test_dlq_owner_must_be_a_known_team_and_help_lists_them(tmp_path: Path) -> None:
+    done = stocksync("dlq", "replay", "--owner", "marketing", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "stocksync dlq replay: error: argument --owner: unknown owner 'marketing'; expected one"
+        " of erp, warehouse, commerce, returns, finance, unowned (see stocksync dlq replay"
+        " --help)"
+    ]
+    helped = stocksync("dlq", "list", "--help", cwd=tmp_path)
+    text = " ".join(helped.stdout.split())
+    assert "--owner T only events owned by team T ([dlq.owners]): erp, warehouse," in text
+    assert "--show-body" in text
+    assert "unknown_order" in text and "malformed_json" in text  # every reason
 
 
 def test_audit_names_the_login_without_user(monkeypatch: pytest.MonkeyPatch) -> None:
