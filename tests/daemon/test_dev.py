@@ -151,6 +151,8 @@ def test_dev_on_a_reachable_redis_says_why_it_moved_and_cleans_its_keys(
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     client.set("other:key", "kept")
+    config = tmp_path / "stocksync.toml"
+    config.write_text('[dlq.owners]\n"billing-*" = "finance"\n"wms-*" = "warehouse"\n')
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -162,6 +164,7 @@ def test_dev_on_a_reachable_redis_says_why_it_moved_and_cleans_its_keys(
             STOCKSYNC_REDIS_URL=redis_url,
             STOCKSYNC_API_PORT=str(busy),
             STOCKSYNC_REDIS_NAMESPACE="shop",
+            STOCKSYNC_CONFIG=str(config),
         ) as running:
             address = running.wait_for(r"stocksync is up\. API: (http://\S+)")[1]
             # Up means the worker has its partitions too: what is sent now is applied now.
@@ -189,6 +192,40 @@ def test_dev_on_a_reachable_redis_says_why_it_moved_and_cleans_its_keys(
                 assert time.monotonic() < deadline
                 time.sleep(0.3)
             assert list(client.scan_iter("shop-dev:*"))
+
+            # Events the worker rejects are owned by their source's team, else their topic's.
+            cancels = [{"type": "order.cancelled", "schema": 1, "event_id": f"c-{source}",
+                        "occurred_at": "2026-11-27T09:00:00Z", "source": source,
+                        "order_id": f"unknown-{source}"} for source in ("billing-7", "shop")]
+            produced = running.command("produce", "-", cwd=tmp_path,
+                                       stdin="\n".join(json.dumps(c) for c in cancels))
+            assert produced.returncode == 0, produced.stderr
+            deadline = time.monotonic() + 30
+            while True:
+                listed = running.command("dlq", "list", "--show-body", cwd=tmp_path)
+                assert listed.returncode == 0, listed.stderr
+                if listed.stdout.splitlines()[-1] == "2 dead-lettered event(s)":
+                    break
+                assert time.monotonic() < deadline, listed.stdout
+                time.sleep(0.5)
+            finance = running.command("dlq", "list", "--owner", "finance", "--show-body",
+                                      cwd=tmp_path)
+            lines = finance.stdout.splitlines()
+            assert lines[-1] == "1 dead-lettered event(s) owned by 'finance'", finance.stdout
+            assert "  unknown_order  owner=finance  stocksync.orders.v1[" in lines[0]
+            assert lines[1].startswith('    body: {"type": "order.cancelled", "schema": 1,')
+            assert '"source": "billing-7"' in lines[1]
+            commerce = running.command("dlq", "list", "--owner", "commerce", cwd=tmp_path)
+            assert commerce.stdout.splitlines()[-1] == (
+                "1 dead-lettered event(s) owned by 'commerce'"
+            )
+            worker_metrics = _get(f"{worker_url}/metrics")[1].decode()
+            for owner in ("finance", "commerce"):
+                assert (f'stocksync_dead_letters_total{{owner="{owner}",reason="unknown_order"}}'
+                        " 1.0") in worker_metrics
+            replayed = running.command("dlq", "replay", "--owner", "finance", "--dry-run",
+                                       cwd=tmp_path)
+            assert "would send 1 of 1 matching dead-lettered event(s)" in replayed.stdout
 
             running.process.send_signal(signal.SIGTERM)
             assert running.process.wait(60) == 0, running.text
