@@ -1,6 +1,6 @@
-"""Every adjustment stocksync makes to the private parts of faust, mode and aiokafka.
+"""Every adjustment stocksync makes to the private parts of faust, mode, aiokafka and redis-py.
 
-One module per library (:mod:`.faust`, :mod:`.mode`, :mod:`.aiokafka`), so each
+One module per library (:mod:`.faust`, :mod:`.mode`, :mod:`.aiokafka`, :mod:`.redis`), so each
 debt has one address. Each module names the release range it was written and
 measured for and checks the installed version once, at import: on any other
 version its adjustments stand down, the library's stock behaviour is used

@@ -127,6 +127,12 @@ def security_warnings(settings: Settings) -> list[str]:
             "redis_url carries a password, which is easily shown or logged with the URL;"
             " move it to redis.password_file or STOCKSYNC_REDIS_PASSWORD"
         )
+    if settings.redis_cluster and not settings.redis_wait_replicas:
+        warnings.append(
+            "redis_cluster without redis_wait_replicas: Redis replicates asynchronously,"
+            " so a write acknowledged just before a failover can be missing on the promoted"
+            " replica and is then lost; set redis_wait_replicas = 1 when masters have replicas"
+        )
     kafka = settings.kafka
     if kafka.security_protocol == "SASL_PLAINTEXT" and kafka.sasl_mechanism == "PLAIN":
         warnings.append(

@@ -64,6 +64,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "STOCKSYNC_BROKER": "broker",
     "STOCKSYNC_REDIS_URL": "redis_url",
     "STOCKSYNC_REDIS_CLUSTER": "redis_cluster",
+    "STOCKSYNC_REDIS_WAIT_REPLICAS": "redis_wait_replicas",
     "STOCKSYNC_TOPIC_PREFIX": "topic_prefix",
     "STOCKSYNC_REDIS_NAMESPACE": "redis_namespace",
     "STOCKSYNC_PARTITIONS": "partitions",
@@ -81,7 +82,8 @@ SECRET_ENV: Final[Mapping[str, str]] = {
     "STOCKSYNC_REDIS_PASSWORD": "redis",
 }
 _INT_OVERRIDES: Final = frozenset(
-    {"STOCKSYNC_PARTITIONS", "STOCKSYNC_API_PORT", "STOCKSYNC_WORKER_PORT", "STOCKSYNC_FEED_PORT"}
+    {"STOCKSYNC_PARTITIONS", "STOCKSYNC_API_PORT", "STOCKSYNC_WORKER_PORT", "STOCKSYNC_FEED_PORT",
+     "STOCKSYNC_REDIS_WAIT_REPLICAS"}
 )
 
 #: Variables holding a flag, and the spellings taken for it (others are refused by name).

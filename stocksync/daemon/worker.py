@@ -62,6 +62,8 @@ async def _connect_redis(settings: Settings, timeout: float = 30.0) -> RedisStor
         cluster=settings.redis_cluster,
         changes_maxlen=settings.worker.changes_maxlen,
         state_ttl_seconds=settings.worker.state_ttl_days * 86_400,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     deadline = time.monotonic() + timeout
     delay = 0.2

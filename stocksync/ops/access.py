@@ -113,6 +113,8 @@ def open_store(settings: Settings) -> RedisStore:
         cluster=settings.redis_cluster,
         changes_maxlen=settings.worker.changes_maxlen,
         state_ttl_seconds=settings.worker.state_ttl_days * 86_400,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
 
 

@@ -30,6 +30,8 @@ from typing import Any, Final, TypeVar, cast
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     NoScriptError,
     RedisClusterException,
@@ -39,8 +41,10 @@ from redis.exceptions import (
 )
 
 from stocksync.codecs.state import OrderState, Position, RmaState
+from stocksync.compat import redis as compat_redis
 from stocksync.readmodel import core
 from stocksync.store import scripts
+from stocksync.store.acked import evalsha_acked
 from stocksync.store.generation import effective_namespace
 from stocksync.store.layout import (
     CLUSTER_SHARDS,
@@ -70,6 +74,8 @@ _Errors = (RedisError, RedisClusterException, OSError)
 
 #: A client of one Redis or of a Redis Cluster.
 Client = aioredis.Redis | RedisCluster
+
+compat_redis.closed_transport_is_a_connection_error()
 _T = TypeVar("_T")
 #: Bits of a served_page cursor per node of a cluster (a node's SCAN cursor, plus one).
 _CURSOR_BITS: Final = 65
@@ -83,6 +89,13 @@ def open_client(url: str, *, cluster: bool = False, **options: Any) -> Client:
     """
     if cluster:
         options.pop("health_check_interval", None)  # not a cluster client option
+        # A command that meets a dead node, CLUSTERDOWN or an unserved slot is sent
+        # again (up to 3 times) after the client re-read the slot map from a node that
+        # answers, so a failover costs the callers a few failed calls, not a restart;
+        # past that the caller's own backoff (worker, API sync) takes over.
+        options.setdefault(
+            "retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+        )
         return RedisCluster.from_url(url, **options)
     return aioredis.Redis.from_url(url, **options)
 
@@ -117,6 +130,8 @@ class RedisStore:
         generation: str | None = None,
         changes_maxlen: int = 1_000_000,
         state_ttl_seconds: int = 90 * 86_400,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
         self.cluster = isinstance(client, RedisCluster)
@@ -127,6 +142,10 @@ class RedisStore:
         self._generation = generation
         self.changes_maxlen = changes_maxlen
         self.state_ttl_seconds = state_ttl_seconds
+        #: Replicas that must acknowledge every batch and state write (``WAIT``, see
+        #: :mod:`stocksync.store.acked`); 0: the master's answer is enough.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._scripts = {
             name: client.register_script(getattr(scripts, name))
             for name in (
@@ -171,6 +190,8 @@ class RedisStore:
             generation=generation,
             changes_maxlen=self.changes_maxlen,
             state_ttl_seconds=self.state_ttl_seconds,
+            wait_replicas=self.wait_replicas,
+            wait_timeout_ms=self.wait_timeout_ms,
         )
 
     @property
@@ -202,9 +223,19 @@ class RedisStore:
             await self.client.initialize()
         return list(await asyncio.gather(*calls))
 
-    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a registered script with its command packed in C; load it first if needed."""
+    async def _evalsha(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, acked: bool = False
+    ) -> Any:
+        """Run a registered script with its command packed in C; load it first if needed.
+
+        ``acked``: a write that ``wait_replicas`` replicas must have before it counts.
+        """
         script = self._scripts[name]
+        if acked and self.wait_replicas:
+            return await evalsha_acked(
+                self.client, script, keys, args,
+                replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms,
+            )
         if self.cluster:
             # Routed by the keys' slot (one slot per call: the keys share a shard tag).
             return await script(keys=keys, args=args)
@@ -454,7 +485,7 @@ class RedisStore:
                 ",".join(w.holds),
                 w.correlation_id or "",
             ]
-        conflicts = await self._evalsha("WRITE_BATCH", keys, args)
+        conflicts = await self._evalsha("WRITE_BATCH", keys, args, acked=True)
         if conflicts == scripts.LOST:
             return None
         return [group[int(i) - 1].position.sku for i in conflicts]
@@ -638,7 +669,7 @@ class RedisStore:
                 else self.keys.rma(state.rma_id)
             )
             args += [state.src, state_mark(state), encode_state(state)]
-        return await self._evalsha("SAVE_STATES", keys, args)
+        return await self._evalsha("SAVE_STATES", keys, args, acked=True)
 
     # --- the change stream (API replicas follow it) ---
 
