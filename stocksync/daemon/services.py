@@ -570,6 +570,8 @@ class LocalRedisCluster:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(node_dir / "nodes.conf"),
                     "--cluster-node-timeout", "1500",
+                    # a replica syncs at once, not after the default 5 s of waiting
+                    "--repl-diskless-sync-delay", "0",
                 ],
             )
             node.start()
@@ -583,6 +585,72 @@ class LocalRedisCluster:
             check=True, capture_output=True, timeout=60,
         )
         self.wait_ok()
+        self.wait_replicated()
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Wait until every master has its replicas and every replica's link is up.
+
+        A replica that has not finished its first sync is not eligible for a failover
+        (it would take over without the data), so a test that kills a master waits.
+        """
+        deadline = time.monotonic() + timeout
+        while self.replicas:
+            ready = []
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                with contextlib.closing(redis.Redis.from_url(node.url)) as client:
+                    try:
+                        info = client.info("replication")
+                    except (redis.RedisError, OSError):
+                        ready.append(False)
+                        continue
+                if info.get("role") == "master":
+                    ready.append(info.get("connected_slaves", 0) >= self.replicas)
+                else:
+                    ready.append(info.get("master_link_status") == "up")
+            if all(ready):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster's replicas did not finish their sync")
+            time.sleep(0.1)
+
+    def master_of(self, slot: int) -> RedisServer:
+        """The node that the first running node that answers names as master of ``slot``."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with contextlib.closing(redis.Redis.from_url(node.url)) as client:
+                try:
+                    shards = client.execute_command(  # type: ignore[no-untyped-call]
+                        "CLUSTER", "SLOTS"
+                    )
+                except (redis.RedisError, OSError):
+                    continue
+            for first, last, master, *_ in shards:
+                if first <= slot <= last:
+                    host, port = master[0], master[1]
+                    host = host.decode() if isinstance(host, bytes) else host
+                    for candidate in self.nodes:
+                        if self.address(candidate) == f"{host}:{port}":
+                            return candidate
+        raise RuntimeError(f"no running node says which master serves slot {slot}")
+
+    def wait_failover(self, slot: int, timeout: float = 30.0) -> RedisServer:
+        """After the master of ``slot`` was killed: wait until a running node (its
+        promoted replica) serves the slot and the cluster is ok again; that node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                master = self.master_of(slot)
+            except RuntimeError:
+                master = None
+            if master is not None and master.running:
+                self.wait_ok(max(1.0, deadline - time.monotonic()))
+                return master
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over slot {slot} from its killed master")
+            time.sleep(0.1)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Wait until every running node says the cluster is ok and agrees on the masters."""
