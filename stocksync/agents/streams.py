@@ -145,7 +145,8 @@ class WorkerStages:
         self.translators: dict[str, Translator] = {}
         #: Converts checkout holds for the orders translator, on the live generation's keys.
         self.holds = HoldStore(
-            store.client, lambda: store.keys, changes_maxlen=settings.worker.changes_maxlen
+            store.client, lambda: store.keys, changes_maxlen=settings.worker.changes_maxlen,
+            wait_replicas=store.wait_replicas, wait_timeout_ms=store.wait_timeout_ms,
         )
         #: Brings a lost model back before a stage tries again (see stocksync.daemon.healing).
         self.heal = heal

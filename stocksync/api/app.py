@@ -101,12 +101,11 @@ async def _model_sync(app: web.Application) -> AsyncIterator[None]:
         lambda: sync.store.keys,
         changes_maxlen=settings.worker.changes_maxlen,
         timeout=_SOCKET_TIMEOUT,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     app[HOLDS] = holds
-    if not settings.redis_cluster:
-        # Checkout holds span shards and are not cluster-safe yet: on a cluster the
-        # replica serves positions only (the holds endpoints answer 503).
-        sync.holds = holds
+    sync.holds = holds
     await sync.start()
     try:
         yield

@@ -48,6 +48,7 @@ from stocksync.store import scripts
 from stocksync.store.layout import Keys
 from stocksync.store.multiplex import Multiplexed, NoScript
 from stocksync.store.protocol import StoreUnavailable
+from stocksync.store.sharded_holds import ShardedHolds
 
 __all__ = ["MEMORY_MS", "Created", "HoldRecord", "HoldStore"]
 
@@ -118,6 +119,8 @@ class HoldStore:
         memory_ms: int = MEMORY_MS,
         changes_maxlen: int = 1_000_000,
         timeout: float = 5.0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
         #: The live generation's keys (SKU hashes, change stream) as the caller follows
@@ -138,6 +141,15 @@ class HoldStore:
         # call cost about as much CPU as the rest of a hold.
         self._pipe = (
             None if isinstance(client, aioredis.RedisCluster) else Multiplexed(client, timeout)
+        )
+        #: On a Redis Cluster a hold is decided shard group by shard group (and
+        #: ``wait_replicas`` replicas acknowledge each step); see that module.
+        self._sharded = (
+            ShardedHolds(
+                client, live, memory_ms=memory_ms, changes_maxlen=changes_maxlen,
+                wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
+            )
+            if isinstance(client, aioredis.RedisCluster) else None
         )
 
     async def close(self) -> None:
@@ -176,6 +188,10 @@ class HoldStore:
         partial: bool,
     ) -> Created:
         """Grant a new hold in one atomic call, or find the one ``hold_id`` names."""
+        if self._sharded is not None:
+            return await self._sharded.create(
+                hold_id, channel, lines, fingerprint=fingerprint, ttl_ms=ttl_ms, partial=partial
+            )
         live = self.live()
         keys = [live.hold(hold_id), live.changes()]
         args: list[str | int] = [
@@ -205,6 +221,8 @@ class HoldStore:
 
     async def get(self, hold_id: str) -> HoldRecord | None:
         """The hold ``hold_id`` names, or None when unknown (or forgotten)."""
+        if self._sharded is not None:
+            return await self._sharded.get(hold_id)
         live = self.live()
         reply = await self._call(self._get, [live.hold(hold_id)], [])
         if len(reply) == 1:
@@ -213,6 +231,8 @@ class HoldStore:
 
     async def release(self, hold_id: str) -> tuple[HoldRecord, bool] | None:
         """End an active hold: (the hold as it then is, True if this call released it)."""
+        if self._sharded is not None:
+            return await self._sharded.release(hold_id)
         live = self.live()
         found = await self.get(hold_id)
         if found is None:
@@ -230,6 +250,8 @@ class HoldStore:
 
     async def extend(self, hold_id: str, ttl_ms: int) -> tuple[HoldRecord, bool] | None:
         """Move an active hold's expiry to now + ``ttl_ms``: (the hold, True if extended)."""
+        if self._sharded is not None:
+            return await self._sharded.extend(hold_id, ttl_ms)
         live = self.live()
         found = await self.get(hold_id)
         if found is None:
@@ -250,6 +272,8 @@ class HoldStore:
     ) -> frozenset[str]:
         """Convert the hold for ``order_id``: the SKUs whose lines the order's reservations
         take over (its other SKUs are released now); empty when the hold has ended."""
+        if self._sharded is not None:
+            return await self._sharded.convert(hold_id, order_id, order_skus)
         live = self.live()
         found = await self.get(hold_id)
         if found is None:
@@ -268,6 +292,8 @@ class HoldStore:
 
     async def held_page(self, cursor: int, count: int) -> tuple[int, list[tuple[str, bytes]]]:
         """About ``count`` SKUs' hold snapshots from SCAN ``cursor``; the next cursor (0: done)."""
+        if self._sharded is not None:
+            return await self._sharded.held_page(cursor, count)
         live = self.live()
         try:
             next_cursor, values = await self._held_page(

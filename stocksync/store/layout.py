@@ -57,9 +57,12 @@ write and its entry (which writing the entry in a second step would risk). The
 shard tags are chosen to sit evenly over the slot space, so the usual slot
 ranges of 1, 2, 3, 4, 6 or 12 masters each hold the same number of shards. On
 one Redis there is one shard and the keys are exactly those above. Base keys
-(pointer, lock, heartbeats, incarnations) are single keys and unchanged;
-checkout holds (``{base}:hold:{ID}``) span SKUs of several shards and are not
-cluster-safe yet.
+(pointer, lock, heartbeats, incarnations) are single keys and unchanged; a
+checkout hold's record (``{base}:hold:{ID}``) is in the slot of its id, its lines
+in their SKUs' shards, and a hold is decided shard group by shard group
+(:mod:`stocksync.store.sharded_holds`). A hold's record has one more status
+there, ``pending`` (being decided; field ``pa``: whether it is partial), and
+``refused`` (a refusal kept a minute for a concurrent identical request).
 
 Nothing outside :mod:`stocksync.store` names a key or a field.
 """

@@ -330,11 +330,8 @@ end
 """
 
 
-# KEYS: hold, stream, then per line: SKU hash (live), held hash (base).
-# ARGV: fp, channel, ttl ms, partial, memory ms, maxlen, hold_id, n, then per line: sku, qty.
-# Returns {'conflict', now} | {'exists', now, st, exp, lines, ch} | {'short', now, avail...}
-#       | {'created', now, st, exp, lines, ch}
-CREATE_HOLD: Final = _lua(_HOLD_PRELUDE + _LINES_PRELUDE + """
+# The channel's pre-hold figure read from a SKU's served form (the grant scripts).
+_PRE_AVAILABLE: Final = """
 -- A msgpack item's header at byte i of s: kind ('int', 'str' for str and bin, 'arr'),
 -- its value or length, and where what follows the header starts. Redis's cmsgpack
 -- cannot read msgpack bin, which the served form holds, so the figure is read here.
@@ -384,6 +381,14 @@ local function pre_available(key, channel)
   return 0
 end
 
+"""
+
+
+# KEYS: hold, stream, then per line: SKU hash (live), held hash (base).
+# ARGV: fp, channel, ttl ms, partial, memory ms, maxlen, hold_id, n, then per line: sku, qty.
+# Returns {'conflict', now} | {'exists', now, st, exp, lines, ch} | {'short', now, avail...}
+#       | {'created', now, st, exp, lines, ch}
+CREATE_HOLD: Final = _lua(_HOLD_PRELUDE + _LINES_PRELUDE + _PRE_AVAILABLE + """
 local now = now_ms()
 local hold = KEYS[1]
 local fp = redis.call('HGET', hold, 'fp')
@@ -551,4 +556,162 @@ for _, key in ipairs(page[2]) do
   out[#out + 1] = cmsgpack.pack({hv, lines})
 end
 return {page[1], out}
+""")
+
+
+# --- checkout holds on a Redis Cluster (see stocksync.store.sharded_holds) -------------
+# A script may touch one slot only, so a hold is decided in steps: its record (slot of its
+# hold_id), then its lines one shard group at a time (each group's SKU hashes, held hashes
+# and change stream share the shard's slot), then its record again.
+
+# KEYS: hold. ARGV: fp, channel, ttl ms, partial, memory ms, lines (msgpack, held 0).
+# Claims the hold_id for a new hold ('pending' until finished), or finds it.
+# Returns {'conflict', now} | {'exists', now, st, exp, lines, ch}
+#       | {'begun' | 'resumed', now, exp, partial}
+SHARDED_HOLD_BEGIN: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local hold = KEYS[1]
+local f = redis.call('HMGET', hold, 'fp', 'st', 'exp', 'lines', 'ch', 'pa')
+if f[1] and f[2] ~= 'refused' then
+  if f[1] ~= ARGV[1] then return {'conflict', now} end
+  if f[2] == 'pending' then return {'resumed', now, f[3], f[6]} end
+  return {'exists', now, f[2], f[3], f[4], f[5]}
+end
+local exp = now + tonumber(ARGV[3])
+redis.call('DEL', hold)
+redis.call('HSET', hold, 'fp', ARGV[1], 'ch', ARGV[2], 'st', 'pending', 'exp', exp,
+           'lines', ARGV[6], 'pa', ARGV[4])
+redis.call('PEXPIREAT', hold, exp + tonumber(ARGV[5]))
+return {'begun', now, tostring(exp), ARGV[4]}
+""")
+
+# KEYS: the shard's change stream, then per line: SKU hash (live), held hash (base).
+# ARGV: hold_id, channel, exp, partial, maxlen, n, then per line: sku, qty.
+# Grants the lines of one shard group (a line this hold has already is kept as it is:
+# an earlier try of the same hold). All or nothing within the group unless partial is
+# '1'; '2' grants nothing and only tells the figures (the groups after a short one).
+# Returns {'granted' | 'short', now, then per line: available before, held}
+SHARDED_HOLD_GRANT: Final = _lua(_HOLD_PRELUDE + _PRE_AVAILABLE + """
+local now = now_ms()
+local hold_id, channel, exp, partial = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local maxlen, n = ARGV[5], tonumber(ARGV[6])
+local state, grants, avails, short = {}, {}, {}, ARGV[4] == '2'
+for i = 1, n do
+  local qty = tonumber(ARGV[6 + 2 * i])
+  local lines, pruned = active_lines(KEYS[1 + 2 * i], now)
+  local held, mine = 0, nil
+  for _, l in ipairs(lines) do
+    if l[1] == hold_id then mine = l[3] elseif l[2] == channel then held = held + l[3] end
+  end
+  local avail = pre_available(KEYS[2 * i], channel) - held
+  if avail < 0 then avail = 0 end
+  local g = qty
+  if mine then
+    g = mine
+  elseif avail < qty then
+    if partial then g = avail else g = 0; short = true end
+  end
+  state[i], grants[i], avails[i] = {lines, pruned, mine}, g, avail
+end
+for i = 1, n do
+  local lines, changes, mine = state[i][1], state[i][2], state[i][3]
+  if not short and grants[i] > 0 and not mine then
+    redis.call('HSET', KEYS[1 + 2 * i], 'h:' .. hold_id, cmsgpack.pack({channel, grants[i], exp}))
+    lines[#lines + 1] = {hold_id, channel, grants[i], exp}
+    changes = changes + 1
+  end
+  if changes > 0 then
+    publish(KEYS[1 + 2 * i], KEYS[1], maxlen, ARGV[5 + 2 * i], lines, changes)
+  end
+end
+local reply = {'granted', now}
+if short then reply[1] = 'short' end
+for i = 1, n do
+  reply[#reply + 1] = avails[i]
+  if short then reply[#reply + 1] = 0 else reply[#reply + 1] = grants[i] end
+end
+return reply
+""")
+
+# KEYS: the shard's change stream, then the held hash of each SKU. ARGV: hold_id, maxlen,
+# then the SKUs. Deletes the hold's lines of these SKUs (an undo, a release, the SKUs a
+# conversion releases). Returns how many lines it deleted.
+SHARDED_HOLD_DROP: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local dropped = 0
+for i = 2, #KEYS do
+  local lines, pruned = active_lines(KEYS[i], now)
+  local kept, removed = without(lines, ARGV[1])
+  if removed > 0 then redis.call('HDEL', KEYS[i], 'h:' .. ARGV[1]) end
+  if pruned + removed > 0 then
+    publish(KEYS[i], KEYS[1], ARGV[2], ARGV[1 + i], kept, pruned + removed)
+  end
+  dropped = dropped + removed
+end
+return dropped
+""")
+
+# KEYS: the shard's change stream, then the held hash of each SKU. ARGV: hold_id, exp,
+# maxlen, then the SKUs. Moves the expiry of the hold's lines of these SKUs.
+SHARDED_HOLD_EXTEND_LINES: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local field, exp = 'h:' .. ARGV[1], tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local lines, pruned = active_lines(KEYS[i], now)
+  local changes = pruned
+  for _, l in ipairs(lines) do
+    if l[1] == ARGV[1] then
+      l[4] = exp
+      redis.call('HSET', KEYS[i], field, cmsgpack.pack({l[2], l[3], exp}))
+      changes = changes + 1
+    end
+  end
+  if changes > 0 then publish(KEYS[i], KEYS[1], ARGV[3], ARGV[2 + i], lines, changes) end
+end
+return 1
+""")
+
+# KEYS: hold. ARGV: fp, status ('held' | 'partial' | 'refused'), lines (msgpack), memory ms.
+# Ends the 'pending' state of the hold this request began. Returns {now, st, exp, lines, ch}
+# as the hold is after the call, or {now} when it is gone.
+SHARDED_HOLD_FINISH: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local hold = KEYS[1]
+local f = redis.call('HMGET', hold, 'fp', 'st')
+if not f[1] then return {now} end
+if f[1] == ARGV[1] and f[2] == 'pending' then
+  redis.call('HSET', hold, 'st', ARGV[2], 'lines', ARGV[3])
+  if ARGV[2] == 'refused' then redis.call('PEXPIRE', hold, ARGV[4]) end
+end
+local g = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch')
+return {now, g[1], g[2], g[3], g[4]}
+""")
+
+# KEYS: hold. ARGV: 'released' | 'converted' | 'extend', memory ms, order_id or new exp.
+# Ends an active hold as released (also one still being decided: its creator then undoes
+# what it granted) or converted (converted again by the same order: as it is), or moves
+# its expiry. Returns {changed (1/0), now, st, exp, lines, ch} or {0, now}.
+SHARDED_HOLD_SET: Final = _lua(_HOLD_PRELUDE + """
+local now = now_ms()
+local hold = KEYS[1]
+local f = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch', 'ord')
+if not f[1] or f[1] == 'refused' then return {0, now} end
+local active = (f[1] == 'held' or f[1] == 'partial') and tonumber(f[2]) > now
+local changed = 0
+if active and ARGV[1] == 'extend' then
+  redis.call('HSET', hold, 'exp', ARGV[3])
+  redis.call('PEXPIREAT', hold, tonumber(ARGV[3]) + tonumber(ARGV[2]))
+  f[2], changed = ARGV[3], 1
+elseif ARGV[1] == 'released' and (active or f[1] == 'pending') then
+  redis.call('HSET', hold, 'st', 'released', 'end', now)
+  redis.call('PEXPIRE', hold, ARGV[2])
+  f[1], changed = 'released', 1
+elseif ARGV[1] == 'converted' and (active or (f[1] == 'converted' and f[5] == ARGV[3])) then
+  if active then
+    redis.call('HSET', hold, 'st', 'converted', 'end', now, 'ord', ARGV[3])
+    redis.call('PEXPIRE', hold, ARGV[2])
+  end
+  f[1], changed = 'converted', 1
+end
+return {changed, now, f[1], f[2], f[3], f[4]}
 """)

@@ -29,7 +29,14 @@ from stocksync.codecs.projections import (
     SkuProjection,
 )
 from stocksync.config.settings import ApiSettings, ChannelSettings, Settings, TokenSettings
-from stocksync.store.layout import POSITION_FIELD, SERVED_FIELD, VERSION_FIELD, Keys, change_fields
+from stocksync.store.layout import (
+    CLUSTER_SHARDS,
+    POSITION_FIELD,
+    SERVED_FIELD,
+    VERSION_FIELD,
+    Keys,
+    change_fields,
+)
 from stocksync.store.served import decode_served, served_from_channels
 
 __all__ = [
@@ -67,11 +74,14 @@ def make_settings(
     *,
     channels: Sequence[str] = ("web", "store"),
     tokens: Sequence[TokenSettings] = (),
+    redis_cluster: bool = False,
     **api: Any,
 ) -> Settings:
-    """Settings for an API on ``redis_url`` with these channels (nodes dc-east, dc-west)."""
+    """Settings for an API on ``redis_url`` (a node of a Redis Cluster with
+    ``redis_cluster``) with these channels (nodes dc-east, dc-west)."""
     return Settings(
         redis_url=redis_url,
+        redis_cluster=redis_cluster,
         redis_namespace=NAMESPACE,
         channels=[
             ChannelSettings(name=name, nodes=["dc-east", "dc-west"], low_stock_threshold=5)
@@ -130,7 +140,7 @@ def served(proj: SkuProjection) -> Served:
 
 
 def write(
-    client: redis.Redis,
+    client: redis.Redis | redis.RedisCluster,
     *projections: SkuProjection,
     maxlen: int | None = None,
     stream: bool = True,
@@ -139,8 +149,12 @@ def write(
 ) -> None:
     """HSET each served form and XADD its change in one MULTI/EXEC, as the worker does.
 
-    The namespace gets its identity marker ``generation`` unless it has one.
+    The namespace gets its identity marker ``generation`` unless it has one. On a
+    Redis Cluster: each SKU and its change in its shard (one command at a time).
     """
+    if isinstance(client, redis.RedisCluster):
+        _write_sharded(client, projections, maxlen, stream, namespace, generation)
+        return
     keys = Keys(namespace)
     pipe = client.pipeline(transaction=True)
     pipe.set(keys.model(), generation, nx=True)
@@ -158,6 +172,32 @@ def write(
                 approximate=False,
             )
     pipe.execute()
+
+
+def _write_sharded(
+    client: redis.RedisCluster,
+    projections: Sequence[SkuProjection],
+    maxlen: int | None,
+    stream: bool,
+    namespace: str,
+    generation: str,
+) -> None:
+    keys = Keys(namespace, shards=CLUSTER_SHARDS)
+    for shard in range(CLUSTER_SHARDS):
+        client.set(keys.model(shard), generation, nx=True)
+    for proj in projections:
+        raw = served_from_channels(proj.sku, proj.version, proj.channels)
+        client.hset(
+            keys.sku(proj.sku),
+            mapping={VERSION_FIELD: str(proj.version), POSITION_FIELD: b"", SERVED_FIELD: raw},
+        )
+        if stream:
+            client.xadd(
+                keys.changes(keys.shard_of(proj.sku)),
+                change_fields(proj.sku, proj.version, raw),  # type: ignore[arg-type]
+                maxlen=maxlen,
+                approximate=False,
+            )
 
 
 class ApiTestServer(TestServer):
@@ -180,11 +220,18 @@ async def serving(
     one (its identity marker), as a worker's first start leaves it.
     """
     if ready:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client: aioredis.Redis | aioredis.RedisCluster = (
+            aioredis.RedisCluster.from_url(settings.redis_url) if settings.redis_cluster
+            else aioredis.Redis.from_url(settings.redis_url)
+        )
         try:
-            keys = Keys(settings.redis_namespace)
+            keys = Keys(
+                settings.redis_namespace,
+                shards=CLUSTER_SHARDS if settings.redis_cluster else 1,
+            )
             if await client.get(keys.generation()) is None:
-                await client.set(keys.model(), GENERATION, nx=True)
+                for shard in range(keys.shards):
+                    await client.set(keys.model(shard), GENERATION, nx=True)
         finally:
             await client.aclose()
     app = create_app(settings)

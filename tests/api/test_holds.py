@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -15,9 +16,9 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from stocksync.config.settings import HoldSettings, TokenSettings
+from stocksync.config.settings import HoldSettings, Settings, TokenSettings
 from stocksync.store.generation import effective_namespace
-from stocksync.store.layout import Keys, reload_fields
+from stocksync.store.layout import CLUSTER_SHARDS, Keys, reload_fields
 from tests.api.helpers import (
     NAMESPACE,
     eventually,
@@ -31,9 +32,44 @@ from tests.api.helpers import (
 Client = TestClient[Any, Any]
 
 
+Store = redis.Redis | redis.RedisCluster
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the test's holds live: one Redis, or a three-master Redis Cluster (where a
+    hold's lines are decided shard group by shard group, see store.sharded_holds)."""
+
+    url: str
+    cluster: bool
+
+    def settings(self, **options: Any) -> Settings:
+        return make_settings(self.url, redis_cluster=self.cluster, **options)
+
+    def changes(self, store: Store) -> int:
+        """Entries in the change stream(s) of the model."""
+        keys = Keys(NAMESPACE, shards=CLUSTER_SHARDS if self.cluster else 1)
+        return sum(store.xlen(keys.changes(shard)) for shard in range(keys.shards))
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "redis":
+        return Backend(request.getfixturevalue("redis_url"), cluster=False)
+    return Backend(request.getfixturevalue("redis_cluster_url"), cluster=True)
+
+
+#: A test of what only one Redis has (its single change stream, say).
+_one_redis = pytest.mark.parametrize("backend", ["redis"], indirect=True)
+
+
 @pytest.fixture
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
+def store(backend: Backend) -> Iterator[Store]:
+    client: Store = (
+        redis.RedisCluster.from_url(backend.url) if backend.cluster
+        else redis.Redis.from_url(backend.url)
+    )
+    with contextlib.closing(client):
         # web: A 10, B 3, C 1; store: one more each (see projection()).
         write(client, projection("A", 1, available=10), projection("B", 1, available=3))
         write(client, projection("C", 1, available=1))
@@ -82,10 +118,10 @@ def _expires(body: dict[str, Any]) -> float:
 
 
 def test_a_hold_is_granted_and_counts_against_its_channel(
-    redis_url: str, store: redis.Redis
+    backend: Backend, store: Store
 ) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             _, before, etag_before = await _get(
                 client, "/v1/availability/A?channel=web&detail=nodes"
             )
@@ -134,10 +170,10 @@ def test_a_hold_is_granted_and_counts_against_its_channel(
 
 
 def test_all_or_nothing_refuses_a_short_line_and_holds_nothing(
-    redis_url: str, store: redis.Redis
+    backend: Backend, store: Store
 ) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             status, body = await _post(
                 client, "/v1/holds", _hold("cart-1", ("A", 2), ("B", 4), ("NEVER-SEEN", 1))
             )
@@ -159,9 +195,38 @@ def test_all_or_nothing_refuses_a_short_line_and_holds_nothing(
     run(scenario())
 
 
-def test_partial_holds_what_is_available(redis_url: str, store: redis.Redis) -> None:
+def test_all_or_nothing_across_shards_undoes_what_a_shard_granted(
+    backend: Backend, store: Store
+) -> None:
+    """B (shard 1) can be held, A (shard 11) cannot. On a cluster B's shard grants first
+    (shard order) and is undone when A's refuses; on one Redis both are decided at once.
+    Either way nothing is held after the answer and the next hold gets all of B."""
+    keys = Keys(NAMESPACE, shards=CLUSTER_SHARDS if backend.cluster else 1)
+    assert keys.shard_of("B") < keys.shard_of("A") or not backend.cluster
+
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
+            status, body = await _post(client, "/v1/holds", _hold("cart-1", ("A", 11), ("B", 2)))
+            assert status == 409
+            assert body["error"]["lines"] == [{"sku": "A", "requested": 11, "available": 10}]
+            assert store.hget(keys.held("B"), "h:cart-1") is None
+            # The grant and its undo are two changes of B's lines on a cluster, none on one
+            # Redis: a reader there may have seen B held for a moment, never oversold.
+            assert store.hget(keys.held("B"), "v") == (b"2" if backend.cluster else None)
+            await _becomes(client, "B", (3, 0))
+            assert await _available(client, "A") == (10, 0)
+            status, _, _ = await _get(client, "/v1/holds/cart-1")
+            assert status == 404
+            status, body = await _post(client, "/v1/holds", _hold("cart-2", ("B", 3), ("A", 10)))
+            assert (status, body["status"]) == (201, "held")
+            await _becomes(client, "B", (0, 3))
+
+    run(scenario())
+
+
+def test_partial_holds_what_is_available(backend: Backend, store: Store) -> None:
+    async def scenario() -> None:
+        async with serving(backend.settings()) as client:
             status, body = await _post(
                 client,
                 "/v1/holds",
@@ -188,10 +253,10 @@ def test_partial_holds_what_is_available(redis_url: str, store: redis.Redis) -> 
 
 
 def test_the_same_hold_id_is_idempotent_and_conflicts_otherwise(
-    redis_url: str, store: redis.Redis
+    backend: Backend, store: Store
 ) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             first = _hold("cart-1", ("A", 2), ("B", 1))
             status, created = await _post(client, "/v1/holds", first)
             assert status == 201
@@ -220,6 +285,7 @@ def test_the_same_hold_id_is_idempotent_and_conflicts_otherwise(
     run(scenario())
 
 
+@_one_redis
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
@@ -237,9 +303,9 @@ def test_the_same_hold_id_is_idempotent_and_conflicts_otherwise(
     ],
 )
 def test_bad_hold_requests(
-    redis_url: str, store: redis.Redis, body: Any, status: int, code: str
+    backend: Backend, store: Store, body: Any, status: int, code: str
 ) -> None:
-    settings = make_settings(redis_url, holds=HoldSettings(max_lines=3))
+    settings = backend.settings(holds=HoldSettings(max_lines=3))
 
     async def scenario() -> None:
         async with serving(settings) as client:
@@ -249,9 +315,10 @@ def test_bad_hold_requests(
     run(scenario())
 
 
-def test_one_channel_may_be_omitted(redis_url: str, store: redis.Redis) -> None:
+@_one_redis
+def test_one_channel_may_be_omitted(backend: Backend, store: Store) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url, channels=("web",))) as client:
+        async with serving(backend.settings(channels=("web",))) as client:
             status, body = await _post(
                 client, "/v1/holds", {"hold_id": "h", "lines": [{"sku": "A", "qty": 1}]}
             )
@@ -260,9 +327,9 @@ def test_one_channel_may_be_omitted(redis_url: str, store: redis.Redis) -> None:
     run(scenario())
 
 
-def test_get_extend_and_release(redis_url: str, store: redis.Redis) -> None:
+def test_get_extend_and_release(backend: Backend, store: Store) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             status, created = await _post(client, "/v1/holds", _hold("cart-1", ("A", 2)))
             status, body, _ = await _get(client, "/v1/holds/cart-1")
             assert (status, body) == (200, created)
@@ -293,10 +360,10 @@ def test_get_extend_and_release(redis_url: str, store: redis.Redis) -> None:
 
 
 def test_a_hold_stops_counting_at_its_expiry_without_any_event(
-    redis_url: str, store: redis.Redis
+    backend: Backend, store: Store
 ) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             status, body = await _post(
                 client, "/v1/holds", _hold("cart-1", ("A", 2), ttl_seconds=1)
             )
@@ -304,12 +371,12 @@ def test_a_hold_stops_counting_at_its_expiry_without_any_event(
             expires = _expires(body)
             await _becomes(client, "A", (8, 2))
             _, _, etag_held = await _get(client, "/v1/availability/A?channel=web")
-            entries = store.xlen("apitest:changes")
+            entries = backend.changes(store)
             while await _available(client, "A") != (10, 0):
                 assert time.time() < expires + 1.0, "still held 1 s after expires_at"
                 await asyncio.sleep(0.01)
             assert time.time() >= expires - 0.05
-            assert store.xlen("apitest:changes") == entries  # nothing was written
+            assert backend.changes(store) == entries  # nothing was written
             _, _, etag = await _get(client, "/v1/availability/A?channel=web")
             assert etag != etag_held
             status, body, _ = await _get(client, "/v1/holds/cart-1")
@@ -326,9 +393,9 @@ def test_a_hold_stops_counting_at_its_expiry_without_any_event(
 
 
 def test_every_replica_and_a_restarted_one_serve_the_holds(
-    redis_url: str, store: redis.Redis
+    backend: Backend, store: Store
 ) -> None:
-    settings = make_settings(redis_url)
+    settings = backend.settings()
 
     async def scenario() -> None:
         async with serving(settings) as first, serving(settings) as second:
@@ -349,7 +416,8 @@ def test_every_replica_and_a_restarted_one_serve_the_holds(
     run(scenario())
 
 
-def test_holds_need_the_holds_write_scope(redis_url: str, store: redis.Redis) -> None:
+@_one_redis
+def test_holds_need_the_holds_write_scope(backend: Backend, store: Store) -> None:
     tokens = [
         TokenSettings(name="reader", sha256=hashlib.sha256(b"r").hexdigest()),
         TokenSettings(
@@ -361,7 +429,7 @@ def test_holds_need_the_holds_write_scope(redis_url: str, store: redis.Redis) ->
     ]
 
     async def scenario() -> None:
-        async with serving(make_settings(redis_url, tokens=tokens)) as client:
+        async with serving(backend.settings(tokens=tokens)) as client:
             body = _hold("cart-1", ("A", 1))
             async with client.post("/v1/holds", json=body) as resp:
                 assert resp.status == 401
@@ -385,9 +453,10 @@ def test_holds_need_the_holds_write_scope(redis_url: str, store: redis.Redis) ->
     run(scenario())
 
 
-def test_metrics_and_openapi(redis_url: str, store: redis.Redis) -> None:
+@_one_redis
+def test_metrics_and_openapi(backend: Backend, store: Store) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             await _post(client, "/v1/holds", _hold("cart-1", ("A", 2)))
             await _post(client, "/v1/holds", _hold("cart-2", ("C", 5)))
             await _post(client, "/v1/holds", _hold("cart-3", ("C", 5), partial=True))
@@ -422,12 +491,13 @@ def test_metrics_and_openapi(redis_url: str, store: redis.Redis) -> None:
     run(scenario())
 
 
-def test_a_rebuild_keeps_the_holds(redis_url: str, store: redis.Redis) -> None:
+@_one_redis
+def test_a_rebuild_keeps_the_holds(backend: Backend, store: Store) -> None:
     """Holds live beside the generations: after a switch they still count, and new holds
     are granted against the new generation's figures."""
 
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             status, _ = await _post(client, "/v1/holds", _hold("cart-1", ("A", 2)))
             assert status == 201
             await _becomes(client, "A", (8, 2))
@@ -452,10 +522,10 @@ def test_a_rebuild_keeps_the_holds(redis_url: str, store: redis.Redis) -> None:
 
 
 def test_an_extended_hold_keeps_counting_past_its_first_expiry(
-    redis_url: str, store: redis.Redis
+    backend: Backend, store: Store
 ) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             status, body = await _post(
                 client, "/v1/holds", _hold("cart-1", ("A", 3), ttl_seconds=1)
             )
@@ -477,9 +547,9 @@ async def _is_free(client: Client) -> bool:
     return await _available(client, "A") == (10, 0)
 
 
-def test_holds_over_what_the_channel_has_are_counted(redis_url: str, store: redis.Redis) -> None:
+def test_holds_over_what_the_channel_has_are_counted(backend: Backend, store: Store) -> None:
     async def scenario() -> None:
-        async with serving(make_settings(redis_url)) as client:
+        async with serving(backend.settings()) as client:
             await _post(client, "/v1/holds", _hold("cart-1", ("A", 8)))
             await _becomes(client, "A", (2, 8))
 

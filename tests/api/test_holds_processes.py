@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections import Counter
 
 import aiohttp
@@ -27,33 +28,47 @@ from tests.api.helpers import (
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["redis", "redis-cluster"])
 def test_200_concurrent_holds_on_10_units_through_two_processes_grant_exactly_10(
-    redis_url: str,
+    request: pytest.FixtureRequest, on_cluster: bool
 ) -> None:
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
+    """Also on a Redis Cluster, with half the holds two-line ones whose other SKU is in
+    another shard (decided shard group by shard group there): never more than 10."""
+    url = request.getfixturevalue("redis_cluster_url" if on_cluster else "redis_url")
+    client: redis.Redis | redis.RedisCluster = (
+        redis.RedisCluster.from_url(url) if on_cluster else redis.Redis.from_url(url)
+    )
+    with contextlib.closing(client):
         write(client, projection("LAST-10", 1, available=10))
-    settings = make_settings(redis_url, port=free_port())
+        write(client, projection("MANY", 1, available=1000))
+    assert zlib.crc32(b"MANY") % 12 < zlib.crc32(b"LAST-10") % 12
+    settings = make_settings(url, port=free_port(), redis_cluster=on_cluster)
 
     async def race(url: str) -> tuple[Counter[int], set[str], dict[str, int]]:
         connector = aiohttp.TCPConnector(limit=200, force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
 
             async def one(i: int) -> tuple[int, str]:
-                body = {
-                    "hold_id": f"cart-{i}",
-                    "channel": "web",
-                    "lines": [{"sku": "LAST-10", "qty": 1}],
-                }
+                lines = [{"sku": "LAST-10", "qty": 1}]
+                if i % 2:  # MANY's shard comes first: granted, then undone when LAST-10 is short
+                    lines.append({"sku": "MANY", "qty": 1})
+                body = {"hold_id": f"cart-{i}", "channel": "web", "lines": lines}
                 async with session.post(url + "/v1/holds", json=body) as resp:
                     await resp.read()
                     return resp.status, resp.headers["X-Correlation-ID"].split("-")[0]
 
             results = await asyncio.gather(*(one(i) for i in range(200)))
 
+            granted_pairs = sum(
+                1 for i, (status, _) in enumerate(results) if status == 201 and i % 2
+            )
+
             async def settled() -> bool:
                 async with session.get(url + "/v1/availability/LAST-10?channel=web") as resp:
                     body = msgspec.json.decode(await resp.read())
-                    return bool(body["held"] == 10)
+                async with session.get(url + "/v1/availability/MANY?channel=web") as resp:
+                    plenty = msgspec.json.decode(await resp.read())
+                return bool(body["held"] == 10 and plenty["held"] == granted_pairs)
 
             await eventually(settled, timeout=5)
             async with session.get(url + "/v1/availability/LAST-10?channel=web") as resp:

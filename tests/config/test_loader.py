@@ -16,6 +16,7 @@ from stocksync.config import (
     is_probe_sku,
     load_settings,
 )
+from stocksync.config.connections import security_warnings
 from tests.unprivileged import as_unprivileged, open_folder
 
 HASH_A = "a" * 64
@@ -100,6 +101,7 @@ def test_argument_wins_over_stocksync_config(tmp_path: Path) -> None:
         ({"STOCKSYNC_REDIS_CLUSTER": "1"}, "redis_cluster", True),
         ({"STOCKSYNC_REDIS_CLUSTER": "true"}, "redis_cluster", True),
         ({"STOCKSYNC_REDIS_CLUSTER": "0"}, "redis_cluster", False),
+        ({"STOCKSYNC_REDIS_WAIT_REPLICAS": "1"}, "redis_wait_replicas", 1),
         ({"STOCKSYNC_FEED_PORT": "0"}, "feed.port", 0),
         ({"STOCKSYNC_FEED_HOST": "::"}, "feed.host", "::"),
     ],
@@ -144,7 +146,20 @@ def test_every_override_is_tested() -> None:
         "STOCKSYNC_TOPIC_PREFIX",
         "STOCKSYNC_PARTITIONS",
         "STOCKSYNC_REDIS_CLUSTER",
+        "STOCKSYNC_REDIS_WAIT_REPLICAS",
     }
+
+
+def test_redis_wait_replicas_and_the_warning_without_it_on_a_cluster(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "redis_cluster = true\nredis_wait_replicas = 1\n")
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout_ms) == (1, 1000)
+    assert not any("redis_wait_replicas" in w for w in security_warnings(settings))
+    bare = load_text(tmp_path, "redis_cluster = true\n")
+    assert any("failover" in w for w in security_warnings(bare))
+    assert not any("failover" in w for w in security_warnings(load_settings(None, {})))
+    with pytest.raises(ConfigError, match="STOCKSYNC_REDIS_WAIT_REPLICAS") as err:
+        load_settings(None, {"STOCKSYNC_REDIS_WAIT_REPLICAS": "-1"})
+    assert "\n" not in str(err.value)
 
 
 def test_redis_cluster_from_the_file_and_its_one_line_errors(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from stocksync.config.settings import ApiSettings, ChannelSettings, NodeSettings
 from stocksync.daemon.services import free_port
 from tests.api.helpers import ApiProcess
 from tests.e2e.events import NODE_SAFETY, single
-from tests.e2e.harness import Cluster
+from tests.e2e.harness import Cluster, redis_options
 
 __all__: list[str] = []
 
@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 def _api_settings(cluster: Cluster) -> Settings:
     return Settings(
         redis_url=cluster.redis_url,
+        redis_cluster=cluster.redis_cluster,
         topic_prefix=cluster.prefix,
         redis_namespace=cluster.prefix,
         channels=[
@@ -65,10 +66,14 @@ def _wait(check: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("redis_kind", ["redis", "redis-cluster"])
 def test_an_order_converts_its_hold_and_readers_see_one_figure_throughout(
-    make_cluster: Callable[..., Cluster],
+    make_cluster: Callable[..., Cluster], request: pytest.FixtureRequest, redis_kind: str
 ) -> None:
-    cluster = make_cluster(partitions=2)
+    """On a Redis Cluster X and Y are in different shards: the conversion marks the hold
+    in its own slot, releases Y in Y's shard, and the applier's batch script still ends
+    X's line in the step that writes the order's reservation."""
+    cluster = make_cluster(partitions=2, **redis_options(request, redis_kind))
     wire = cluster.wire
     cluster.start_worker()
     with ApiProcess(_api_settings(cluster)) as api:

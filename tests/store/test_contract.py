@@ -6,11 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import msgspec
 import pytest
 import redis
 
+from stocksync.codecs.holds import StoredLine, snapshot_decoder
 from stocksync.codecs.state import NodePosition, OrderLine, OrderState, Position, RmaLine, RmaState
 from stocksync.readmodel import core
+from stocksync.readmodel.holds import fingerprint
 from stocksync.store import (
     WRITE_CHUNK,
     MemoryServer,
@@ -21,7 +24,8 @@ from stocksync.store import (
     SwitchRefused,
     Write,
 )
-from stocksync.store.layout import Change, Keys, Reload, decode_change
+from stocksync.store.holds import Created, HoldStore
+from stocksync.store.layout import CLUSTER_SHARDS, Change, Keys, Reload, decode_change
 from stocksync.store.served import decode_detail, decode_served, served_bytes
 
 Store = MemoryStore | RedisStore
@@ -436,5 +440,200 @@ class TestRedisClusterStore(StoreContract):
             await store.client.execute_command("FLUSHALL", target_nodes=node)
             assert not await store.model_present()
             assert (await store.live_namespace())[1] is None
+
+        self.check(scenario)
+
+
+# --- checkout holds ------------------------------------------------------------------
+
+
+def _stocked(sku: str, units: int) -> Write:
+    """A SKU whose "store" channel (dc-west alone, no buffer, no safety) has ``units``."""
+    return Write(Position(sku=sku, version=1, nodes={"dc-west": NodePosition(snap=units)}), 0)
+
+
+#: SKUs on the shards 0, 1, 8 and 11 of a clustered model (shard order: MANY, B, MUG, A).
+_SKUS = {"MANY": 0, "B": 1, "MUG-BLUE": 8, "A": 11}
+
+
+class HoldContract:
+    """What the hold store does on one Redis (one script per operation) and on a cluster
+    (the lines decided shard group by shard group): the same answers."""
+
+    url: str
+    cluster: bool
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[tuple[RedisStore, HoldStore]]:
+        store = RedisStore.from_url(self.url, Keys("t"), topology=TOPOLOGY, cluster=self.cluster)
+        holds = HoldStore(store.client, lambda: store.keys, timeout=5.0)
+        try:
+            await store.begin_generation(GENERATION)
+            stock = {"MANY": 100, "B": 3, "MUG-BLUE": 5, "A": 10}
+            assert await store.write_batch([_stocked(s, n) for s, n in stock.items()]) == []
+            yield store, holds
+        finally:
+            await holds.close()
+            await store.close()
+
+    def check(self, scenario: Callable[[RedisStore, HoldStore], Awaitable[None]]) -> None:
+        async def main() -> None:
+            async with self.opened() as (store, holds):
+                await scenario(store, holds)
+
+        asyncio.run(main())
+
+    @staticmethod
+    async def _create(
+        holds: HoldStore, hold_id: str, *lines: tuple[str, int], partial: bool = False
+    ) -> Created:
+        return await holds.create(
+            hold_id, "store", lines, fingerprint=fingerprint("store", lines),
+            ttl_ms=60_000, partial=partial,
+        )
+
+    @staticmethod
+    async def _held(store: RedisStore, holds: HoldStore) -> dict[str, list[tuple[str, int]]]:
+        """Every SKU's hold lines as a replica loads them: {sku: [(hold_id, qty)]}."""
+        found: dict[str, list[tuple[str, int]]] = {}
+        cursor = 0
+        while True:
+            cursor, pairs = await holds.held_page(cursor, 2)
+            for sku, raw in pairs:
+                snapshot = snapshot_decoder.decode(raw)
+                lines = [(line.hold_id, line.qty) for line in snapshot.lines]
+                if lines:
+                    found[sku] = sorted(lines)
+            if cursor == 0:
+                return found
+
+    def test_the_skus_sit_in_the_shards_the_tests_assume(self) -> None:
+        keys = Keys("t", shards=CLUSTER_SHARDS)
+        assert {sku: keys.shard_of(sku) for sku in _SKUS} == _SKUS
+
+    def test_a_hold_over_four_shards_is_granted_found_again_and_conflicts_otherwise(
+        self,
+    ) -> None:
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            lines = (("A", 2), ("MUG-BLUE", 1), ("B", 3), ("MANY", 1))
+            created = await self._create(holds, "h1", *lines)
+            assert created.outcome == "created" and created.record is not None
+            assert created.record.status == "held"
+            assert [(x.sku, x.held) for x in created.record.lines] == [
+                ("A", 2), ("MUG-BLUE", 1), ("B", 3), ("MANY", 1)
+            ]
+            assert await self._held(store, holds) == {
+                "A": [("h1", 2)], "MUG-BLUE": [("h1", 1)], "B": [("h1", 3)], "MANY": [("h1", 1)]
+            }
+            again = await self._create(holds, "h1", *reversed(lines))
+            assert again.outcome == "exists" and again.record == msgspec.structs.replace(
+                created.record, now_ms=again.now_ms
+            )
+            assert (await self._create(holds, "h1", ("A", 1))).outcome == "conflict"
+            found = await holds.get("h1")
+            assert found is not None and found.lines == created.record.lines
+            assert await holds.get("nope") is None
+
+        self.check(scenario)
+
+    def test_all_or_nothing_short_in_one_shard_holds_nothing_in_any(self) -> None:
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            await self._create(holds, "other", ("A", 9))  # 1 of A left
+            refused = await self._create(holds, "h1", ("MANY", 5), ("B", 4), ("A", 2))
+            assert refused.outcome == "short"
+            # What each line's channel had: also past the first short shard, as on one Redis.
+            assert refused.available == [100, 3, 1]
+            assert await self._held(store, holds) == {"A": [("other", 9)]}
+            assert await holds.get("h1") is None
+            taken = await self._create(holds, "h1", ("MANY", 5), ("B", 3), ("A", 1))
+            assert taken.outcome == "created"
+
+        self.check(scenario)
+
+    def test_partial_holds_what_each_line_has(self) -> None:
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            created = await self._create(holds, "h1", ("B", 5), ("A", 4), partial=True)
+            assert created.record is not None and created.record.status == "partial"
+            assert [(x.sku, x.requested, x.held) for x in created.record.lines] == [
+                ("B", 5, 3), ("A", 4, 4)
+            ]
+            zero = await self._create(holds, "h2", ("B", 1), partial=True)
+            assert zero.record is not None and zero.record.lines[0].held == 0
+            assert await self._held(store, holds) == {"B": [("h1", 3)], "A": [("h1", 4)]}
+
+        self.check(scenario)
+
+    def test_release_extend_and_convert_change_every_shard(self) -> None:
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            await self._create(holds, "h1", ("A", 1), ("B", 1))
+            extended = await holds.extend("h1", 3_600_000)
+            assert extended is not None and extended[1]
+            assert extended[0].expires_ms >= extended[0].now_ms + 3_599_000
+            released = await holds.release("h1")
+            assert released is not None and released[1]
+            assert released[0].status == "released"
+            assert await self._held(store, holds) == {}
+            again = await holds.release("h1")
+            assert again is not None and not again[1]
+            ended = await holds.extend("h1", 1000)
+            assert ended is not None and not ended[1]
+
+            await self._create(holds, "h2", ("A", 2), ("MUG-BLUE", 1), ("MANY", 1))
+            taken = await holds.convert("h2", "o-1", ["A", "MANY", "ZZZ"])
+            assert taken == {"A", "MANY"}
+            # The SKU the order lacks is released now; the others' lines end in the
+            # applier's batch write (not here).
+            assert await self._held(store, holds) == {"A": [("h2", 2)], "MANY": [("h2", 1)]}
+            assert await holds.convert("h2", "o-1", ["A", "MANY"]) == {"A", "MANY"}
+            assert await holds.convert("h2", "o-2", ["A"]) == frozenset()
+            found = await holds.get("h2")
+            assert found is not None and found.status == "converted"
+
+        self.check(scenario)
+
+
+class TestHoldsOnOneRedis(HoldContract):
+    cluster = False
+
+    @pytest.fixture(autouse=True)
+    def _url(self, redis_url: str) -> None:
+        self.url = redis_url
+
+
+class TestHoldsOnARedisCluster(HoldContract):
+    cluster = True
+
+    @pytest.fixture(autouse=True)
+    def _url(self, redis_cluster_url: str) -> None:
+        self.url = redis_cluster_url
+
+    def test_a_hold_whose_creator_died_is_resumed_by_a_retry_or_released(self) -> None:
+        """A process that died after granting one shard group: the record says pending,
+        the lines count (never an oversell); the same request again finishes the hold
+        without granting twice, and DELETE of another such hold drops its lines."""
+
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            sharded = holds._sharded
+            assert sharded is not None
+            for hold_id in ("h1", "h2"):
+                lines = [StoredLine("B", 2, 0), StoredLine("A", 3, 0)]
+                keys = store.keys
+                begun = await sharded._call(
+                    "SHARDED_HOLD_BEGIN", [keys.hold(hold_id)],
+                    [fingerprint("store", [("B", 2), ("A", 3)]), "store", 60_000, 0,
+                     86_400_000, msgspec.msgpack.encode(lines)],
+                )
+                await sharded._call(
+                    "SHARDED_HOLD_GRANT", [keys.changes(1), keys.sku("B"), keys.held("B")],
+                    [hold_id, "store", int(begun[2]), 0, 1000, 1, "B", 2],
+                )
+            with pytest.raises(StoreUnavailable, match="being decided"):
+                await holds.get("h1")
+            resumed = await self._create(holds, "h1", ("A", 3), ("B", 2))
+            assert resumed.outcome == "created" and resumed.record is not None
+            assert resumed.record.status == "held"
+            released = await holds.release("h2")
+            assert released is not None and released[1]
+            assert await self._held(store, holds) == {"B": [("h1", 2)], "A": [("h1", 3)]}
 
         self.check(scenario)
