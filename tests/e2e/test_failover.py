@@ -12,7 +12,8 @@ from redis.crc import key_slot
 
 from stocksync.daemon.services import LocalRedisCluster
 from stocksync.store.layout import SHARD_TAGS
-from tests.e2e.harness import Cluster, realistic_stream
+from tests.e2e.events import realistic_stream
+from tests.e2e.harness import Cluster
 
 __all__: list[str] = []
 
