@@ -112,7 +112,7 @@ class Healer:
         try:
             result = await rebuild_generation(
                 self.settings, self.store, who=f"worker {self.worker_id}",
-                resend_dead_letters=True,
+                resend_dead_letters=True, lost=True,
             )
         finally:
             renew.cancel()

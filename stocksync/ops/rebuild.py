@@ -283,13 +283,15 @@ async def _replay_sources(
 
 async def _write_generation(
     target: RedisStore, old: RedisStore, model: MemoryStore, generation: str,
-    meta: dict[str, str],
+    meta: dict[str, str], version_floor: int = 0,
 ) -> tuple[int, int, int]:
     """Write ``model`` as ``generation`` through ``target``; returns (SKUs, orders, RMAs).
 
     The marker goes first, so the generation's first write already has it. A
     SKU's version goes on from its version in the ``old`` generation (added to
     the rebuilt one), so versions never repeat or go backwards across a rebuild.
+    A SKU the old generation does not have goes on from ``version_floor``
+    instead (see :func:`rebuild_generation`).
     """
     await target.begin_generation(generation)
     positions = list(model.positions())
@@ -297,7 +299,7 @@ async def _write_generation(
         page = positions[start : start + _PAGE]
         before = await old.load_versions([p.sku for p in page])
         for position in page:
-            position.version += before.get(position.sku, 0)
+            position.version += before.get(position.sku, version_floor)
         # Nobody follows this generation's stream before the switch: no change entries.
         conflicts = await target.write_batch([Write(p, 0) for p in page], announce=False)
         if conflicts:
@@ -320,6 +322,7 @@ async def rebuild_generation(
     err: TextIO | None = None,
     check: Callable[[MemoryStore, RedisStore], Awaitable[None]] | None = None,
     resend_dead_letters: bool = False,
+    lost: bool = False,
 ) -> RebuildResult:
     """Replay the topics into a new generation beside ``store``'s live one and switch to it.
 
@@ -327,6 +330,13 @@ async def rebuild_generation(
     topics were replayed, before anything is written. With ``resend_dead_letters``
     (workers were running), the dead letters of events past the worker group's
     committed offsets are sent again before the switch.
+
+    With ``lost`` (Redis lost the model, so there are no old versions to go on
+    from), each SKU's version goes on from the time of the rebuild in ms since
+    the epoch: above any version served before, as long as no SKU changed more
+    than once a millisecond on average since the previous loss (a version
+    counts batches, not events), so versions never go back for a reader, an
+    ETag or a feed consumer keeping the highest version it applied.
     """
     result = RebuildResult()
     previous = await store.pointer()
@@ -359,8 +369,9 @@ async def rebuild_generation(
         "topics": json.dumps(list(topic_names(settings).sources)),
     }
     try:
+        floor = time.time_ns() // 1_000_000 if lost else 0
         result.skus, result.orders, result.rmas = await _write_generation(
-            target, old, model, generation, meta
+            target, old, model, generation, meta, floor
         )
         if resend:
             await _send_dead_letters(settings, resend)

@@ -21,7 +21,7 @@ from stocksync.codecs.state import OrderState, Position, position_decoder
 from stocksync.config.settings import NodeSettings, Settings, WorkerSettings
 from stocksync.ops import commands
 from stocksync.ops.access import open_store
-from stocksync.ops.rebuild import _Progress, active_workers
+from stocksync.ops.rebuild import _Progress, active_workers, rebuild_generation
 from stocksync.readmodel import core
 from stocksync.store import Write
 from stocksync.store.generation import GENERATION_PATTERN
@@ -461,3 +461,32 @@ def test_rebuild_keys_watermarks_by_the_live_topics_incarnations(
     assert {n for f, n in numbers.items() if f.startswith(names.stock)} == {1}
     assert {n for f, n in numbers.items() if f.startswith(names.orders)} == {0}
     assert all(int(value.split()[1]) >= 0 for value in records.values())
+
+
+def test_a_lost_model_is_rebuilt_with_versions_above_any_served_before(
+    filled: tuple[Settings, list[tuple[str, str, bytes]]],
+) -> None:
+    """Redis lost the model (no old versions to go on from): versions go on from the time."""
+    settings, _sent = filled
+    client = redis.Redis.from_url(settings.redis_url)
+
+    async def rebuild(lost: bool) -> dict[str, int]:
+        store = open_store(settings)
+        try:
+            await rebuild_generation(settings, store, who="test", lost=lost)
+            return {sku: int(fields[b"v"]) for sku, fields in
+                    stored(client, store.namespace).items()}
+        finally:
+            await store.close()
+
+    try:
+        healed = run(rebuild(lost=True))
+        # Any version served before a loss is below the time in ms (2026-11-27 here).
+        assert healed and all(v > NOW_MS for v in healed.values()), healed
+        # An operator's rebuild of a live model goes on from its versions, not from the time.
+        again = run(rebuild(lost=False))
+        assert sorted(again) == sorted(healed)
+        for sku, version in again.items():
+            assert healed[sku] < version < healed[sku] + 1000, sku
+    finally:
+        client.close()
