@@ -226,14 +226,25 @@ class FeedService:
         lease = self.settings.feed.lease_seconds
         renewed = 0.0
         while True:
+            lapsed = False
             try:
-                held = await self.store.acquire(lease)
+                outcome = await self.store.acquire(lease)
+                held = outcome is not None
+                lapsed = outcome == "taken"
                 if held:
                     renewed = time.monotonic()
             except StoreUnavailable as exc:
                 held = self.active and time.monotonic() - renewed < lease * 0.8
                 if not held:
                     log.warning("cannot renew the feed lease: %s", exc)
+            if lapsed and self.active:
+                # Redis lost the lease (restarted empty: the published records went with
+                # it) or this process stalled past it (another may have published since):
+                # what it remembers may be stale, so it loads the feed state again.
+                await self._step_down(
+                    "the feed lease lapsed while this process was active (Redis lost its"
+                    " data, or this process stalled); loading the feed state again"
+                )
             if held and not self.active:
                 self._become_active()
             elif not held and self.active:

@@ -16,7 +16,7 @@ partitioned) cannot roll the state back under the active one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 import redis.asyncio as aioredis
@@ -26,7 +26,12 @@ from stocksync.codecs.projections import Status
 from stocksync.store.layout import Keys
 from stocksync.store.protocol import StoreUnavailable
 
-__all__ = ["FeedStore", "LeaseLost", "Published", "StoredFeed"]
+__all__ = ["FeedStore", "Lease", "LeaseLost", "Published", "StoredFeed"]
+
+#: What :meth:`FeedStore.acquire` found: ``renewed`` (this process held it), ``taken``
+#: (nobody held it: free, expired, or lost with the rest of Redis's data), or None
+#: (another process holds it).
+Lease = Literal["renewed", "taken"] | None
 
 _PUBLISHED: Final = "p:"
 _SENDING: Final = "q:"
@@ -57,12 +62,12 @@ class StoredFeed(msgspec.Struct, frozen=True):
     sending: dict[str, bytes]
 
 
-# KEYS[1] lease; ARGV[1] token, ARGV[2] ms to live. 1 when held (taken or renewed).
+# KEYS[1] lease; ARGV[1] token, ARGV[2] ms to live. 2 taken, 1 renewed, 0 held by another.
 _ACQUIRE: Final = """
 local holder = redis.call('GET', KEYS[1])
 if holder == false then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  return 2
 end
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -115,15 +120,21 @@ class FeedStore:
 
     # --- the lease ---
 
-    async def acquire(self, seconds: float) -> bool:
-        """Take or renew the lease for ``seconds``; whether this process holds it."""
+    async def acquire(self, seconds: float) -> Lease:
+        """Take or renew the lease for ``seconds``; how this process holds it, None if not.
+
+        ``taken`` while this process thought it held the lease means it lapsed
+        in between (Redis lost its data, or this process stalled past it and
+        another may have published meanwhile): what this process remembers of
+        the feed state may be stale, so it must load it again.
+        """
         try:
             held = await self._acquire(
                 keys=[self.keys.feed_lease()], args=[self.token, int(seconds * 1000)]
             )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis failed taking the feed lease: {exc}") from exc
-        return bool(held)
+        return "taken" if held == 2 else "renewed" if held == 1 else None
 
     async def release(self) -> None:
         """Give the lease up if this process holds it."""

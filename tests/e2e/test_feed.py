@@ -29,7 +29,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stocksync.daemon.services import free_port
+from stocksync.daemon.services import RedisServer, free_port
 from tests.e2e.events import Channel, realistic_stream, single
 from tests.e2e.harness import Cluster, _LoopThread
 from tests.e2e.processes import WorkerProcess
@@ -335,6 +335,131 @@ def test_latest_feed_message_equals_the_api_across_kills_and_failovers(
     finally:
         stop_receiver()
         io.close()
+
+
+def versions_never_go_back(found: Found) -> None:
+    """Per SKU (one partition each), read in offset order, versions never go back."""
+    by_sku: dict[str, list[int]] = defaultdict(list)
+    for _, _, m in sorted(found, key=lambda x: (x[0], x[1])):
+        by_sku[m["sku"]].append(m["version"])
+    for sku, versions in by_sku.items():
+        assert versions == sorted(versions), f"{sku}: versions went back: {versions}"
+
+
+def converge(cluster: Cluster, io: _LoopThread, what: str) -> Found:
+    """Settle, check Redis and the API against the reference, wait until the feed says the
+    same; every message read, with versions checked never to go back."""
+    cluster.settle()
+    reference = cluster.check_model()
+    api = cluster.apis[0]
+    api.wait_ready()
+    cluster.check_api(api, reference)
+    skus = sorted({sku for sku, _ in reference.model.channels})
+    served = served_figures(cluster, skus)
+    for (sku, channel), figures in reference.model.channels.items():
+        assert served[(sku, channel)][:2] == (figures.available, figures.status)
+    found: Found = []
+
+    def read_topic() -> list[dict[str, Any]]:
+        found[:] = read_feed(cluster, io)
+        return [m for _, _, m in found]
+
+    kept = latest(wait_converged(what, read_topic, served))
+    versions_never_go_back(found)
+    # A consumer is never ahead of the API: the version it keeps is one the API reached.
+    ahead = [f"{key}: message v{m['version']}, served v{served[key][2]}"
+             for key, m in kept.items() if key in served and m["version"] > served[key][2]]
+    assert not ahead, "\n".join(ahead[:20])
+    return found
+
+
+def wait_logged(process: WorkerProcess, text: str, timeout: float = 60.0) -> None:
+    """Wait until a log line of ``process``'s current run contains ``text``."""
+    deadline = time.monotonic() + timeout
+    while not any(text in str(line.get("msg", "")) for line in process.run_lines()):
+        if not process.alive or time.monotonic() > deadline:
+            raise AssertionError(f"{process.name} never logged {text!r}:\n{process.tail()}")
+        time.sleep(0.2)
+
+
+def test_the_feed_converges_across_a_rebuild_without_repeating_itself(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """`stocksync rebuild` switches the model under a running feed: versions jump ahead, the
+    figures stay, so nothing is sent; afterwards the feed follows the rebuilt model."""
+    io = _LoopThread()
+    cluster = make_cluster(channels=CHANNELS)
+    try:
+        rng = random.Random(cluster.seed())
+        messages = realistic_stream(rng, cluster.wire, 1600, skus=40)
+        half = len(messages) // 2
+        worker = cluster.start_worker()
+        cluster.start_api()
+        feed = start_feed(cluster, "f1")
+        feed.wait_role("active")
+        cluster.send(messages[:half])
+        before = converge(cluster, io, "the feed before the rebuild")
+
+        code, _ = worker.terminate(30)
+        assert code == 0, worker.tail()
+        done = cluster.rebuild("--yes")
+        assert done.returncode == 0, done.stderr
+        generation = cluster.namespace().rsplit(":", 1)[-1]
+        wait_logged(feed, f"(generation {generation})")
+        time.sleep(1.0)  # past the web channel's interval
+        after = read_feed(cluster, io)
+        # The rebuild changed no figure: no message (the contract's "only when it changed").
+        assert len(after) == len(before), [m for _, _, m in after[len(before):]][:20]
+
+        worker.start().wait_ready()
+        cluster.send(messages[half:])
+        converge(cluster, io, "the feed after the rebuild")
+    finally:
+        io.close()
+
+
+def test_the_feed_converges_after_redis_restarted_empty(
+    make_cluster: Callable[..., Cluster], tmp_path: Path,
+) -> None:
+    """Redis (no persistence) restarts empty mid-stream: the published records, the lease and
+    the webhook positions are gone with the model. The worker rebuilds the model with
+    versions above the old ones, the active feed sees its lease lapsed, loads its (empty)
+    state again and sends every (sku, channel) its current figure once, then follows."""
+    volatile = RedisServer(data_dir=tmp_path / "volatile-redis", persistent=False)
+    volatile.start()
+    io = _LoopThread()
+    try:
+        cluster = make_cluster(channels=CHANNELS, redis_url=volatile.url_for(0))
+        rng = random.Random(cluster.seed())
+        messages = realistic_stream(rng, cluster.wire, 2000, skus=40)
+        first, rest = messages[:1400], messages[1400:]
+        worker = cluster.start_worker()
+        cluster.start_api().wait_ready()
+        feed = start_feed(cluster, "f1")
+        feed.wait_role("active")
+        standby = start_feed(cluster, "f2")
+        standby.wait_role("standby")
+        stream = cluster.send_paced(first, 12.0)
+        worker.wait_progress(skus_written=30)
+        # Late in the stream: the rebuilt model (few, large batches) and what follows would
+        # not bring the versions back up to the old ones by themselves.
+        time.sleep(7.0)
+        assert not stream.done(), "the stream ended before Redis restarted; slow it down"
+        volatile.stop()
+        volatile.start()
+        cluster.note("Redis restarted empty")
+        stream.result(timeout=120)
+        found = converge(cluster, io, "the feed after Redis restarted empty")
+        lines = [str(line.get("msg", "")) for f in (feed, standby) for line in f.run_lines()]
+        assert any("lapsed" in line or "standing by" in line for line in lines), feed.tail()
+        # Versions went on above the old ones: the latest message is the one a consumer keeps.
+        assert max(m["version"] for _, _, m in found) > 1_700_000_000_000
+
+        cluster.send(rest)
+        converge(cluster, io, "the feed after the rest of the stream")
+    finally:
+        io.close()
+        volatile.stop()
 
 
 def test_coalescing_flapping_and_holds(

@@ -312,3 +312,23 @@ def test_holds_are_part_of_the_figure_and_their_expiry_is_news(redis_url: str) -
         assert figures(rig.broker.sent)[1:] == [("S1", "web", 10, "in_stock", 3)]
 
     run(redis_url, settings(), body)
+
+
+def test_the_lease_says_whether_it_was_renewed_or_taken_afresh(redis_url: str) -> None:
+    """A lease found gone while held (Redis restarted empty) is ``taken``, not ``renewed``."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            me = FeedStore(client, Keys("lease-test"), "me")
+            other = FeedStore(client, Keys("lease-test"), "other")
+            assert await me.acquire(5) == "taken"
+            assert await me.acquire(5) == "renewed"
+            assert await other.acquire(5) is None
+            await client.delete("lease-test:feed-lease")  # what an empty restart leaves
+            assert await me.acquire(5) == "taken"
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
