@@ -104,8 +104,10 @@ class Publisher:
         self.published: dict[tuple[str, int], Published] = {}
         #: (sku, channel index) -> a message that may have been sent (found in flight).
         self.uncertain: dict[tuple[str, int], AvailabilityChanged] = {}
-        #: SKUs changed since their channels were last looked at.
-        self.dirty: set[str] = set()
+        #: SKUs changed since their channels were last looked at -> when (ms) the first of
+        #: those changes reached the read model: a deadline counts from the change, not
+        #: from when this process saw it.
+        self.dirty: dict[str, int] = {}
         #: SKU -> (ms the latest change reached the read model, its correlation id).
         self.stamps: dict[str, tuple[int, str | None]] = {}
         self._deadlines: list[tuple[int, str, int]] = []
@@ -120,8 +122,9 @@ class Publisher:
         if not self.active or is_probe_sku(self.settings, sku):  # not business stock
             return
         at, cid = self.sync.applying
-        self.stamps[sku] = (at or now_ms(), cid)
-        self.dirty.add(sku)
+        at = at or now_ms()
+        self.stamps[sku] = (at, cid)
+        self.dirty.setdefault(sku, at)
         self._wake.set()
 
     # --- activation ---
@@ -161,9 +164,9 @@ class Publisher:
         for sku in self.model.entries:
             if not is_probe_sku(settings, sku):
                 self.stamps.setdefault(sku, (now, None))
-                self.dirty.add(sku)
+                self.dirty.setdefault(sku, now)
         for sku, _index in self.uncertain:
-            self.dirty.add(sku)
+            self.dirty.setdefault(sku, now)
             self.stamps.setdefault(sku, (now, None))
         log.info(
             "feed state loaded: %d SKUs published before, %d messages possibly in flight",
@@ -225,8 +228,8 @@ class Publisher:
 
     def _mark(self, now: int) -> None:
         """Open a deadline for each changed (sku, channel) that has none."""
-        dirty, self.dirty = self.dirty, set()
-        for sku in dirty:
+        dirty, self.dirty = self.dirty, {}
+        for sku, changed_at in dirty.items():
             pending = False
             for index, channel in enumerate(self.channels):
                 key = (sku, index)
@@ -242,7 +245,7 @@ class Publisher:
                 if key not in self.uncertain and not changed(channel.mode, last, figure):
                     continue
                 due = now if key in self.uncertain else due_at(
-                    now, channel.interval, None if last is None else last.sent_ms
+                    changed_at, channel.interval, None if last is None else last.sent_ms
                 )
                 self._scheduled[key] = due
                 heapq.heappush(self._deadlines, (due, sku, index))
@@ -303,24 +306,31 @@ class Publisher:
         for message, (sku, raw) in zip(batch, encoded, strict=True):
             in_flight.setdefault(sku, []).append((message.channel, raw))
         await self.store.sending(in_flight)
-        await self.sender.send_all(encoded)
+        # The interval is kept between sends (the records' timestamps), not between acks:
+        # waiting for the broker must not push the next message of a SKU further out.
         sent = now_ms()
+        await self.sender.send_all(encoded)
+        acked = now_ms()
         records: dict[str, list[tuple[str, Published]]] = {}
         index_of = {c.name: i for i, c in enumerate(self.channels)}
-        for message in batch:
-            records.setdefault(message.sku, []).append((
-                message.channel,
-                Published(message.version, message.available, message.status, sent),
-            ))
+        published = [
+            Published(message.version, message.available, message.status, sent)
+            for message in batch
+        ]
+        for message, record in zip(batch, published, strict=True):
+            records.setdefault(message.sku, []).append((message.channel, record))
         await self.store.published(records)
-        for message in batch:
+        counts = dict.fromkeys(index_of, 0)
+        observe = self.metrics.delay.observe
+        for message, record in zip(batch, published, strict=True):
             key = (message.sku, index_of[message.channel])
-            self.published[key] = Published(
-                message.version, message.available, message.status, sent
-            )
+            self.published[key] = record
             self.uncertain.pop(key, None)
-            self.metrics.messages.labels(channel=message.channel).inc()
-            self.metrics.delay.observe(max(0.0, (sent - _millis(message.occurred_at)) / 1000))
+            counts[message.channel] += 1
+            observe(max(0.0, (acked - _millis(message.occurred_at)) / 1000))
+        for name, count in counts.items():
+            if count:
+                self.metrics.messages.labels(channel=name).inc(count)
 
     def lag_seconds(self) -> float:
         """How long the oldest change not yet published has waited (0 when none)."""

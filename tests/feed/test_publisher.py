@@ -332,3 +332,21 @@ def test_the_lease_says_whether_it_was_renewed_or_taken_afresh(redis_url: str) -
 
     asyncio.run(main())
 
+
+def test_recorded_messages_of_any_length_read_back_the_same(redis_url: str) -> None:
+    """The fenced write packs its values for Lua: short, 8-, 16- and 32-bit lengths."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            store = FeedStore(client, Keys("len-test"), "me")
+            assert await store.acquire(5)
+            values = {f"c{n}": bytes(range(256)) * (n // 256) + b"\xff" * (n % 256)
+                      for n in (0, 5, 31, 32, 255, 256, 65535, 65536, 70000)}
+            await store.sending({"S1": list(values.items())})
+            _cursor, page = await store.load_page(0, 100)
+            assert page["S1"].sending == values
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
