@@ -53,6 +53,22 @@ class Published(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(Published)
+_changes_encoder: Final = msgspec.msgpack.Encoder()
+
+
+def _lua_string(value: bytes) -> msgspec.Raw:
+    """``value`` as a msgpack str: Redis's ``cmsgpack`` reads no bin type, and a Lua string
+    is any bytes."""
+    n = len(value)
+    if n < 32:
+        head = bytes((0xA0 | n,))
+    elif n < 0x100:
+        head = bytes((0xD9, n))
+    elif n < 0x10000:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return msgspec.Raw(head + value)
 
 
 class StoredFeed(msgspec.Struct, frozen=True):
@@ -81,18 +97,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS[1] lease, KEYS[2..] hashes; ARGV[1] token, then per key i: n, then n triples
-# (field to set, value, field to delete or ''). 0 when the lease is not ours.
+# KEYS[1] lease, KEYS[2..] hashes; ARGV[1] token, ARGV[2] msgpack: per hash KEYS[i + 1]
+# a pair {fields and values to set (flat), fields to delete}. 0 when the lease is not ours.
+# One packed argument instead of three per field: the client's cost is per argument.
 _WRITE: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local a = 2
-for i = 2, #KEYS do
-  local n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    redis.call('HSET', KEYS[i], ARGV[a], ARGV[a + 1])
-    if ARGV[a + 2] ~= '' then redis.call('HDEL', KEYS[i], ARGV[a + 2]) end
-    a = a + 3
-  end
+local changes = cmsgpack.unpack(ARGV[2])
+for i = 1, #changes do
+  local key, change = KEYS[i + 1], changes[i]
+  redis.call('HSET', key, unpack(change[1]))
+  if #change[2] > 0 then redis.call('HDEL', key, unpack(change[2])) end
 end
 return 1
 """
@@ -204,15 +218,19 @@ class FeedStore:
     async def _fenced(self, changes: Mapping[str, Sequence[tuple[str, bytes, str]]]) -> None:
         if not changes:
             return
-        keys = [self.keys.feed_lease()]
-        args: list[str | bytes | int] = [self.token]
-        for sku, items in changes.items():
-            keys.append(self.keys.feed_published(sku))
-            args.append(len(items))
+        keys = [self.keys.feed_published(sku) for sku in changes]
+        keys.insert(0, self.keys.feed_lease())
+        packed: list[tuple[list[str | msgspec.Raw], list[str]]] = []
+        for items in changes.values():
+            sets: list[str | msgspec.Raw] = []
+            drops: list[str] = []
             for field, value, drop in items:
-                args += [field, value, drop]
+                sets += (field, _lua_string(value))
+                if drop:
+                    drops.append(drop)
+            packed.append((sets, drops))
         try:
-            ok = await self._write(keys=keys, args=args)
+            ok = await self._write(keys=keys, args=[self.token, _changes_encoder.encode(packed)])
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis failed recording the feed state: {exc}") from exc
         if not ok:
