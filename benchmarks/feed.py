@@ -14,6 +14,9 @@ starts one embedded broker and one ``redis-server`` on free loopback ports, then
                freshness) next to served-to-published delay of every feed message
                (its ``occurred_at``, when the change reached Redis, to the record's
                timestamp on the feed topic), p50 and p99, in the same run.
+
+Both report the feed process's CPU (user + system, from ``/proc``) per message:
+unlike the rates, it hardly moves when other work shares the machine.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ from typing import Any
 __all__ = ["main"]
 
 PARTITIONS = 8
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _settings(broker: str, redis_url: str, prefix: str, interval: int) -> Any:
@@ -123,6 +132,7 @@ async def publisher(bootstrap: str, redis_url: str, workdir: Path, skus: int) ->
     feed = _start_feed(workdir, bootstrap, redis_url, prefix, 0)
     try:
         await _wait_active(workdir, prefix)
+        cpu = _cpu_seconds(feed.pid)
         started = time.time()
         for start in range(0, skus, 2000):
             await store.write_batch([
@@ -132,13 +142,15 @@ async def publisher(bootstrap: str, redis_url: str, workdir: Path, skus: int) ->
         written = time.time() - started
         delays: list[float] = []
         count, last = await _read_feed(bootstrap, f"{prefix}.availability.v1", skus, 300, delays)
+        cpu = _cpu_seconds(feed.pid) - cpu
     finally:
         feed.terminate()
         feed.wait(30)
         await store.close()
     seconds = last - started
     return {"skus": skus, "messages": count, "write_seconds": written,
-            "seconds": seconds, "messages_per_s": count / seconds if seconds else 0.0}
+            "seconds": seconds, "messages_per_s": count / seconds if seconds else 0.0,
+            "feed_cpu_seconds": cpu, "cpu_us_per_message": cpu / count * 1e6 if count else 0.0}
 
 
 async def freshness(bootstrap: str, redis_url: str, workdir: Path, rate: int, seconds: float,
@@ -172,6 +184,7 @@ async def freshness(bootstrap: str, redis_url: str, workdir: Path, rate: int, se
     try:
         await asyncio.wait_for(ready.wait(), 60)
         await _wait_active(workdir, prefix)
+        cpu = _cpu_seconds(feed.pid)
         reading = asyncio.create_task(_read_feed(
             bootstrap, f"{prefix}.availability.v1", 10**9, seconds + 5 + interval / 1000, delays
         ))
@@ -183,6 +196,7 @@ async def freshness(bootstrap: str, redis_url: str, workdir: Path, rate: int, se
         out, _ = await producer.communicate()
         achieved = float(out.decode().strip().splitlines()[-1])
         count, _last = await reading
+        cpu = _cpu_seconds(feed.pid) - cpu
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
@@ -194,7 +208,8 @@ async def freshness(bootstrap: str, redis_url: str, workdir: Path, rate: int, se
         return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "max_ms": max(values) * 1000}
 
     return {"rate": achieved, "interval_ms": interval, "effects_applied": len(ages),
-            "messages": count, "pipeline": cut(ages), "feed": cut(delays)}
+            "messages": count, "pipeline": cut(ages), "feed": cut(delays),
+            "feed_cpu_seconds": cpu, "cpu_us_per_message": cpu / count * 1e6 if count else 0.0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = report["publisher"]
     print(f"publisher: {p['messages']} messages in {p['seconds']:.2f} s ="
-          f" {p['messages_per_s']:,.0f} messages/s (writes took {p['write_seconds']:.2f} s)")
+          f" {p['messages_per_s']:,.0f} messages/s (writes took {p['write_seconds']:.2f} s),"
+          f" feed CPU {p['cpu_us_per_message']:.0f} us/message")
     for f in report["freshness"]:
         print(f"at {f['rate']:.0f} events/s, notify_min_interval_ms = {f['interval_ms']}:"
               f" pipeline produce->Redis p50 {f['pipeline']['p50_ms']:.0f} ms,"
               f" p99 {f['pipeline']['p99_ms']:.0f} ms; feed served->published"
               f" p50 {f['feed']['p50_ms']:.0f} ms, p99 {f['feed']['p99_ms']:.0f} ms"
-              f" ({f['messages']} messages)")
+              f" ({f['messages']} messages, feed CPU {f['cpu_us_per_message']:.0f} us/message"
+              " incl. following the model)")
     return 0
 
 
