@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["SCENARIOS", "main"]
 
@@ -234,6 +234,7 @@ async def _bare(
         "seconds": elapsed,
         "cpu_seconds": cpu,
         "messages_per_s": events / elapsed,
+        "worker_us_per_event": 1e6 * cpu / events,
     }
 
 
@@ -312,6 +313,9 @@ async def _run_worker(
         "cpu_seconds": cpu,
         "redis_cpu_seconds": redis_cpu,
         "events_per_s": events / elapsed,
+        # CPU per event compares across runs on a loaded machine; events/s do not.
+        "worker_us_per_event": 1e6 * cpu / events,
+        "redis_us_per_event": 1e6 * redis_cpu / events,
         "effects": _counter(metrics.effects_sent),
         "skus_written": _counter(metrics.skus_written),
     }
@@ -497,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds of every scenario; the median is reported"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run every scenario from this checkout of stocksync (e.g. a worktree of an "
+        "older commit), interleaved with this one's, and report this / baseline ratios",
+    )
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
@@ -525,18 +535,28 @@ def main(argv: list[str] | None = None) -> int:
         RedisServer(data_dir=Path(tmp) / "redis") as redis,
     ):
         runs: dict[str, list[dict[str, Any]]] = {}
-        # Rounds interleave the scenarios, so a baseline and its figure share each
-        # round's conditions; the median round is reported, with every round kept.
+        baseline_runs: dict[str, list[dict[str, Any]]] = {}
+        # Rounds interleave the scenarios (and the baseline's run of each), so a
+        # baseline and its figure share each round's conditions; the median round
+        # is reported, with every round kept.
         for round_ in range(args.repeat):
             for name in args.only or SCENARIOS:
                 print(f"round {round_ + 1}/{args.repeat}: {name}...", file=sys.stderr, flush=True)
+                if args.baseline:
+                    baseline_runs.setdefault(name, []).append(
+                        _run_scenario(name, broker, redis, args.events, checkout=args.baseline)
+                    )
+                    redis.flushall()
                 runs.setdefault(name, []).append(_run_scenario(name, broker, redis, args.events))
                 redis.flushall()
-        for name, attempts in runs.items():
-            results[name] = _median_run(attempts)
-            if len(attempts) > 1:
-                results[name]["rounds"] = [_headline(a) for a in attempts]
-    report = {"machine": _machine(), "results": results, "ratios": _ratios(results)}
+        results = _medians(runs)
+    report: dict[str, Any] = {
+        "machine": _machine(), "results": results, "ratios": _ratios(results)
+    }
+    if args.baseline:
+        baseline = _medians(baseline_runs)
+        report["baseline"] = {"checkout": args.baseline, "results": baseline}
+        report["versus_baseline"] = _versus(results, baseline)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -544,10 +564,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, attempts in runs.items():
+        results[name] = _median_run(attempts)
+        if len(attempts) > 1:
+            results[name]["rounds"] = [_headline(a) for a in attempts]
+    return results
+
+
+def _per_event(result: dict[str, Any], key: str) -> float | None:
+    """``worker_us_per_event`` or ``redis_us_per_event``, also from a baseline's older output."""
+    if key in result:
+        return float(result[key])
+    seconds = result.get("cpu_seconds" if key.startswith("worker") else "redis_cpu_seconds")
+    count = result.get("events") or result.get("messages")
+    return 1e6 * float(seconds) / float(count) if seconds is not None and count else None
+
+
+def _versus(results: dict[str, Any], baseline: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per scenario: this checkout's rate and CPU per event over the baseline's, same run."""
+    out: dict[str, dict[str, float]] = {}
+    for name, result in results.items():
+        base = baseline.get(name, {})
+        ratios: dict[str, float] = {}
+        mine, theirs = _headline(result), _headline(base)
+        if mine and theirs and name != "freshness":
+            ratios["rate"] = mine / theirs
+        for key in ("worker_us_per_event", "redis_us_per_event"):
+            a, b = _per_event(result, key), _per_event(base, key)
+            if a is not None and b:
+                ratios[key.removesuffix("_us_per_event") + "_cpu"] = a / b
+        if ratios:
+            out[name] = ratios
+    return out
+
+
 def _run_scenario(
-    name: str, broker: Any, redis: Any, events: int, *, cluster: bool = False
+    name: str,
+    broker: Any,
+    redis: Any,
+    events: int,
+    *,
+    cluster: bool = False,
+    checkout: str | None = None,
 ) -> dict[str, Any]:
-    """Run one scenario in a fresh subprocess (``cluster``: ``redis`` is a cluster's node)."""
+    """Run one scenario in a fresh subprocess (``cluster``: ``redis`` is a cluster's node;
+    ``checkout``: from that checkout of stocksync, its own benchmark code and all)."""
+    env = None
+    if checkout is not None:
+        root = str(Path(checkout).resolve())
+        env = {**os.environ, "PYTHONPATH": root}
     done = subprocess.run(
         [
             sys.executable,
@@ -566,6 +633,8 @@ def _run_scenario(
         capture_output=True,
         text=True,
         check=False,
+        env=env,
+        cwd=root if checkout is not None else None,
     )
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)
@@ -610,38 +679,58 @@ def _ratios(results: dict[str, Any]) -> dict[str, float]:
     return ratios
 
 
-def _print_table(report: dict[str, Any]) -> None:
-    r = report["results"]
-    machine = report["machine"]
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
-    rows = [
-        ("(a) bare Faust agent, one-event messages", r.get("faust_bare", {}), "messages_per_s"),
-        (
-            "(a') the same agent in stocksync's app",
-            r.get("faust_bare_stocksync", {}),
-            "messages_per_s",
-        ),
-        ("(b) aiokafka consumer, same messages", r.get("aiokafka", {}), "messages_per_s"),
-        ("(c) stocksync pipeline, one-event mix", r.get("pipeline_single", {}), "events_per_s"),
-        ("(d) stocksync pipeline, bulk x100", r.get("pipeline_bulk", {}), "events_per_s"),
-    ]
-    for label, result, key in rows:
+def _cpu_text(result: dict[str, Any]) -> str:
+    """CPU per event of the worker (and of Redis): the figures that compare under load."""
+    worker = _per_event(result, "worker_us_per_event")
+    if worker is None:
+        return ""
+    redis = _per_event(result, "redis_us_per_event") if "redis_cpu_seconds" in result else None
+    return f"  worker {worker:.1f} us/event" + (
+        f", Redis {redis:.1f} us/event" if redis is not None else ""
+    )
+
+
+_ROWS: Final = (
+    ("(a) bare Faust agent, one-event messages", "faust_bare", "messages_per_s"),
+    ("(a') the same agent in stocksync's app", "faust_bare_stocksync", "messages_per_s"),
+    ("(b) aiokafka consumer, same messages", "aiokafka", "messages_per_s"),
+    ("(c) stocksync pipeline, one-event mix", "pipeline_single", "events_per_s"),
+    ("(d) stocksync pipeline, bulk x100", "pipeline_bulk", "events_per_s"),
+)
+
+
+def _print_rows(results: dict[str, Any], indent: str = "") -> None:
+    for label, name, key in _ROWS:
+        result = results.get(name, {})
         value = result.get(key)
         text = f"{value:,.0f}/s" if value else result.get("error", "-")
         rounds = result.get("rounds")
         spread = f"  rounds: {', '.join(f'{r:,.0f}' for r in rounds if r)}" if rounds else ""
-        print(f"{label:<45} {text:>14}{spread}")
+        print(f"{indent}{label:<{45 - len(indent)}} {text:>14}{_cpu_text(result)}{spread}")
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    r = report["results"]
+    machine = report["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
+    _print_rows(r)
     for name, value in report["ratios"].items():
         print(f"{name:<45} {value:>14.2f}")
     for fresh in r.get("freshness", {}).values():
         if isinstance(fresh, dict) and "p50_ms" in fresh:
             label = f"(e) freshness at {fresh['rate']:,.0f} events/s"
             print(f"{label:<45} p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms")
+    baseline = report.get("baseline")
+    if baseline:
+        print(f"baseline {baseline['checkout']}, same run:")
+        _print_rows(baseline["results"], indent="  ")
+        for name, ratios in report.get("versus_baseline", {}).items():
+            text = ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+            print(f"{name} / baseline: {text}")
     for name in ("pipeline_single", "pipeline_bulk"):
         profile = r.get(name, {}).get("profile")
         if profile:
             print(f"profile of {name}:\n{profile}")
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
