@@ -813,11 +813,18 @@ class Applier:
             skipped_total += skipped
             if applied:
                 touched.extend(effects)
-                holds = tuple(
-                    {e.hold: None for e in effects if type(e) is Reserve and e.hold is not None}
-                )
-                cid = next((e.cid for e in reversed(effects) if e.cid), None)
-                writes.append(Write(pos, before, holds, cid))
+                # The holds converted and the last correlation id, in one pass over the
+                # SKU's effects (this runs for every SKU written).
+                holds: dict[str, None] | None = None
+                cid = None
+                for e in effects:
+                    if e.cid:
+                        cid = e.cid
+                    if type(e) is Reserve and e.hold is not None:
+                        if holds is None:
+                            holds = {}
+                        holds[e.hold] = None
+                writes.append(Write(pos, before, tuple(holds) if holds else (), cid))
         if writes:
             conflicts = await retrying(
                 lambda: self.store.write_batch(writes),
@@ -863,13 +870,13 @@ class Applier:
         self, writes: list[Write], applied: int, skipped: int, touched: list[Effect]
     ) -> None:
         oversold = self._oversold
-        topology = self.topology
+        oversold_at = core.oversold_at
         for w in writes:
             pos = w.position
-            for name in pos.nodes:
-                if core.is_oversold(core.node_view(pos, name, topology)):
+            for name, node in pos.nodes.items():
+                if oversold_at(node):
                     oversold.add((pos.sku, name))
-                else:
+                elif oversold:
                     oversold.discard((pos.sku, name))
         metrics = self.metrics
         metrics.effects_applied.inc(applied)

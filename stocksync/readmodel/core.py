@@ -549,26 +549,42 @@ class NodeView(msgspec.Struct, frozen=True):
 
 def node_view(pos: Position, node: str, topology: Topology) -> NodeView:
     """on_hand, reserved, quarantine, safety stock and available of ``pos`` at ``node``."""
+    return NodeView(*node_figures(pos, node, topology))
+
+
+def node_figures(pos: Position, node: str, topology: Topology) -> tuple[int, int, int, int, int]:
+    """:func:`node_view`'s figures as a plain tuple, in its field order (the writer's hot path
+    builds every SKU's served form from these, without a NodeView)."""
     state = pos.nodes.get(node)
     if state is None:
-        safety = topology.default_safety(node)
-        return NodeView(0, 0, 0, safety, 0)
+        return (0, 0, 0, topology.safety_defaults.get(node, 0), 0)
     on_hand = state.snap or 0
     for _, delta in state.changes:
         on_hand += delta
-    safety = state.safety if state.safety is not None else topology.default_safety(node)
-    return NodeView(
-        on_hand=on_hand,
-        reserved=state.reserved,
-        quarantine=max(0, state.received - state.inspected),
-        safety_stock=safety,
-        available=max(0, on_hand - state.reserved - safety),
+    safety = state.safety
+    if safety is None:
+        safety = topology.safety_defaults.get(node, 0)
+    reserved = state.reserved
+    return (
+        on_hand,
+        reserved,
+        max(0, state.received - state.inspected),
+        safety,
+        max(0, on_hand - reserved - safety),
     )
 
 
 def is_oversold(view: NodeView) -> bool:
     """True when a node has promised more than it holds (on_hand below reserved)."""
     return view.on_hand < view.reserved
+
+
+def oversold_at(state: NodePosition) -> bool:
+    """:func:`is_oversold` of a node's view, straight from its position."""
+    on_hand = state.snap or 0
+    for _, delta in state.changes:
+        on_hand += delta
+    return on_hand < state.reserved
 
 
 def channel_available(
@@ -584,7 +600,12 @@ def channel_available(
         if view is None:
             view = node_view(pos, node, topology)
         total += view.available
-    return max(0, total - pos.demand.get(channel.name, 0) - channel.buffer)
+    return channel_share(pos, channel, total)
+
+
+def channel_share(pos: Position, channel: ChannelSpec, nodes_available: int) -> int:
+    """What ``channel`` may sell when its nodes have ``nodes_available`` in total."""
+    return max(0, nodes_available - pos.demand.get(channel.name, 0) - channel.buffer)
 
 
 def status_of(available: int, low_stock_threshold: int) -> Status:

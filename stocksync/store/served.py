@@ -1,8 +1,8 @@
 """The served form of a SKU (the ``srv`` field and change entries): built once, by the writer.
 
 The applier turns a position into :class:`~stocksync.codecs.projections.Served`
-with the core's own figures (:func:`~stocksync.readmodel.core.node_view`,
-:func:`~stocksync.readmodel.core.channel_available`,
+with the core's own figures (:func:`~stocksync.readmodel.core.node_figures`,
+:func:`~stocksync.readmodel.core.channel_share`,
 :func:`~stocksync.readmodel.core.status_of`); an API replica keeps its parts
 as they are: each channel's answer without detail, and the packed node detail,
 which it encodes as JSON only for ``detail=nodes``. The pre-hold ``available``
@@ -59,34 +59,35 @@ _detail_decoder: Final = msgspec.msgpack.Decoder(list[list[_PackedNode]])
 def served_bytes(pos: Position, topology: core.Topology) -> bytes:
     """The ``srv`` field of ``pos``: every configured channel, ready to serve."""
     updated = core.format_millis(pos.updated_at)
-    views: dict[str, core.NodeView] = {}
+    sku, version = pos.sku, pos.version
+    packed: dict[str, PackedNode] = {}
     channels: list[ServedChannel] = []
     detail: list[list[PackedNode]] = []
     for spec in topology.channels:
         nodes: list[PackedNode] = []
+        total = 0
         for node in spec.nodes:
-            view = views.get(node)
-            if view is None:
-                view = views[node] = core.node_view(pos, node, topology)
-            nodes.append(
-                (node, view.available, view.on_hand, view.reserved, view.quarantine,
-                 view.safety_stock)
-            )
-        available = core.channel_available(pos, spec, topology, views)
+            one = packed.get(node)
+            if one is None:
+                on_hand, reserved, quarantine, safety, free = core.node_figures(pos, node, topology)
+                one = packed[node] = (node, free, on_hand, reserved, quarantine, safety)
+            nodes.append(one)
+            total += one[1]
+        available = core.channel_share(pos, spec, total)
         document = _json.encode(
             ChannelAvailability(
-                sku=pos.sku,
+                sku=sku,
                 channel=spec.name,
                 available=available,
                 status=core.status_of(available, spec.low_stock_threshold),
-                version=pos.version,
+                version=version,
                 updated_at=updated,
                 held=0,  # what holds keep is subtracted by each API replica
             )
         )
         channels.append(ServedChannel(spec.name, available, document))
         detail.append(nodes)
-    return _msgpack.encode(Served(pos.sku, pos.version, channels, _msgpack.encode(detail)))
+    return _msgpack.encode(Served(sku, version, channels, _msgpack.encode(detail)))
 
 
 def served_from_channels(
