@@ -345,6 +345,27 @@ def test_an_out_of_range_instant_in_a_bulk_message_costs_only_its_event() -> Non
     assert [(r.index, r.reason) for r in decoded.rejections] == [(1, Reason.INVALID_FIELD)]
 
 
+@pytest.mark.parametrize(
+    "fraction", [".\u0663", ".", ".-1", ",5", ".5 ", ". 5", ".\u00b2", ".1_0", "5"]
+)
+def test_a_bad_fraction_is_invalid_also_when_its_second_was_read_before(fraction: str) -> None:
+    # The short path (date and time already checked, fractions read before) checks the rest.
+    assert instant_of("2026-11-27T09:00:00Z") == (1795770000, 0)
+    assert instant_of("2026-11-27T09:00:00.5Z") == (1795770000, 500_000_000)
+    with pytest.raises(ValueError):
+        instant_of(f"2026-11-27T09:00:00{fraction}Z")
+    with pytest.raises(ValueError):
+        instant_of(f"2026-11-27T09:00:00{fraction}+01:00")
+
+
+def test_a_fraction_read_before_means_the_same_in_any_second() -> None:
+    firsts = [instant_of(f"2026-11-27T09:00:{s:02d}.25Z") for s in range(3)]
+    again = [instant_of(f"2026-11-27T10:00:{s:02d}.25+01:00") for s in range(3)]
+    assert firsts == again == [(1795770000 + s, 250_000_000) for s in range(3)]
+    assert instant_of("2026-11-27T09:00:00.250Z") == instant_of("2026-11-27T09:00:00.25Z")
+    assert instant_of("2026-11-27T09:00:00.0000000001Z") == (1795770000, 0)
+
+
 def test_a_very_long_fraction_is_valid_and_not_cached_whole() -> None:
     written = "2026-11-27T09:00:00." + "1" * 100_000 + "Z"
     [(_, snap, _)] = decode_message(raw(event("stock.snapshot", as_of=written))).events
