@@ -53,7 +53,9 @@ __all__ = [
 ]
 
 
-class EffectBase(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="k"):
+class EffectBase(
+    msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="k", gc=False
+):
     """Identity and tracing fields every effect carries."""
 
     sku: str
@@ -113,7 +115,7 @@ class Quarantine(EffectBase, frozen=True, kw_only=True, tag="quar"):
 Effect = Snapshot | Adjust | Reserve | Policy | Quarantine
 
 
-class EffectBatch(msgspec.Struct, frozen=True, array_like=True):
+class EffectBatch(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One message on the effects topic: effects in source order, all for one partition."""
 
     effects: list[Effect]

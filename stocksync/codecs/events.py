@@ -289,7 +289,7 @@ def _distinct(lines: list[object] | None, event: str) -> None:
         raise ValueError(f"{event} lists line_id {dup!r} more than once - at `$.lines`")
 
 
-class EventBase(msgspec.Struct, kw_only=True, frozen=True, tag_field="type"):
+class EventBase(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", gc=False):
     """The envelope every event carries."""
 
     schema: Literal[1]
@@ -347,7 +347,7 @@ class StockPolicy(EventBase, frozen=True, tag="stock.policy"):
 # --- orders (topic orders, key order_id) --------------------------------------------
 
 
-class CreatedLine(msgspec.Struct, kw_only=True, frozen=True):
+class CreatedLine(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One line of a new order: reserves ``qty`` at ``node`` or against the channel."""
 
     line_id: Identifier
@@ -356,14 +356,14 @@ class CreatedLine(msgspec.Struct, kw_only=True, frozen=True):
     node: Identifier | None = None
 
 
-class AllocatedLine(msgspec.Struct, kw_only=True, frozen=True):
+class AllocatedLine(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """Moves a line's open reservation to ``node``."""
 
     line_id: Identifier
     node: Identifier
 
 
-class QtyLine(msgspec.Struct, kw_only=True, frozen=True):
+class QtyLine(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """A quantity of one known line (cancel, ship)."""
 
     line_id: Identifier
@@ -415,7 +415,7 @@ class OrderShipped(EventBase, frozen=True, tag="order.shipped"):
 # --- returns (topic returns, key rma_id) --------------------------------------------
 
 
-class AuthorizedLine(msgspec.Struct, kw_only=True, frozen=True):
+class AuthorizedLine(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """A line a customer may send back."""
 
     line_id: Identifier
@@ -423,7 +423,7 @@ class AuthorizedLine(msgspec.Struct, kw_only=True, frozen=True):
     qty: Positive
 
 
-class ReceivedLine(msgspec.Struct, kw_only=True, frozen=True):
+class ReceivedLine(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """A returned quantity received at a node; ``sku`` may be left out for authorized lines."""
 
     line_id: Identifier
@@ -431,7 +431,7 @@ class ReceivedLine(msgspec.Struct, kw_only=True, frozen=True):
     sku: Identifier | None = None
 
 
-class InspectedLine(msgspec.Struct, kw_only=True, frozen=True):
+class InspectedLine(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """An inspected quantity and what becomes of it."""
 
     line_id: Identifier

@@ -117,7 +117,7 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
 # --- where an event came from -------------------------------------------------------------
 
 
-class SourceRef(msgspec.Struct, frozen=True, kw_only=True):
+class SourceRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Where an event was read: the source of its effects' deterministic ids."""
 
     #: ``stock``, ``orders`` or ``returns``.
@@ -142,7 +142,7 @@ class SourceRef(msgspec.Struct, frozen=True, kw_only=True):
         return f"{base}#{self.incarnation}" if self.incarnation else base
 
 
-class Translated(msgspec.Struct, frozen=True):
+class Translated(msgspec.Struct, frozen=True, gc=False):
     """A valid event's effects, in order."""
 
     effects: list[Effect]
@@ -537,7 +537,7 @@ def copy_position(pos: Position) -> Position:
 # --- projection ---------------------------------------------------------------------------
 
 
-class NodeView(msgspec.Struct, frozen=True):
+class NodeView(msgspec.Struct, frozen=True, gc=False):
     """The contract's quantities of one SKU at one node."""
 
     on_hand: int

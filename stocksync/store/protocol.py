@@ -41,7 +41,7 @@ class ModelLost(StoreError):
     """The model this store was writing is gone from Redis; nothing was read or written."""
 
 
-class Write(msgspec.Struct, frozen=True):
+class Write(msgspec.Struct, frozen=True, gc=False):
     """One SKU of a batch write: its new position and the version it was read at."""
 
     position: Position
