@@ -450,11 +450,16 @@ def apply_effect(pos: Position, effect: Effect, now_ms: int, window_ms: int) -> 
     if mark is not None and ident <= mark:
         return False
     pos.wm[effect.src] = ident
-    if effect.eid is not None:
-        seen_at = pos.seen.get(effect.eid)
-        if seen_at is not None and now_ms - seen_at < window_ms:
+    eid = effect.eid
+    if eid is not None:
+        seen = pos.seen
+        seen_at = seen.get(eid)
+        if seen_at is None:
+            seen[eid] = now_ms  # a new key goes last, as remember_key keeps them
+        elif now_ms - seen_at < window_ms:
             return False
-        remember_key(pos.seen, effect.eid, now_ms)
+        else:
+            remember_key(seen, eid, now_ms)
     if isinstance(effect, Reserve):
         if effect.node is not None:
             _node(pos, effect.node).reserved += effect.qty
@@ -466,7 +471,9 @@ def apply_effect(pos: Position, effect: Effect, now_ms: int, window_ms: int) -> 
             else:
                 pos.demand.pop(effect.channel, None)
         return True
-    node = _node(pos, effect.node)
+    node = pos.nodes.get(effect.node)
+    if node is None:
+        node = pos.nodes[effect.node] = NodePosition()
     if isinstance(effect, Snapshot):
         as_of = node.as_of
         if as_of is None or effect.as_of > as_of or (
@@ -559,18 +566,22 @@ def node_figures(pos: Position, node: str, topology: Topology) -> tuple[int, int
     if state is None:
         return (0, 0, 0, topology.safety_defaults.get(node, 0), 0)
     on_hand = state.snap or 0
-    for _, delta in state.changes:
-        on_hand += delta
+    if state.changes:
+        for _, delta in state.changes:
+            on_hand += delta
     safety = state.safety
     if safety is None:
         safety = topology.safety_defaults.get(node, 0)
     reserved = state.reserved
+    quarantine = state.received - state.inspected
+    available = on_hand - reserved - safety
+    # Conditionals, not max(0, ...): this runs for every node of every SKU written.
     return (
         on_hand,
         reserved,
-        max(0, state.received - state.inspected),
+        quarantine if quarantine > 0 else 0,
         safety,
-        max(0, on_hand - reserved - safety),
+        available if available > 0 else 0,
     )
 
 
@@ -605,7 +616,10 @@ def channel_available(
 
 def channel_share(pos: Position, channel: ChannelSpec, nodes_available: int) -> int:
     """What ``channel`` may sell when its nodes have ``nodes_available`` in total."""
-    return max(0, nodes_available - pos.demand.get(channel.name, 0) - channel.buffer)
+    share = nodes_available - channel.buffer
+    if pos.demand:
+        share -= pos.demand.get(channel.name, 0)
+    return share if share > 0 else 0
 
 
 def status_of(available: int, low_stock_threshold: int) -> Status:
