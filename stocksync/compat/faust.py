@@ -88,9 +88,14 @@ class _Consumer(faust_aiokafka.Consumer):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> compat_mode.WaitResults:
-        return await compat_mode.wait_first_in_place(
-            self, coros, timeout, super().wait_first, suspended=self.suspend_flow.is_set
+        # wait_first_in_place, inlined: this runs for every message, and one coroutine
+        # and a bound super() less per message is measurable on one-event messages.
+        done, rest = compat_mode.start_in_place(
+            self, coros, timeout, self.suspend_flow.is_set()
         )
+        if done is not None:
+            return done
+        return await super().wait_first(*rest, timeout=timeout)
 
 
 class _Transport(faust_aiokafka.Transport):

@@ -22,7 +22,14 @@ from mode.services import WaitResults
 
 from stocksync.compat import supported
 
-__all__ = ["ACTIVE", "StopsWhenCrashed", "WaitResults", "check", "wait_first_in_place"]
+__all__ = [
+    "ACTIVE",
+    "StopsWhenCrashed",
+    "WaitResults",
+    "check",
+    "start_in_place",
+    "wait_first_in_place",
+]
 
 DISTRIBUTION = "mode-streaming"
 LOWEST = "0.7.1"
@@ -85,16 +92,29 @@ async def wait_first_in_place(
     events. ``suspended`` tells whether the caller's flow is suspended (then the
     stock path is taken from the start).
     """
+    done, rest = start_in_place(service, coros, timeout, suspended())
+    if done is not None:
+        return done
+    return await stock(*rest, timeout=timeout)
+
+
+def start_in_place(
+    service: Any, coros: tuple[Any, ...], timeout: Any, suspended: bool
+) -> tuple[WaitResults | None, tuple[Any, ...]]:
+    """The step :func:`wait_first_in_place` takes before any waiting, for a caller that
+    inlines it (the consumer runs it for every message): ``(results, ())`` when the first
+    coroutine finished in place, else ``(None, coroutines)`` to hand to mode's
+    ``wait_first`` (the first one resumed where it stands, or all as given)."""
     first = coros[0] if coros else None
     if (
         not ACTIVE
-        or not inspect.iscoroutine(first)
+        or suspended
         or timeout is not None
+        or not inspect.iscoroutine(first)
         or service._stopped.is_set()
         or service._crashed.is_set()
-        or suspended()
     ):
-        return await stock(*coros, timeout=timeout)
+        return None, coros
     try:
         pending = first.send(None)
     except BaseException as exc:
@@ -102,9 +122,9 @@ async def wait_first_in_place(
             if inspect.iscoroutine(other):
                 other.close()  # never started: nothing to cancel, no warning
         if isinstance(exc, StopIteration):
-            return WaitResults([first], [exc.value], False)
+            return WaitResults([first], [exc.value], False), ()
         raise
-    return await stock(_Resumed(first, pending), *coros[1:])
+    return None, (_Resumed(first, pending), *coros[1:])
 
 
 class StopsWhenCrashed:
