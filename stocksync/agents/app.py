@@ -57,6 +57,7 @@ from stocksync.compat import mode as compat_mode
 from stocksync.compat.faust import FETCH_MAX_WAIT_MS, App
 from stocksync.config.connections import faust_broker_credentials
 from stocksync.config.settings import Settings
+from stocksync.errors import StocksyncError
 
 __all__ = [
     "CONSUMER_MAX_FETCH_SIZE",
@@ -87,7 +88,7 @@ EXIT_SHUTDOWN_DEADLINE = 75
 _ORDERLY_SHARE = 0.8
 
 
-class WorkerStartError(Exception):
+class WorkerStartError(StocksyncError):
     """A Faust worker did not get its partitions within the allowed time."""
 
 

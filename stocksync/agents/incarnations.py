@@ -43,9 +43,9 @@ from aiokafka.errors import OffsetOutOfRangeError
 
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.stages import SourceMessage
-from stocksync.agents.topics import bootstrap_servers
 from stocksync.compat import aiokafka as compat_aiokafka
 from stocksync.config.connections import kafka_client_options
+from stocksync.config.loader import bootstrap_servers
 from stocksync.config.settings import Settings
 from stocksync.store.incarnations import TP, Incarnation, IncarnationRecords
 

@@ -41,6 +41,7 @@ from stocksync.codecs.effects import Effect, EffectBatch, Reserve, batch_decoder
 from stocksync.codecs.events import Event, OrderCreated
 from stocksync.codecs.messages import Decoded, Reason, Rejection, decode_message
 from stocksync.codecs.state import OrderState, Position, RmaState
+from stocksync.errors import StocksyncError
 from stocksync.readmodel import core
 from stocksync.store import (
     ModelLost,
@@ -101,7 +102,7 @@ def header_text(headers: Any, name: str) -> str | None:
     return None
 
 
-class MessageTooLarge(Exception):
+class MessageTooLarge(StocksyncError):
     """The producer or the broker refused messages for their size."""
 
     def __init__(self, size: int | None, refused: Sequence[int] | None = None) -> None:

@@ -25,13 +25,14 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from stocksync.config.connections import kafka_client_options
+from stocksync.config.loader import bootstrap_servers
 from stocksync.config.settings import Settings
+from stocksync.errors import StocksyncError
 
 __all__ = [
     "BrokerUnavailable",
     "TopicNames",
     "TopicSetupError",
-    "bootstrap_servers",
     "effects_partition",
     "ensure_topics",
     "message_limit",
@@ -46,7 +47,7 @@ _TOPIC_ALREADY_EXISTS = 36
 _MAX_REPLICATION = 3
 
 
-class TopicSetupError(Exception):
+class TopicSetupError(StocksyncError):
     """The topics stocksync needs could not be listed or created."""
 
 
@@ -84,21 +85,6 @@ def topic_names(settings: Settings) -> TopicNames:
         effects=f"{prefix}.effects.v1",
         dlq=f"{prefix}.dlq",
     )
-
-
-def bootstrap_servers(broker_url: str) -> str:
-    """Turn a Faust broker URL (``kafka://h1:p1;h2:p2``) into aiokafka's ``h1:p1,h2:p2``."""
-    hosts = []
-    for part in broker_url.replace(",", ";").split(";"):
-        host = part.strip()
-        if "://" in host:
-            host = host.split("://", 1)[1]
-        host = host.rstrip("/")
-        if host:
-            hosts.append(host)
-    if not hosts:
-        raise TopicSetupError(f"Broker URL {broker_url!r} names no host; use kafka://host:port.")
-    return ",".join(hosts)
 
 
 def effects_partition(sku: str, partitions: int) -> int:
@@ -190,7 +176,7 @@ async def ensure_topics(
     the settings.
     """
     names = topic_names(settings)
-    servers = bootstrap_servers(bootstrap)
+    servers = ",".join(bootstrap_servers(bootstrap))
     admin = AIOKafkaAdminClient(
         bootstrap_servers=servers,
         client_id="stocksync-topics",

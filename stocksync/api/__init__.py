@@ -1,6 +1,9 @@
-"""The availability API: answers storefronts from an in-memory copy of the read model."""
+"""The availability API: answers storefronts from an in-memory copy of the read model.
 
-from stocksync.api.app import create_app
-from stocksync.api.server import run
+:func:`stocksync.api.app.create_app` builds the application and
+:func:`stocksync.api.server.run` serves it; importing this package imports
+neither, so the worker and the feed can answer errors through
+:mod:`stocksync.api.errors` without loading the API.
+"""
 
-__all__ = ["create_app", "run"]
+__all__: list[str] = []

@@ -1,4 +1,7 @@
-"""Bodies of the API's operational endpoints, and the encoder of every API body."""
+"""Bodies of the API's operational endpoints, and the encoder of the API's bodies.
+
+Error bodies come from :func:`stocksync.api.errors.error_body`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from stocksync.codecs.projections import ErrorBody, ErrorDetail
-
-__all__ = ["HealthBody", "ReadyBody", "encode", "error_body"]
+__all__ = ["HealthBody", "ReadyBody", "encode"]
 
 
 class HealthBody(msgspec.Struct, kw_only=True, frozen=True):
@@ -29,7 +30,3 @@ class ReadyBody(msgspec.Struct, kw_only=True, frozen=True):
 _encoder: Final = msgspec.json.Encoder()
 encode: Final = _encoder.encode
 
-
-def error_body(code: str, message: str) -> bytes:
-    """``{"error": {"code": ..., "message": ...}}`` as JSON bytes."""
-    return _encoder.encode(ErrorBody(error=ErrorDetail(code=code, message=message)))

@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from stocksync.api.bodies import HealthBody, ReadyBody, encode, error_body
+from stocksync.api.bodies import HealthBody, ReadyBody, encode
 from stocksync.api.errors import (
     BadRequest,
     InvalidSku,
@@ -18,6 +18,8 @@ from stocksync.api.errors import (
     TooManySkus,
     UnknownChannel,
     UnknownSku,
+    error_response,
+    not_ready,
 )
 from stocksync.api.etags import etag, etag_matches
 from stocksync.api.metrics import ApiMetrics
@@ -227,11 +229,7 @@ class OperationalHandlers:
         if status is None or not status.ready:
             reason = "the model sync has not started" if status is None else status.reason
             code = NotReady.code if status is None else status.code
-            return web.Response(
-                status=503,
-                body=error_body(code, f"Not ready: {reason}."),
-                headers={"Content-Type": _JSON, "Retry-After": "1"},
-            )
+            return error_response(not_ready(code, f"Not ready: {reason}."))
         body = ReadyBody(
             skus=status.skus,
             entries_behind=status.entries_behind,

@@ -32,8 +32,6 @@ from stocksync.codecs.holds import (
     Hold,
     HoldLine,
     HoldRequest,
-    InsufficientBody,
-    InsufficientDetail,
     ShortLine,
     hold_encoder,
 )
@@ -177,18 +175,10 @@ class HoldHandlers:
                     for (sku, qty), available in zip(lines, created.available, strict=True)
                     if available < qty
                 ]
-                body = InsufficientBody(
-                    error=InsufficientDetail(
-                        code=InsufficientStock.code,
-                        message=(
-                            f"{len(short)} of {len(lines)} lines cannot be held in full on "
-                            f"channel {channel!r}; nothing is held."
-                        ),
-                        lines=short,
-                    )
-                )
-                return web.Response(
-                    status=InsufficientStock.status, body=hold_encoder.encode(body), headers=_JSON
+                raise InsufficientStock(
+                    f"{len(short)} of {len(lines)} lines cannot be held in full on "
+                    f"channel {channel!r}; nothing is held.",
+                    short,
                 )
             record = created.record
             assert record is not None

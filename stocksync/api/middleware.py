@@ -31,14 +31,11 @@ from aiohttp import web
 from multidict import istr
 
 from stocksync.api.auth import READ_SCOPE, Authenticator, scope_for
-from stocksync.api.bodies import error_body
 from stocksync.api.errors import (
     ApiError,
-    BadRequest,
-    InternalError,
     MethodNotAllowed,
     NotFound,
-    TooManySkus,
+    error_response,
 )
 from stocksync.api.metrics import ApiMetrics
 from stocksync.api.upload import ClientGone
@@ -46,12 +43,10 @@ from stocksync.config.settings import Scope
 
 __all__ = [
     "CORRELATION_HEADER",
-    "INTERNAL_MESSAGE",
     "UNMATCHED_ROUTE",
     "AccessLog",
     "HandlerWrapper",
     "SyncHandler",
-    "error_response",
 ]
 
 log = logging.getLogger("stocksync.api")
@@ -64,8 +59,6 @@ Params = TypeVarTuple("Params")
 
 #: Case-insensitive already (multidict's istr): header lookups skip folding its case.
 CORRELATION_HEADER: Final = istr("X-Correlation-ID")
-#: What a client is told of a failure of ours (the detail goes to the log).
-INTERNAL_MESSAGE: Final = "The server failed to answer; the failure is logged."
 #: Metrics label of requests no route matched (one label, whatever the path).
 UNMATCHED_ROUTE: Final = "unmatched"
 #: A client's correlation id is echoed when it is 1-256 visible ASCII characters.
@@ -116,29 +109,6 @@ class AccessLog:
                 "user_agent": request.headers.get("User-Agent"),
             },
         )
-
-
-def error_response(error: ApiError, status: int | None = None) -> web.Response:
-    """The JSON response of an :class:`ApiError` (with its own status unless one is given)."""
-    headers = {"Content-Type": "application/json", **error.headers}
-    response = web.Response(
-        status=status or error.status,
-        body=error_body(error.code, error.message),
-        headers=headers,
-    )
-    if error.close:
-        response.force_close()
-    return response
-
-
-def _from_http(exc: web.HTTPException) -> web.Response:
-    """The JSON answer to an aiohttp HTTP exception raised inside a handler."""
-    status = exc.status
-    if status == 413:
-        return error_response(TooManySkus("The body is too large; ask for fewer SKUs per request."))
-    if status < 500:
-        return error_response(BadRequest(exc.reason or "Bad request."), status)
-    return error_response(InternalError(INTERNAL_MESSAGE), status)
 
 
 class HandlerWrapper:
@@ -216,16 +186,15 @@ class HandlerWrapper:
                 gone = web.Response(status=400)  # nobody reads it: the connection is gone
                 gone.force_close()
                 return gone
-            except web.HTTPException as exc:
-                response = _from_http(exc)
-            except Exception:
-                log.exception(
-                    "unhandled error answering %s %s",
-                    request.method,
-                    request.path,
-                    extra={"correlation_id": correlation_id},
-                )
-                response = error_response(InternalError(INTERNAL_MESSAGE))
+            except Exception as exc:
+                if not isinstance(exc, web.HTTPException):
+                    log.exception(
+                        "unhandled error answering %s %s",
+                        request.method,
+                        request.path,
+                        extra={"correlation_id": correlation_id},
+                    )
+                response = error_response(exc)
             response.headers[CORRELATION_HEADER] = correlation_id
             elapsed = perf_counter() - started
             record(response.status, elapsed)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final, cast
 
 import aiohttp
@@ -47,10 +48,17 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
-from stocksync.api.bodies import error_body
-from stocksync.api.errors import ApiError, BadRequest, InternalError
+from stocksync.api.errors import (
+    INTERNAL_MESSAGE,
+    ApiError,
+    BadRequest,
+    InternalError,
+    Overloaded,
+    RequestTimeout,
+    error_body,
+    error_response,
+)
 from stocksync.api.metrics import ConnectionStats
-from stocksync.api.middleware import INTERNAL_MESSAGE, error_response
 from stocksync.api.upload import BodyTimeout
 
 __all__ = [
@@ -122,32 +130,25 @@ class ConnectionLimits:
 CONNECTION_LIMITS: Final = web.AppKey("connection_limits", ConnectionLimits)
 
 
-def _raw_error(status: int, reason: str, code: str, message: str, *extra: str) -> bytes:
+def _raw_error(error: ApiError) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 error response, for writing without a request."""
-    body = error_body(code, message)
+    body = error_body(error)
     head = [
-        f"HTTP/1.1 {status} {reason}",
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         "Connection: close",
-        *extra,
+        *(f"{name}: {value}" for name, value in error.headers.items()),
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 _REFUSED: Final = _raw_error(
-    503,
-    "Service Unavailable",
-    "overloaded",
-    "The server has as many connections as it serves; retry shortly.",
-    "Retry-After: 1",
+    Overloaded(
+        "The server has as many connections as it serves; retry shortly.", {"Retry-After": "1"}
+    )
 )
-_HEADERS_LATE: Final = _raw_error(
-    408,
-    "Request Timeout",
-    "request_timeout",
-    "The request's headers did not arrive in time.",
-)
+_HEADERS_LATE: Final = _raw_error(RequestTimeout("The request's headers did not arrive in time."))
 #: Seconds a refused connection stays open for its answer to be read before it closes.
 _REFUSED_LINGER: Final = 1.0
 #: Seconds the rest of a body not read (its request refused) is dropped before closing.

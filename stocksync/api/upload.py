@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from stocksync.api.errors import BadRequest, Overloaded, RequestTimeout, TooManySkus
+from stocksync.errors import StocksyncError
 
 __all__ = [
     "ALLOWANCE",
@@ -63,11 +64,11 @@ def _malloc_trim() -> Callable[[], object] | None:
 _trim: Final = _malloc_trim()
 
 
-class ClientGone(Exception):
+class ClientGone(StocksyncError):
     """The client closed the connection before its request was read."""
 
 
-class BodyTimeout(TimeoutError):
+class BodyTimeout(StocksyncError, TimeoutError):
     """The body did not arrive in time (set on the request's payload by the protocol)."""
 
 

@@ -13,9 +13,15 @@ from typing import Final, get_args
 
 import msgspec
 
-from stocksync.cli.launch import EXIT_OK, EXIT_USAGE, load_settings, redacted
+from stocksync.cli.launch import EXIT_OK, EXIT_USAGE, load_settings
 from stocksync.cli.parsing import Commands
-from stocksync.config import ENV_OVERRIDES, TokenSettings, bootstrap_servers, config_path
+from stocksync.config import (
+    ENV_OVERRIDES,
+    TokenSettings,
+    bootstrap_servers,
+    config_path,
+    redacted_url,
+)
 from stocksync.config.settings import Scope
 
 __all__ = ["register", "token_sha256"]
@@ -73,6 +79,7 @@ def _check_config(args: argparse.Namespace) -> int:
     from stocksync.config.connections import security_summary, security_warnings
 
     settings = load_settings(args)
+    broker = settings.broker
     topics = topic_names(settings)
     source = config_path(args.config, os.environ) or "built-in defaults"
     overrides = [name for name in ENV_OVERRIDES if name in os.environ]
@@ -86,8 +93,8 @@ def _check_config(args: argparse.Namespace) -> int:
             "configuration",
             source + (f" (overridden by {', '.join(overrides)})" if overrides else ""),
         ),
-        ("broker", f"{settings.broker} (bootstrap {', '.join(bootstrap_servers(settings))})"),
-        ("redis", f"{redacted(settings.redis_url)}, keys under {settings.redis_namespace!r}"),
+        ("broker", f"{settings.broker} (bootstrap {', '.join(bootstrap_servers(broker))})"),
+        ("redis", f"{redacted_url(settings.redis_url)}, keys under {settings.redis_namespace!r}"),
         *security_summary(settings),
         (
             "topics",
@@ -122,7 +129,8 @@ def _check_config(args: argparse.Namespace) -> int:
             "feed",
             f"{settings.feed.host}:{settings.feed.port}, {settings.topic_prefix}.availability.v1; "
             + (
-                "webhooks: " + ", ".join(f"{h.name} ({h.url})" for h in settings.feed.webhooks)
+                "webhooks: "
+                + ", ".join(f"{h.name} ({redacted_url(h.url)})" for h in settings.feed.webhooks)
                 if settings.feed.webhooks
                 else "no webhooks"
             ),

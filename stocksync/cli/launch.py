@@ -11,9 +11,8 @@ import importlib
 import os
 import sys
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
-from stocksync.config import Settings, load_configuration
+from stocksync.config import Settings, load_configuration, redacted_url
 from stocksync.config.devsetup import running_setup
 
 __all__ = [
@@ -22,7 +21,6 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "load_settings",
-    "redacted",
     "run_module",
 ]
 
@@ -44,7 +42,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if used is not None:
         print(
             f"stocksync: using the running `stocksync dev` setup (pid {used.pid}): broker"
-            f" {used.broker}, Redis {redacted(used.redis_url)} keys {used.redis_namespace}:*,"
+            f" {used.broker}, Redis {redacted_url(used.redis_url)} keys {used.redis_namespace}:*,"
             f" API {used.api_url}",
             file=sys.stderr,
             flush=True,
@@ -69,12 +67,3 @@ def run_module(
         return EXIT_FAILED
     return int(run(settings, *extra, **options))
 
-
-def redacted(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

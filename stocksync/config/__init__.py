@@ -1,5 +1,6 @@
 """Configuration: the :class:`Settings` Struct and the loader that builds it once at start."""
 
+from stocksync.config.addresses import redacted_url
 from stocksync.config.loader import (
     CONFIG_ENV,
     ENV_OVERRIDES,
@@ -9,7 +10,6 @@ from stocksync.config.loader import (
     config_path,
     load_configuration,
     load_settings,
-    redacted_url,
 )
 from stocksync.config.settings import (
     ApiSettings,

@@ -31,10 +31,11 @@ import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
+from stocksync.config.addresses import BROKER_FORM, parse_broker, redacted_url
 from stocksync.config.devsetup import DevSetup
 from stocksync.config.settings import (
     FeedSettings,
@@ -43,6 +44,7 @@ from stocksync.config.settings import (
     Secret,
     Settings,
 )
+from stocksync.errors import StocksyncError
 
 __all__ = [
     "CONFIG_ENV",
@@ -53,7 +55,6 @@ __all__ = [
     "config_path",
     "load_configuration",
     "load_settings",
-    "redacted_url",
 ]
 
 #: The variable naming the configuration file when ``--config`` is not given.
@@ -93,8 +94,6 @@ _BOOL_TEXT: Final[Mapping[str, bool]] = {
     "0": False, "false": False, "no": False, "off": False,
 }
 
-_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
-_BROKER_FORM = "kafka://host:port[;host:port...] or host:port"
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MSGSPEC_ERROR = re.compile(
@@ -106,7 +105,7 @@ _MAX_SHOWN = 120
 Path = tuple[str | int, ...]
 
 
-class ConfigError(Exception):
+class ConfigError(StocksyncError):
     """The configuration is missing, unreadable or invalid; the message is one line."""
 
     def __init__(self, message: str) -> None:
@@ -168,21 +167,11 @@ def load_configuration(
     return _check(settings, context), used
 
 
-def redacted_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe to print or log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
-
-
-def bootstrap_servers(settings: Settings) -> list[str]:
-    """The ``host:port`` addresses of the configured Kafka broker, for aiokafka."""
-    servers = _parse_broker(settings.broker)
-    if servers is None:  # load_settings already refused such a URL
-        raise ConfigError(f"broker = {settings.broker!r} is invalid: expected {_BROKER_FORM}")
+def bootstrap_servers(broker: str) -> list[str]:
+    """The ``host:port`` addresses of a Kafka broker setting (``settings.broker``), for aiokafka."""
+    servers = parse_broker(broker)
+    if servers is None:  # the loader already refused such a setting
+        raise ConfigError(f"broker = {broker!r} is invalid: expected {BROKER_FORM}")
     return servers
 
 
@@ -241,9 +230,9 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[Path, str]:
 
 def _check(settings: Settings, context: _Context) -> Settings:
     """Refuse what the types cannot say; return the settings with the broker as a kafka:// URL."""
-    servers = _parse_broker(settings.broker)
+    servers = parse_broker(settings.broker)
     if servers is None:
-        raise context.invalid(("broker",), settings.broker, f"expected {_BROKER_FORM}")
+        raise context.invalid(("broker",), settings.broker, f"expected {BROKER_FORM}")
     problem = _redis_url_problem(settings.redis_url)
     if problem:
         shown = _show(redacted_url(settings.redis_url))
@@ -377,17 +366,6 @@ def _check_feed(feed: FeedSettings, channels: list[str], context: _Context) -> F
         source = f"{_dotted(secret_path)} {os.path.abspath(hook.secret_file)}"
         hooks.append(msgspec.structs.replace(hook, secret=Secret(text, source)))
     return msgspec.structs.replace(feed, webhooks=hooks)
-
-
-def _parse_broker(url: str) -> list[str] | None:
-    """``host:port`` strings of a broker URL, or ``None`` when it is not of the accepted form."""
-    rest = url.removeprefix("kafka://")
-    servers = rest.split(";")
-    for server in servers:
-        match = _HOST_PORT.fullmatch(server)
-        if match is None or not 0 < int(match["port"]) < 65536:
-            return None
-    return servers
 
 
 # --- connection security -------------------------------------------------------------

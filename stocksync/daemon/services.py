@@ -35,6 +35,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from stocksync.errors import StocksyncError
+
 __all__ = [
     "LocalRedisCluster",
     "RedisServer",
@@ -54,7 +56,7 @@ _POLL_INTERVAL = 0.05
 _PORT_ATTEMPTS = 3
 
 
-class ServiceError(Exception):
+class ServiceError(StocksyncError):
     """A local service could not be started, reached or stopped."""
 
 

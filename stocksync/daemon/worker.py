@@ -32,12 +32,15 @@ from stocksync.agents.incarnations import KafkaRecordReader, TopicIncarnations
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.streams import WorkerStages, register
 from stocksync.agents.topics import TopicSetupError, ensure_topics, message_limit, topic_names
+from stocksync.api.errors import NotReady, Rebuilding, error_response, json_errors, not_ready
 from stocksync.compat import aiokafka as compat_aiokafka
+from stocksync.config.addresses import redacted_url
 from stocksync.config.connections import redis_client_options
 from stocksync.config.settings import Settings
 from stocksync.daemon.brokerwatch import BrokerWatch, ClientLogGate
 from stocksync.daemon.collector import collect_less
 from stocksync.daemon.healing import Healer
+from stocksync.errors import StocksyncError
 from stocksync.ops.rebuild import HEARTBEAT_FRESH_SECONDS
 from stocksync.readmodel import core
 from stocksync.store import RedisStore, StoreUnavailable
@@ -49,7 +52,7 @@ __all__ = ["WorkerError", "quiet_libraries", "run", "serve"]
 log = logging.getLogger("stocksync.worker")
 
 
-class WorkerError(Exception):
+class WorkerError(StocksyncError):
     """The worker could not start; the message says what to do."""
 
 
@@ -79,20 +82,13 @@ async def _connect_redis(settings: Settings, timeout: float = 30.0) -> RedisStor
             if time.monotonic() >= deadline:
                 await store.close()
                 raise WorkerError(
-                    f"Redis at {_redacted(settings.redis_url)!r} did not answer within "
+                    f"Redis at {redacted_url(settings.redis_url)!r} did not answer within "
                     f"{timeout:.0f} s ({exc}). Start Redis or fix redis_url "
                     "(STOCKSYNC_REDIS_URL)."
                 ) from exc
-            log.warning("waiting for Redis at %s: %s", _redacted(settings.redis_url), exc)
+            log.warning("waiting for Redis at %s: %s", redacted_url(settings.redis_url), exc)
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
-
-
-def _redacted(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 #: Seconds between two heartbeats of a worker in Redis.
@@ -110,7 +106,7 @@ async def _keep_heartbeat(store: RedisStore, worker_id: str) -> None:
 
 
 def _not_ready(message: str) -> web.Response:
-    return web.json_response({"error": {"code": "not_ready", "message": message}}, status=503)
+    return error_response(NotReady(message, {"Retry-After": "1"}))
 
 
 def _health_app(
@@ -128,10 +124,8 @@ def _health_app(
         if not state.get("ready"):
             return _not_ready("the worker is starting")
         if healer is not None and healer.healing:
-            return web.json_response(
-                {"error": {"code": "model_lost", "message": "Redis lost the model; rebuilding"
-                           " it from the topics"}},
-                status=503,
+            return error_response(
+                not_ready(Rebuilding.code, "Redis lost the model; rebuilding it from the topics")
             )
         problem = watch.problem() if watch is not None else None
         if problem is not None:
@@ -146,7 +140,7 @@ def _health_app(
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)

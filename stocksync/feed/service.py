@@ -41,10 +41,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stocksync.agents.topics import bootstrap_servers
+from stocksync.api.errors import error_response, json_errors, not_ready
 from stocksync.api.model import AvailabilityModel, ModelSync
 from stocksync.config.connections import kafka_client_options, redis_client_options
+from stocksync.config.loader import bootstrap_servers
 from stocksync.config.settings import Settings
+from stocksync.errors import StocksyncError
 from stocksync.feed.metrics import FeedMetrics
 from stocksync.feed.publisher import Publisher, feed_topic
 from stocksync.feed.webhooks import Webhook
@@ -66,7 +68,7 @@ _partitioner: Final = DefaultPartitioner()
 _STANDBY_POLL: Final = 0.5
 
 
-class FeedError(Exception):
+class FeedError(StocksyncError):
     """The feed could not start; the message says what to do."""
 
 
@@ -78,7 +80,7 @@ def dlq_topic(settings: Settings) -> str:
 async def ensure_feed_topics(settings: Settings, timeout: float = 30.0) -> None:
     """Create the feed's topics with ``settings.partitions`` partitions when missing."""
     wanted = [feed_topic(settings), dlq_topic(settings)]
-    servers = bootstrap_servers(settings.broker)
+    servers = ",".join(bootstrap_servers(settings.broker))
     admin = AIOKafkaAdminClient(
         bootstrap_servers=servers, client_id="stocksync-feed",
         request_timeout_ms=int(timeout * 1000), **kafka_client_options(settings),
@@ -324,16 +326,14 @@ def _health_app(service: FeedService) -> web.Application:
     async def readyz(request: web.Request) -> web.Response:
         status = service.sync.status()
         if not status.ready:
-            return web.json_response(
-                {"error": {"code": status.code, "message": status.reason}}, status=503
-            )
+            return error_response(not_ready(status.code, status.reason))
         return web.json_response({"status": "ready", "role": service.role()})
 
     async def prometheus(request: web.Request) -> web.Response:
         body = generate_latest(service.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)

@@ -25,9 +25,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from stocksync.agents.stages import header_text
-from stocksync.agents.topics import bootstrap_servers
 from stocksync.config.connections import kafka_client_options, redis_client_options
+from stocksync.config.loader import bootstrap_servers
 from stocksync.config.settings import Settings
+from stocksync.errors import StocksyncError
 from stocksync.readmodel import core
 from stocksync.store import RedisStore
 from stocksync.store.layout import Keys
@@ -43,7 +44,6 @@ __all__ = [
     "open_producer",
     "open_store",
     "read_topics",
-    "redacted_url",
 ]
 
 log = logging.getLogger("stocksync.operate")
@@ -56,7 +56,7 @@ _POLL_RECORDS: Final = 5000
 _POLL_MS: Final = 200
 
 
-class OperateError(Exception):
+class OperateError(StocksyncError):
     """An operator command cannot go on; the message says what to do."""
 
 
@@ -118,18 +118,10 @@ def open_store(settings: Settings) -> RedisStore:
     )
 
 
-def redacted_url(url: str) -> str:
-    """``url`` with any user info replaced by ``***``."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-
-
 def _unreachable(settings: Settings, exc: BaseException) -> OperateError:
     return OperateError(
-        f"no Kafka broker answered at {bootstrap_servers(settings.broker)!r} ({exc}); start it"
-        " or fix the broker setting (STOCKSYNC_BROKER)"
+        f"no Kafka broker answered at {','.join(bootstrap_servers(settings.broker))!r} ({exc});"
+        " start it or fix the broker setting (STOCKSYNC_BROKER)"
     )
 
 

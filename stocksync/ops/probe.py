@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from stocksync.agents.topics import topic_names
+from stocksync.api.errors import json_errors
 from stocksync.codecs.events import StockSnapshot
 from stocksync.codecs.projections import ChannelAvailability
 from stocksync.config.settings import Settings
@@ -335,7 +336,7 @@ async def _serve_metrics(metrics: ProbeMetrics, host: str, port: int) -> web.App
     async def alive(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app.router.add_get("/metrics", render)
     app.router.add_get("/healthz", alive)
     runner = web.AppRunner(app, access_log=None)

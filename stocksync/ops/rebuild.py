@@ -55,6 +55,7 @@ from stocksync.agents.owners import Owners
 from stocksync.agents.stages import Applier, SourceMessage, Translator
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.state import OrderState
+from stocksync.config.addresses import redacted_url
 from stocksync.config.settings import Settings
 from stocksync.ops.access import (
     OperateError,
@@ -65,7 +66,6 @@ from stocksync.ops.access import (
     open_producer,
     open_store,
     read_topics,
-    redacted_url,
 )
 from stocksync.readmodel import core
 from stocksync.store import (

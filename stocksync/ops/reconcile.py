@@ -32,6 +32,7 @@ from msgspec import Meta
 from stocksync.agents.topics import topic_names
 from stocksync.codecs.events import Identifier, Instant, instant_of_datetime
 from stocksync.codecs.state import Position
+from stocksync.config.addresses import redacted_url
 from stocksync.config.settings import Settings
 from stocksync.ops.access import (
     OperateError,
@@ -40,7 +41,6 @@ from stocksync.ops.access import (
     existing_topics,
     open_producer,
     open_store,
-    redacted_url,
 )
 from stocksync.readmodel import core
 from stocksync.store import StoreError

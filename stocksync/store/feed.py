@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from stocksync.codecs.projections import Status
+from stocksync.errors import StocksyncError
 from stocksync.store.layout import Keys
 from stocksync.store.protocol import StoreUnavailable
 
@@ -37,7 +38,7 @@ _PUBLISHED: Final = "p:"
 _SENDING: Final = "q:"
 
 
-class LeaseLost(Exception):
+class LeaseLost(StocksyncError):
     """Another feed process holds the lease now; this one must stop publishing."""
 
 

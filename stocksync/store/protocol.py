@@ -17,6 +17,7 @@ from typing import Protocol
 import msgspec
 
 from stocksync.codecs.state import OrderState, Position, RmaState
+from stocksync.errors import StocksyncError
 
 __all__ = [
     "ModelLost",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(StocksyncError):
     """Root of the store's errors."""
 
 

@@ -27,7 +27,6 @@ from stocksync.agents.app import (
 from stocksync.agents.topics import (
     BrokerUnavailable,
     TopicNames,
-    bootstrap_servers,
     effects_partition,
     ensure_topics,
     topic_names,
@@ -73,19 +72,6 @@ def test_topic_names_follow_the_prefix() -> None:
     )
     assert names.sources == ("shop.stock.v1", "shop.orders.v1", "shop.returns.v1")
     assert names.owned == ("shop.effects.v1", "shop.dlq")
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("kafka://127.0.0.1:9092", "127.0.0.1:9092"),
-        ("kafka://a:1;b:2", "a:1,b:2"),
-        ("kafka://a:1;kafka://b:2/", "a:1,b:2"),
-        ("a:1,b:2", "a:1,b:2"),
-    ],
-)
-def test_bootstrap_servers_from_broker_urls(url: str, expected: str) -> None:
-    assert bootstrap_servers(url) == expected
 
 
 @pytest.mark.parametrize(

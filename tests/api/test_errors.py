@@ -1,4 +1,9 @@
-"""Every way a request can fail answers the contract's JSON error, with its stable code."""
+"""Every way a request can fail answers the contract's JSON error, with its stable code.
+
+The API's error paths end to end, then :func:`~stocksync.api.errors.error_response`
+for every error class and any other exception, and the worker's and the feed's
+``/readyz``, which answer through the same function.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,33 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 import redis
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from stocksync.agents.metrics import WorkerMetrics
+from stocksync.api.errors import (
+    INTERNAL_MESSAGE,
+    ApiError,
+    BadRequest,
+    InsufficientStock,
+    NotReady,
+    Rebuilding,
+    error_response,
+    not_ready,
+)
 from stocksync.api.handlers import AvailabilityHandlers
+from stocksync.api.model import SyncStatus
+from stocksync.codecs.holds import ShortLine
 from stocksync.config.settings import TokenSettings
+from stocksync.daemon.worker import _health_app as worker_health_app
+from stocksync.feed.service import _health_app as feed_health_app
+from stocksync.store import StoreUnavailable
 from tests.api.helpers import make_settings, projection, run, serving, write
 from tests.api.wire import Answer, exchange, read_answers
 
@@ -215,5 +239,150 @@ def test_pipelined_answers_keep_their_order_up_to_the_malformed_one(
             assert [a.status for a in answers] == [200, 200, 400]
             assert [a.json()["channel"] for a in answers[:2]] == ["web", "store"]  # type: ignore[index]
             _is_contract_error(answers[2], 400, "bad_request")
+
+    run(scenario())
+
+
+# --- one function answers every error, on every server ------------------------------------
+
+
+def _api_errors(root: type[ApiError] = ApiError) -> list[type[ApiError]]:
+    found = []
+    for cls in root.__subclasses__():
+        found += [cls, *_api_errors(cls)]
+    return found
+
+
+def _made(cls: type[ApiError]) -> ApiError:
+    if cls is InsufficientStock:
+        short = [ShortLine(sku="A", requested=2, available=1)]
+        return InsufficientStock("1 of 1 lines cannot be held.", short)
+    return cls(f"A {cls.__name__} happened.")
+
+
+def _decoded(response: web.Response) -> dict[str, Any]:
+    assert response.content_type == "application/json"
+    assert isinstance(response.body, bytes)
+    body = msgspec.json.decode(response.body)
+    assert set(body) == {"error"}
+    return dict(body["error"])
+
+
+@pytest.mark.parametrize("cls", _api_errors(), ids=lambda cls: cls.__name__)
+def test_every_api_error_answers_its_status_and_code(cls: type[ApiError]) -> None:
+    error = _made(cls)
+    response = error_response(error)
+    assert response.status == cls.status
+    detail = _decoded(response)
+    assert detail["code"] == cls.code and cls.code in CODES
+    assert detail["message"] == error.message
+    extra = {"lines"} if cls is InsufficientStock else set()
+    assert set(detail) == {"code", "message"} | extra
+
+
+def test_insufficient_stock_keeps_its_short_lines() -> None:
+    detail = _decoded(error_response(_made(InsufficientStock)))
+    assert detail["lines"] == [{"sku": "A", "requested": 2, "available": 1}]
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (web.HTTPRequestEntityTooLarge(max_size=10, actual_size=20), 413, "too_many_skus"),
+        (web.HTTPNotFound(), 404, "not_found"),
+        (web.HTTPMethodNotAllowed("POST", ["GET"]), 405, "method_not_allowed"),
+        (web.HTTPBadRequest(), 400, "bad_request"),
+        (web.HTTPInternalServerError(), 500, "internal"),
+        (RuntimeError("the secret detail of a bug"), 500, "internal"),
+        (StoreUnavailable("redis://u:hunter2@db down"), 500, "internal"),
+    ],
+    ids=["413", "404", "405", "400", "aiohttp 500", "a bug", "a library error"],
+)
+def test_any_other_exception_answers_the_contract_json(
+    exc: BaseException, status: int, code: str
+) -> None:
+    response = error_response(exc)
+    assert response.status == status
+    detail = _decoded(response)
+    assert set(detail) == {"code", "message"} and detail["code"] == code
+    if status >= 500:
+        assert detail["message"] == INTERNAL_MESSAGE  # no detail reaches the client
+
+
+def test_a_given_status_wins_and_headers_and_close_are_kept() -> None:
+    response = error_response(BadRequest("Slow.", {"X-A": "1"}, close=True), 408)
+    assert response.status == 408 and response.headers["X-A"] == "1"
+    assert response.keep_alive is False
+
+
+def test_readiness_codes_pick_their_error() -> None:
+    for code, cls in [("not_ready", NotReady), ("model_lost", Rebuilding), ("other", NotReady)]:
+        error = not_ready(code, "Not yet.")
+        assert type(error) is cls and error.headers["Retry-After"] == "1"
+
+
+class _Store:
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+
+    async def ping(self) -> None:
+        if not self.answers:
+            raise StoreUnavailable("Redis is away")
+
+
+def _worker_app(
+    ready: bool = True, healing: bool = False, problem: str | None = None, answers: bool = True
+) -> web.Application:
+    stages = SimpleNamespace(metrics=WorkerMetrics(), store=_Store(answers))
+    healer = SimpleNamespace(healing=healing)
+    watch = SimpleNamespace(problem=lambda: problem)
+    return worker_health_app(stages, {"ready": ready}, healer, watch)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("app", "code"),
+    [
+        (lambda: _worker_app(ready=False), "not_ready"),
+        (lambda: _worker_app(healing=True), "model_lost"),
+        (lambda: _worker_app(problem="no broker answered"), "not_ready"),
+        (lambda: _worker_app(answers=False), "not_ready"),
+    ],
+    ids=["starting", "healing", "broker away", "redis away"],
+)
+def test_the_workers_readyz_answers_the_contract_json(app: Any, code: str) -> None:
+    async def scenario() -> None:
+        async with TestClient(TestServer(app())) as client:
+            async with client.get("/readyz") as resp:
+                assert resp.status == 503
+                assert resp.headers["Content-Type"] == "application/json"
+                body = await resp.json()
+                assert set(body["error"]) == {"code", "message"}
+                assert body["error"]["code"] == code
+            async with client.get("/nothing-here") as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"]["code"] == "not_found"
+            async with client.post("/readyz") as resp:
+                assert resp.status == 405 and resp.headers["Allow"] == "GET,HEAD"
+                assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("code", ["not_ready", "model_lost"])
+def test_the_feeds_readyz_answers_the_contract_json(code: str) -> None:
+    status = SyncStatus(
+        ready=False, reason="Redis lost the model", loaded=False, connected=True, skus=0,
+        entries_behind=0, lag_seconds=0.0, last_applied_at=None, reloads=0, redis_errors=0,
+        invalid_projections=0, applied_changes=0, code=code,
+    )  # fmt: skip
+    service = SimpleNamespace(sync=SimpleNamespace(status=lambda: status))
+
+    async def scenario() -> None:
+        app = feed_health_app(service)  # type: ignore[arg-type]
+        async with TestClient(TestServer(app)) as client, client.get("/readyz") as resp:
+            assert resp.status == 503
+            assert (await resp.json()) == {
+                "error": {"code": code, "message": "Redis lost the model"}
+            }
 
     run(scenario())

@@ -183,11 +183,11 @@ def test_environment_overrides_defaults_without_file() -> None:
 def test_bare_broker_is_normalised_and_split(tmp_path: Path) -> None:
     settings = load_text(tmp_path, 'broker = "a:1;b.example:9092;[::1]:29092"\n')
     assert settings.broker == "kafka://a:1;b.example:9092;[::1]:29092"
-    assert bootstrap_servers(settings) == ["a:1", "b.example:9092", "[::1]:29092"]
+    assert bootstrap_servers(settings.broker) == ["a:1", "b.example:9092", "[::1]:29092"]
 
 
 def test_bootstrap_servers_of_defaults() -> None:
-    assert bootstrap_servers(Settings()) == ["127.0.0.1:9092"]
+    assert bootstrap_servers(Settings().broker) == ["127.0.0.1:9092"]
 
 
 def test_tokens_load(tmp_path: Path) -> None:
