@@ -1,17 +1,17 @@
 """The Faust app factory, raw topics, and a worker started and stopped from code.
 
-Every choice below was measured with faust-streaming 0.15.3 against Tansu:
+Every choice below was measured with faust-streaming 0.15.3 against Tansu
+(the figures are in ``benchmarks/README.md``, "Figures behind design choices"):
 
 - ``broker_session_timeout=6``, ``broker_rebalance_timeout=6`` and
-  ``broker_heartbeat_interval=1``: a worker is ready (partitions assigned) about
-  4 s after ``start_worker`` is called, a second worker joining the group in
-  about 5 s (the first then holds half the partitions); with Faust's defaults
-  a start takes about 31 s.
+  ``broker_heartbeat_interval=1``: a worker has its partitions a few seconds
+  after ``start_worker`` is called, and so does a second one joining the group
+  (the first then holds half the partitions); Faust's defaults take half a
+  minute.
 - ``stream_wait_empty=False``: the default waits for the current event of every
-  agent before stopping and can hang shutdown forever; with it off a stop takes
-  milliseconds, and SIGTERM to process exit took 0.2 s with an agent stuck
-  inside an event. Events being processed are redelivered, which idempotent
-  effects absorb.
+  agent before stopping and can hang shutdown forever; with it off a stop is
+  prompt, even with an agent stuck inside an event. Events being processed are
+  redelivered, which idempotent effects absorb.
 - raw key and value serializers, app-wide and on every topic: ``value_type=bytes``
   alone still goes through the app's default (json) serializer.
 - ``cython_optimizations=True`` (when the extensions are built),
@@ -30,8 +30,8 @@ Everything that reaches into Faust's, mode's or aiokafka's private parts (the
 fetch wait, the consumer's in-place delivery, the missing statistics sensor,
 the crash hook) lives in :mod:`stocksync.compat`, with a version check.
 
-Run workers on :func:`new_event_loop` (uvloop: about 20% more messages per second
-than the default loop); it also sets the policy, which is the only way to reach
+Run workers on :func:`new_event_loop` (uvloop: more messages per second than the
+default loop); it also sets the policy, which is the only way to reach
 the loop of the Kafka consumer thread Faust starts.
 """
 

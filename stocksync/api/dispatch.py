@@ -1,9 +1,10 @@
 """The two availability endpoints, answered before aiohttp's router looks at the request.
 
 aiohttp's ``Application`` resolves every request through its router, builds and
-freezes a match info and checks for ``Expect`` before it calls a handler: about
-6 us of the 31 us a constant answer costs on the benchmark machine, measured
-against aiohttp's low-level server answering the same. The availability
+freezes a match info and checks for ``Expect`` before it calls a handler: a
+good part of what a constant answer costs, measured against aiohttp's low-level
+server answering the same (``benchmarks/README.md``, "Figures behind design
+choices"). The availability
 endpoints have fixed paths, so :class:`HotRoutes` recognises them with a prefix
 test and a comparison and calls their pipeline-wrapped handlers directly.
 Everything else goes on to the application's own handling, and so do the rare

@@ -173,9 +173,9 @@ class AvailabilityHandlers:
             # Every SKU known on the channel (the usual case): the entries by one
             # itemgetter, their documents joined; anything else (KeyError: unknown SKU,
             # TypeError: a SKU without this channel) takes the general path below.
-            # Nearly all the time goes to cache misses on the model (about 1.3 us a
-            # SKU): itemgetter and join look the SKUs up in tight C loops, whose misses
-            # the CPU overlaps, 30% faster than a comprehension (needs 2+ SKUs: with
+            # Nearly all the time goes to cache misses on the model: itemgetter and
+            # join look the SKUs up in tight C loops, whose misses the CPU overlaps,
+            # faster than a comprehension (benchmarks/README.md; needs 2+ SKUs: with
             # one, itemgetter returns the entry itself).
             try:
                 joined = b",".join(map(itemgetter(slot), itemgetter(*req.skus)(self._entries)))

@@ -9,8 +9,8 @@ answer, and counting it as a 5xx would be a false alarm.
 
 This is a wrapper put around each route's handler when the routes are
 registered, not an aiohttp middleware: any middleware makes aiohttp add a
-second one of its own and build the chain per request, about 8 us a request
-on the benchmark machine, 5% of the single-SKU throughput. Requests no route
+second one of its own and build the chain per request, a cost every request
+pays (``benchmarks/README.md``, "Figures behind design choices"). Requests no route
 matches reach :meth:`HandlerWrapper.unmatched`, registered last for every
 method and path, so they get the same treatment and JSON errors.
 """

@@ -3,10 +3,10 @@
 - the consumer thread's aiokafka consumer waits :data:`FETCH_MAX_WAIT_MS` per
   fetch, not Faust's hard-coded 1,500 ms (``_create_worker_consumer``): Tansu
   holds a fetch for a good part of the wait even when records arrive meanwhile,
-  so a trickle of events measured 360 ms median per hop (5 ms with 50);
+  so a trickle of events waited most of it at every hop;
 - the consumer hands each message to the conductor without four Tasks
   (``_new_consumer_thread``, ``wait_first``; see :mod:`stocksync.compat.mode`):
-  20% of the worker's CPU in a profile of one-event messages;
+  they were a large share of the worker's CPU with one-event messages;
 - the app uses that consumer through its own transport (``_new_transport``);
 - Faust's statistics sensor (``Monitor``) is left out: it keeps per-event
   statistics for Faust's web views, is called several times per message, and
@@ -14,6 +14,7 @@
   sensor state for rebalance" on every rebalance, so the app hands it an empty
   state (``_rebalancing_sensor_state``).
 
+The figures are in ``benchmarks/README.md``, "Figures behind design choices".
 Written for faust-streaming 0.15.x (the project pins 0.15.3); on another
 version :func:`app_class` returns the stock ``faust.App`` and says so once.
 """

@@ -206,8 +206,8 @@ class WorkerSettings(_Config, frozen=True):
     batch_size: Positive = 2000
     batch_window_ms: Positive = 50
     #: How long the applier waits for its batch to fill. Each effects message already
-    #: carries a translator chunk, so a longer wait only adds age (p99 at 2,000 events/s:
-    #: 216 ms with 50, 140 ms with 10, same throughput).
+    #: carries a translator chunk, so a longer wait only adds age, not throughput
+    #: (benchmarks/README.md, "Figures behind design choices").
     apply_window_ms: Positive = 10
     #: (source, event_id) de-duplication window; the contract asks for at least 24 h.
     dedup_window_hours: Annotated[float, Meta(ge=24)] = 24.0

@@ -4,7 +4,8 @@ CPython collects its youngest generation every 700 container allocations by
 default. The worker allocates several containers per event (messages, events,
 effects, projections), so the collector ran every few events and walked the
 long-lived objects of Faust and the position cache far more often than they
-change: measured on the translate and apply stages alone, 20-25% of their CPU.
+change: a large share of the translate and apply stages' CPU (the figure is in
+``benchmarks/README.md``, "Figures behind design choices").
 
 :func:`collect_less`, called once a process has started, moves everything
 allocated so far (modules, the Faust app, settings) out of the collector's
