@@ -19,7 +19,6 @@ __all__ = [
     "AvailabilityChanged",
     "FeedDeadLetter",
     "changed_decoder",
-    "changed_list_decoder",
     "dead_letter_decoder",
     "encode",
     "event_id",
@@ -68,7 +67,6 @@ def event_id(sku: str, channel: str, version: int) -> str:
 
 _encoder: Final = msgspec.json.Encoder()
 changed_decoder: Final = msgspec.json.Decoder(AvailabilityChanged)
-changed_list_decoder: Final = msgspec.json.Decoder(list[AvailabilityChanged])
 dead_letter_decoder: Final = msgspec.json.Decoder(FeedDeadLetter)
 
 

@@ -47,10 +47,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("stocksync.operate")
-_audit = logging.getLogger("stocksync.audit")
 
 #: The logger of the audit lines (JSON, like every log line).
 AUDIT_LOGGER: Final = "stocksync.audit"
+_audit = logging.getLogger(AUDIT_LOGGER)
 #: Records asked for per poll.
 _POLL_RECORDS: Final = 5000
 _POLL_MS: Final = 200

@@ -100,8 +100,7 @@ def reconcile(settings: Settings, args: argparse.Namespace) -> int:
             args.file,
             apply=args.apply,
             export=args.export,
-            # Not in the parser yet: getattr keeps this working before and after it is.
-            metrics_file=getattr(args, "metrics_file", None),
+            metrics_file=args.metrics_file,
             who=operator_name(),
         ),
     )
@@ -118,8 +117,7 @@ def rebuild(settings: Settings, args: argparse.Namespace) -> int:
             sys.stdout,
             sys.stderr,
             yes=args.yes,
-            # Not in the parser yet: getattr keeps this working before and after it is.
-            force=getattr(args, "force", False),
+            force=args.force,
             who=operator_name(),
             confirm=ask,
         )

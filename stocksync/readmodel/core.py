@@ -74,7 +74,6 @@ __all__ = [
     "channel_available",
     "check_placement",
     "copy_position",
-    "dedup_key",
     "format_millis",
     "is_oversold",
     "key_of",
@@ -162,11 +161,6 @@ class Skipped(msgspec.Struct, frozen=True):
 
 
 Outcome = Translated | Rejected | Skipped
-
-
-def dedup_key(source: str, event_id: str) -> EventKey:
-    """The idempotency key of an event: the pair of its ``source`` and ``event_id``."""
-    return (source, event_id)
 
 
 # --- translation: stock ---------------------------------------------------------------

@@ -205,10 +205,6 @@ class Keys:
         """Hash of one RMA (fields ``s``, ``src``, ``m``)."""
         return self._entity(f"{self.ns}:rma:", rma_id)
 
-    def state_pattern(self, kind: str) -> str:
-        """SCAN match pattern of every order (``kind`` "order") or RMA ("rma") hash."""
-        return f"{self.ns}:{kind}:*"
-
     def changes(self, shard: int = 0) -> str:
         """Capped stream with one entry per written SKU of a shard (see :class:`Change`)."""
         if self.shards == 1:

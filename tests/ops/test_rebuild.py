@@ -170,7 +170,7 @@ def filled(rebuilt_settings: Settings) -> Iterator[tuple[Settings, list[tuple[st
 
 def args(**fields: object) -> argparse.Namespace:
     """The arguments the CLI would pass."""
-    base: dict[str, object] = {"yes": True}
+    base: dict[str, object] = {"yes": True, "force": False}
     base.update(fields)
     return argparse.Namespace(**base)
 

@@ -83,7 +83,9 @@ NEW-2,dc-west,0,2026-11-27T10:00:00Z
 
 def ns(file: Path, **fields: object) -> argparse.Namespace:
     """The arguments the CLI would pass."""
-    base: dict[str, object] = {"file": str(file), "apply": False, "export": None}
+    base: dict[str, object] = {
+        "file": str(file), "apply": False, "export": None, "metrics_file": None
+    }
     base.update(fields)
     return argparse.Namespace(**base)
 
