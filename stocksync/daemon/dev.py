@@ -41,6 +41,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from stocksync.agents.topics import ensure_topics, topic_names
+from stocksync.config.addresses import redacted_url
 from stocksync.config.devsetup import DevSetup, remove_state, running_setup, state_path, write_state
 from stocksync.config.settings import KafkaSecuritySettings, RedisSecuritySettings, Settings
 from stocksync.daemon.demo import DemoStream, demo_skus
@@ -471,15 +472,18 @@ def run(
                     dropped = _clear_namespace(redis_url, namespace)
                     shared_redis = (redis_url, namespace)
                     _say(
-                        f"redis: the configured Redis at {redis_url} answers; using it, keys"
-                        f" {namespace}:*"
+                        f"redis: the configured Redis at {redacted_url(redis_url)} answers;"
+                        f" using it, keys {namespace}:*"
                         + (f" ({dropped} left from an earlier run cleared)" if dropped else "")
                         + ("" if keep else "; removed at exit (--keep keeps them)")
                     )
                 else:
                     server = stack.enter_context(RedisServer(data_dir=data / "redis"))
                     redis_url = server.url
-                    _say(f"redis: {settings.redis_url} did not answer; started one at {redis_url}")
+                    _say(
+                        f"redis: {redacted_url(settings.redis_url)} did not answer;"
+                        f" started one at {redis_url}"
+                    )
                 broker = stack.enter_context(TansuBroker(data_dir=data / "broker"))
                 _say(f"broker: embedded Kafka-compatible broker at {broker.url}")
                 dev_settings = _with(settings, broker.url, redis_url, namespace)
@@ -571,7 +575,9 @@ def _clean_up(
 ) -> None:
     """Remove dev's keys from a shared Redis and its folder, unless kept."""
     if keep:
-        where = f"keys {shared_redis[1]}:* in {shared_redis[0]}, " if shared_redis else ""
+        where = (
+            f"keys {shared_redis[1]}:* in {redacted_url(shared_redis[0])}, " if shared_redis else ""
+        )
         _say(f"kept {where}logs and data in {data}")
         return
     if shared_redis is not None:
@@ -579,9 +585,9 @@ def _clean_up(
         try:
             dropped = _clear_namespace(url, namespace)
         except (redis.RedisError, OSError) as exc:
-            _say(f"could not remove the keys {namespace}:* from {url}: {exc}")
+            _say(f"could not remove the keys {namespace}:* from {redacted_url(url)}: {exc}")
         else:
-            _say(f"removed {dropped} keys {namespace}:* from {url}")
+            _say(f"removed {dropped} keys {namespace}:* from {redacted_url(url)}")
     if failed:
         _say(f"logs kept in {data} to see what failed")
         return

@@ -17,6 +17,7 @@ import msgspec
 
 from stocksync.codecs.holds import Hold, HoldLineRequest, HoldRequest
 from stocksync.codecs.projections import ChannelAvailability, QueryRequest, QueryResponse
+from stocksync.config.addresses import redacted_url
 from stocksync.config.devsetup import DevSetup
 from stocksync.config.settings import Settings
 
@@ -99,7 +100,9 @@ class ApiClient:
     ) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"the API URL {base!r} is not an http:// or https:// URL")
+            raise ValueError(
+                f"the API URL {redacted_url(base)!r} is not an http:// or https:// URL"
+            )
         self.base = base.rstrip("/")
         #: Sent to the API only, never to another URL :meth:`fetch` reads.
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
