@@ -52,6 +52,7 @@ from stocksync.store import RedisStore, StoreUnavailable
 from stocksync.store.holds import HoldStore
 from stocksync.store.layout import HeldChange, Reload, decode_change
 from stocksync.store.served import decode_detail, decode_served, detail_nodes, encode_detail
+from stocksync.tasks import cancel_and_wait
 
 __all__ = [
     "DETAIL_SLOT",
@@ -488,11 +489,7 @@ class ModelSync:
 
     async def stop(self) -> None:
         """Cancel the background tasks and wait for them."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     # --- health ---

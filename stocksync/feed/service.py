@@ -54,6 +54,7 @@ from stocksync.store import RedisStore, StoreUnavailable
 from stocksync.store.feed import FeedStore, LeaseLost
 from stocksync.store.holds import HoldStore
 from stocksync.store.layout import Keys
+from stocksync.tasks import cancel_and_wait
 
 __all__ = ["FeedError", "FeedService", "KafkaSender", "dlq_topic", "ensure_feed_topics", "run"]
 
@@ -225,9 +226,7 @@ class FeedService:
             for task in done:
                 task.result()  # LeaseLost, or a bug: stop being active either way
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             for consumer in self._consumers:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
@@ -249,9 +248,7 @@ class FeedService:
         self.publisher.deactivate()
         task, self._active_task = self._active_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await cancel_and_wait([task])
 
     async def lead(self) -> None:
         """Hold the lease while possible, take it when free; run or stop the active part."""
