@@ -64,9 +64,24 @@ def run(coro: Awaitable[_T]) -> _T:
     """Run one test coroutine on a fresh event loop."""
 
     async def main() -> _T:
-        return await coro
+        watchdog = asyncio.get_running_loop().call_later(HANG_REPORT_S, _report_tasks)
+        try:
+            return await coro
+        finally:
+            watchdog.cancel()
 
     return asyncio.run(main())
+
+
+#: After this long, :func:`run` prints every task's stack to stderr (before pytest's
+#: timeout kills the test with only the selector's frame to show).
+HANG_REPORT_S = 45.0
+
+
+def _report_tasks() -> None:
+    print(f"--- the test is still running after {HANG_REPORT_S:.0f}s; its tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
 
 
 def make_settings(
