@@ -137,10 +137,8 @@ class Publisher:
         self._deadlines.clear()
         self._scheduled.clear()
         names = {c.name: i for i, c in enumerate(self.channels)}
-        cursor = 0
         count = 0
-        while True:
-            cursor, page = await self.store.load_page(cursor, _LOAD_PAGE)
+        async for page in self.store.load(_LOAD_PAGE):
             for sku, stored in page.items():
                 for name, record in stored.published.items():
                     index = names.get(name)
@@ -155,8 +153,6 @@ class Publisher:
                     except msgspec.DecodeError:
                         log.error("an unreadable in-flight feed message of %r; sending anew", sku)
                 count += 1
-            if cursor == 0:
-                break
             await asyncio.sleep(0)
         self.active = True
         now = now_ms()

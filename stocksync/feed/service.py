@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
-import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -54,6 +53,7 @@ from stocksync.store import RedisStore, StoreUnavailable
 from stocksync.store.feed import FeedStore, LeaseLost
 from stocksync.store.holds import HoldStore
 from stocksync.store.layout import Keys
+from stocksync.store.redis import open_client
 from stocksync.tasks import cancel_and_wait
 
 __all__ = ["FeedError", "FeedService", "KafkaSender", "dlq_topic", "ensure_feed_topics", "run"]
@@ -153,8 +153,9 @@ class FeedService:
     def __init__(self, settings: Settings, *, token: str | None = None) -> None:
         self.settings = settings
         self.token = token or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.client = aioredis.Redis.from_url(
+        self.client = open_client(
             settings.redis_url,
+            cluster=settings.redis_cluster,
             socket_timeout=_SOCKET_TIMEOUT,
             socket_connect_timeout=_CONNECT_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
@@ -164,6 +165,7 @@ class FeedService:
         self.model = AvailabilityModel(
             [c.name for c in settings.channels], [c.low_stock_threshold for c in settings.channels]
         )
+        # On a cluster the model has a change stream per shard; the sync follows them all.
         self.sync = ModelSync(self.model, RedisStore(self.client, keys),
                               load_page=settings.api.load_page)
         self.sync.holds = HoldStore(
@@ -339,12 +341,6 @@ def _health_app(service: FeedService) -> web.Application:
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the feed process until ``stop`` is set (or SIGTERM/SIGINT without ``stop``)."""
-    if settings.redis_cluster:
-        # Its fenced writes name the lease and many SKUs in one script: one slot only.
-        raise FeedError(
-            "The feed does not run on a Redis Cluster yet (redis_cluster = true); run it"
-            " against a single Redis, or leave `stocksync feed` out of this deployment."
-        )
     await ensure_feed_topics(settings)
     service = FeedService(settings)
     loop = asyncio.get_running_loop()

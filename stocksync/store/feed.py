@@ -11,23 +11,36 @@ says, and never leaves a consumer on a figure it does not serve.
 Every write is fenced by the lease (:meth:`FeedStore.acquire`): a script checks
 that the writer still holds it, so a feed process that lost its lease (paused,
 partitioned) cannot roll the state back under the active one.
+
+On a Redis Cluster a script may touch one slot only, and the SKUs' hashes are
+spread over the model's shards (:mod:`stocksync.store.layout`). There each
+shard has a copy of the lease in its slot (``feed_fence``), set with the same
+token and expiry whenever the lease is taken or renewed, and a write to the
+shard checks that copy. A process holds the lease only once it holds every
+copy: a new holder's claim of a shard waits until the old holder's copy there
+expired, and it loads the state after its claims, so whatever the old holder
+wrote before that is in what it loads, and nothing it writes after.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, Literal
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from stocksync.codecs.projections import Status
 from stocksync.errors import StocksyncError
-from stocksync.store.layout import Keys
+from stocksync.store.layout import CLUSTER_SHARDS, Keys
 from stocksync.store.protocol import StoreUnavailable
+from stocksync.store.redis import Client
 
 __all__ = ["FeedStore", "Lease", "LeaseLost", "Published", "StoredFeed"]
+
+_Errors: Final = (RedisError, RedisClusterException, OSError)
 
 #: What :meth:`FeedStore.acquire` found: ``renewed`` (this process held it), ``taken``
 #: (nobody held it: free, expired, or lost with the rest of Redis's data), or None
@@ -123,8 +136,11 @@ return 1
 class FeedStore:
     """The feed's keys, fields, codec and scripts: one adapter (see the module docstring)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, token: str) -> None:
+    def __init__(self, client: Client, keys: Keys, token: str) -> None:
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
+        if self.cluster and keys.shards == 1:
+            keys = Keys(keys.ns, keys.base, shards=CLUSTER_SHARDS)
         self.keys = keys
         #: This process's lease token.
         self.token = token
@@ -141,28 +157,41 @@ class FeedStore:
         ``taken`` while this process thought it held the lease means it lapsed
         in between (Redis lost its data, or this process stalled past it and
         another may have published meanwhile): what this process remembers of
-        the feed state may be stale, so it must load it again.
+        the feed state may be stale, so it must load it again. On a cluster the
+        same holds for each shard's copy; while another process's copy of a
+        shard lives on, this process does not hold the lease yet (None).
         """
+        args: list[str | int] = [self.token, int(seconds * 1000)]
         try:
-            held = await self._acquire(
-                keys=[self.keys.feed_lease()], args=[self.token, int(seconds * 1000)]
-            )
-        except (RedisError, OSError) as exc:
+            held = await self._acquire(keys=[self.keys.feed_lease()], args=args)
+            if held and self.cluster:
+                copies = await asyncio.gather(*(
+                    self._acquire(keys=[self.keys.feed_fence(shard)], args=args)
+                    for shard in range(self.keys.shards)
+                ))
+                if not all(copies):
+                    return None  # the previous holder's copies expire within its lease
+                if 2 in copies:
+                    held = 2
+        except _Errors as exc:
             raise StoreUnavailable(f"Redis failed taking the feed lease: {exc}") from exc
         return "taken" if held == 2 else "renewed" if held == 1 else None
 
     async def release(self) -> None:
         """Give the lease up if this process holds it."""
+        keys = [self.keys.feed_lease()]
+        if self.cluster:
+            keys += [self.keys.feed_fence(shard) for shard in range(self.keys.shards)]
         try:
-            await self._release(keys=[self.keys.feed_lease()], args=[self.token])
-        except (RedisError, OSError) as exc:
+            await asyncio.gather(*(self._release(keys=[key], args=[self.token]) for key in keys))
+        except _Errors as exc:
             raise StoreUnavailable(f"Redis failed releasing the feed lease: {exc}") from exc
 
     async def holder(self) -> str | None:
         """The token of the feed process holding the lease, or None."""
         try:
             raw = await self.client.get(self.keys.feed_lease())
-        except (RedisError, OSError) as exc:
+        except _Errors as exc:
             raise StoreUnavailable(f"Redis failed reading the feed lease: {exc}") from exc
         if raw is None:
             return None
@@ -170,18 +199,27 @@ class FeedStore:
 
     # --- published state ---
 
-    async def load_page(self, cursor: int, count: int) -> tuple[int, dict[str, StoredFeed]]:
-        """About ``count`` SKUs' stored feed state from SCAN ``cursor``; the next cursor."""
+    async def load(self, count: int) -> AsyncIterator[dict[str, StoredFeed]]:
+        """Every SKU's stored feed state, in pages of about ``count`` SKUs (every node)."""
         try:
-            cursor, keys = await self.client.scan(
-                cursor, match=self.keys.feed_published_pattern(), count=count
-            )
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hgetall(key)
-                values = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            keys: list[bytes] = []
+            async for key in self.client.scan_iter(
+                match=self.keys.feed_published_pattern(), count=count
+            ):
+                keys.append(key)
+                if len(keys) >= count:
+                    yield await self._read(keys)
+                    keys = []
+            if keys:
+                yield await self._read(keys)
+        except _Errors as exc:
             raise StoreUnavailable(f"Redis failed loading the feed state: {exc}") from exc
+
+    async def _read(self, keys: list[bytes]) -> dict[str, StoredFeed]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            values = await pipe.execute()
         page: dict[str, StoredFeed] = {}
         for key, fields in zip(keys, values, strict=True):
             sku = self.keys.sku_of(key)
@@ -197,7 +235,7 @@ class FeedStore:
                 elif text.startswith(_SENDING):
                     sending[text[len(_SENDING):]] = bytes(value)
             page[sku] = StoredFeed(published, sending)
-        return int(cursor), page
+        return page
 
     async def sending(self, messages: Mapping[str, Sequence[tuple[str, bytes]]]) -> None:
         """Record messages about to be sent: SKU -> (channel, message JSON); fenced."""
@@ -217,25 +255,39 @@ class FeedStore:
         })
 
     async def _fenced(self, changes: Mapping[str, Sequence[tuple[str, bytes, str]]]) -> None:
+        """One script call per shard (all at once); LeaseLost if any shard refused."""
         if not changes:
             return
-        keys = [self.keys.feed_published(sku) for sku in changes]
-        keys.insert(0, self.keys.feed_lease())
+        keys = self.keys
+        by_shard: dict[int, list[str]] = {}
+        for sku in changes:
+            by_shard.setdefault(keys.shard_of(sku), []).append(sku)
+        try:
+            done = await asyncio.gather(*(
+                self._write_shard(shard, skus, changes) for shard, skus in by_shard.items()
+            ))
+        except _Errors as exc:
+            raise StoreUnavailable(f"Redis failed recording the feed state: {exc}") from exc
+        if not all(done):
+            raise LeaseLost("another feed process holds the lease")
+
+    async def _write_shard(
+        self, shard: int, skus: list[str], changes: Mapping[str, Sequence[tuple[str, bytes, str]]]
+    ) -> bool:
+        keys = [self.keys.feed_fence(shard)]
+        keys += [self.keys.feed_published(sku) for sku in skus]
         packed: list[tuple[list[str | msgspec.Raw], list[str]]] = []
-        for items in changes.values():
+        for sku in skus:
             sets: list[str | msgspec.Raw] = []
             drops: list[str] = []
-            for field, value, drop in items:
+            for field, value, drop in changes[sku]:
                 sets += (field, _lua_string(value))
                 if drop:
                     drops.append(drop)
             packed.append((sets, drops))
-        try:
-            ok = await self._write(keys=keys, args=[self.token, _changes_encoder.encode(packed)])
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis failed recording the feed state: {exc}") from exc
-        if not ok:
-            raise LeaseLost("another feed process holds the lease")
+        return bool(
+            await self._write(keys=keys, args=[self.token, _changes_encoder.encode(packed)])
+        )
 
     # --- webhook positions ---
 
@@ -243,12 +295,12 @@ class FeedStore:
         """Partition -> next feed-topic offset webhook ``webhook`` delivers."""
         try:
             raw = await self.client.hgetall(self.keys.feed_webhook(webhook))
-        except (RedisError, OSError) as exc:
+        except _Errors as exc:
             raise StoreUnavailable(f"Redis failed reading webhook positions: {exc}") from exc
         return {int(k): int(v) for k, v in raw.items()}
 
     async def save_positions(self, webhook: str, positions: Mapping[int, int]) -> None:
-        """Record webhook ``webhook``'s next offsets; fenced by the lease."""
+        """Record webhook ``webhook``'s next offsets; fenced by the lease (shard 0's copy)."""
         if not positions:
             return
         args: list[str | int] = [self.token]
@@ -256,9 +308,9 @@ class FeedStore:
             args += [partition, offset]
         try:
             ok = await self._positions(
-                keys=[self.keys.feed_lease(), self.keys.feed_webhook(webhook)], args=args
+                keys=[self.keys.feed_fence(0), self.keys.feed_webhook(webhook)], args=args
             )
-        except (RedisError, OSError) as exc:
+        except _Errors as exc:
             raise StoreUnavailable(f"Redis failed saving webhook positions: {exc}") from exc
         if not ok:
             raise LeaseLost("another feed process holds the lease")

@@ -62,7 +62,10 @@ checkout hold's record (``{base}:hold:{ID}``) is in the slot of its id, its line
 in their SKUs' shards, and a hold is decided shard group by shard group
 (:mod:`stocksync.store.sharded_holds`). A hold's record has one more status
 there, ``pending`` (being decided; field ``pa``: whether it is partial), and
-``refused`` (a refusal kept a minute for a concurrent identical request).
+``refused`` (a refusal kept a minute for a concurrent identical request). The
+feed's keys follow the shards too (``{base}:feed-pub:{s3.69}SKU``,
+``{base}:feed-hook:{s0.10}NAME``), and each shard has a copy of the feed's lease
+(``{base}:feed-lease:{s3.69}``) that the feed's writes to that shard check.
 
 Nothing outside :mod:`stocksync.store` names a key or a field.
 """
@@ -251,7 +254,7 @@ class Keys:
 
     def feed_published(self, sku: str) -> str:
         """Hash of what the feed last published for one SKU (see :mod:`stocksync.store.feed`)."""
-        return f"{self.base}:feed-pub:{{{sku}}}"
+        return self._entity(f"{self.base}:feed-pub:", sku)
 
     def feed_published_pattern(self) -> str:
         """SCAN match pattern of every :meth:`feed_published` hash."""
@@ -262,8 +265,16 @@ class Keys:
         return f"{self.base}:feed-lease"
 
     def feed_webhook(self, name: str) -> str:
-        """Hash partition -> next feed-topic offset webhook ``name`` delivers."""
-        return f"{self.base}:feed-hook:{{{name}}}"
+        """Hash partition -> next feed-topic offset webhook ``name`` delivers (shard 0)."""
+        if self.shards == 1:
+            return f"{self.base}:feed-hook:{{{name}}}"
+        return f"{self.base}:feed-hook:{{{SHARD_TAGS[0]}}}{name}"
+
+    def feed_fence(self, shard: int) -> str:
+        """On a cluster: a shard's copy of :meth:`feed_lease` (one Redis: the lease itself)."""
+        if self.shards == 1:
+            return self.feed_lease()
+        return f"{self.base}:feed-lease:{{{SHARD_TAGS[shard]}}}"
 
 
 def encode_position(position: Position) -> bytes:

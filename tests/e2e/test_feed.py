@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stocksync.daemon.services import RedisServer, free_port
 from tests.e2e.events import Channel, realistic_stream, single
-from tests.e2e.harness import Cluster, _LoopThread
+from tests.e2e.harness import Cluster, _LoopThread, redis_options
 from tests.e2e.processes import WorkerProcess
 
 __all__: list[str] = []
@@ -240,13 +240,18 @@ def wait_converged(
         time.sleep(1.0)
 
 
+@pytest.mark.parametrize("redis_kind", ["redis", "redis-cluster"])
 def test_latest_feed_message_equals_the_api_across_kills_and_failovers(
-    make_cluster: Callable[..., Cluster], tmp_path: Path,
+    make_cluster: Callable[..., Cluster], tmp_path: Path, request: pytest.FixtureRequest,
+    redis_kind: str,
 ) -> None:
+    """On one Redis and on a three-master Redis Cluster (a change stream and a copy of the
+    lease per shard of the model)."""
     io = _LoopThread()
     receiver = Receiver(fail_first=4)
     url, stop_receiver = serve_receiver(io, receiver)
-    cluster = make_cluster(channels=CHANNELS, extra_config=webhook_config(tmp_path, url))
+    cluster = make_cluster(channels=CHANNELS, extra_config=webhook_config(tmp_path, url),
+                           **redis_options(request, redis_kind))
     try:
         rng = random.Random(cluster.seed())
         worker = cluster.start_worker()

@@ -24,7 +24,7 @@ from stocksync.feed.metrics import FeedMetrics
 from stocksync.feed.publisher import Publisher
 from stocksync.readmodel.core import status_of
 from stocksync.store import RedisStore
-from stocksync.store.feed import FeedStore, LeaseLost
+from stocksync.store.feed import FeedStore, LeaseLost, Published
 from stocksync.store.layout import Keys
 from stocksync.store.served import encode_detail
 
@@ -344,8 +344,58 @@ def test_recorded_messages_of_any_length_read_back_the_same(redis_url: str) -> N
             values = {f"c{n}": bytes(range(256)) * (n // 256) + b"\xff" * (n % 256)
                       for n in (0, 5, 31, 32, 255, 256, 65535, 65536, 70000)}
             await store.sending({"S1": list(values.items())})
-            _cursor, page = await store.load_page(0, 100)
-            assert page["S1"].sending == values
+            pages = [page async for page in store.load(100)]
+            assert pages[0]["S1"].sending == values
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_on_a_redis_cluster_the_state_spreads_over_the_shards_each_fenced(
+    redis_cluster_url: str,
+) -> None:
+    """Each shard's records are fenced by that shard's copy of the lease: a new holder holds
+    the lease only once the old copies expired, and the old holder's writes are refused."""
+    from redis.asyncio.cluster import RedisCluster
+
+    from stocksync.store.layout import CLUSTER_SHARDS
+
+    async def main() -> None:
+        client = RedisCluster.from_url(redis_cluster_url)
+        try:
+            first = FeedStore(client, Keys("fc"), "first")
+            second = FeedStore(client, Keys("fc"), "second")
+            assert first.keys.shards == CLUSTER_SHARDS
+            skus = [f"S{i}" for i in range(200)]
+            assert len({first.keys.shard_of(s) for s in skus}) == CLUSTER_SHARDS
+            assert await first.acquire(30) == "taken"
+            assert await first.acquire(30) == "renewed"
+            await first.sending({s: [("web", s.encode())] for s in skus})
+            record = Published(3, 7, "in_stock", 1)
+            await first.published({s: [("web", record)] for s in skus})
+            await first.save_positions("market", {0: 5})
+            loaded = {sku: page[sku] for page in [p async for p in first.load(50)] for sku in page}
+            assert sorted(loaded) == sorted(skus)
+            assert all(v.published == {"web": record} and v.sending == {} for v in loaded.values())
+            assert await first.positions("market") == {0: 5}
+
+            # The main lease expired, its copies not yet: the next holder waits for them.
+            await client.delete(first.keys.feed_lease())
+            assert await second.acquire(30) is None
+            for shard in range(CLUSTER_SHARDS):
+                await client.delete(first.keys.feed_fence(shard))
+            assert await second.acquire(30) == "taken"
+            with pytest.raises(LeaseLost):
+                await first.published({"S1": [("web", record)]})
+            with pytest.raises(LeaseLost):
+                await first.save_positions("market", {0: 9})
+            assert await first.acquire(30) is None
+            # One shard lost its data (failed over to an empty replica): the holder hears of it.
+            await client.delete(second.keys.feed_fence(3))
+            assert await second.acquire(30) == "taken"
+            await second.release()
+            assert await second.holder() is None
         finally:
             await client.aclose()
 
