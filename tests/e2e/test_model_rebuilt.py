@@ -11,7 +11,7 @@ import pytest
 
 from stocksync.daemon.services import RedisServer
 from tests.e2e.events import realistic_stream
-from tests.e2e.harness import Cluster
+from tests.e2e.harness import Cluster, redis_options
 from tests.e2e.processes import ApiReplica
 
 __all__: list[str] = []
@@ -19,11 +19,15 @@ __all__: list[str] = []
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_rebuild_mid_stream_then_the_rest_of_it(make_cluster: Callable[..., Cluster]) -> None:
+@pytest.mark.parametrize("redis_kind", ["redis", "redis-cluster"])
+def test_rebuild_mid_stream_then_the_rest_of_it(
+    make_cluster: Callable[..., Cluster], request: pytest.FixtureRequest, redis_kind: str
+) -> None:
     """Half a stream, a worker stop, `stocksync rebuild`, a worker again and the other half:
     orders and returns that began before the rebuild go on after it, and the model, in Redis
-    and in a fresh API replica, is exactly the reference."""
-    cluster = make_cluster(partitions=4)
+    and in a fresh API replica, is exactly the reference (also on a Redis Cluster, where the
+    new generation's 12 shards, markers and streams are written and switched to)."""
+    cluster = make_cluster(partitions=4, **redis_options(request, redis_kind))
     rng = random.Random(cluster.seed())
     messages = realistic_stream(rng, cluster.wire, 2000)
     half = len(messages) // 2

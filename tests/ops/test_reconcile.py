@@ -11,7 +11,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from stocksync.agents.dlq import DeadLetterOut
 from stocksync.agents.stages import Applier, SourceMessage, Translator
@@ -30,6 +29,7 @@ from stocksync.ops.reconcile import (
 from stocksync.readmodel import core
 from stocksync.store import RedisStore, Write
 from stocksync.store.layout import Keys
+from stocksync.store.redis import open_client
 from tests.ops.helpers import read_all, run
 
 DAY_MS = 86_400_000
@@ -40,13 +40,25 @@ def at(hour: int, minute: int = 0) -> Instant:
     return instant_of_datetime(datetime(2026, 11, 27, hour, minute, tzinfo=UTC))
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def any_settings(
+    request: pytest.FixtureRequest, settings: Settings
+) -> Settings:
+    """``settings`` on the test's Redis database, or on the three-master Redis Cluster."""
+    if request.param == "redis":
+        return settings
+    url = request.getfixturevalue("redis_cluster_url")
+    return msgspec.structs.replace(settings, redis_url=url, redis_cluster=True)
+
+
 def plant(settings: Settings, positions: Sequence[Position]) -> None:
     """Write positions (and their projections) as the applier would."""
     topology = core.topology_of(settings)
 
     async def main() -> None:
         store = RedisStore.from_url(
-            settings.redis_url, Keys(settings.redis_namespace), topology=topology
+            settings.redis_url, Keys(settings.redis_namespace), topology=topology,
+            cluster=settings.redis_cluster,
         )
         try:
             await store.resolve()
@@ -98,8 +110,9 @@ def counts(tmp_path: Path) -> Path:
 
 
 def test_report_finds_the_planted_drift(
-    settings: Settings, counts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    any_settings: Settings, counts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    settings = any_settings
     plant(settings, MODEL)
     export = tmp_path / "diff.csv"
     metrics = tmp_path / "reconcile.prom"
@@ -200,9 +213,10 @@ def test_snapshots_come_in_bulks_of_at_most_1000() -> None:
 
 
 def test_apply_publishes_snapshots_that_make_the_model_converge(
-    settings: Settings, counts: Path, capsys: pytest.CaptureFixture[str],
+    any_settings: Settings, counts: Path, capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    settings = any_settings
     plant(settings, MODEL)
     caplog.set_level(logging.INFO, logger="stocksync.audit")
     assert commands.reconcile(settings, ns(counts, apply=True)) == 0
@@ -235,7 +249,7 @@ def apply_stock_messages(settings: Settings, messages: list[SourceMessage]) -> N
     """Run stock messages through a translator and an applier writing to the test's Redis."""
 
     async def main() -> None:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = open_client(settings.redis_url, cluster=settings.redis_cluster)
         store = RedisStore(
             client, Keys(settings.redis_namespace), topology=core.topology_of(settings)
         )
@@ -261,8 +275,9 @@ def apply_stock_messages(settings: Settings, messages: list[SourceMessage]) -> N
 
 
 def test_an_empty_key_space_is_a_warning_and_exit_1_not_a_report_of_everything_missing(
-    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    any_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    settings = any_settings
     path = tmp_path / "count.csv"
     path.write_text("sku,node,on_hand,as_of\nA,dc-east,5,2026-11-27T10:00:00Z\n")
     for apply in (False, True):
