@@ -564,23 +564,28 @@ return {page[1], out}
 # hold_id), then its lines one shard group at a time (each group's SKU hashes, held hashes
 # and change stream share the shard's slot), then its record again.
 
-# KEYS: hold. ARGV: fp, channel, ttl ms, partial, memory ms, lines (msgpack, held 0).
-# Claims the hold_id for a new hold ('pending' until finished), or finds it.
-# Returns {'conflict', now} | {'exists', now, st, exp, lines, ch}
+# KEYS: hold. ARGV: fp, channel, ttl ms, partial, memory ms, lines (msgpack, held 0), lease ms.
+# Claims the hold_id for a new hold ('pending' until finished, its creator's for the lease),
+# or finds it; a pending hold whose lease ran out (its creator died) is resumed.
+# Returns {'conflict', now} | {'exists', now, st, exp, lines, ch} | {'busy', now}
 #       | {'begun' | 'resumed', now, exp, partial}
 SHARDED_HOLD_BEGIN: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
 local hold = KEYS[1]
-local f = redis.call('HMGET', hold, 'fp', 'st', 'exp', 'lines', 'ch', 'pa')
+local f = redis.call('HMGET', hold, 'fp', 'st', 'exp', 'lines', 'ch', 'pa', 'ls')
 if f[1] and f[2] ~= 'refused' then
   if f[1] ~= ARGV[1] then return {'conflict', now} end
-  if f[2] == 'pending' then return {'resumed', now, f[3], f[6]} end
+  if f[2] == 'pending' then
+    if tonumber(f[7]) > now then return {'busy', now} end
+    redis.call('HSET', hold, 'ls', now + tonumber(ARGV[7]))
+    return {'resumed', now, f[3], f[6]}
+  end
   return {'exists', now, f[2], f[3], f[4], f[5]}
 end
 local exp = now + tonumber(ARGV[3])
 redis.call('DEL', hold)
 redis.call('HSET', hold, 'fp', ARGV[1], 'ch', ARGV[2], 'st', 'pending', 'exp', exp,
-           'lines', ARGV[6], 'pa', ARGV[4])
+           'lines', ARGV[6], 'pa', ARGV[4], 'ls', now + tonumber(ARGV[7]))
 redis.call('PEXPIREAT', hold, exp + tonumber(ARGV[5]))
 return {'begun', now, tostring(exp), ARGV[4]}
 """)
@@ -672,19 +677,21 @@ return 1
 """)
 
 # KEYS: hold. ARGV: fp, status ('held' | 'partial' | 'refused'), lines (msgpack), memory ms.
-# Ends the 'pending' state of the hold this request began. Returns {now, st, exp, lines, ch}
-# as the hold is after the call, or {now} when it is gone.
+# Ends the 'pending' state of the hold this request began. Returns {now, st, exp, lines, ch,
+# 1 if this call ended it} as the hold is after the call, or {now} when it is gone.
 SHARDED_HOLD_FINISH: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
 local hold = KEYS[1]
 local f = redis.call('HMGET', hold, 'fp', 'st')
 if not f[1] then return {now} end
+local ended = 0
 if f[1] == ARGV[1] and f[2] == 'pending' then
   redis.call('HSET', hold, 'st', ARGV[2], 'lines', ARGV[3])
   if ARGV[2] == 'refused' then redis.call('PEXPIRE', hold, ARGV[4]) end
+  ended = 1
 end
 local g = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch')
-return {now, g[1], g[2], g[3], g[4]}
+return {now, g[1], g[2], g[3], g[4], ended}
 """)
 
 # KEYS: hold. ARGV: 'released' | 'converted' | 'extend', memory ms, order_id or new exp.

@@ -10,7 +10,8 @@ hash, held hash, the shard's change stream) in its SKU's shard
 1. **Begin** (record slot): claim the ``hold_id`` with status ``pending``, its
    fingerprint, channel, requested lines and expiry; or find the hold it names
    (an identical retry: ``exists``; another body: ``conflict``; a ``pending``
-   one, say of a process that crashed: resume it with its stored expiry).
+   one: ``503`` while its creator's lease of :data:`LEASE_MS` runs, then, the
+   creator having died, resume it with its stored expiry).
 2. **Grant** (one call per shard group, in shard order): each group is decided
    atomically as on one Redis, against the channel's figure less the other
    holds' lines at that moment, so what is granted never exceeds what the
@@ -61,6 +62,10 @@ __all__ = ["ShardedHolds"]
 _Errors = (RedisError, RedisClusterException, OSError)
 #: How long a refused hold's record stays (only for a concurrent identical request).
 _REFUSED_MS: Final = 60_000
+#: How long a pending hold is its creator's: an identical request meanwhile is told to
+#: retry (503), and resumes the hold only after it (the creator died). Far longer than a
+#: hold takes; bounded below by the calls' own timeouts.
+LEASE_MS: Final = 15_000
 _lines_encoder: Final = msgspec.msgpack.Encoder()
 #: Bits of a held_page cursor per primary index (the rest is that primary's SCAN cursor).
 _NODE_BITS: Final = 8
@@ -161,11 +166,14 @@ class ShardedHolds:
         requested = _lines_encoder.encode([StoredLine(s, q, 0) for s, q in lines])
         begun = await self._call(
             "SHARDED_HOLD_BEGIN", [hold],
-            [fingerprint, channel, ttl_ms, 1 if partial else 0, self.memory_ms, requested],
+            [fingerprint, channel, ttl_ms, 1 if partial else 0, self.memory_ms, requested,
+             LEASE_MS],
         )
         outcome, now = _text(begun[0]), int(begun[1])
         if outcome == "conflict":
             return Created(outcome="conflict", now_ms=now)
+        if outcome == "busy":
+            raise StoreUnavailable(f"hold {hold_id!r} is being decided by another request; retry")
         if outcome == "exists":
             return Created(outcome="exists", now_ms=now, record=_record(hold_id, now, begun[2:6]))
         exp, partial = int(begun[2]), _text(begun[3]) == "1"
@@ -191,9 +199,10 @@ class ShardedHolds:
             if _text(reply[0]) == "short":
                 # A resumed try may hold lines in this group too: drop every line so far.
                 await self._drop(live, hold_id, granted + [skus[i] for i in group])
-                finished = await self._finish(hold, fingerprint, "refused", requested)
-                if finished is not None and finished.stored_status not in ("refused", "pending"):
-                    return Created(outcome="exists", now_ms=finished.now_ms, record=finished)
+                refused = await self._finish(hold, fingerprint, "refused", requested)
+                if refused is not None and refused[0].stored_status not in ("refused", "pending"):
+                    # Released meanwhile (a DELETE of the pending hold): as it is.
+                    return Created(outcome="exists", now_ms=refused[0].now_ms, record=refused[0])
                 await self._probe(live, hold_id, channel, lines, shard, available)
                 return Created(outcome="short", now_ms=int(reply[1]), available=available)
             granted += [skus[i] for i in group]
@@ -203,17 +212,22 @@ class ShardedHolds:
         stored = _lines_encoder.encode(
             [StoredLine(sku, qty, h) for (sku, qty), h in zip(lines, held, strict=True)]
         )
-        record = await self._finish(hold, fingerprint, status, stored)
-        if record is None or record.stored_status != status:
-            # Released (or refused by an identical request) while this one granted: what
-            # it granted goes, and the client sees the hold as it is.
-            await self._drop(live, hold_id, granted)
-            if record is None or record.stored_status == "refused":
-                raise StoreUnavailable(
-                    f"hold {hold_id!r} was decided by a concurrent identical request; retry"
-                )
+        finished = await self._finish(hold, fingerprint, status, stored)
+        record, ended = finished if finished is not None else (None, False)
+        if ended and record is not None:
+            return Created(outcome="created", now_ms=record.now_ms, record=record)
+        if record is not None and record.stored_status in ("held", "partial"):
+            # An identical request (a retry) finished it first, with the same lines: they
+            # are this hold's lines too, so they stay.
             return Created(outcome="exists", now_ms=record.now_ms, record=record)
-        return Created(outcome="created", now_ms=record.now_ms, record=record)
+        # Released (or refused by an identical request) while this one granted: what it
+        # granted goes, and the client sees the hold as it is.
+        await self._drop(live, hold_id, granted)
+        if record is None or record.stored_status == "refused":
+            raise StoreUnavailable(
+                f"hold {hold_id!r} was decided by a concurrent identical request; retry"
+            )
+        return Created(outcome="exists", now_ms=record.now_ms, record=record)
 
     async def _probe(
         self,
@@ -241,14 +255,15 @@ class ShardedHolds:
 
     async def _finish(
         self, hold: str, fingerprint: str, status: str, lines: bytes
-    ) -> HoldRecord | None:
+    ) -> tuple[HoldRecord, bool] | None:
+        """End the pending state: the hold as it then is (and whether this call ended it)."""
         reply = await self._call(
             "SHARDED_HOLD_FINISH", [hold],
             [fingerprint, status, lines, _REFUSED_MS if status == "refused" else self.memory_ms],
         )
         if len(reply) == 1:
             return None
-        return _record(_hold_id_of(hold), int(reply[0]), reply[1:5])
+        return _record(_hold_id_of(hold), int(reply[0]), reply[1:5]), int(reply[5]) == 1
 
     # --- read ---
 

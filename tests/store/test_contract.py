@@ -621,7 +621,7 @@ class TestHoldsOnARedisCluster(HoldContract):
                 begun = await sharded._call(
                     "SHARDED_HOLD_BEGIN", [keys.hold(hold_id)],
                     [fingerprint("store", [("B", 2), ("A", 3)]), "store", 60_000, 0,
-                     86_400_000, msgspec.msgpack.encode(lines)],
+                     86_400_000, msgspec.msgpack.encode(lines), 0],  # lease: over at once
                 )
                 await sharded._call(
                     "SHARDED_HOLD_GRANT", [keys.changes(1), keys.sku("B"), keys.held("B")],
@@ -629,6 +629,14 @@ class TestHoldsOnARedisCluster(HoldContract):
                 )
             with pytest.raises(StoreUnavailable, match="being decided"):
                 await holds.get("h1")
+            # Its creator's lease still running: an identical request is told to retry.
+            await sharded._call(
+                "SHARDED_HOLD_BEGIN", [store.keys.hold("h3")],
+                [fingerprint("store", [("B", 1)]), "store", 60_000, 0, 86_400_000,
+                 msgspec.msgpack.encode([StoredLine("B", 1, 0)]), 60_000],
+            )
+            with pytest.raises(StoreUnavailable, match="another request"):
+                await self._create(holds, "h3", ("B", 1))
             resumed = await self._create(holds, "h1", ("A", 3), ("B", 2))
             assert resumed.outcome == "created" and resumed.record is not None
             assert resumed.record.status == "held"
