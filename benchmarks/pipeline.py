@@ -570,6 +570,9 @@ def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         results[name] = _median_run(attempts)
         if len(attempts) > 1:
             results[name]["rounds"] = [_headline(a) for a in attempts]
+            cpu = [_per_event(a, "worker_us_per_event") for a in attempts]
+            if all(c is not None for c in cpu):
+                results[name]["rounds_worker_us_per_event"] = cpu
     return results
 
 
