@@ -4,9 +4,9 @@ aiohttp's ``Application`` resolves every request through its router, builds and
 freezes a match info and checks for ``Expect`` before it calls a handler: a
 good part of what a constant answer costs, measured against aiohttp's low-level
 server answering the same (``benchmarks/README.md``, "Figures behind design
-choices"). The availability
-endpoints have fixed paths, so :class:`HotRoutes` recognises them with a prefix
-test and a comparison and calls their pipeline-wrapped handlers directly.
+choices"). The availability endpoints have fixed paths, so :class:`HotRoutes`
+recognises them with a prefix test and a comparison and calls their handlers,
+as :class:`~stocksync.api.middleware.HandlerWrapper` wrapped them, directly.
 Everything else goes on to the application's own handling, and so do the rare
 requests whose answer the router's rules decide: a path with a percent escape
 (the router decodes ``%2F`` in a path parameter), a body announced with
@@ -14,7 +14,7 @@ requests whose answer the router's rules decide: a path with a percent escape
 The application keeps every route, so it answers the same without
 :class:`ApiRunner` (the tests check that both answer alike). A request target
 that is not a path (``OPTIONS *``), which the router would answer in plain
-text, goes straight to the pipeline's handler of unmatched requests.
+text, goes straight to the wrapper's handler of unmatched requests.
 """
 
 from __future__ import annotations
