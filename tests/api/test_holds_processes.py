@@ -156,7 +156,7 @@ def test_a_silent_redis_bounds_a_hold_request(redis_url: str) -> None:
                 async with api.post("/v1/holds", json={**body, "hold_id": "d"}) as resp:
                     assert resp.status == 503
                     assert (await resp.json())["error"]["code"] == "not_ready"
-                assert time.monotonic() - started < 8
+                assert time.monotonic() - started < 20  # the call timeout, loaded machine slack
                 proxy.release()
 
     run(scenario())
