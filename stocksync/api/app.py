@@ -182,7 +182,7 @@ def create_app(settings: Settings, host: HostState | None = None) -> web.Applica
         model.expired_holds,
         model.holds_over(now_ms()),
     )
-    metrics.synthetic_skus = lambda: int(settings.probe.sku in model.entries)
+    metrics.synthetic_skus = lambda: int(settings.probe.sku in model)
     wrapper = HandlerWrapper(
         metrics=metrics,
         authenticator=authenticator,

@@ -129,6 +129,8 @@ class AvailabilityHandlers:
         if not self._model.loaded:
             raise NotReady("The availability model is still loading; retry shortly.")
         entry = self._entries.get(sku)
+        if entry is None:
+            entry = self._model.entry(sku)  # one whose holds changed since it was last read
         if entry is None and not is_identifier(sku):
             raise InvalidSku(f"SKU {shown(sku)} is not 1-64 characters from [A-Za-z0-9._:/-].")
         plain = self._plain_queries.get(request.rel_url.raw_query_string)
@@ -188,7 +190,7 @@ class AvailabilityHandlers:
         items: list[bytes] = []
         unknown: list[str] = []
         for sku in req.skus:
-            entry = entries.get(sku)
+            entry = entries.get(sku) or self._model.entry(sku)
             if entry is None:
                 if not is_identifier(sku):
                     raise InvalidSku(

@@ -39,7 +39,7 @@ from typing import Any, Final
 import msgspec
 
 from stocksync.codecs.events import IDENTIFIER_PATTERN
-from stocksync.codecs.holds import HeldSnapshot, snapshot_decoder
+from stocksync.codecs.holds import HeldLine, HeldSnapshot, snapshot_decoder
 from stocksync.codecs.projections import ChannelAvailability, Served
 from stocksync.readmodel.core import status_of
 from stocksync.readmodel.holds import (
@@ -103,11 +103,18 @@ class AvailabilityModel:
     holds the worker's entry (kept in ``base``) with each channel's active holds
     subtracted, ``held`` set and the served version, encoded again whenever the
     position, the holds or (at a line's expiry, see :meth:`expire`) the time changes.
+
+    Without a :attr:`changed` listener (the API) that encoding waits for the first
+    read: a change takes the SKU out of ``entries`` and :meth:`entry` encodes it
+    when asked. Under a stream of holds most changes are never read before the
+    next one, and every replica follows every hold. A reader that misses in
+    ``entries`` asks :meth:`entry` (only misses pay for the look).
     """
 
     __slots__ = (
         "_expired_until",
         "_scheduled",
+        "_stale",
         "base",
         "changed",
         "channels",
@@ -136,6 +143,8 @@ class AvailabilityModel:
         # SKU -> the expiry it is due at in the heap: one live entry per SKU, so the
         # heap stays as small as the number of held SKUs however often they change.
         self._scheduled: dict[str, int] = {}
+        # Held SKUs whose entry is out of ``entries`` until read (see entry()).
+        self._stale: set[str] = set()
         #: Called when an expiry earlier than every other one is added.
         self.wake: Callable[[], None] | None = None
         #: Called with each SKU whose served entry was replaced (the feed follows this).
@@ -156,7 +165,18 @@ class AvailabilityModel:
         self.generation = ""
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + len(self._stale)
+
+    def __contains__(self, sku: object) -> bool:
+        return sku in self.entries or sku in self._stale
+
+    def entry(self, sku: str) -> Entry | None:
+        """``sku``'s entry, encoded now if a change left it to the first read; or None."""
+        entry = self.entries.get(sku)
+        if entry is None and sku in self._stale:
+            self._render(sku, now_ms())
+            entry = self.entries.get(sku)
+        return entry
 
     def version(self, sku: str) -> int | None:
         """The position version held for ``sku`` (holds aside), or None if never seen."""
@@ -176,7 +196,7 @@ class AvailabilityModel:
             entry = (served.version, served.detail, *(c.document for c in served.channels))
             if sku in self.held:
                 self.base[sku] = entry
-                self._render(sku, now_ms())
+                self._refresh(sku, now_ms())
             else:
                 self.entries[sku] = entry
                 if self.changed is not None:
@@ -195,7 +215,7 @@ class AvailabilityModel:
         entry = (served.version, encode_detail(detail), *docs)
         if sku in self.held:
             self.base[sku] = entry
-            self._render(sku, now_ms())
+            self._refresh(sku, now_ms())
         else:
             self.entries[sku] = entry
             if self.changed is not None:
@@ -213,11 +233,21 @@ class AvailabilityModel:
             if entry is None:
                 return True  # served once its position arrives
             self.base[sku] = entry
-        self._render(sku, now_ms())
+        self._refresh(sku, now_ms())
         return True
+
+    def _refresh(self, sku: str, now: int) -> None:
+        """``sku``'s base entry or holds changed: encode it now, or at its first read."""
+        if self.changed is not None:
+            self._render(sku, now)  # the listener reads the entry at once
+            return
+        self.entries.pop(sku, None)
+        self._stale.add(sku)
+        self._schedule(sku, self.held[sku].lines, now)
 
     def _render(self, sku: str, now: int) -> None:
         """Serve ``sku``'s base entry less its active holds, at ``now``."""
+        self._stale.discard(sku)
         base = self.base[sku]
         snapshot = self.held[sku]
         lines = snapshot.lines
@@ -246,6 +276,10 @@ class AvailabilityModel:
         self.entries[sku] = (version, base[DETAIL_SLOT], *docs)
         if self.changed is not None:
             self.changed(sku)
+        self._schedule(sku, lines, now)
+
+    def _schedule(self, sku: str, lines: Sequence[HeldLine], now: int) -> None:
+        """Wake :meth:`expire` at the next expiry of ``lines`` (one heap entry per SKU)."""
         upcoming = next_expiry(lines, now)
         if upcoming is not None:
             due = self._scheduled.get(sku)
@@ -282,7 +316,7 @@ class AvailabilityModel:
         self._expired_until = max(self._expired_until, now)
         for sku in due:
             if sku in self.base:
-                self._render(sku, now)
+                self._refresh(sku, now)
         return len(due)
 
     def holds_active(self, now: int) -> int:
@@ -326,19 +360,24 @@ class AvailabilityModel:
         for sku in gone:
             del self.entries[sku]
             self.base.pop(sku, None)
-        return len(gone)
+        stale = [sku for sku in self._stale if sku not in skus]
+        for sku in stale:
+            self._stale.discard(sku)
+            self.base.pop(sku, None)
+        return len(gone) + len(stale)
 
     def retain_held(self, skus: set[str]) -> None:
         """Forget the hold snapshots of SKUs not in ``skus`` (after a reload)."""
         for sku in [s for s in self.held if s not in skus]:
             del self.held[sku]
+            self._stale.discard(sku)
             base = self.base.pop(sku, None)
             if base is not None:
                 self.entries[sku] = base
 
     def document(self, sku: str, channel: str, *, detail: bool = False) -> bytes | None:
         """The JSON answer for ``sku`` on ``channel``, or None if unknown there."""
-        entry = self.entries.get(sku)
+        entry = self.entry(sku)
         slot = self.slots.get(channel)
         if entry is None or slot is None:
             return None

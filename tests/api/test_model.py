@@ -114,3 +114,41 @@ def test_held_skus_are_served_less_their_holds_and_wake_up_once_per_expiry() -> 
     doc = msgspec.json.decode(model.document("SKU-1", "web") or b"")
     assert (doc["available"], doc["held"], doc["version"]) == (19, 1, 4 + 100 + 1)
     assert model.version("SKU-1") == 4
+
+
+def test_a_held_sku_is_encoded_at_its_first_read_after_a_change() -> None:
+    model = AvailabilityModel(["web", "store"], [5, 5])
+    for sku in ("SKU-1", "SKU-2", "SKU-3"):
+        assert model.apply(served(projection(sku, 3, available=10)))
+    later = now_ms() + 120_000
+    for version in range(1, 4):
+        lines = [HeldLine(f"h{i}", "web", 1, later) for i in range(version)]
+        assert model.apply_held("SKU-1", HeldSnapshot(version, lines))
+    # Changed three times, read never: out of the lookup dict, still known and counted.
+    assert "SKU-1" not in model.entries
+    assert "SKU-1" in model and len(model) == 3
+    assert model.next_expiry() == later  # its expiry is watched all the same
+    entry = model.entry("SKU-1")
+    assert entry is not None and model.entries["SKU-1"] is entry  # encoded once, kept
+    doc = msgspec.json.decode(model.document("SKU-1", "web") or b"")
+    assert (doc["available"], doc["held"], doc["version"]) == (7, 3, 3 + 3)
+    # A new position of a held SKU waits for its read too, then counts the holds.
+    assert model.apply(served(projection("SKU-1", 4, available=20)))
+    assert "SKU-1" not in model.entries
+    doc = msgspec.json.decode(model.document("SKU-1", "web") or b"")
+    assert (doc["available"], doc["held"], doc["version"]) == (17, 3, 4 + 3)
+    # Forgetting works on SKUs waiting for their read as on the others.
+    assert model.apply_held("SKU-1", HeldSnapshot(4, []))
+    assert model.retain({"SKU-2", "SKU-3"}) == 1
+    assert model.entry("SKU-1") is None and "SKU-1" not in model and len(model) == 2
+    assert model.entry("NEVER") is None
+
+
+def test_with_a_listener_a_held_sku_is_encoded_at_once() -> None:
+    model = AvailabilityModel(["web"], [5])
+    seen: list[tuple[str, bytes | None]] = []
+    model.changed = lambda sku: seen.append((sku, model.entries[sku][2]))
+    assert model.apply(served(projection("SKU-1", 3, available=10, channels=["web"])))
+    assert model.apply_held("SKU-1", HeldSnapshot(1, [HeldLine("h1", "web", 2, now_ms() + 60_000)]))
+    assert [sku for sku, _ in seen] == ["SKU-1", "SKU-1"]
+    assert msgspec.json.decode(seen[-1][1] or b"")["held"] == 2
