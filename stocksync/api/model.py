@@ -658,7 +658,8 @@ class ModelSync:
                 log.info("the live generation moved to %r; reloading the model", change.namespace)
                 self._needs_load = True
                 return True  # the rest of this stream no longer matters
-            self.applying = (parse_stream_id(entry_id)[0], None)
+            stream_id = parse_stream_id(entry_id)
+            self.applying = (stream_id[0], None)
             if isinstance(change, HeldChange):
                 self._apply_held(change.sku, change.held)
             elif change is not None:
@@ -669,7 +670,7 @@ class ModelSync:
                     self._apply_held(change.sku, change.held)
                 self._apply_change(change.sku, change.version, change.served)
             self.applying = (0, None)
-            self._last_ids[shard] = parse_stream_id(entry_id)
+            self._last_ids[shard] = stream_id
             total += 1
         if total:
             self._counts[shard] += total
