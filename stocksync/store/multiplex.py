@@ -37,6 +37,7 @@ from stocksync.store.protocol import StoreError, StoreUnavailable
 __all__ = ["Multiplexed", "NoScript"]
 
 _NOSCRIPT: Final = "NOSCRIPT"
+_INCOMPLETE: Final = object()
 #: Connections the pooled way (compat stood down) uses at most; more calls wait.
 _POOLED_CONNECTIONS: Final = 32
 
@@ -62,7 +63,8 @@ class _Link(asyncio.Protocol):
         self._connection = connection
         self._writer = writer
         self._timeout = timeout
-        self._parser = hiredis.Reader()
+        # A sentinel, not False, for "no whole answer yet": RESP3 answers False.
+        self._parser = hiredis.Reader(notEnoughData=_INCOMPLETE)
         # (future, when sent) per call not yet answered, oldest first.
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._out: list[bytes] = []
@@ -106,7 +108,7 @@ class _Link(asyncio.Protocol):
         parser.feed(data)
         waiting = self._waiting
         try:
-            while (reply := parser.gets()) is not False:
+            while (reply := parser.gets()) is not _INCOMPLETE:
                 if not waiting:
                     raise StoreUnavailable("Redis sent an answer nobody asked for")
                 future = waiting.popleft()[0]

@@ -181,3 +181,21 @@ def test_an_unreachable_redis_is_unavailable(tmp_path: Path) -> None:
             await client.aclose()
 
     run(scenario())
+
+
+def test_a_false_answer_is_an_answer_on_resp3(redis_url: str) -> None:
+    async def scenario() -> list[Any]:
+        client = aioredis.Redis.from_url(redis_url, protocol=3)
+        pipe = Multiplexed(client, timeout=5.0)
+        try:
+            return list(
+                await asyncio.gather(
+                    pipe.call(cmd("EVAL", "redis.setresp(3) return false", 0)),
+                    pipe.call(cmd("ECHO", "next")),
+                )
+            )
+        finally:
+            await pipe.close()
+            await client.aclose()
+
+    assert run(scenario()) == [False, b"next"]
