@@ -1,8 +1,10 @@
 -- POST /v1/holds: one unit of one random SKU of SKUS, a new hold_id per request
 -- (RUN, from the environment, keeps ids of separate runs apart). Partial, so a SKU
--- that runs out still answers 201.
+-- that runs out still answers 201. With PACE_MS, each connection waits that long
+-- between its requests: a load below saturation, so latency is service, not queueing.
 local skus = tonumber(os.getenv("SKUS") or "100000")
 local run = os.getenv("RUN") or "0"
+local pace = tonumber(os.getenv("PACE_MS") or "0")
 local counter = 0
 
 function setup(thread)
@@ -11,6 +13,12 @@ end
 
 function init(args)
   math.randomseed(tonumber(tid))
+end
+
+if pace > 0 then
+  function delay()
+    return pace
+  end
 end
 
 request = function()
