@@ -156,18 +156,24 @@ for i = 1, n do
     now = now or now_ms()
     snap = convert_lines(KEYS[held_key], ARGV[a + 5], now)
   end
-  if snap or announce then
+  if snap then
     local entry = {'XADD', stream, 'MAXLEN', '~', ARGV[2], '*',
-                   '$sku', ARGV[a + 4], '$v', ARGV[a + 1], '$srv', ARGV[a + 3]}
-    if snap then
-      entry[#entry + 1] = '$held'
-      entry[#entry + 1] = snap
-    end
+                   '$sku', ARGV[a + 4], '$v', ARGV[a + 1], '$srv', ARGV[a + 3],
+                   '$held', snap}
     if ARGV[a + 6] ~= '' then
       entry[#entry + 1] = '$cid'
       entry[#entry + 1] = ARGV[a + 6]
     end
     redis.call(unpack(entry))
+  elseif announce then
+    -- The common entry, without a table and unpack per SKU.
+    if ARGV[a + 6] ~= '' then
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', '$sku', ARGV[a + 4],
+                 '$v', ARGV[a + 1], '$srv', ARGV[a + 3], '$cid', ARGV[a + 6])
+    else
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], '*', '$sku', ARGV[a + 4],
+                 '$v', ARGV[a + 1], '$srv', ARGV[a + 3])
+    end
   end
 end
 return conflicts
