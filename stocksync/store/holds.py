@@ -96,7 +96,8 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def _record(hold_id: str, now: int, fields: Sequence[Any]) -> HoldRecord:
+def record_of(hold_id: str, now: int, fields: Sequence[Any]) -> HoldRecord:
+    """A hold's record from the fields a hold script returns: status, expiry, lines, channel."""
     st, exp, lines, channel = fields
     return HoldRecord(
         hold_id=hold_id,
@@ -214,7 +215,7 @@ class HoldStore:
             return Created(outcome="conflict", now_ms=now)
         if outcome == "short":
             return Created(outcome="short", now_ms=now, available=[int(a) for a in reply[2:]])
-        record = _record(hold_id, now, reply[2:6])
+        record = record_of(hold_id, now, reply[2:6])
         return Created(
             outcome="created" if outcome == "created" else "exists", now_ms=now, record=record
         )
@@ -227,7 +228,7 @@ class HoldStore:
         reply = await self._call(self._get, [live.hold(hold_id)], [])
         if len(reply) == 1:
             return None
-        return _record(hold_id, int(reply[0]), reply[1:5])
+        return record_of(hold_id, int(reply[0]), reply[1:5])
 
     async def release(self, hold_id: str) -> tuple[HoldRecord, bool] | None:
         """End an active hold: (the hold as it then is, True if this call released it)."""
@@ -245,7 +246,7 @@ class HoldStore:
         reply = await self._call(self._release, keys, args)
         if len(reply) == 1:
             return None
-        record = _record(hold_id, int(reply[0]), reply[1:5])
+        record = record_of(hold_id, int(reply[0]), reply[1:5])
         return record, record.status == "released"
 
     async def extend(self, hold_id: str, ttl_ms: int) -> tuple[HoldRecord, bool] | None:
@@ -265,7 +266,7 @@ class HoldStore:
         outcome = _text(reply[0])
         if outcome == "unknown":
             return None
-        return _record(hold_id, int(reply[1]), reply[2:6]), outcome == "extended"
+        return record_of(hold_id, int(reply[1]), reply[2:6]), outcome == "extended"
 
     async def convert(
         self, hold_id: str, order_id: str, order_skus: Sequence[str]

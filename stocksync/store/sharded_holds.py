@@ -48,7 +48,7 @@ import msgspec
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
-from stocksync.codecs.holds import StoredLine, stored_lines_decoder
+from stocksync.codecs.holds import StoredLine
 from stocksync.store import scripts
 from stocksync.store.acked import evalsha_acked
 from stocksync.store.layout import Keys
@@ -391,15 +391,7 @@ def _hold_id_of(key: str) -> str:
 
 
 def _record(hold_id: str, now: int, fields: Sequence[Any]) -> HoldRecord:
-    from stocksync.store.holds import HoldRecord
+    from stocksync.store.holds import record_of  # holds imports this module
 
-    st, exp, lines, channel = fields
-    return HoldRecord(
-        hold_id=hold_id,
-        channel=_text(channel),
-        stored_status=_text(st),
-        expires_ms=int(exp),
-        lines=stored_lines_decoder.decode(lines),
-        now_ms=now,
-    )
+    return record_of(hold_id, now, fields)
 
