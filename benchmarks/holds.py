@@ -14,12 +14,23 @@ Every scenario runs in the same run, on the same seeded Redis, each server fresh
   the one script call (validation, answer, following its own change stream);
 - ``get`` and ``get_held``: ``GET /v1/availability/{sku}`` over SKUS_GET SKUs
   through ``api --processes 2``, without holds and with 1,000 active holds on
-  exactly those SKUs (every answer is one less its holds).
+  exactly those SKUs (every answer is one less its holds);
+- ``hot``: a flash sale on one SKU (HOT_SKU, stocked with more units than any run
+  holds) through ``api --processes 2``, once per count of ``--hot-counts``: that
+  many holds of it set up first (TTL 1 h), then ``--hot-connections`` connections
+  each holding one unit of it and releasing a hold it was granted before its next
+  one (``benchmarks/api/lua/hold_hot.lua``), so the SKU keeps about that many
+  active holds. Reported per count: holds/s, API and Redis CPU per hold (a grant
+  and its release), Redis's own time per script call (``INFO commandstats``), and
+  each as a ratio to the first count (normally 0) of the same run.
 
-Each at 32 and 64 connections, saturated (every connection sends its next request
-as soon as it has the answer); ``hold`` and ``bare_hold`` also at 64 connections
-paced (``--pace-ms`` between a connection's requests, about 1,000 requests/s
-offered), whose p99 is the service time rather than the queue. Reported:
+Each of the others at 32 and 64 connections, saturated (every connection sends its
+next request as soon as it has the answer); ``hold`` and ``bare_hold`` also at 64
+connections paced: each connection waits between its requests a time drawn from an
+exponential distribution of mean ``--pace-ms`` (about 1,000 requests/s offered),
+so requests arrive independently, as storefront shoppers send them, and the p99 is
+the service time rather than a queue. (A constant wait keeps the 64 connections in
+lock-step: they arrive as bursts of 64, and p99 is the burst's queue.) Reported:
 requests/s, p50/p99, the CPU time per request of the server processes, of Redis
 and of the load generator (wrk, in C, on CPU 0), and the ratios the issue sets
 targets for. Nothing else is pinned: two server processes, wrk and Redis share
@@ -67,6 +78,10 @@ _TARGETS: Final = {
     "get_held_over_get_at_64": 0.9,
 }
 _BARE_BODY: Final = b'{"sku":"SKU-0000001","channel":"web","available":118,"held":0}'
+#: The hot scenario's SKU, and the units it is stocked with on each channel.
+HOT_SKU: Final = sku_name(0)
+HOT_STOCK: Final = 10_000_000
+SCENARIOS: Final = ("evalsha", "bare_hold", "hold", "get", "get_held", "hot")
 
 
 def _settings_json(port: int, redis_url: str) -> str:
@@ -270,6 +285,125 @@ def _hold_some(url: str, count: int) -> None:
             assert resp.status in (200, 201), resp.status
 
 
+def _stock_hot(port: int, db: int) -> None:
+    """Give HOT_SKU HOT_STOCK units on every channel (its served form, as the worker writes it)."""
+    import msgspec
+    import redis
+
+    from benchmarks.api.common import projections
+    from stocksync.store.layout import SERVED_FIELD, VERSION_FIELD, Keys
+    from stocksync.store.served import served_from_channels
+
+    proj = next(projections(1))
+    assert proj.sku == HOT_SKU
+    channels = [
+        msgspec.structs.replace(c, available=HOT_STOCK, status="in_stock") for c in proj.channels
+    ]
+    raw = served_from_channels(proj.sku, proj.version, channels)
+    with redis.Redis(port=port, db=db) as client:
+        client.hset(
+            Keys(NAMESPACE).sku(HOT_SKU), mapping={VERSION_FIELD: proj.version, SERVED_FIELD: raw}
+        )
+
+
+def _hold_hot(url: str, count: int) -> None:
+    """``count`` active holds of one unit of HOT_SKU each, TTL 1 h, 8 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> None:
+        body = json.dumps(
+            {
+                "hold_id": f"standing-hot-{i}",
+                "channel": "web",
+                "ttl_seconds": 3600,
+                "lines": [{"sku": HOT_SKU, "qty": 1}],
+            }
+        ).encode()
+        req = urllib.request.Request(
+            url + "/v1/holds",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status in (200, 201), resp.status
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(count)))
+
+
+def _held_now(url: str) -> int:
+    """What HOT_SKU's answer on ``web`` says is held."""
+    with urllib.request.urlopen(f"{url}/v1/availability/{HOT_SKU}?channel=web", timeout=5) as r:
+        return int(json.loads(r.read())["held"])
+
+
+def _script_stats(port: int) -> tuple[int, int]:
+    """Redis's own count and microseconds of EVALSHA calls so far (INFO commandstats)."""
+    import redis
+
+    with redis.Redis(port=port) as client:
+        found = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(found.get("calls", 0)), int(found.get("usec", 0))
+
+
+def _measure_hot(
+    redis_url: str,
+    redis_port: int,
+    redis_pid: int,
+    logs: Path,
+    args: argparse.Namespace,
+    run: int,
+    count: int,
+) -> dict[str, Any]:
+    """One count of the hot scenario: holds of HOT_SKU with ``count`` active holds on it."""
+    port = free_port()
+    proc = _start(["serve-api", _settings_json(port, redis_url)], logs / f"hot-{count}.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/readyz", 120, proc)
+        time.sleep(1.0)  # the second process loads its model too
+        started = time.perf_counter()
+        _hold_hot(url, count)
+        setup_s = time.perf_counter() - started
+        time.sleep(0.5)
+        script = LUA_DIR / "hold_hot.lua"
+        env = {"HOT_SKU": HOT_SKU, "RUN": f"{run}w{count}"}
+        wrk = {"script": script, "connections": args.hot_connections, "threads": 1, "cpu": 0}
+        run_wrk(url, seconds=args.warmup, env=env, **wrk)  # type: ignore[arg-type]
+        pids = _tree(proc.pid)
+        before = _cpu(pids), _cpu([redis_pid]), _script_stats(redis_port)
+        result = run_wrk(
+            url,
+            seconds=args.seconds,
+            env={**env, "RUN": f"{run}m{count}"},
+            **wrk,  # type: ignore[arg-type]
+        )
+        server, redis_cpu = _cpu(pids) - before[0], _cpu([redis_pid]) - before[1]
+        calls, usec = _script_stats(redis_port)
+        calls, usec = calls - before[2][0], usec - before[2][1]
+        if result.non_2xx or result.socket_errors:
+            raise RuntimeError(f"hot {count}: {result}")
+        holds = result.counter("holds")
+        time.sleep(0.5)
+        held = _held_now(url)
+        if held < count:
+            raise RuntimeError(f"hot {count}: only {held} units held after the run")
+    finally:
+        _stop(proc)
+    return result.as_dict() | {
+        "holds": holds,
+        "holds_per_second": holds / args.seconds,
+        "server_cpu_us_per_hold": server / max(1, holds) * 1e6,
+        "redis_cpu_us_per_hold": redis_cpu / max(1, holds) * 1e6,
+        # Redis's own time in the hold scripts (grant, release), per call.
+        "redis_script_us_per_call": usec / max(1, calls),
+        "script_calls_per_hold": calls / max(1, holds),
+        "held_after": held,
+        "setup_seconds": setup_s,
+    }
+
+
 def _measure(
     scenario: str,
     redis_url: str,
@@ -354,8 +488,23 @@ def main(argv: list[str] | None = None) -> int:
         help="paced runs: ms each of 64 connections waits between requests (~1,000/s offered)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs; figures are their medians")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--hot-counts",
+        default="0,100,1000,5000",
+        help="hot: active holds on the SKU before each measurement; ratios are to the first",
+    )
+    parser.add_argument("--hot-connections", type=int, default=16)
     args = parser.parse_args(argv)
-    scenarios = ("evalsha", "bare_hold", "hold", "get", "get_held")
+    scenarios = tuple(s for s in args.scenarios.split(",") if s)
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    hot_counts = [int(c) for c in args.hot_counts.split(",")]
     results: dict[str, Any] = {"scenarios": {}, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
@@ -369,8 +518,24 @@ def main(argv: list[str] | None = None) -> int:
                 for scenario in scenarios if run % 2 == 0 else scenarios[::-1]:
                     # Each scenario on a copy of the seeded data, so holds never pile up.
                     db = 1
-                    _copy_db(redis.port, 0, db)
                     assert redis.pid is not None
+                    if scenario == "hot":
+                        figures["hot"] = {}
+                        for count in hot_counts if run % 2 == 0 else hot_counts[::-1]:
+                            _copy_db(redis.port, 0, db)
+                            _stock_hot(redis.port, db)
+                            hot = _measure_hot(
+                                redis.url_for(db), redis.port, redis.pid, logs, args, run, count
+                            )
+                            figures["hot"][str(count)] = hot
+                            print(
+                                f"run {run + 1} hot with {count:,} holds:"
+                                f" {hot['holds_per_second']:.0f} holds/s,"
+                                f" Redis {hot['redis_cpu_us_per_hold']:.0f} us/hold",
+                                file=sys.stderr,
+                            )
+                        continue
+                    _copy_db(redis.port, 0, db)
                     figures[scenario] = _measure(
                         scenario, redis.url_for(db), redis.pid, logs, args, run
                     )
@@ -383,39 +548,35 @@ def main(argv: list[str] | None = None) -> int:
     # between runs, so a burst of outside load does not land on one scenario only).
     best = _medians(results["runs"])
     results["scenarios"] = best
-    results["summary"] = {
-        "hold_p99_ms_at_64": best["hold"]["64"]["p99_ms"],
-        "hold_p99_ms_at_64_paced": best["hold"]["64paced"]["p99_ms"],
-        "bare_hold_p99_ms_at_64_paced": best["bare_hold"]["64paced"]["p99_ms"],
-        "hold_over_evalsha_at_64": best["hold"]["64"]["requests_per_second"]
-        / best["evalsha"]["64"]["requests_per_second"],
-        "hold_over_evalsha_at_32": best["hold"]["32"]["requests_per_second"]
-        / best["evalsha"]["32"]["requests_per_second"],
-        "hold_over_bare_hold_at_64": best["hold"]["64"]["requests_per_second"]
-        / best["bare_hold"]["64"]["requests_per_second"],
-        "hold_over_bare_hold_at_32": best["hold"]["32"]["requests_per_second"]
-        / best["bare_hold"]["32"]["requests_per_second"],
-        "hold_cpu_over_bare_hold_at_64": _cpu_per_request(best["hold"]["64"])
-        / _cpu_per_request(best["bare_hold"]["64"]),
-        "get_held_over_get_at_64": best["get_held"]["64"]["requests_per_second"]
-        / best["get"]["64"]["requests_per_second"],
-        "get_held_over_get_at_32": best["get_held"]["32"]["requests_per_second"]
-        / best["get"]["32"]["requests_per_second"],
-    }
+    results["summary"] = _summary(best, hot_counts)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(
-        f"\n{'scenario':12s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}"
-        f" {'API CPU us/req':>15s} {'Redis CPU us/req':>17s} {'wrk CPU us/req':>15s}"
-    )
+    if set(best) - {"hot"}:
+        print(
+            f"\n{'scenario':12s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}"
+            f" {'API CPU us/req':>15s} {'Redis CPU us/req':>17s} {'wrk CPU us/req':>15s}"
+        )
     for scenario, by_conns in best.items():
+        if scenario == "hot":
+            continue
         for conns, f in by_conns.items():
             print(
                 f"{scenario:12s} {conns:>5s} {f['requests_per_second']:9.0f}"
                 f" {f['p50_ms']:8.2f} {f['p99_ms']:8.2f}"
                 f" {f['server_cpu_us_per_request']:15.1f} {f['redis_cpu_us_per_request']:17.1f}"
                 f" {f['client_cpu_us_per_request']:15.1f}"
+            )
+    if "hot" in best:
+        print(
+            f"\n{'hot: holds':>16s} {'holds/s':>9s} {'p99 ms':>8s} {'API CPU us/hold':>16s}"
+            f" {'Redis CPU us/hold':>18s} {'script us/call':>15s}"
+        )
+        for count, f in best["hot"].items():
+            print(
+                f"{int(count):16,d} {f['holds_per_second']:9.0f} {f['p99_ms']:8.2f}"
+                f" {f['server_cpu_us_per_hold']:16.1f} {f['redis_cpu_us_per_hold']:18.1f}"
+                f" {f['redis_script_us_per_call']:15.1f}"
             )
     print()
     for key, value in results["summary"].items():
@@ -426,6 +587,44 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f"target {target:g}  {'met' if ok else 'MISSED'}"
         print(f"{key:30s} {value:8.2f}   {verdict}")
     return 0
+
+
+def _summary(best: dict[str, Any], hot_counts: list[int]) -> dict[str, float]:
+    """The ratios the issues set targets for, of the scenarios that ran."""
+    out: dict[str, float] = {}
+
+    def rps(scenario: str, conns: str) -> float:
+        return float(best[scenario][conns]["requests_per_second"])
+
+    if "hold" in best:
+        out["hold_p99_ms_at_64"] = best["hold"]["64"]["p99_ms"]
+        out["hold_p99_ms_at_64_paced"] = best["hold"]["64paced"]["p99_ms"]
+    if "bare_hold" in best:
+        out["bare_hold_p99_ms_at_64_paced"] = best["bare_hold"]["64paced"]["p99_ms"]
+    if "hold" in best and "evalsha" in best:
+        for conns in ("64", "32"):
+            out[f"hold_over_evalsha_at_{conns}"] = rps("hold", conns) / rps("evalsha", conns)
+    if "hold" in best and "bare_hold" in best:
+        for conns in ("64", "32"):
+            out[f"hold_over_bare_hold_at_{conns}"] = rps("hold", conns) / rps("bare_hold", conns)
+        out["hold_cpu_over_bare_hold_at_64"] = _cpu_per_request(
+            best["hold"]["64"]
+        ) / _cpu_per_request(best["bare_hold"]["64"])
+    if "get" in best and "get_held" in best:
+        for conns in ("64", "32"):
+            out[f"get_held_over_get_at_{conns}"] = rps("get_held", conns) / rps("get", conns)
+    if "hot" in best:
+        base = best["hot"][str(hot_counts[0])]
+        for count in hot_counts[1:]:
+            f = best["hot"][str(count)]
+            for key, short in (
+                ("holds_per_second", "holds_per_s"),
+                ("redis_cpu_us_per_hold", "redis_cpu"),
+                ("redis_script_us_per_call", "script_us"),
+                ("server_cpu_us_per_hold", "api_cpu"),
+            ):
+                out[f"hot_{short}_{count}_over_{hot_counts[0]}"] = f[key] / max(1e-9, base[key])
+    return out
 
 
 def _medians(runs: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:

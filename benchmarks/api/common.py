@@ -200,10 +200,21 @@ class WrkResult:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    #: What the script's done() printed as ``name: count`` lines.
+    counters: tuple[tuple[str, int], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """The result as plain data."""
-        return asdict(self)
+        """The measured figures as plain data (without the script's counters)."""
+        figures = asdict(self)
+        del figures["counters"]
+        return figures
+
+    def counter(self, name: str) -> int:
+        """A count the script's done() printed as ``name: count``."""
+        found = dict(self.counters)
+        if name not in found:
+            raise RuntimeError(f"the wrk script printed no {name!r} count")
+        return found[name]
 
 
 _UNITS: Final = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -259,4 +270,8 @@ def run_wrk(
         p99_ms=_latency_ms(text, "99"),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+        counters=tuple(
+            (m.group(1), int(m.group(2)))
+            for m in re.finditer(r"^([a-z_]+): (\d+)$", text, re.MULTILINE)
+        ),
     )

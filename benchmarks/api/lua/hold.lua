@@ -1,7 +1,10 @@
 -- POST /v1/holds: one unit of one random SKU of SKUS, a new hold_id per request
 -- (RUN, from the environment, keeps ids of separate runs apart). Partial, so a SKU
--- that runs out still answers 201. With PACE_MS, each connection waits that long
--- between its requests: a load below saturation, so latency is service, not queueing.
+-- that runs out still answers 201. With PACE_MS, each connection waits between its
+-- requests a time drawn from an exponential distribution of mean PACE_MS (rounded to
+-- whole ms, as wrk's delay() takes them): independent arrivals, as storefront shoppers
+-- make them, at a load below saturation. A constant wait would keep the connections in
+-- lock-step, arriving as bursts of all of them at once, whose p99 is the burst's queue.
 local skus = tonumber(os.getenv("SKUS") or "100000")
 local run = os.getenv("RUN") or "0"
 local pace = tonumber(os.getenv("PACE_MS") or "0")
@@ -17,7 +20,8 @@ end
 
 if pace > 0 then
   function delay()
-    return pace
+    -- 1 - math.random() is in (0, 1], so the log is finite.
+    return math.floor(-pace * math.log(1 - math.random()) + 0.5)
   end
 end
 
