@@ -369,16 +369,23 @@ def _measure_hot(
         time.sleep(0.5)
         script = LUA_DIR / "hold_hot.lua"
         env = {"HOT_SKU": HOT_SKU, "RUN": f"{run}w{count}"}
-        wrk = {"script": script, "connections": args.hot_connections, "threads": 1, "cpu": 0}
-        run_wrk(url, seconds=args.warmup, env=env, **wrk)  # type: ignore[arg-type]
+        # A timed-out request would leave its hold active (and the count off): wait for all.
+        def hot_wrk(seconds: float, env: dict[str, str]) -> Any:
+            return run_wrk(
+                url,
+                script=script,
+                seconds=seconds,
+                connections=args.hot_connections,
+                threads=1,
+                cpu=0,
+                env=env,
+                timeout_s=30,
+            )
+
+        hot_wrk(args.warmup, env)
         pids = _tree(proc.pid)
         before = _cpu(pids), _cpu([redis_pid]), _script_stats(redis_port)
-        result = run_wrk(
-            url,
-            seconds=args.seconds,
-            env={**env, "RUN": f"{run}m{count}"},
-            **wrk,  # type: ignore[arg-type]
-        )
+        result = hot_wrk(args.seconds, {**env, "RUN": f"{run}m{count}"})
         server, redis_cpu = _cpu(pids) - before[0], _cpu([redis_pid]) - before[1]
         calls, usec = _script_stats(redis_port)
         calls, usec = calls - before[2][0], usec - before[2][1]

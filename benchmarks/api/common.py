@@ -236,8 +236,9 @@ def run_wrk(
     threads: int,
     cpu: int,
     env: dict[str, str],
+    timeout_s: float = 2.0,
 ) -> WrkResult:
-    """Run wrk pinned to ``cpu`` and parse its report."""
+    """Run wrk pinned to ``cpu`` and parse its report (``timeout_s``: wrk's per request)."""
     command = [
         "taskset",
         "-c",
@@ -246,6 +247,7 @@ def run_wrk(
         f"-t{threads}",
         f"-c{connections}",
         f"-d{seconds:g}s",
+        f"--timeout={timeout_s:g}s",
         "--latency",
         "-s",
         str(script),
