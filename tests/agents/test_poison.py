@@ -347,13 +347,39 @@ def test_a_crash_while_translating_dead_letters_that_event_only(
 
     monkeypatch.setattr(core, "translate", translate)
     rig = Rig()
-    bulk = [ev("stock.adjusted", eid, sku="A", node="dc-east", delta=d, reason="receipt")
+    bulk = [ev("stock.adjusted", eid, sku="A", node="dc-east", delta=d, reason="receipt",
+               correlation_id=f"own-{eid}")
             for eid, d in (("a", 2), ("bad", 50), ("b", 3))]
-    rig.feed("stock", [rig.message("stock", "x", bulk)])
+    message = msgspec.structs.replace(rig.message("stock", "x", bulk), correlation_id="hdr-1")
+    rig.feed("stock", [message])
     (record,) = rig.letters()
     assert (record.reason, record.index) == ("internal_error", 1)
     assert record.message == (
         "translating it raised an unexpected error: OverflowError: date value out of range")
+    assert record.correlation_id == "own-bad"  # the event's own id wins over the header's
+    assert rig.available("A") == 5
+
+
+def test_a_crash_while_checking_dead_letters_that_event_only_with_the_header_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = core.check_placement
+
+    def check_placement(event: object, *args: object) -> object:
+        if getattr(event, "event_id", "") == "bad":
+            raise KeyError("placement")
+        return real(event, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core, "check_placement", check_placement)
+    rig = Rig()
+    bulk = [ev("stock.adjusted", eid, sku="A", node="dc-east", delta=d, reason="receipt")
+            for eid, d in (("a", 2), ("bad", 50), ("b", 3))]
+    message = msgspec.structs.replace(rig.message("stock", "x", bulk), correlation_id="hdr-1")
+    rig.feed("stock", [message])
+    (record,) = rig.letters()
+    assert (record.reason, record.index) == ("internal_error", 1)
+    assert record.message == "checking it raised an unexpected error: KeyError: 'placement'"
+    assert record.correlation_id == "hdr-1"
     assert rig.available("A") == 5
 
 
