@@ -385,13 +385,23 @@ class Translator:
         )
         return Decoded(events=[], rejections=[rejection], bulk=False)
 
-    def _internal_error(
-        self, msg: SourceMessage, index: int | None, what: str, exc: Exception, traced: bool
-    ) -> str:
-        """Log an unexpected error of one event (with its stack trace unless ``traced``)."""
+    def _internal_letter(
+        self,
+        msg: SourceMessage,
+        index: int | None,
+        stage: str,
+        exc: Exception,
+        traced: bool,
+        raw: bytes,
+        correlation_id: str | None,
+        now: int,
+        source: str,
+    ) -> _Letter:
+        """Log an unexpected error of one event (with its stack trace unless ``traced``)
+        and make its ``internal_error`` dead letter: the error boundary of ``stage``."""
         log.error(
             "%s the event at %s[%d]@%d%s raised an unexpected error: %s",
-            what,
+            stage,
             msg.topic,
             msg.partition,
             msg.offset,
@@ -399,7 +409,10 @@ class Translator:
             _summary(exc),
             exc_info=None if traced else exc,
         )
-        return f"{what} it raised an unexpected error: {_summary(exc)}"
+        why = f"{stage} it raised an unexpected error: {_summary(exc)}"
+        return self._letter(
+            msg, index, Reason.INTERNAL_ERROR, why, raw, correlation_id, now, source
+        )
 
     async def _translate_chunk(
         self, chunk: Sequence[tuple[SourceMessage, Decoded]], now: int
@@ -429,14 +442,13 @@ class Translator:
                         event = msgspec.structs.replace(event, correlation_id=msg.correlation_id)
                     misplaced = core.check_placement(event, self.kind, key, decoded.bulk)
                 except Exception as exc:  # a bug must cost one event, not stop the partition
-                    why = self._internal_error(msg, index, "checking", exc, traced)
-                    traced = True
                     letters.append(
-                        self._letter(
-                            msg, index, Reason.INTERNAL_ERROR, why, raw, msg.correlation_id, now,
+                        self._internal_letter(
+                            msg, index, "checking", exc, traced, raw, msg.correlation_id, now,
                             event.source,
                         )
                     )
+                    traced = True
                     continue
                 if misplaced is not None:
                     letters.append(
@@ -482,14 +494,13 @@ class Translator:
                     if len(raw) > long_event:
                         outcome = self._fits(outcome)
             except Exception as exc:  # a bug must cost one event, not stop the partition
-                why = self._internal_error(msg, index, "translating", exc, traced)
-                traced = True
                 letters.append(
-                    self._letter(
-                        msg, index, Reason.INTERNAL_ERROR, why, raw, event.correlation_id, now,
+                    self._internal_letter(
+                        msg, index, "translating", exc, traced, raw, event.correlation_id, now,
                         event.source,
                     )
                 )
+                traced = True
                 continue
             if isinstance(outcome, core.Rejected):
                 letters.append(
