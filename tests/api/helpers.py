@@ -42,19 +42,25 @@ from stocksync.store.served import decode_served, served_from_channels
 __all__ = [
     "NAMESPACE",
     "ApiProcess",
+    "Client",
     "TcpProxy",
     "eventually",
+    "is_ready",
     "make_settings",
+    "metric_value",
     "projection",
     "run",
     "served",
     "serving",
+    "version_of",
     "write",
 ]
 
 NAMESPACE = "apitest"
 UPDATED_AT = "2026-11-27T09:01:10.512Z"
 _T = TypeVar("_T")
+#: A test client of an API (:func:`serving`).
+Client = TestClient[Any, Any]
 _encoder = msgspec.json.Encoder()
 #: The generation (identity marker) :func:`write` gives a namespace it writes first.
 GENERATION = "g-test"
@@ -227,7 +233,7 @@ class ApiTestServer(TestServer):
 @contextlib.asynccontextmanager
 async def serving(
     settings: Settings, *, ready: bool = True, hot_routes: bool = True
-) -> AsyncIterator[TestClient[Any, Any]]:
+) -> AsyncIterator[Client]:
     """A test client of a started API; waits until ``/readyz`` is 200 unless told not to.
 
     ``hot_routes=False`` serves it with aiohttp's plain runner: every request
@@ -253,13 +259,32 @@ async def serving(
     server = ApiTestServer(app) if hot_routes else TestServer(app)
     async with TestClient(server) as client:
         if ready:
-            await eventually(lambda: _ready(client), timeout=10)
+            await eventually(lambda: is_ready(client), timeout=10)
         yield client
 
 
-async def _ready(client: TestClient[Any, Any]) -> bool:
+async def is_ready(client: Client) -> bool:
+    """Whether the API's ``/readyz`` answers 200."""
     async with client.get("/readyz") as resp:
         return resp.status == 200
+
+
+async def version_of(client: Client, sku: str) -> int | None:
+    """The version the API answers for ``sku`` on channel web; None unless 200."""
+    async with client.get(f"/v1/availability/{sku}?channel=web") as resp:
+        if resp.status != 200:
+            return None
+        version: int = msgspec.json.decode(await resp.read())["version"]
+        return version
+
+
+async def metric_value(client: Client, name: str) -> float:
+    """The value of the unlabelled sample ``name`` on the API's ``/metrics``; fails without it."""
+    async with client.get("/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
 
 
 async def eventually(

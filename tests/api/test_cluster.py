@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import Any
 
 import msgspec
 import redis
-from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
 from stocksync.codecs.state import Position
@@ -17,11 +15,19 @@ from stocksync.daemon.services import LocalRedisCluster
 from stocksync.readmodel import core
 from stocksync.store import RedisStore, StoreUnavailable, Write
 from stocksync.store.layout import CLUSTER_SHARDS, Keys
-from tests.api.helpers import GENERATION, NAMESPACE, eventually, make_settings, run, serving
+from tests.api.helpers import (
+    GENERATION,
+    NAMESPACE,
+    eventually,
+    is_ready,
+    make_settings,
+    metric_value,
+    run,
+    serving,
+    version_of,
+)
 
 __all__: list[str] = []
-
-Client = TestClient[Any, Any]
 
 
 def _node_of(cluster: LocalRedisCluster, slot: int) -> tuple[str, str]:
@@ -58,22 +64,6 @@ def _move_slot(cluster: LocalRedisCluster, slot: int, pause: float) -> str:
     return ids[target]
 
 
-async def _version(client: Client, sku: str) -> int | None:
-    async with client.get(f"/v1/availability/{sku}?channel=web") as resp:
-        if resp.status != 200:
-            return None
-        version: int = msgspec.json.decode(await resp.read())["version"]
-        return version
-
-
-async def _metric(client: Client, name: str) -> float:
-    async with client.get("/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
-
-
 def test_a_resharding_loses_no_change(
     redis_cluster: LocalRedisCluster, redis_cluster_url: str
 ) -> None:
@@ -97,11 +87,7 @@ def test_a_resharding_loses_no_change(
             writes = [Write(Position(sku=s, version=1), 0) for s in skus]
             assert await store.write_batch(writes) == []
             async with serving(settings, ready=False) as client:
-                async def ready() -> bool:
-                    async with client.get("/readyz") as resp:
-                        return resp.status == 200
-
-                await eventually(ready, timeout=10)
+                await eventually(lambda: is_ready(client), timeout=10)
                 moving = asyncio.ensure_future(
                     asyncio.to_thread(_move_slot, redis_cluster, slot, 0.02)
                 )
@@ -121,12 +107,12 @@ def test_a_resharding_loses_no_change(
                 assert _node_of(redis_cluster, slot)[0] == target
 
                 async def caught_up() -> bool:
-                    return all([await _version(client, s) == rounds for s in skus])
+                    return all([await version_of(client, s) == rounds for s in skus])
 
                 await eventually(caught_up, timeout=10)
-                applied = await _metric(client, "stocksync_api_changes_applied_total")
+                applied = await metric_value(client, "stocksync_api_changes_applied_total")
                 assert applied == len(skus) * (rounds - 1)
-                assert await _metric(client, "stocksync_api_model_reloads_total") == 0
+                assert await metric_value(client, "stocksync_api_model_reloads_total") == 0
         finally:
             await store.close()
 

@@ -10,7 +10,6 @@ from typing import Any
 import msgspec
 import pytest
 import redis
-from aiohttp.test_utils import TestClient
 
 from stocksync.api.model import ModelSync, _StreamInfo
 from stocksync.codecs.state import Position
@@ -22,16 +21,18 @@ from stocksync.store.layout import Keys, reload_fields
 from tests.api.helpers import (
     GENERATION,
     NAMESPACE,
+    Client,
     TcpProxy,
     eventually,
+    is_ready,
     make_settings,
+    metric_value,
     projection,
     run,
     serving,
+    version_of,
     write,
 )
-
-Client = TestClient[Any, Any]
 
 
 @pytest.fixture
@@ -40,25 +41,9 @@ def store(redis_url: str) -> Iterator[redis.Redis]:
         yield client
 
 
-async def _version(client: Client, sku: str) -> int | None:
-    async with client.get(f"/v1/availability/{sku}?channel=web") as resp:
-        if resp.status != 200:
-            return None
-        version: int = msgspec.json.decode(await resp.read())["version"]
-        return version
-
-
 async def _status(client: Client, path: str) -> int:
     async with client.get(path) as resp:
         return resp.status
-
-
-async def _metric(client: Client, name: str) -> float:
-    async with client.get("/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
 
 
 def test_follows_live_changes(redis_url: str, store: redis.Redis) -> None:
@@ -66,16 +51,16 @@ def test_follows_live_changes(redis_url: str, store: redis.Redis) -> None:
 
     async def scenario() -> None:
         async with serving(make_settings(redis_url)) as client:
-            assert await _version(client, "A") == 1
+            assert await version_of(client, "A") == 1
             started = time.monotonic()
             write(store, projection("A", 2), projection("NEW", 1))
 
             async def seen() -> bool:
-                return await _version(client, "A") == 2 and await _version(client, "NEW") == 1
+                return await version_of(client, "A") == 2 and await version_of(client, "NEW") == 1
 
             await eventually(seen, interval=0.001)
             assert time.monotonic() - started < 0.5
-            assert await _metric(client, "stocksync_api_changes_applied_total") == 2
+            assert await metric_value(client, "stocksync_api_changes_applied_total") == 2
 
     run(scenario())
 
@@ -87,7 +72,7 @@ def test_a_version_never_goes_backwards(redis_url: str, store: redis.Redis) -> N
         async with serving(make_settings(redis_url)) as client:
             write(store, projection("A", 3, available=99), projection("B", 1))
             await eventually(lambda: _has(client, "B"))
-            assert await _version(client, "A") == 5
+            assert await version_of(client, "A") == 5
             write(store, projection("A", 6))
             await eventually(lambda: _is(client, "A", 6))
 
@@ -95,11 +80,11 @@ def test_a_version_never_goes_backwards(redis_url: str, store: redis.Redis) -> N
 
 
 async def _has(client: Client, sku: str) -> bool:
-    return await _version(client, sku) is not None
+    return await version_of(client, sku) is not None
 
 
 async def _is(client: Client, sku: str, version: int) -> bool:
-    return await _version(client, sku) == version
+    return await version_of(client, sku) == version
 
 
 def test_survives_a_redis_restart(
@@ -117,8 +102,8 @@ def test_survives_a_redis_restart(
 
                 await eventually(not_ready, timeout=5)
                 # The last known model is still served meanwhile.
-                assert await _version(client, "A") == 1
-                assert await _metric(client, "stocksync_api_redis_connected") == 0
+                assert await version_of(client, "A") == 1
+                assert await metric_value(client, "stocksync_api_redis_connected") == 0
             finally:
                 redis_server.start()
 
@@ -129,8 +114,8 @@ def test_survives_a_redis_restart(
             write(store, projection("A", 2))
             await eventually(lambda: _is(client, "A", 2))
             # The stream outlived the restart: resumed from our id, no reload.
-            assert await _metric(client, "stocksync_api_model_reloads_total") == 0
-            assert await _metric(client, "stocksync_api_redis_errors_total") > 0
+            assert await metric_value(client, "stocksync_api_model_reloads_total") == 0
+            assert await metric_value(client, "stocksync_api_redis_errors_total") > 0
 
     run(scenario())
 
@@ -154,12 +139,12 @@ def test_reloads_after_the_stream_was_trimmed_past_it(
 
                 async def all_current() -> bool:
                     for i in range(50):
-                        if await _version(client, f"S{i}") != 2:
+                        if await version_of(client, f"S{i}") != 2:
                             return False
                     return True
 
                 await eventually(all_current, timeout=10)
-                assert await _metric(client, "stocksync_api_model_reloads_total") == 1
+                assert await metric_value(client, "stocksync_api_model_reloads_total") == 1
                 assert await _status(client, "/readyz") == 200
 
     run(scenario())
@@ -174,11 +159,11 @@ def test_reloads_after_the_stream_was_reset(redis_url: str, store: redis.Redis) 
             write(store, projection("B", 1))
 
             async def reloaded() -> bool:
-                return await _metric(client, "stocksync_api_model_reloads_total") == 1
+                return await metric_value(client, "stocksync_api_model_reloads_total") == 1
 
             await eventually(reloaded, timeout=5)
             await eventually(lambda: _is(client, "B", 1))
-            assert await _version(client, "A") == 3  # the last known answer is kept
+            assert await version_of(client, "A") == 3  # the last known answer is kept
 
     run(scenario())
 
@@ -235,9 +220,9 @@ def test_follows_a_generation_switch_and_its_rollback(redis_url: str, store: red
                 return await _is(client, "C", 1) and not await _has(client, "B")
 
             await eventually(switched)
-            assert await _version(client, "A") == 2  # the new generation wins, even if lower
-            assert await _metric(client, "stocksync_api_model_reloads_total") == 1
-            await eventually(lambda: _ready(client))
+            assert await version_of(client, "A") == 2  # the new generation wins, even if lower
+            assert await metric_value(client, "stocksync_api_model_reloads_total") == 1
+            await eventually(lambda: is_ready(client))
             write(store, projection("A", 3), namespace=new_ns,
                   generation="g20261127T090003123Z")
             await eventually(lambda: _is(client, "A", 3))
@@ -249,13 +234,9 @@ def test_follows_a_generation_switch_and_its_rollback(redis_url: str, store: red
                 return await _is(client, "A", 5) and not await _has(client, "C")
 
             await eventually(rolled_back)
-            assert await _version(client, "B") == 1
+            assert await version_of(client, "B") == 1
 
     run(scenario())
-
-
-async def _ready(client: Client) -> bool:
-    return await _status(client, "/readyz") == 200
 
 
 async def _lost(client: Client) -> bool:
@@ -274,11 +255,11 @@ def test_a_lost_model_is_served_until_the_rebuilt_one_is_live(
 
     async def scenario() -> None:
         async with serving(make_settings(redis_url)) as client:
-            assert await _metric(client, "stocksync_model_lost") == 0
+            assert await metric_value(client, "stocksync_model_lost") == 0
             store.flushdb()  # what a Redis restarted without persistence holds
             await eventually(lambda: _lost(client))
-            assert await _metric(client, "stocksync_model_lost") == 1
-            assert await _version(client, "A") == 5  # the last model, meanwhile
+            assert await metric_value(client, "stocksync_model_lost") == 1
+            assert await version_of(client, "A") == 5  # the last model, meanwhile
             async with serving(make_settings(redis_url), ready=False) as fresh:
                 await eventually(lambda: _lost(fresh))
                 assert not await _has(fresh, "A")
@@ -289,10 +270,10 @@ def test_a_lost_model_is_served_until_the_rebuilt_one_is_live(
                 store.set(Keys(NAMESPACE).generation(), rebuilt)
                 for replica in (client, fresh):
                     await eventually(lambda r=replica: _is(r, "C", 1))  # type: ignore[misc]
-                    assert await _version(replica, "A") == 1
+                    assert await version_of(replica, "A") == 1
                     assert not await _has(replica, "B")
-                    await eventually(lambda r=replica: _ready(r))  # type: ignore[misc]
-                    assert await _metric(replica, "stocksync_model_lost") == 0
+                    await eventually(lambda r=replica: is_ready(r))  # type: ignore[misc]
+                    assert await metric_value(replica, "stocksync_model_lost") == 0
 
     run(scenario())
 
@@ -311,18 +292,18 @@ def test_loads_and_follows_every_shard_of_a_redis_cluster(redis_cluster_url: str
             assert await store.write_batch(writes) == []
             async with serving(settings, ready=False) as client:
                 await eventually(lambda: _status_is(client, "/readyz", 200), timeout=10)
-                assert {await _version(client, s) for s in first} == {1}
+                assert {await version_of(client, s) for s in first} == {1}
                 later = [Write(Position(sku=s, version=2), 1) for s in first]
                 later.append(Write(Position(sku="NEW", version=1), 0))
                 assert await store.write_batch(later) == []
 
                 async def seen() -> bool:
-                    return await _version(client, "NEW") == 1 and all(
-                        [await _version(client, s) == 2 for s in first]
+                    return await version_of(client, "NEW") == 1 and all(
+                        [await version_of(client, s) == 2 for s in first]
                     )
 
                 await eventually(seen, timeout=5)
-                assert await _metric(client, "stocksync_api_changes_applied_total") == 301
+                assert await metric_value(client, "stocksync_api_changes_applied_total") == 301
         finally:
             await store.close()
 
