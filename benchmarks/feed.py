@@ -23,29 +23,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.api.common import cpu_seconds
+from benchmarks.pipeline import paced_traffic, services, worker_keeping_ages
+
 __all__ = ["main"]
 
 PARTITIONS = 8
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _settings(broker: str, redis_url: str, prefix: str, interval: int) -> Any:
@@ -132,7 +126,7 @@ async def publisher(bootstrap: str, redis_url: str, workdir: Path, skus: int) ->
     feed = _start_feed(workdir, bootstrap, redis_url, prefix, 0)
     try:
         await _wait_active(workdir, prefix)
-        cpu = _cpu_seconds(feed.pid)
+        cpu = cpu_seconds(feed.pid)
         started = time.time()
         for start in range(0, skus, 2000):
             await store.write_batch([
@@ -142,7 +136,7 @@ async def publisher(bootstrap: str, redis_url: str, workdir: Path, skus: int) ->
         written = time.time() - started
         delays: list[float] = []
         count, last = await _read_feed(bootstrap, f"{prefix}.availability.v1", skus, 300, delays)
-        cpu = _cpu_seconds(feed.pid) - cpu
+        cpu = cpu_seconds(feed.pid) - cpu
     finally:
         feed.terminate()
         feed.wait(30)
@@ -156,52 +150,24 @@ async def publisher(bootstrap: str, redis_url: str, workdir: Path, skus: int) ->
 async def freshness(bootstrap: str, redis_url: str, workdir: Path, rate: int, seconds: float,
                     interval: int) -> dict[str, Any]:
     """The pipeline's produce-to-Redis age and the feed's served-to-published delay."""
-    from benchmarks.pipeline import _model_exists
-    from stocksync.agents.metrics import WorkerMetrics
-    from stocksync.agents.topics import ensure_topics
-    from stocksync.daemon.worker import serve
-
     prefix = f"f{uuid.uuid4().hex[:8]}"
     settings = _settings(f"kafka://{bootstrap}", redis_url, prefix, interval)
-    await ensure_topics(bootstrap, settings)
-    await _model_exists(settings)
-    metrics = WorkerMetrics()
-    ages: list[float] = []
-    observe_many = metrics.freshness.observe_many
-
-    def keep(label: str, values: Iterable[float]) -> None:
-        values = list(values)
-        if label == "produced":
-            ages.extend(values)
-        observe_many(label, values)
-
-    metrics.freshness.observe_many = keep  # type: ignore[method-assign]
-    ready = asyncio.Event()
-    worker = asyncio.create_task(serve(settings, handle_signals=False, metrics=metrics,
-                                       ready=ready))
-    feed = _start_feed(workdir, bootstrap, redis_url, prefix, interval)
     delays: list[float] = []
-    try:
-        await asyncio.wait_for(ready.wait(), 60)
-        await _wait_active(workdir, prefix)
-        cpu = _cpu_seconds(feed.pid)
-        reading = asyncio.create_task(_read_feed(
-            bootstrap, f"{prefix}.availability.v1", 10**9, seconds + 5 + interval / 1000, delays
-        ))
-        producer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "benchmarks.pipeline", "--produce", prefix, "--bootstrap",
-            bootstrap, "--rate", str(rate), "--seconds", str(seconds),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await producer.communicate()
-        achieved = float(out.decode().strip().splitlines()[-1])
-        count, _last = await reading
-        cpu = _cpu_seconds(feed.pid) - cpu
-    finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
-        feed.terminate()
-        feed.wait(30)
+    async with worker_keeping_ages(bootstrap, settings) as (_metrics, ages):
+        feed = _start_feed(workdir, bootstrap, redis_url, prefix, interval)
+        try:
+            await _wait_active(workdir, prefix)
+            cpu = cpu_seconds(feed.pid)
+            reading = asyncio.create_task(_read_feed(
+                bootstrap, f"{prefix}.availability.v1", 10**9, seconds + 5 + interval / 1000,
+                delays,
+            ))
+            achieved = await paced_traffic(bootstrap, prefix, rate, seconds)
+            count, _last = await reading
+            cpu = cpu_seconds(feed.pid) - cpu
+        finally:
+            feed.terminate()
+            feed.wait(30)
 
     def cut(values: list[float]) -> dict[str, float]:
         q = statistics.quantiles(values, n=100, method="inclusive")
@@ -221,13 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=int, action="append")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from stocksync.daemon.services import RedisServer, TansuBroker
-
     report: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        work = Path(tmp)
-        broker = stack.enter_context(TansuBroker(data_dir=work / "broker"))
-        redis = stack.enter_context(RedisServer(data_dir=work / "redis"))
+    with services() as (work, broker, redis):
         report["publisher"] = asyncio.run(publisher(broker.bootstrap, redis.url, work, args.skus))
         report["freshness"] = [
             asyncio.run(freshness(broker.bootstrap, redis.url, work, args.rate, args.seconds, i))

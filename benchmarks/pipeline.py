@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import json
@@ -38,11 +39,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["SCENARIOS", "main"]
+__all__ = ["SCENARIOS", "main", "paced_traffic", "services", "worker_keeping_ages"]
 
 SCENARIOS = (
     "faust_bare",
@@ -87,6 +88,61 @@ async def _model_exists(settings: Any) -> None:
         await store.begin_generation("g-benchmark")
     finally:
         await store.close()
+
+
+@contextlib.asynccontextmanager
+async def worker_keeping_ages(
+    bootstrap: str, settings: Any
+) -> AsyncIterator[tuple[Any, list[float]]]:
+    """The worker in this process on an empty model, ready: (its metrics, the list it
+    appends every produce-to-Redis age to); stopped on leaving."""
+    from stocksync.agents.metrics import WorkerMetrics
+    from stocksync.agents.topics import ensure_topics
+    from stocksync.daemon.worker import serve
+
+    await ensure_topics(bootstrap, settings)
+    await _model_exists(settings)
+    metrics = WorkerMetrics()
+    # Every produce-to-Redis age, exactly: the metric's buckets are too coarse for a p99.
+    ages: list[float] = []
+    observe_many = metrics.freshness.observe_many
+
+    def keep(label: str, values: Iterable[float]) -> None:
+        values = list(values)
+        if label == "produced":
+            ages.extend(values)
+        observe_many(label, values)
+
+    metrics.freshness.observe_many = keep  # type: ignore[method-assign]
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(settings, handle_signals=False, metrics=metrics, ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        yield metrics, ages
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def paced_traffic(bootstrap: str, prefix: str, rate: int, seconds: float) -> float:
+    """:func:`paced_producer` in its own process, as a real source system would send;
+    the rate it achieved."""
+    producer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.pipeline",
+        "--produce",
+        prefix,
+        "--bootstrap",
+        bootstrap,
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await producer.communicate()
+    return float(out.decode().strip().splitlines()[-1])
 
 
 async def _produce(bootstrap: str, settings: Any, messages: list[Any]) -> None:
@@ -383,52 +439,12 @@ async def freshness(bootstrap: str, redis_url: str, events: int) -> dict[str, An
 
 
 async def _freshness_at(bootstrap: str, redis_url: str, rate: int) -> dict[str, Any]:
-    from stocksync.agents.metrics import WorkerMetrics
-    from stocksync.agents.topics import ensure_topics
-    from stocksync.daemon.worker import serve
-
     seconds = 15
     prefix = f"f{uuid.uuid4().hex[:8]}"
     settings = _settings(f"kafka://{bootstrap}", redis_url, prefix)
-    await ensure_topics(bootstrap, settings)
-    await _model_exists(settings)
-    metrics = WorkerMetrics()
-    # Every produce-to-Redis age, exactly: the metric's buckets are too coarse for a p99.
-    ages: list[float] = []
-    observe_many = metrics.freshness.observe_many
-
-    def keep(label: str, values: Iterable[float]) -> None:
-        values = list(values)
-        if label == "produced":
-            ages.extend(values)
-        observe_many(label, values)
-
-    metrics.freshness.observe_many = keep  # type: ignore[method-assign]
-    ready = asyncio.Event()
-    task = asyncio.create_task(serve(settings, handle_signals=False, metrics=metrics, ready=ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 60)
-        # The producer runs in its own process, as a real source system would.
-        producer = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "benchmarks.pipeline",
-            "--produce",
-            prefix,
-            "--bootstrap",
-            bootstrap,
-            "--rate",
-            str(rate),
-            "--seconds",
-            str(seconds),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await producer.communicate()
-        achieved = float(out.decode().strip().splitlines()[-1])
+    async with worker_keeping_ages(bootstrap, settings) as (metrics, ages):
+        achieved = await paced_traffic(bootstrap, prefix, rate, seconds)
         await asyncio.sleep(2)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     cuts = statistics.quantiles(ages, n=1000, method="inclusive")
     return {
         "rate": achieved,
@@ -464,6 +480,20 @@ def _batches(metrics: Any) -> dict[str, dict[str, float]]:
 
 
 # --- runner -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def services() -> Iterator[tuple[Path, Any, Any]]:
+    """A temporary folder with one embedded broker and one ``redis-server`` on free
+    loopback ports in it: (folder, broker, redis), for a benchmark's whole run."""
+    from stocksync.daemon.services import RedisServer, TansuBroker
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        TansuBroker(data_dir=Path(tmp) / "broker") as broker,
+        RedisServer(data_dir=Path(tmp) / "redis") as redis,
+    ):
+        yield Path(tmp), broker, redis
 
 
 def _scenario(name: str, bootstrap: str, redis_url: str, events: int) -> None:
@@ -526,14 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         _scenario(args.scenario, args.bootstrap, args.redis, args.events)
         return 0
 
-    from stocksync.daemon.services import RedisServer, TansuBroker
-
     results: dict[str, Any] = {}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        TansuBroker(data_dir=Path(tmp) / "broker") as broker,
-        RedisServer(data_dir=Path(tmp) / "redis") as redis,
-    ):
+    with services() as (_, broker, redis):
         runs: dict[str, list[dict[str, Any]]] = {}
         baseline_runs: dict[str, list[dict[str, Any]]] = {}
         # Rounds interleave the scenarios (and the baseline's run of each), so a
