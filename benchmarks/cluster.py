@@ -1,13 +1,16 @@
 """One Redis against a three-master Redis Cluster: the pipeline's (c) and (d) and the
 API's single and batch scenarios, per-core cost.
 
-``python -m benchmarks.cluster [--events N] [--repeat R] [--json] [--only pipeline|api]``
+``python -m benchmarks.cluster [--events N] [--repeat R] [--workers 1 2] [--json]
+[--only pipeline|api]``
 starts one embedded broker, one ``redis-server`` and a three-master Redis
 Cluster on loopback, and runs against each, in interleaved rounds:
 
 - the pipeline scenarios (c) ``pipeline_single`` and (d) ``pipeline_bulk`` of
-  :mod:`benchmarks.pipeline`: events/s and CPU per event (the worker's and
-  Redis's, every node of the cluster summed);
+  :mod:`benchmarks.pipeline` with each of ``--workers`` (default 1 and 2) worker
+  processes in one consumer group on the same partitions: events/s and CPU per
+  event (the workers' summed and Redis's, every node of the cluster summed), with
+  the cluster/one-Redis and N workers/1 worker ratios;
 - the API's ``api_single`` (``GET /v1/availability/{sku}``) and ``api_batch``
   (``POST /v1/availability/query``, 50 SKUs) through ``stocksync api`` with 1
   and 2 processes, over ``--skus`` SKUs written through the store: requests/s
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("pipeline", "api"), help="run one half only")
     parser.add_argument("--skus", type=int, default=20_000, help="SKUs the API serves")
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk seconds per API run")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="worker processes of each pipeline run (default: 1 2)")
     args = parser.parse_args(argv)
 
     from stocksync.daemon.services import LocalRedisCluster, RedisServer, TansuBroker
@@ -78,17 +83,19 @@ def main(argv: list[str] | None = None) -> int:
                 _api_rounds(args, redis, cluster, Path(tmp), costs)
             for round_ in range(args.repeat if args.only != "api" else 0):
                 for name in SCENARIOS:
-                    for kind, target, clustered in (("redis", redis, False),
-                                                    ("cluster", node, True)):
-                        print(f"round {round_ + 1}/{args.repeat}: {name} on {kind}...",
-                              file=sys.stderr, flush=True)
-                        result = _run_scenario(name, broker, target, args.events,
-                                               cluster=clustered)
-                        cost = _cost(result)
-                        if cost is not None:
-                            costs.setdefault(name, {}).setdefault(kind, []).append(cost)
-                        redis.flushall()
-                        cluster.flush()
+                    for workers in args.workers:
+                        for kind, target, clustered in (("redis", redis, False),
+                                                        ("cluster", node, True)):
+                            label = f"{kind}-{workers}w"
+                            print(f"round {round_ + 1}/{args.repeat}: {name} on {label}...",
+                                  file=sys.stderr, flush=True)
+                            result = _run_scenario(name, broker, target, args.events,
+                                                   cluster=clustered, workers=workers)
+                            cost = _cost(result)
+                            if cost is not None:
+                                costs.setdefault(name, {}).setdefault(label, []).append(cost)
+                            redis.flushall()
+                            cluster.flush()
         finally:
             cluster.stop()
     report: dict[str, Any] = {"machine": _machine(), "events": args.events, "results": {}}
@@ -98,10 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind, runs in kinds.items()
         }
         entry: dict[str, Any] = {"median": medians, "rounds": kinds}
-        if "redis" in medians and "cluster" in medians:
-            entry["cluster_over_redis"] = {
-                key: medians["cluster"][key] / medians["redis"][key] for key in medians["redis"]
-            }
+        if not name.startswith("api_"):
+            entry.update(_pipeline_ratios(medians, args.workers))
         report["results"][name] = entry
     if args.json:
         print(json.dumps(report, indent=2))
@@ -113,15 +118,39 @@ def main(argv: list[str] | None = None) -> int:
             _print_api(name, entry)
             continue
         for kind, m in entry["median"].items():
-            print(f"{name:<16} {kind:<8} {m['events_per_s']:>9,.0f} events/s  worker"
+            print(f"{name:<16} {kind:<11} {m['events_per_s']:>9,.0f} events/s  workers"
                   f" {m['worker_us_per_event']:5.1f} us/event  redis"
                   f" {m['redis_us_per_event']:5.1f} us/event")
-        ratio = entry.get("cluster_over_redis")
-        if ratio:
-            print(f"{name:<16} cluster/redis: CPU per event {ratio['total_us_per_event']:.2f}x"
-                  f" (worker {ratio['worker_us_per_event']:.2f}x, redis"
-                  f" {ratio['redis_us_per_event']:.2f}x), events/s {ratio['events_per_s']:.2f}x")
+        for title, ratios in (("cluster/redis", entry["cluster_over_redis"]),
+                              ("workers", entry["workers_over_one"])):
+            for label, ratio in ratios.items():
+                print(f"{name:<16} {title} {label}: CPU per event"
+                      f" {ratio['total_us_per_event']:.2f}x (workers"
+                      f" {ratio['worker_us_per_event']:.2f}x, redis"
+                      f" {ratio['redis_us_per_event']:.2f}x), events/s"
+                      f" {ratio['events_per_s']:.2f}x")
     return 0
+
+
+def _pipeline_ratios(
+    medians: dict[str, dict[str, float]], workers: list[int]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """cluster/one-Redis per worker count, and N workers/1 worker per store."""
+    def over(a: str, b: str) -> dict[str, float] | None:
+        if a not in medians or b not in medians:
+            return None
+        return {key: medians[a][key] / medians[b][key] for key in medians[b]}
+
+    cluster_over_redis = {
+        f"{w}w": r for w in workers if (r := over(f"cluster-{w}w", f"redis-{w}w")) is not None
+    }
+    workers_over_one = {
+        f"{kind} {w}w/1w": r
+        for kind in ("redis", "cluster")
+        for w in workers
+        if w != 1 and (r := over(f"{kind}-{w}w", f"{kind}-1w")) is not None
+    }
+    return {"cluster_over_redis": cluster_over_redis, "workers_over_one": workers_over_one}
 
 
 def _print_api(name: str, entry: dict[str, Any]) -> None:

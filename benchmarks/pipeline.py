@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import io
 import json
 import os
@@ -182,12 +183,14 @@ def _single_messages(settings: Any, count: int) -> list[Any]:
     return list(_demo(settings, 10_000).events(count))
 
 
-async def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+async def _wait(
+    condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)
 
 
 def _cpu() -> float:
@@ -382,13 +385,179 @@ async def _run_worker(
     return result
 
 
+#: Worker processes of a scenario (``--workers``); 0 runs the one worker in the scenario's process.
+_WORKERS = {"count": 0}
+
+
+def _metrics_of(port: int) -> dict[str, float]:
+    """A worker process's /metrics, summed per metric name (labels dropped)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            key = name.split("{", 1)[0]
+            sums[key] = sums.get(key, 0.0) + float(value)
+    return sums
+
+
+def _consumed(ports: list[int]) -> list[float]:
+    return [_metrics_of(p).get("stocksync_events_consumed_total", 0.0) for p in ports]
+
+
+async def _run_processes(
+    bootstrap: str, redis_url: str, messages: list[Any], events: int, workers: int
+) -> dict[str, Any]:
+    """``workers`` worker processes in one consumer group on the run's partitions.
+
+    The workers start on empty topics and are warmed up (events on other SKUs) until
+    every one of them has consumed, so the group's partitions are spread over all of
+    them. They are then stopped (SIGSTOP) while the backlog is produced and continued
+    (SIGCONT) together: as in the in-process scenarios, the figures are processing
+    rates over a backlog, not producer rates. Worker CPU is every worker's, summed.
+    """
+    import signal
+
+    import msgspec
+
+    from benchmarks.api.common import cpu_seconds
+    from stocksync.daemon.demo import DemoStream
+    from stocksync.daemon.services import free_port
+
+    settings = _settings(f"kafka://{bootstrap}", redis_url, f"p{uuid.uuid4().hex[:8]}")
+    await _model_exists(settings)
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for i in range(workers):
+                port = free_port()
+                config = Path(tmp) / f"worker-{i}.json"
+                chosen = msgspec.structs.replace(
+                    settings, worker=msgspec.structs.replace(settings.worker, port=port)
+                )
+                config.write_bytes(msgspec.json.encode(chosen))
+                with (Path(tmp) / f"worker-{i}.log").open("ab") as log:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "benchmarks.pipeline", "--serve-worker",
+                         str(config)],
+                        stdout=subprocess.DEVNULL, stderr=log,
+                    ))
+                ports.append(port)
+            await asyncio.to_thread(_wait_ready, procs, ports)
+            warm = DemoStream(
+                skus=[f"WARM-{i:04d}" for i in range(400)],
+                nodes=sorted({n for c in settings.channels for n in c.nodes}),
+                channels=[c.name for c in settings.channels],
+                seed=1,
+            )
+            sent = 0
+            for _ in range(20):
+                before = _consumed(ports)
+                await _produce(bootstrap, settings, list(warm.events(400)))
+                sent += 400
+                await _wait(functools.partial(_processes_done, ports, sent), 120, "the warm-up")
+                if all(a > b for a, b in zip(_consumed(ports), before, strict=True)):
+                    break
+            else:
+                raise RuntimeError("a worker got no partition in the warm-up")
+            before = _consumed(ports)
+            for proc in procs:
+                proc.send_signal(signal.SIGSTOP)
+            await _produce(bootstrap, settings, messages)
+            redis_cpu = await _redis_cpu(redis_url)
+            cpu = sum(cpu_seconds(proc.pid) for proc in procs)
+            started = time.perf_counter()
+            for proc in procs:
+                proc.send_signal(signal.SIGCONT)
+            # Every poll renders each worker's /metrics: a few a second keep that off the figures.
+            await _wait(functools.partial(_processes_done, ports, sent + events), 300,
+                        "the pipeline", every=0.25)
+            elapsed = time.perf_counter() - started
+            cpu = sum(cpu_seconds(proc.pid) for proc in procs) - cpu
+            redis_cpu = await _redis_cpu(redis_url) - redis_cpu
+            per_worker = [a - b for a, b in zip(_consumed(ports), before, strict=True)]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGCONT)
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
+    return {
+        "workers": workers,
+        "events": events,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "redis_cpu_seconds": redis_cpu,
+        "events_per_s": events / elapsed,
+        "worker_us_per_event": 1e6 * cpu / events,
+        "redis_us_per_event": 1e6 * redis_cpu / events,
+        "events_per_worker": per_worker,
+    }
+
+
+def _wait_ready(procs: list[subprocess.Popen[bytes]], ports: list[int]) -> None:
+    from benchmarks.api.common import wait_http
+
+    for proc, port in zip(procs, ports, strict=True):
+        wait_http(f"http://127.0.0.1:{port}/readyz", 120, proc)
+
+
+def _processes_done(ports: list[int], events: int) -> bool:
+    """Whether the workers together translated ``events`` and applied every effect sent."""
+    totals: dict[str, float] = {}
+    for port in ports:
+        for key, value in _metrics_of(port).items():
+            totals[key] = totals.get(key, 0.0) + value
+    translated = sum(totals.get(f"stocksync_events_{k}_total", 0.0)
+                     for k in ("consumed", "rejected", "skipped"))
+    done = (totals.get("stocksync_effects_applied_total", 0.0)
+            + totals.get("stocksync_effects_skipped_total", 0.0))
+    return translated >= events and done >= totals.get("stocksync_effects_sent_total", 0.0)
+
+
+def _serve_worker(config: str) -> int:
+    """One worker process of :func:`_run_processes`, with a broker session that outlasts
+    the stop while the backlog is produced (the worker's own 6 s would expire on a
+    loaded machine, and the group would rebalance in the middle of the measurement)."""
+    import logging
+
+    import msgspec
+
+    from stocksync.agents import app
+    from stocksync.config.settings import Settings
+    from stocksync.daemon.worker import run
+
+    plain = app.app_options
+
+    def patient(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        options = plain(*args, **kwargs)
+        options.update(broker_session_timeout=60.0, broker_rebalance_timeout=60.0)
+        return options
+
+    app.app_options = patient  # type: ignore[assignment]
+    logging.basicConfig(level=logging.WARNING)
+    return run(msgspec.json.decode(Path(config).read_bytes(), type=Settings))
+
+
 async def pipeline_single(bootstrap: str, redis_url: str, events: int) -> dict[str, Any]:
     """stocksync's pipeline over one-event messages, realistic mix."""
     from stocksync.config.settings import Settings
 
     messages = _single_messages(Settings(), events)
     profile = os.environ.get("BENCH_PROFILE") == "1"
-    result = await _run_worker(bootstrap, redis_url, messages, events, profile=profile)
+    if _WORKERS["count"]:
+        result = await _run_processes(bootstrap, redis_url, messages, events, _WORKERS["count"])
+    else:
+        result = await _run_worker(bootstrap, redis_url, messages, events, profile=profile)
     result["messages_per_s"] = result["events_per_s"]
     return result
 
@@ -402,6 +571,10 @@ async def pipeline_bulk(bootstrap: str, redis_url: str, events: int) -> dict[str
     demo = _demo(Settings(), snapshots // nodes)
     messages = list(demo.snapshots(per_message=100))
     profile = os.environ.get("BENCH_PROFILE") == "1"
+    if _WORKERS["count"]:
+        return await _run_processes(
+            bootstrap, redis_url, messages, snapshots, _WORKERS["count"]
+        )
     return await _run_worker(bootstrap, redis_url, messages, snapshots, profile=profile)
 
 
@@ -542,9 +715,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", help=argparse.SUPPRESS)
     parser.add_argument("--redis-cluster", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--produce", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-worker", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=2000, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=15, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_worker:
+        return _serve_worker(args.serve_worker)
     if args.produce:
         achieved = asyncio.run(
             paced_producer(args.bootstrap, args.produce, args.rate, args.seconds)
@@ -553,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.scenario:
         _CLUSTER["on"] = args.redis_cluster
+        _WORKERS["count"] = args.workers
         _scenario(args.scenario, args.bootstrap, args.redis, args.events)
         return 0
 
@@ -635,9 +813,11 @@ def _run_scenario(
     *,
     cluster: bool = False,
     checkout: str | None = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Run one scenario in a fresh subprocess (``cluster``: ``redis`` is a cluster's node;
-    ``checkout``: from that checkout of stocksync, its own benchmark code and all)."""
+    ``checkout``: from that checkout of stocksync, its own benchmark code and all;
+    ``workers``: that many worker processes in one consumer group, not one in-process)."""
     env = None
     if checkout is not None:
         root = str(Path(checkout).resolve())
@@ -656,6 +836,7 @@ def _run_scenario(
             "--events",
             str(events),
             *(["--redis-cluster"] if cluster else []),
+            *(["--workers", str(workers)] if workers else []),
         ],
         capture_output=True,
         text=True,
