@@ -39,14 +39,18 @@ from typing import Any, Final
 import msgspec
 
 from stocksync.codecs.events import IDENTIFIER_PATTERN
-from stocksync.codecs.holds import HeldLine, HeldSnapshot, snapshot_decoder
+from stocksync.codecs.holds import (
+    HeldDelta,
+    HeldLine,
+    HeldSnapshot,
+    decode_held,
+    snapshot_decoder,
+)
 from stocksync.codecs.projections import ChannelAvailability, Served
 from stocksync.readmodel.core import status_of
 from stocksync.readmodel.holds import (
+    HeldLines,
     available_after_holds,
-    held_by_channel,
-    next_expiry,
-    served_version,
 )
 from stocksync.store import RedisStore, StoreUnavailable
 from stocksync.store.holds import HoldStore
@@ -112,7 +116,6 @@ class AvailabilityModel:
     """
 
     __slots__ = (
-        "_expired_until",
         "_scheduled",
         "_stale",
         "base",
@@ -137,7 +140,7 @@ class AvailabilityModel:
         #: SKU -> the worker's entry, for SKUs with a hold snapshot.
         self.base: dict[str, Entry] = {}
         #: SKU -> its hold lines and hold version, as Redis last published them.
-        self.held: dict[str, HeldSnapshot] = {}
+        self.held: dict[str, HeldLines] = {}
         #: Heap of (expiry ms, SKU): when a SKU's answer next changes by itself.
         self.expiries: list[tuple[int, str]] = []
         # SKU -> the expiry it is due at in the heap: one live entry per SKU, so the
@@ -151,7 +154,6 @@ class AvailabilityModel:
         self.changed: Callable[[str], None] | None = None
         #: Holds this replica saw expire (by its clock), for the metrics.
         self.expired_holds = 0
-        self._expired_until = now_ms()
         #: Channel name -> index of its document in an :data:`Entry`.
         self.slots: dict[str, int] = {
             name: FIRST_CHANNEL_SLOT + i for i, name in enumerate(self.channels)
@@ -227,14 +229,40 @@ class AvailabilityModel:
         current = self.held.get(sku)
         if not replace and current is not None and current.version >= snapshot.version:
             return False
-        self.held[sku] = snapshot
+        now = now_ms()
+        self.held[sku] = HeldLines.of(snapshot, now)
+        self._held_changed(sku, now)
+        return True
+
+    def apply_delta(self, sku: str, delta: HeldDelta) -> bool | None:
+        """Apply one change of ``sku``'s hold lines: True if applied, False if what is held
+        is as new already, None if a change before it is missing (read the SKU again)."""
+        current = self.held.get(sku)
+        version = 0 if current is None else current.version
+        if delta.after <= version:
+            return False
+        if delta.before != version:
+            return None
+        now = now_ms()
+        if current is None:
+            current = self.held[sku] = HeldLines(now=now)
+        self._count_expired(current.advance(now))
+        current.apply(delta, now)
+        self._held_changed(sku, now)
+        return True
+
+    def _held_changed(self, sku: str, now: int) -> None:
         if sku not in self.base:
             entry = self.entries.get(sku)
             if entry is None:
-                return True  # served once its position arrives
+                return  # served once its position arrives
             self.base[sku] = entry
-        self._refresh(sku, now_ms())
-        return True
+        self._refresh(sku, now)
+
+    def _count_expired(self, ended: Sequence[HeldLine]) -> None:
+        """Count the holds of lines this replica saw expire (by its clock)."""
+        if ended:
+            self.expired_holds += len({line.hold_id for line in ended})
 
     def _refresh(self, sku: str, now: int) -> None:
         """``sku``'s base entry or holds changed: encode it now, or at its first read."""
@@ -243,16 +271,16 @@ class AvailabilityModel:
             return
         self.entries.pop(sku, None)
         self._stale.add(sku)
-        self._schedule(sku, self.held[sku].lines, now)
+        self._schedule(sku)
 
     def _render(self, sku: str, now: int) -> None:
         """Serve ``sku``'s base entry less its active holds, at ``now``."""
         self._stale.discard(sku)
         base = self.base[sku]
-        snapshot = self.held[sku]
-        lines = snapshot.lines
-        held = held_by_channel(lines, now)
-        version = served_version(base[VERSION_SLOT], snapshot.version, lines, now)
+        lines = self.held[sku]
+        self._count_expired(lines.advance(now))
+        held = lines.held
+        version = lines.served_version(base[VERSION_SLOT])
         docs: list[bytes | None] = []
         for index, name in enumerate(self.channels):
             doc = base[FIRST_CHANNEL_SLOT + index]
@@ -276,11 +304,11 @@ class AvailabilityModel:
         self.entries[sku] = (version, base[DETAIL_SLOT], *docs)
         if self.changed is not None:
             self.changed(sku)
-        self._schedule(sku, lines, now)
+        self._schedule(sku)
 
-    def _schedule(self, sku: str, lines: Sequence[HeldLine], now: int) -> None:
-        """Wake :meth:`expire` at the next expiry of ``lines`` (one heap entry per SKU)."""
-        upcoming = next_expiry(lines, now)
+    def _schedule(self, sku: str) -> None:
+        """Wake :meth:`expire` at the next expiry of ``sku``'s lines (one heap entry per SKU)."""
+        upcoming = self.held[sku].next_expiry()
         if upcoming is not None:
             due = self._scheduled.get(sku)
             if due is not None and due <= upcoming:
@@ -306,14 +334,9 @@ class AvailabilityModel:
                 del scheduled[sku]
                 due.add(sku)
         ended = {
-            line.hold_id
-            for sku in due
-            if sku in self.held
-            for line in self.held[sku].lines
-            if self._expired_until < line.expires_ms <= now
+            line.hold_id for sku in due if sku in self.held for line in self.held[sku].advance(now)
         }
         self.expired_holds += len(ended)
-        self._expired_until = max(self._expired_until, now)
         for sku in due:
             if sku in self.base:
                 self._refresh(sku, now)
@@ -324,8 +347,8 @@ class AvailabilityModel:
         return len(
             {
                 line.hold_id
-                for snapshot in self.held.values()
-                for line in snapshot.lines
+                for held in self.held.values()
+                for line in held.lines.values()
                 if line.expires_ms > now
             }
         )
@@ -338,11 +361,12 @@ class AvailabilityModel:
         that are no longer there, the holds' form of overselling.
         """
         over = 0
-        for sku, snapshot in self.held.items():
+        for sku, held in self.held.items():
             base = self.base.get(sku)
             if base is None:
                 continue
-            for name, quantity in held_by_channel(snapshot.lines, now).items():
+            # As of the SKU's last look at its lines (its expiries wake expire()).
+            for name, quantity in held.held.items():
                 slot = self.slots.get(name)
                 doc = None if slot is None else base[slot]
                 if doc is not None and quantity > _channel_decoder.decode(doc).available:
@@ -510,6 +534,8 @@ class ModelSync:
         self._tasks: list[asyncio.Task[None]] = []
         #: Where the hold snapshots are loaded from (None: this replica ignores holds).
         self.holds: HoldStore | None = None
+        #: Changes of hold lines that did not follow the lines held (each read the SKU again).
+        self.held_gaps = 0
         #: While a change-stream entry is applied: its time (ms, when it reached Redis) and
         #: the causing event's correlation id; ``(0, None)`` otherwise (a load, an expiry).
         self.applying: tuple[int, str | None] = (0, None)
@@ -661,13 +687,13 @@ class ModelSync:
             stream_id = parse_stream_id(entry_id)
             self.applying = (stream_id[0], None)
             if isinstance(change, HeldChange):
-                self._apply_held(change.sku, change.held)
+                await self._apply_held(change.sku, change.held)
             elif change is not None:
                 self.applying = (self.applying[0], change.correlation_id)
                 if change.held is not None:
                     # A conversion: the holds first, so the new position is served less
                     # the holds that remain, in the same step.
-                    self._apply_held(change.sku, change.held)
+                    await self._apply_held(change.sku, change.held)
                 self._apply_change(change.sku, change.version, change.served)
             self.applying = (0, None)
             self._last_ids[shard] = stream_id
@@ -681,13 +707,31 @@ class ModelSync:
             await asyncio.sleep(self.gather_s)
         return total < self.read_count
 
-    def _apply_held(self, sku: str, raw: bytes) -> None:
+    async def _apply_held(self, sku: str, raw: bytes) -> None:
+        """A change of ``sku``'s hold lines: a delta (or an older writer's snapshot). A
+        delta that does not follow the lines held (a change was missed: a trimmed
+        stream, a load that raced the change) makes the SKU's lines be read again."""
         try:
-            if self.model.apply_held(sku, snapshot_decoder.decode(raw)):
+            change = decode_held(raw)
+            if isinstance(change, HeldSnapshot):
+                applied: bool | None = self.model.apply_held(sku, change)
+            else:
+                applied = self.model.apply_delta(sku, change)
+                if applied is None:
+                    self.held_gaps += 1
+                    applied = await self._read_held(sku)
+            if applied:
                 self._applied += 1
         except (ValueError, msgspec.DecodeError) as exc:
             self._invalid += 1
-            log.error("skipping an invalid hold snapshot: %s", exc)
+            log.error("skipping an invalid change of hold lines: %s", exc)
+
+    async def _read_held(self, sku: str) -> bool:
+        """Replace ``sku``'s lines by what Redis holds now."""
+        if self.holds is None:
+            return False
+        snapshot = snapshot_decoder.decode(await self.holds.held_one(sku))
+        return self.model.apply_held(sku, snapshot, replace=True)
 
     def _apply_change(self, sku: str, version: int, served: bytes) -> None:
         held = self.model.version(sku)

@@ -5,9 +5,15 @@ A hold is stored twice over, in two shapes (layout in
 (its request, status, expiry and :class:`StoredLine` list, what ``GET
 /v1/holds/{hold_id}`` answers from), and one line per SKU, kept with the SKU
 (:class:`HeldLine`), which is what availability subtracts. Every change to a
-SKU's lines publishes :class:`HeldSnapshot`, the SKU's active lines and its
-hold version, on the change stream the API follows. Stored forms are msgpack
-arrays written by Lua (``cmsgpack``); they only grow at the end.
+SKU's lines publishes :class:`HeldDelta` on the change stream the API follows:
+the hold version before and after it, the lines it added or updated and the
+hold ids it removed, so a change costs what it changed, not the SKU's every
+line. :class:`HeldSnapshot` (the hold version and every line) is what a load
+reads, and what the change entries of the code before deltas carried: a
+follower takes both (:func:`decode_held`). The two shapes are disjoint, so a
+follower of that older code rejects a delta loudly (an invalid entry, counted
+and logged) instead of misreading it. Stored forms are msgpack arrays written
+by Lua (``cmsgpack``); they only grow at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from stocksync.codecs.events import Identifier
 
 __all__ = [
     "ExtendRequest",
+    "HeldDelta",
     "HeldLine",
     "HeldSnapshot",
     "Hold",
@@ -32,6 +39,7 @@ __all__ = [
     "InsufficientDetail",
     "ShortLine",
     "StoredLine",
+    "decode_held",
     "hold_encoder",
     "snapshot_decoder",
     "stored_lines_decoder",
@@ -134,6 +142,30 @@ class HeldSnapshot(msgspec.Struct, array_like=True, frozen=True):
     lines: list[HeldLine]
 
 
+class HeldDelta(msgspec.Struct, array_like=True, frozen=True):
+    """One change of a SKU's lines: ``[before, after, upserts, removed]``.
+
+    ``before`` and ``after`` are the SKU's hold version before and after the change
+    (``after - before`` changes: each line added, updated or removed, pruned expired
+    lines included); ``upserts`` the lines added or updated (a new expiry) in full;
+    ``removed`` the hold ids of the lines deleted.
+    """
+
+    before: int
+    after: int
+    upserts: list[HeldLine]
+    removed: list[str]
+
+
 hold_encoder = msgspec.json.Encoder()
 snapshot_decoder = msgspec.msgpack.Decoder(HeldSnapshot)
+delta_decoder = msgspec.msgpack.Decoder(HeldDelta)
+
+
+def decode_held(raw: bytes) -> HeldDelta | HeldSnapshot:
+    """A change entry's ``held`` field: a delta, or the snapshot older writers published."""
+    try:
+        return delta_decoder.decode(raw)
+    except msgspec.ValidationError:
+        return snapshot_decoder.decode(raw)
 stored_lines_decoder = msgspec.msgpack.Decoder(list[StoredLine])

@@ -14,11 +14,13 @@ which changes nothing since what is held is never negative).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 
-from stocksync.codecs.holds import HeldLine, HoldStatus, StoredLine
+from stocksync.codecs.holds import HeldDelta, HeldLine, HeldSnapshot, HoldStatus, StoredLine
 
 __all__ = [
+    "HeldLines",
     "available_after_holds",
     "expired_count",
     "fingerprint",
@@ -95,3 +97,116 @@ def fingerprint(channel: str, lines: Iterable[tuple[str, int]]) -> str:
     parts = sorted(f"{sku}={qty}" for sku, qty in lines)
     return "\x1f".join([channel, *parts])
 
+
+
+class HeldLines:
+    """One SKU's hold lines as a follower keeps them: a change costs what it changed.
+
+    Lines by hold id; per channel the sum of the lines still active at
+    :attr:`through` (the latest time the lines were looked at, see :meth:`advance`);
+    the ids of the lines that expired by then but which Redis has not pruned yet
+    (each counts as one change already, see :func:`served_version`); and a heap of
+    the active lines' expiries. Equal to the functions above over the same lines:
+    ``held`` is :func:`held_by_channel`, ``len(expired)`` :func:`expired_count` and
+    :meth:`next_expiry` :func:`next_expiry`, at :attr:`through`.
+    """
+
+    __slots__ = ("_heap", "expired", "held", "lines", "through", "version")
+
+    def __init__(self, version: int = 0, lines: Iterable[HeldLine] = (), now: int = 0) -> None:
+        #: The hold version of the SKU these lines are at.
+        self.version = version
+        self.lines: dict[str, HeldLine] = {}
+        #: Channel -> quantity held by the lines active at ``through``.
+        self.held: dict[str, int] = {}
+        #: Hold ids of lines that expired by ``through`` (still in ``lines``).
+        self.expired: set[str] = set()
+        self.through = now
+        self._heap: list[tuple[int, str]] = []
+        for line in lines:
+            self._add(line)
+
+    @classmethod
+    def of(cls, snapshot: HeldSnapshot, now: int) -> HeldLines:
+        """The lines of a snapshot, looked at ``now``."""
+        return cls(snapshot.version, snapshot.lines, now)
+
+    def _add(self, line: HeldLine) -> None:
+        self.lines[line.hold_id] = line
+        if line.expires_ms <= self.through:
+            self.expired.add(line.hold_id)
+            return
+        self.held[line.channel] = self.held.get(line.channel, 0) + line.qty
+        heapq.heappush(self._heap, (line.expires_ms, line.hold_id))
+
+    def _remove(self, hold_id: str) -> None:
+        line = self.lines.pop(hold_id, None)
+        if line is None:
+            return
+        if hold_id in self.expired:
+            self.expired.discard(hold_id)
+            return
+        left = self.held[line.channel] - line.qty
+        if left:
+            self.held[line.channel] = left
+        else:
+            del self.held[line.channel]
+        # Its heap entry stays until it reaches the top (see _live_top) or a compaction.
+
+    def apply(self, delta: HeldDelta, now: int) -> None:
+        """Apply a change whose ``before`` is :attr:`version`, then look at ``now``."""
+        self.through = max(self.through, now)
+        for hold_id in delta.removed:
+            self._remove(hold_id)
+        for line in delta.upserts:
+            self._remove(line.hold_id)
+            self._add(line)
+        self.version = delta.after
+        if len(self._heap) > 2 * len(self.lines) + 64:
+            self._heap = [
+                (line.expires_ms, hold_id)
+                for hold_id, line in self.lines.items()
+                if hold_id not in self.expired
+            ]
+            heapq.heapify(self._heap)
+        self.advance(now)
+
+    def _live_top(self) -> tuple[int, str] | None:
+        """The heap's earliest entry that is still an active line's expiry."""
+        heap = self._heap
+        while heap:
+            at, hold_id = heap[0]
+            line = self.lines.get(hold_id)
+            if line is not None and line.expires_ms == at and hold_id not in self.expired:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def advance(self, now: int) -> list[HeldLine]:
+        """Look at the lines at ``now``: the ones that expired since the last look."""
+        ended: list[HeldLine] = []
+        if now > self.through:
+            self.through = now
+        while True:
+            top = self._live_top()
+            if top is None or top[0] > self.through:
+                break
+            heapq.heappop(self._heap)
+            line = self.lines[top[1]]
+            left = self.held[line.channel] - line.qty
+            if left:
+                self.held[line.channel] = left
+            else:
+                del self.held[line.channel]
+            self.expired.add(line.hold_id)
+            ended.append(line)
+        return ended
+
+    def next_expiry(self) -> int | None:
+        """The earliest expiry of an active line, or None."""
+        top = self._live_top()
+        return None if top is None else top[0]
+
+    def served_version(self, version: int) -> int:
+        """:func:`served_version` of a position ``version`` with these lines, at ``through``."""
+        return version + self.version + len(self.expired)

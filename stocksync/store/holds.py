@@ -13,6 +13,17 @@ the scripts are in :mod:`stocksync.store.scripts`)::
                                  (the key expires api.holds' memory after the hold ends)
     {base}:held:{SKU}      hash  v              hold version: +1 for every line change
                                  h:{HOLD_ID}    msgpack [channel, qty, expires_ms]
+                                 t:{CHANNEL}    sum of the qty of the lines on the channel
+                                 x              the hold version the sums and index are
+                                                exact at (see below)
+    {base}:held-exp:{SKU}  zset  the hold ids of the lines, scored by expires_ms
+
+The sums and the expiry index make every change cost what it changes: a grant
+reads one sum, pruning takes only the expired ids from the index. A held hash
+without them (written before they existed, or during a rolling upgrade by a
+process of that code, which moves ``v`` but not ``x``) gets them built from its
+lines by the first script that opens it (``open_held`` in
+:mod:`stocksync.store.scripts`): the upgrade migrates lazily, SKU by SKU.
 
 A hold that is past ``exp`` is ``expired`` without anything being written:
 every script judges lines by Redis ``TIME`` and prunes the expired ones of the
@@ -25,8 +36,8 @@ SKU's active lines, and grants or refuses, so what is granted never exceeds
 what the channel had at that moment, whatever the number of API processes.
 A hold with several SKUs is decided in the same call for all of its lines, so
 an all-or-nothing hold is never seen half granted. Every change to a SKU's
-lines appends a ``held`` entry (:class:`~stocksync.codecs.holds.HeldSnapshot`)
-to the live change stream, which is how every API replica learns of it.
+lines appends a ``held`` entry (:class:`~stocksync.codecs.holds.HeldDelta`: what
+changed) to the live change stream, which is how every API replica learns of it.
 
 The applier converts holds in its own batch script (see
 :data:`~stocksync.store.scripts.WRITE_BATCH`), which deletes the hold's line of a SKU in
@@ -135,6 +146,7 @@ class HoldStore:
         self._extend = client.register_script(scripts.EXTEND_HOLD)
         self._convert = client.register_script(scripts.CONVERT_HOLD)
         self._held_page = client.register_script(scripts.READ_HELD_PAGE)
+        self._held_one = client.register_script(scripts.READ_HELD)
         #: Most seconds one call may take.
         self.timeout = timeout
         # Every hold call of the process on one pipelined connection (see
@@ -290,6 +302,13 @@ class HoldStore:
         if int(reply[0]) != 1:
             return frozenset()
         return frozenset(sku for sku in held if sku in in_order)
+
+    async def held_one(self, sku: str) -> bytes:
+        """``sku``'s hold snapshot (codecs.holds.HeldSnapshot), read now: what a follower
+        reads again when it missed a change of the SKU's lines."""
+        if self._sharded is not None:
+            return await self._sharded.held_one(sku)
+        return cast("bytes", await self._call(self._held_one, [self.live().held(sku)], []))
 
     async def held_page(self, cursor: int, count: int) -> tuple[int, list[tuple[str, bytes]]]:
         """About ``count`` SKUs' hold snapshots from SCAN ``cursor``; the next cursor (0: done)."""

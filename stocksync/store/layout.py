@@ -33,7 +33,11 @@ Keys of the base namespace (``base``), shared by every generation::
     {base}:hold:{ID}    hash    a checkout hold: fp, ch, st, exp, lines, end, ord
                                 (see store.holds); expires 24 h after the hold ends
     {base}:held:{SKU}   hash    a SKU's hold lines: v hold version, h:{hold id} msgpack
-                                [channel, qty, expires ms] (codecs.holds.HeldLine)
+                                [channel, qty, expires ms] (codecs.holds.HeldLine),
+                                t:{channel} the sum of the qty of its lines on that
+                                channel, x the hold version those sums and the expiry
+                                index below were last made exact at (see store.holds)
+    {base}:held-exp:{SKU} zset  the hold ids of a SKU's lines, scored by expiry (ms)
     {base}:feed-pub:{SKU} hash  what the availability feed last published per channel:
                                 p:{channel} msgpack [version, available, status, sent ms];
                                 q:{channel} a message being sent (its JSON; store.feed)
@@ -239,6 +243,10 @@ class Keys:
     def held(self, sku: str) -> str:
         """Hash of one SKU's hold lines (base namespace): ``v`` and ``h:{hold_id}``."""
         return self._entity(f"{self.base}:held:", sku)
+
+    def held_expiry(self, sku: str) -> str:
+        """Sorted set of the hold ids of :meth:`held`'s lines by expiry (in its slot)."""
+        return self._entity(f"{self.base}:held-exp:", sku)
 
     def held_pattern(self) -> str:
         """SCAN match pattern of every SKU's hold lines."""

@@ -34,6 +34,7 @@ __all__ = [
     "LOAD_POSITIONS",
     "LOAD_STATES",
     "LOST",
+    "READ_HELD",
     "READ_HELD_PAGE",
     "READ_SERVED_PAGE",
     "RELEASE_HOLD",
@@ -64,45 +65,129 @@ def _lua(text: str) -> str:
     return text
 
 
-# Lua helpers of the hold scripts and of WRITE_BATCH's conversions.
+# Lua helpers of every script that reads or changes a SKU's held hash (the hold scripts,
+# WRITE_BATCH's conversions, the sharded ones). Layout (see store.holds): v hold version,
+# h:{hold_id} lines, t:{channel} the sum of qty of the hash's lines on that channel, x the
+# hold version the sums and the expiry index were last made exact at; the index is a
+# sorted set of the hash's hold ids by expiry, in the hash's slot. A change touches only
+# the lines it changes and the expired ones (taken from the index), whatever the number
+# of lines: a hot SKU costs a grant the same with thousands of holds as with none.
 _HOLD_PRELUDE: Final = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- The active lines of a held hash as {hold_id, channel, qty, exp}; deletes expired ones.
-local function active_lines(key, now)
+-- The expiry index of a held hash (Keys.held_expiry): ':held-exp:' for its ':held:'.
+-- Namespaces hold no braces, so the SKU's hash tag is the key's first brace.
+local function index_of(key)
+  local b = string.find(key, '{', 1, true)
+  return string.sub(key, 1, b - 7) .. ':held-exp:' .. string.sub(key, b)
+end
+-- A held hash opened for reading or changing: its index key and hold version. A hash
+-- whose x is not its v was written without the sums and index (before they existed, or
+-- by a process of that code during an upgrade): they are built here from its lines.
+local function open_held(key)
+  local zkey = index_of(key)
+  local f = redis.call('HMGET', key, 'v', 'x')
+  if f[2] and f[1] == f[2] then return zkey, tonumber(f[1]) end
+  local hv = tonumber(f[1] or '0')
   local flat = redis.call('HGETALL', key)
-  local lines, pruned = {}, 0
+  if #flat == 0 then return zkey, 0 end
+  redis.call('DEL', zkey)
+  local totals, stale = {}, {}
   for i = 1, #flat, 2 do
-    local f = flat[i]
-    if string.sub(f, 1, 2) == 'h:' then
+    local field = flat[i]
+    local kind = string.sub(field, 1, 2)
+    if kind == 'h:' then
       local l = cmsgpack.unpack(flat[i + 1])
-      if l[3] <= now then
-        redis.call('HDEL', key, f)
-        pruned = pruned + 1
-      else
-        lines[#lines + 1] = {string.sub(f, 3), l[1], l[2], l[3]}
-      end
+      redis.call('ZADD', zkey, l[3], string.sub(field, 3))
+      totals[l[1]] = (totals[l[1]] or 0) + l[2]
+    elseif kind == 't:' then
+      stale[#stale + 1] = field
     end
   end
-  return lines, pruned
+  for _, field in ipairs(stale) do redis.call('HDEL', key, field) end
+  for channel, qty in pairs(totals) do redis.call('HSET', key, 't:' .. channel, qty) end
+  redis.call('HSET', key, 'v', hv, 'x', hv)
+  return zkey, hv
 end
--- Count `changes` on the hold version; the snapshot as a change-stream field value.
-local function snapshot(key, lines, changes)
-  local hv = redis.call('HINCRBY', key, 'v', changes)
-  return cmsgpack.pack({hv, lines})
+-- What the hash's lines hold on `channel` (expired ones too until pruned).
+local function total(key, channel)
+  return tonumber(redis.call('HGET', key, 't:' .. channel) or '0')
 end
-local function publish(key, stream, maxlen, sku, lines, changes)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
-             'sku', sku, 'held', snapshot(key, lines, changes))
+-- Delete one line, keeping sum and index exact; whether it was there.
+local function remove_line(key, zkey, hold_id)
+  local raw = redis.call('HGET', key, 'h:' .. hold_id)
+  if not raw then return false end
+  local l = cmsgpack.unpack(raw)
+  redis.call('HINCRBY', key, 't:' .. l[1], -l[2])
+  redis.call('HDEL', key, 'h:' .. hold_id)
+  redis.call('ZREM', zkey, hold_id)
+  return true
 end
-local function without(lines, hold_id)
-  local kept, removed = {}, 0
-  for _, l in ipairs(lines) do
-    if l[1] == hold_id then removed = removed + 1 else kept[#kept + 1] = l end
+-- Delete the lines expired by `now` (only those: from the index); their hold ids.
+local function prune(key, zkey, now)
+  local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
+  local removed = {}
+  for _, id in ipairs(ids) do
+    if remove_line(key, zkey, id) then removed[#removed + 1] = id end
   end
-  return kept, removed
+  return removed
+end
+-- Add a line (a hold id the hash does not have); the line as a change carries it.
+local function add_line(key, zkey, hold_id, channel, qty, exp)
+  redis.call('HSET', key, 'h:' .. hold_id, cmsgpack.pack({channel, qty, exp}))
+  redis.call('HINCRBY', key, 't:' .. channel, qty)
+  redis.call('ZADD', zkey, exp, hold_id)
+  return {hold_id, channel, qty, exp}
+end
+-- One line as {hold_id, channel, qty, exp}, or nil.
+local function line_of(key, hold_id)
+  local raw = redis.call('HGET', key, 'h:' .. hold_id)
+  if not raw then return nil end
+  local l = cmsgpack.unpack(raw)
+  return {hold_id, l[1], l[2], l[3]}
+end
+-- Move the expiry of hold_id's line to `exp`; the line as a change carries it, or nil.
+local function move_expiry(key, zkey, hold_id, exp)
+  local l = line_of(key, hold_id)
+  if not l then return nil end
+  l[4] = exp
+  redis.call('HSET', key, 'h:' .. hold_id, cmsgpack.pack({l[2], l[3], exp}))
+  redis.call('ZADD', zkey, exp, hold_id)
+  return l
+end
+-- Count `changes` on the hold version (sums and index exact at it); the change as a
+-- change-stream field value (codecs.holds.HeldDelta): [before, after, lines added or
+-- updated, hold ids removed].
+local function delta(key, hv, changes, upserts, removed)
+  local v = hv + changes
+  redis.call('HSET', key, 'v', v, 'x', v)
+  return cmsgpack.pack({hv, v, upserts, removed})
+end
+local function publish(key, stream, maxlen, sku, hv, changes, upserts, removed)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+             'sku', sku, 'held', delta(key, hv, changes, upserts, removed))
+end
+-- Prune `key`, then delete hold_id's line; publish if anything changed; whether it had one.
+local function drop_line(key, stream, maxlen, sku, hold_id, now)
+  local zkey, hv = open_held(key)
+  local removed = prune(key, zkey, now)
+  local had = remove_line(key, zkey, hold_id)
+  if had then removed[#removed + 1] = hold_id end
+  if #removed > 0 then publish(key, stream, maxlen, sku, hv, #removed, {}, removed) end
+  return had
+end
+-- Prune `key`, then move hold_id's line's expiry; publish if anything changed.
+local function extend_line(key, stream, maxlen, sku, hold_id, exp, now)
+  local zkey, hv = open_held(key)
+  local removed = prune(key, zkey, now)
+  local l = move_expiry(key, zkey, hold_id, exp)
+  local upserts = {}
+  if l then upserts[1] = l end
+  if #removed + #upserts > 0 then
+    publish(key, stream, maxlen, sku, hv, #removed + #upserts, upserts, removed)
+  end
 end
 """
 
@@ -112,21 +197,18 @@ end
 # expected version, new version, position, served form, sku, checkout holds it converts
 # ('' for none, else comma-separated ids), correlation id of its last event ('' for none).
 # Converting deletes the holds' lines of the SKU
-# in this call and puts the SKU's remaining lines in its change entry, so the order's
+# in this call and puts that change of its lines in its change entry, so the order's
 # reservation starts to count in the same step in which the held quantity stops.
 # Returns LOST, or the (1-based) indexes of SKUs whose version did not match (none written).
 WRITE_BATCH: Final = _lua(_HOLD_PRELUDE + """
 local function convert_lines(key, ids, now)
-  local lines, changes = active_lines(key, now)
+  local zkey, hv = open_held(key)
+  local removed = prune(key, zkey, now)
   for id in string.gmatch(ids, '[^,]+') do
-    local kept, removed = without(lines, id)
-    if removed > 0 then
-      redis.call('HDEL', key, 'h:' .. id)
-      lines, changes = kept, changes + removed
-    end
+    if remove_line(key, zkey, id) then removed[#removed + 1] = id end
   end
-  if changes == 0 then return false end
-  return snapshot(key, lines, changes)
+  if #removed == 0 then return false end
+  return delta(key, hv, #removed, {}, removed)
 end
 
 local n = tonumber(ARGV[1])
@@ -288,54 +370,6 @@ return 0
 """
 
 
-# Lua helpers of the hold scripts only: each SKU's held hash is read once and written
-# with one HSET (version and line together) and one XADD.
-_LINES_PRELUDE: Final = """
--- A held hash read once: its active lines as {hold_id, channel, qty, exp}, the fields
--- of its expired lines (not deleted yet: see drop) and its hold version.
-local function read_lines(key, now)
-  local flat = redis.call('HGETALL', key)
-  local lines, expired, hv = {}, {}, 0
-  for i = 1, #flat, 2 do
-    local f = flat[i]
-    if f == 'v' then
-      hv = tonumber(flat[i + 1])
-    elseif string.sub(f, 1, 2) == 'h:' then
-      local l = cmsgpack.unpack(flat[i + 1])
-      if l[3] <= now then
-        expired[#expired + 1] = f
-      else
-        lines[#lines + 1] = {string.sub(f, 3), l[1], l[2], l[3]}
-      end
-    end
-  end
-  return lines, expired, hv
-end
--- Delete `fields` of a held hash, in chunks (unpack has a stack limit).
-local function drop(key, fields)
-  for i = 1, #fields, 1000 do
-    redis.call('HDEL', key, unpack(fields, i, math.min(#fields, i + 999)))
-  end
-end
--- Count `changes` on the hold version, set the field-value pairs `...` with it in one
--- HSET, and append the SKU's lines to the change stream.
-local function commit(key, stream, maxlen, sku, lines, hv, changes, ...)
-  local v = hv + changes
-  redis.call('HSET', key, 'v', v, ...)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
-             'sku', sku, 'held', cmsgpack.pack({v, lines}))
-end
--- Lines without hold_id's; whether it had one.
-local function without_hold(lines, hold_id)
-  local kept, found = {}, false
-  for _, l in ipairs(lines) do
-    if l[1] == hold_id then found = true else kept[#kept + 1] = l end
-  end
-  return kept, found
-end
-"""
-
-
 # The channel's pre-hold figure read from a SKU's served form (the grant scripts).
 _PRE_AVAILABLE: Final = """
 -- A msgpack item's header at byte i of s: kind ('int', 'str' for str and bin, 'arr'),
@@ -394,7 +428,7 @@ end
 # ARGV: fp, channel, ttl ms, partial, memory ms, maxlen, hold_id, n, then per line: sku, qty.
 # Returns {'conflict', now} | {'exists', now, st, exp, lines, ch} | {'short', now, avail...}
 #       | {'created', now, st, exp, lines, ch}
-CREATE_HOLD: Final = _lua(_HOLD_PRELUDE + _LINES_PRELUDE + _PRE_AVAILABLE + """
+CREATE_HOLD: Final = _lua(_HOLD_PRELUDE + _PRE_AVAILABLE + """
 local now = now_ms()
 local hold = KEYS[1]
 local fp = redis.call('HGET', hold, 'fp')
@@ -408,32 +442,26 @@ local n = tonumber(ARGV[8])
 local exp = now + tonumber(ARGV[3])
 local state, grants, avails, short = {}, {}, {}, false
 for i = 1, n do
-  local qty = tonumber(ARGV[8 + 2 * i])
-  local lines, expired, hv = read_lines(KEYS[2 + 2 * i], now)
-  local held = 0
-  for _, l in ipairs(lines) do
-    if l[2] == channel then held = held + l[3] end
-  end
-  local avail = pre_available(KEYS[1 + 2 * i], channel) - held
+  local key, qty = KEYS[2 + 2 * i], tonumber(ARGV[8 + 2 * i])
+  local zkey, hv = open_held(key)
+  local removed = prune(key, zkey, now)
+  local avail = pre_available(KEYS[1 + 2 * i], channel) - total(key, channel)
   if avail < 0 then avail = 0 end
   local g = qty
   if avail < qty then
     if partial then g = avail else g = 0; short = true end
   end
-  state[i], grants[i], avails[i] = {lines, expired, hv}, g, avail
+  state[i], grants[i], avails[i] = {zkey, hv, removed}, g, avail
 end
 local full = true
-local field = 'h:' .. hold_id
 for i = 1, n do
   local key, sku, qty = KEYS[2 + 2 * i], ARGV[7 + 2 * i], tonumber(ARGV[8 + 2 * i])
-  local lines, expired, hv = state[i][1], state[i][2], state[i][3]
-  drop(key, expired)
+  local zkey, hv, removed = state[i][1], state[i][2], state[i][3]
   if not short and grants[i] > 0 then
-    lines[#lines + 1] = {hold_id, channel, grants[i], exp}
-    commit(key, KEYS[2], maxlen, sku, lines, hv, #expired + 1,
-           field, cmsgpack.pack({channel, grants[i], exp}))
-  elseif #expired > 0 then
-    commit(key, KEYS[2], maxlen, sku, lines, hv, #expired)
+    local line = add_line(key, zkey, hold_id, channel, grants[i], exp)
+    publish(key, KEYS[2], maxlen, sku, hv, #removed + 1, {line}, removed)
+  elseif #removed > 0 then
+    publish(key, KEYS[2], maxlen, sku, hv, #removed, {}, removed)
   end
   if grants[i] < qty then full = false end
 end
@@ -473,12 +501,7 @@ if (f[1] == 'held' or f[1] == 'partial') and tonumber(f[2]) > now then
   redis.call('PEXPIRE', hold, ARGV[1])
   f[1] = 'released'
   for i = 3, #KEYS do
-    local lines, pruned = active_lines(KEYS[i], now)
-    local kept, removed = without(lines, ARGV[3])
-    if removed > 0 then redis.call('HDEL', KEYS[i], 'h:' .. ARGV[3]) end
-    if pruned + removed > 0 then
-      publish(KEYS[i], KEYS[2], ARGV[2], ARGV[1 + i], kept, pruned + removed)
-    end
+    drop_line(KEYS[i], KEYS[2], ARGV[2], ARGV[1 + i], ARGV[3], now)
   end
 end
 return {now, f[1], f[2], f[3], f[4]}
@@ -498,18 +521,8 @@ end
 local exp = now + tonumber(ARGV[1])
 redis.call('HSET', hold, 'exp', exp)
 redis.call('PEXPIREAT', hold, exp + tonumber(ARGV[2]))
-local field = 'h:' .. ARGV[4]
 for i = 3, #KEYS do
-  local lines, pruned = active_lines(KEYS[i], now)
-  local changes = pruned
-  for _, l in ipairs(lines) do
-    if l[1] == ARGV[4] then
-      l[4] = exp
-      redis.call('HSET', KEYS[i], field, cmsgpack.pack({l[2], l[3], exp}))
-      changes = changes + 1
-    end
-  end
-  if changes > 0 then publish(KEYS[i], KEYS[2], ARGV[3], ARGV[2 + i], lines, changes) end
+  extend_line(KEYS[i], KEYS[2], ARGV[3], ARGV[2 + i], ARGV[4], exp, now)
 end
 return {'extended', now, f[1], tostring(exp), f[3], f[4]}
 """)
@@ -530,18 +543,14 @@ if active then
   redis.call('PEXPIRE', hold, ARGV[2])
 end
 for i = 3, #KEYS do
-  local lines, pruned = active_lines(KEYS[i], now)
-  local kept, removed = without(lines, ARGV[4])
-  if removed > 0 then redis.call('HDEL', KEYS[i], 'h:' .. ARGV[4]) end
-  if pruned + removed > 0 then
-    publish(KEYS[i], KEYS[2], ARGV[3], ARGV[2 + i], kept, pruned + removed)
-  end
+  drop_line(KEYS[i], KEYS[2], ARGV[3], ARGV[2 + i], ARGV[4], now)
 end
 return {1, f[3]}
 """)
 
 # One SCAN page of held hashes: per key, the key and its snapshot (hold version and
 # every line, expired ones too: a replica counts those by its clock, as followers do).
+# Only the v and h: fields are read, so hashes with or without sums and index load alike.
 # ARGV: cursor, MATCH pattern, COUNT. Returns {next cursor, {key, snapshot, ...}}.
 READ_HELD_PAGE: Final = _lua("""
 local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
@@ -562,6 +571,24 @@ for _, key in ipairs(page[2]) do
   out[#out + 1] = cmsgpack.pack({hv, lines})
 end
 return {page[1], out}
+""")
+
+
+# KEYS: one held hash. Its snapshot, as READ_HELD_PAGE gives it: what a replica re-reads
+# when it missed a change of that SKU's lines.
+READ_HELD: Final = _lua("""
+local flat = redis.call('HGETALL', KEYS[1])
+local hv, lines = 0, {}
+for j = 1, #flat, 2 do
+  local f = flat[j]
+  if f == 'v' then
+    hv = tonumber(flat[j + 1])
+  elseif string.sub(f, 1, 2) == 'h:' then
+    local l = cmsgpack.unpack(flat[j + 1])
+    lines[#lines + 1] = {string.sub(f, 3), l[1], l[2], l[3]}
+  end
+end
+return cmsgpack.pack({hv, lines})
 """)
 
 
@@ -608,11 +635,14 @@ local hold_id, channel, exp, partial = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV
 local maxlen, n = ARGV[5], tonumber(ARGV[6])
 local state, grants, avails, short = {}, {}, {}, ARGV[4] == '2'
 for i = 1, n do
-  local qty = tonumber(ARGV[6 + 2 * i])
-  local lines, pruned = active_lines(KEYS[1 + 2 * i], now)
-  local held, mine = 0, nil
-  for _, l in ipairs(lines) do
-    if l[1] == hold_id then mine = l[3] elseif l[2] == channel then held = held + l[3] end
+  local key, qty = KEYS[1 + 2 * i], tonumber(ARGV[6 + 2 * i])
+  local zkey, hv = open_held(key)
+  local removed = prune(key, zkey, now)
+  local held, mine = total(key, channel), nil
+  local own = line_of(key, hold_id)
+  if own then
+    mine = own[3]
+    if own[2] == channel then held = held - own[3] end
   end
   local avail = pre_available(KEYS[2 * i], channel) - held
   if avail < 0 then avail = 0 end
@@ -622,17 +652,17 @@ for i = 1, n do
   elseif avail < qty then
     if partial then g = avail else g = 0; short = true end
   end
-  state[i], grants[i], avails[i] = {lines, pruned, mine}, g, avail
+  state[i], grants[i], avails[i] = {zkey, hv, removed, mine}, g, avail
 end
 for i = 1, n do
-  local lines, changes, mine = state[i][1], state[i][2], state[i][3]
+  local key = KEYS[1 + 2 * i]
+  local zkey, hv, removed, mine = state[i][1], state[i][2], state[i][3], state[i][4]
+  local upserts = {}
   if not short and grants[i] > 0 and not mine then
-    redis.call('HSET', KEYS[1 + 2 * i], 'h:' .. hold_id, cmsgpack.pack({channel, grants[i], exp}))
-    lines[#lines + 1] = {hold_id, channel, grants[i], exp}
-    changes = changes + 1
+    upserts[1] = add_line(key, zkey, hold_id, channel, grants[i], exp)
   end
-  if changes > 0 then
-    publish(KEYS[1 + 2 * i], KEYS[1], maxlen, ARGV[5 + 2 * i], lines, changes)
+  if #removed + #upserts > 0 then
+    publish(key, KEYS[1], maxlen, ARGV[5 + 2 * i], hv, #removed + #upserts, upserts, removed)
   end
 end
 local reply = {'granted', now}
@@ -651,13 +681,9 @@ SHARDED_HOLD_DROP: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
 local dropped = 0
 for i = 2, #KEYS do
-  local lines, pruned = active_lines(KEYS[i], now)
-  local kept, removed = without(lines, ARGV[1])
-  if removed > 0 then redis.call('HDEL', KEYS[i], 'h:' .. ARGV[1]) end
-  if pruned + removed > 0 then
-    publish(KEYS[i], KEYS[1], ARGV[2], ARGV[1 + i], kept, pruned + removed)
+  if drop_line(KEYS[i], KEYS[1], ARGV[2], ARGV[1 + i], ARGV[1], now) then
+    dropped = dropped + 1
   end
-  dropped = dropped + removed
 end
 return dropped
 """)
@@ -666,18 +692,9 @@ return dropped
 # maxlen, then the SKUs. Moves the expiry of the hold's lines of these SKUs.
 SHARDED_HOLD_EXTEND_LINES: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
-local field, exp = 'h:' .. ARGV[1], tonumber(ARGV[2])
+local exp = tonumber(ARGV[2])
 for i = 2, #KEYS do
-  local lines, pruned = active_lines(KEYS[i], now)
-  local changes = pruned
-  for _, l in ipairs(lines) do
-    if l[1] == ARGV[1] then
-      l[4] = exp
-      redis.call('HSET', KEYS[i], field, cmsgpack.pack({l[2], l[3], exp}))
-      changes = changes + 1
-    end
-  end
-  if changes > 0 then publish(KEYS[i], KEYS[1], ARGV[3], ARGV[2 + i], lines, changes) end
+  extend_line(KEYS[i], KEYS[1], ARGV[3], ARGV[2 + i], ARGV[1], exp, now)
 end
 return 1
 """)

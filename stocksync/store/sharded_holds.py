@@ -103,7 +103,7 @@ class ShardedHolds:
             for name in (
                 "SHARDED_HOLD_BEGIN", "SHARDED_HOLD_GRANT", "SHARDED_HOLD_DROP",
                 "SHARDED_HOLD_EXTEND_LINES", "SHARDED_HOLD_FINISH", "SHARDED_HOLD_SET",
-                "GET_HOLD", "READ_HELD_PAGE",
+                "GET_HOLD", "READ_HELD", "READ_HELD_PAGE",
             )
         }
 
@@ -348,6 +348,11 @@ class ShardedHolds:
 
     def _primaries(self) -> list[ClusterNode]:
         return sorted(self.client.get_primaries(), key=lambda node: node.name)
+
+    async def held_one(self, sku: str) -> bytes:
+        """``sku``'s hold snapshot (codecs.holds.HeldSnapshot), read now."""
+        reply = await self._call("READ_HELD", [self.live().held(sku)], [], writes=False)
+        return cast("bytes", reply)
 
     async def held_page(self, cursor: int, count: int) -> tuple[int, list[tuple[str, bytes]]]:
         """About ``count`` SKUs' hold snapshots: one primary after the other; the cursor

@@ -95,7 +95,8 @@ def test_held_skus_are_served_less_their_holds_and_wake_up_once_per_expiry() -> 
     assert model.apply(served(projection("SKU-1", 3, available=10)))
     soon, later = now_ms() + 300, now_ms() + 120_000
     for version in range(1, 101):  # a hot SKU: a hundred changes of its holds
-        lines = [HeldLine("h1", "web", 4, soon), HeldLine(f"h{version}", "web", 1, later)]
+        # (One line per hold id, as in Redis: h1 and another hold each time.)
+        lines = [HeldLine("h1", "web", 4, soon), HeldLine(f"h{version + 1}", "web", 1, later)]
         assert model.apply_held("SKU-1", HeldSnapshot(version, lines))
     assert not model.apply_held("SKU-1", HeldSnapshot(100, []))  # not newer: ignored
     doc = msgspec.json.decode(model.document("SKU-1", "web") or b"")

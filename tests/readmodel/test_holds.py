@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stocksync.codecs.holds import HeldLine, StoredLine, snapshot_decoder
+from stocksync.codecs.holds import HeldDelta, HeldLine, StoredLine, decode_held
 from stocksync.codecs.state import Position
 from stocksync.readmodel import holds
 from stocksync.readmodel.core import ChannelSpec, Topology
@@ -209,8 +209,10 @@ def test_conversion_deletes_the_line_in_the_applier_write(
             entries = await client.xrange(keys.changes(), min=f"({last.decode()}")
             [(_, fields)] = entries
             assert fields[b"v"] == b"2"
-            snapshot = snapshot_decoder.decode(fields[b"held"])
-            assert snapshot.lines == []
+            change = decode_held(fields[b"held"])
+            assert isinstance(change, HeldDelta)
+            assert (change.upserts, change.removed) == ([], ["cart-1"])
+            assert change.after == change.before + 1
             assert await _held_in_redis(client, "A") == 0
             record = await holds_store.get("cart-1")
             assert record is not None and record.status == "converted"
