@@ -134,7 +134,8 @@ SKU_FIELD: Final = "sku"
 RELOAD_FIELD: Final = "reload"
 GENERATION_FIELD: Final = "generation"
 
-#: Field of a change entry carrying a SKU's hold lines (msgpack codecs.holds.HeldSnapshot).
+#: Field of a change entry carrying a change of a SKU's hold lines (msgpack
+#: codecs.holds.HeldDelta; HeldSnapshot from writers before deltas).
 HELD_FIELD: Final = "held"
 #: Field of a change entry: the correlation id of the last event the write applied.
 CORRELATION_FIELD: Final = "cid"
