@@ -356,7 +356,8 @@ class Settings(_Config, frozen=True):
     redis_cluster: bool = False
     #: Replicas that must acknowledge every write of the worker and of checkout holds
     #: (Redis ``WAIT``) before it counts as done; 0: the master's answer is enough. With
-    #: a replica per master, 1 keeps every acknowledged write across a failover.
+    #: a replica (per master, on a cluster), 1 keeps every acknowledged write across a
+    #: failover.
     redis_wait_replicas: Annotated[int, Meta(ge=0, le=16)] = 0
     #: How long a write waits for those acknowledgements before it is retried.
     redis_wait_timeout_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000

@@ -37,9 +37,10 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from stocksync.store.multiplex import Multiplexed
 from stocksync.store.protocol import StoreUnavailable
 
-__all__ = ["evalsha_acked"]
+__all__ = ["call_acked", "evalsha_acked"]
 
 _Errors = (RedisError, RedisClusterException, OSError)
 #: A refusal to run here that a retry elsewhere (or a moment later) may not meet.
@@ -113,8 +114,7 @@ async def evalsha_acked(
             # A master without (enough) replicas: none can be promoted without the write,
             # so those that are there having it is all a failover needs.
             await connection.send_packed_command(_ROLE)
-            role = await connection.read_response()
-            attached = len(role[2]) if _text(role[0]) == "master" else replicas
+            attached = _attached(await connection.read_response(), replicas)
     except _REDIRECTED as exc:
         await _learn_slots(client, keys[0])
         raise StoreUnavailable(f"the slot of {keys[0]!r} is not served here now: {exc}") from exc
@@ -132,10 +132,39 @@ async def evalsha_acked(
         if release is not None:  # the single-Redis pool's release is a coroutine
             await release
     if acked < replicas and acked < attached:
-        raise StoreUnavailable(
-            f"{acked} of {replicas} replica(s) acknowledged a write within {timeout_ms} ms"
-            " (redis_wait_replicas); retrying it, so that a failover cannot lose it"
-        )
+        raise _short(acked, replicas, timeout_ms)
+    return reply
+
+
+def _short(acked: int, replicas: int, timeout_ms: int) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"{acked} of {replicas} replica(s) acknowledged a write within {timeout_ms} ms"
+        " (redis_wait_replicas); retrying it, so that a failover cannot lose it"
+    )
+
+
+def _attached(role: Any, replicas: int) -> int:
+    """Replicas a master has (``ROLE``'s answer); ``replicas`` when not a master."""
+    return len(role[2]) if _text(role[0]) == "master" else replicas
+
+
+async def call_acked(
+    pipe: Multiplexed, packed: bytes, *, replicas: int, timeout_ms: int
+) -> Any:
+    """One Redis (not a cluster): a packed script call on the process's pipelined
+    connection, acknowledged by ``replicas`` replicas as :func:`evalsha_acked` is.
+
+    The ``WAIT`` follows the turn's calls on that connection (one for them all, see
+    :mod:`stocksync.store.multiplex`); ``NoScript`` and error answers of the script
+    pass through as :meth:`Multiplexed.call` raises them.
+    """
+    reply, acked = await pipe.call_then(packed, _pack("WAIT", replicas, timeout_ms))
+    if isinstance(acked, hiredis.ReplyError):
+        raise StoreUnavailable(f"WAIT failed: {acked}")
+    if int(acked) < replicas:
+        role = await pipe.call(_ROLE)
+        if int(acked) < _attached(role, replicas):
+            raise _short(int(acked), replicas, timeout_ms)
     return reply
 
 

@@ -56,6 +56,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from stocksync.codecs.holds import HoldStatus, StoredLine, stored_lines_decoder
 from stocksync.store import scripts
+from stocksync.store.acked import call_acked
 from stocksync.store.layout import Keys
 from stocksync.store.multiplex import Multiplexed, NoScript
 from stocksync.store.protocol import StoreUnavailable
@@ -149,11 +150,19 @@ class HoldStore:
         self._held_one = client.register_script(scripts.READ_HELD)
         #: Most seconds one call may take.
         self.timeout = timeout
+        #: Replicas that acknowledge each write (``WAIT``) before it counts; see
+        #: stocksync.store.acked.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         # Every hold call of the process on one pipelined connection (see
         # stocksync.store.multiplex): redis-py's command path and a connection per
-        # call cost about as much CPU as the rest of a hold.
+        # call cost about as much CPU as the rest of a hold. A WAIT may take its
+        # whole timeout before it answers, on top of the call's own.
         self._pipe = (
-            None if isinstance(client, aioredis.RedisCluster) else Multiplexed(client, timeout)
+            None if isinstance(client, aioredis.RedisCluster)
+            else Multiplexed(
+                client, timeout + (wait_timeout_ms / 1000 if wait_replicas else 0.0)
+            )
         )
         #: On a Redis Cluster a hold is decided shard group by shard group (and
         #: ``wait_replicas`` replicas acknowledge each step); see that module.
@@ -170,8 +179,16 @@ class HoldStore:
         if self._pipe is not None:
             await self._pipe.close()
 
-    async def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a registered script in one round trip; load it first if Redis lacks it."""
+    async def _call(
+        self, script: Any, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
+    ) -> Any:
+        """Run a registered script in one round trip; load it first if Redis lacks it.
+
+        A script that ``writes`` counts once ``wait_replicas`` replicas have its
+        writes (one Redis; else StoreUnavailable, and the caller answers as for
+        Redis not answering). A hold's keys span shards, so on a cluster only the
+        single-key reading scripts come here.
+        """
         pipe = self._pipe
         if pipe is None:
             # Routed by slot. A hold's keys span shards, so on a cluster only the
@@ -181,14 +198,23 @@ class HoldStore:
             except (RedisError, RedisClusterException, OSError) as exc:
                 raise StoreUnavailable(f"a hold script failed: {exc}") from exc
         packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-        try:
+        acked = writes and self.wait_replicas > 0
+
+        async def send() -> Any:
+            if acked:
+                return await call_acked(
+                    pipe, packed, replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms
+                )
             return await pipe.call(packed)
+
+        try:
+            return await send()
         except NoScript:
             try:
                 await self.client.script_load(script.script)
             except (RedisError, OSError) as exc:
                 raise StoreUnavailable(f"loading a hold script failed: {exc}") from exc
-            return await pipe.call(packed)
+            return await send()
 
     async def create(
         self,
@@ -237,7 +263,7 @@ class HoldStore:
         if self._sharded is not None:
             return await self._sharded.get(hold_id)
         live = self.live()
-        reply = await self._call(self._get, [live.hold(hold_id)], [])
+        reply = await self._call(self._get, [live.hold(hold_id)], [], writes=False)
         if len(reply) == 1:
             return None
         return record_of(hold_id, int(reply[0]), reply[1:5])

@@ -10,6 +10,11 @@ always and answers in order, and one read completes as many calls as it
 brings answers for. Atomicity is the script's, not the connection's, so
 sharing changes nothing a caller can see.
 
+A write that replicas must acknowledge (:meth:`Multiplexed.call_then`) is
+followed by one command sent after every command of its turn, say ``WAIT``:
+``WAIT`` counts every write the connection sent before it, so one covers the
+turn's writes, and a burst of holds waits for the replicas once, not once each.
+
 The socket is set up by redis-py (TCP or TLS, ``AUTH``, ``SELECT``, ``HELLO``)
 and then taken over (:func:`stocksync.compat.redis.detach_streams`); with a
 redis-py release that adjustment was not written for, each call takes a pooled
@@ -53,6 +58,11 @@ def _reply_error(error: hiredis.ReplyError) -> StoreError:
     return StoreError(f"Redis answered an error: {text}")
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _Link(asyncio.Protocol):
     """The taken-over connection: writes commands, matches answers to callers in order."""
 
@@ -68,6 +78,8 @@ class _Link(asyncio.Protocol):
         # (future, when sent) per call not yet answered, oldest first.
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._out: list[bytes] = []
+        #: The command sent after this turn's commands, and the future of its answer.
+        self._after: tuple[bytes, asyncio.Future[Any]] | None = None
         self._timer: asyncio.TimerHandle | None = None
         #: Why the link is unusable, once it is.
         self.failed: StoreUnavailable | None = None
@@ -86,8 +98,26 @@ class _Link(asyncio.Protocol):
             self._timer = loop.call_later(self._timeout, self._check)
         return future
 
+    def send_then(
+        self, packed: bytes, after: bytes
+    ) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
+        """Queue ``packed``, and ``after`` once behind every command of this turn: the
+        futures of both answers (the second shared by the turn's callers)."""
+        future = self.send(packed)
+        if self._after is None:
+            shared: asyncio.Future[Any] = self._loop.create_future()
+            # Its failure is the link's, raised to each caller by its own call already.
+            shared.add_done_callback(_retrieved)
+            self._after = (after, shared)
+        return future, self._after[1]
+
     def _flush(self) -> None:
         out = self._out
+        if self._after is not None:
+            after, future = self._after
+            self._after = None
+            out.append(after)
+            self._waiting.append((future, self._loop.time()))
         if out and self.failed is None:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
@@ -128,6 +158,9 @@ class _Link(asyncio.Protocol):
         for future, _ in waiting:
             if not future.done():
                 future.set_exception(error)
+        if self._after is not None:
+            self._after[1].set_exception(error)
+            self._after = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -162,6 +195,59 @@ class Multiplexed:
         if isinstance(reply, hiredis.ReplyError):
             raise _reply_error(reply)
         return reply
+
+    async def call_then(self, packed: bytes, after: bytes) -> tuple[Any, Any]:
+        """Send ``packed``, then ``after`` behind every command of this event-loop turn
+        (one ``after`` for the turn's calls); both answers.
+
+        ``packed``'s error answer is raised as :meth:`call` raises it, once ``after``
+        was answered; ``after``'s is returned as a ``hiredis.ReplyError``.
+        """
+        link = self._link
+        if link is None or link.failed is not None:
+            link = await self._connect()
+            if link is None:
+                return await self._call_pooled_then(packed, after)
+        first, second = link.send_then(packed, after)
+        reply = await first
+        following = await second
+        if isinstance(reply, hiredis.ReplyError):
+            raise _reply_error(reply)
+        return reply, following
+
+    async def _call_pooled_then(self, packed: bytes, after: bytes) -> tuple[Any, Any]:
+        pool = self._client.connection_pool
+        try:
+            async with self._slots, asyncio.timeout(self._timeout):
+                connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+                try:
+                    await connection.send_packed_command(packed + after)
+                    failed: BaseException | None = None
+                    reply: Any = None
+                    try:
+                        reply = await connection.read_response()
+                    except ResponseError as exc:  # a whole error answer: ``after``'s follows
+                        failed = exc
+                    try:
+                        following = await connection.read_response()
+                    except ResponseError as exc:
+                        following = hiredis.ReplyError(str(exc))
+                    if isinstance(failed, NoScriptError):
+                        raise NoScript(str(failed)) from failed
+                    if failed is not None:
+                        raise StoreError(f"Redis answered an error: {failed}") from failed
+                    return reply, following
+                except StoreError:
+                    raise
+                except BaseException:
+                    await connection.disconnect(nowait=True)
+                    raise
+                finally:
+                    await pool.release(connection)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"a call to Redis failed: {exc}") from exc
+        except TimeoutError:
+            raise StoreUnavailable(f"Redis did not answer within {self._timeout:g} s") from None
 
     async def _connect(self) -> _Link | None:
         async with self._connecting:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import redis
+import redis.asyncio
 from aiohttp.test_utils import TestClient
 
 from stocksync.config.settings import HoldSettings, Settings, TokenSettings
@@ -578,3 +582,84 @@ def test_holds_over_what_the_channel_has_are_counted(backend: Backend, store: St
             assert await oversold() == 1
 
     run(scenario())
+
+
+def test_with_wait_replicas_a_hold_write_waits_for_the_replica_or_answers_503(
+    tmp_path: Path,
+) -> None:
+    """One Redis with a replica and ``redis_wait_replicas = 1``: create, extend,
+    release and conversion count once the replica has them; with the replica stopped
+    (attached but silent) each answers ``503 not_ready`` after the WAIT's timeout,
+    never a silent success, and a retry once it is back succeeds exactly."""
+    from stocksync.store import StoreUnavailable
+    from stocksync.store.holds import HoldStore
+    from tests.store.test_acked import master_and_replica
+
+    with master_and_replica(tmp_path) as (master, replica):
+        assert replica.pid is not None
+        with redis.Redis.from_url(master.url) as client:
+            write(client, projection("A", 1, available=10), projection("B", 1, available=3))
+        settings = msgspec.structs.replace(
+            # Long enough for a loaded machine's replica to acknowledge.
+            make_settings(master.url), redis_wait_replicas=1, redis_wait_timeout_ms=3000
+        )
+        keys = Keys(NAMESPACE)
+        on_replica = redis.Redis.from_url(replica.url)
+
+        async def scenario() -> None:
+            async with serving(settings) as client:
+                status, body = await _post(client, "/v1/holds", _hold("cart-1", ("A", 2)))
+                assert (status, body.get("status")) == (201, "held"), body
+                # Acknowledged means on the replica already, not a moment later.
+                assert on_replica.hget(keys.hold("cart-1"), "st") == b"held"
+                status, _ = await _post(client, "/v1/holds/cart-1/extend", {"ttl_seconds": 600})
+                assert status == 200
+                status, body = await _post(client, "/v1/holds", _hold("cart-3", ("B", 1)))
+                assert status == 201
+
+                os.kill(replica.pid, signal.SIGSTOP)
+                try:
+                    for method, path, body in (
+                        ("POST", "/v1/holds", _hold("cart-2", ("A", 1))),
+                        ("POST", "/v1/holds/cart-1/extend", {"ttl_seconds": 900}),
+                        ("DELETE", "/v1/holds/cart-1", None),
+                    ):
+                        async with client.request(method, path, json=body) as resp:
+                            answer = msgspec.json.decode(await resp.read())
+                            code = answer.get("error", {}).get("code")
+                            assert (resp.status, code) == (503, "not_ready"), (path, answer)
+                    # The order translator's conversion: unavailable, so the worker retries.
+                    holds = HoldStore(
+                        redis.asyncio.Redis.from_url(master.url), lambda: keys,
+                        wait_replicas=1, wait_timeout_ms=3000,
+                    )
+                    try:
+                        with pytest.raises(StoreUnavailable, match="0 of 1 replica"):
+                            await holds.convert("cart-3", "o-1", ["B"])
+                    finally:
+                        await holds.close()
+                        await holds.client.aclose()
+                finally:
+                    os.kill(replica.pid, signal.SIGCONT)
+
+                async def retried(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+                    for _ in range(100):  # the resumed replica may take a moment
+                        async with client.request(method, path, json=body) as resp:
+                            if resp.status != 503:
+                                return resp.status, msgspec.json.decode(await resp.read())
+                        await asyncio.sleep(0.05)
+                    raise AssertionError(f"{method} {path} still unavailable")
+
+                # The unacknowledged create happened on the master: its retry is the same
+                # hold (200), not a second one.
+                status, body = await retried("POST", "/v1/holds", _hold("cart-2", ("A", 1)))
+                assert (status, body["status"]) in ((200, "held"), (201, "held"))
+                status, body = await retried("DELETE", "/v1/holds/cart-1")
+                assert (status, body["status"]) == (200, "released")
+                await _becomes(client, "A", (9, 1))
+                assert on_replica.hget(keys.hold("cart-1"), "st") == b"released"
+
+        try:
+            run(scenario())
+        finally:
+            on_replica.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -22,6 +23,13 @@ __all__: list[str] = []
 
 @pytest.fixture
 def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A master and its replica, the replica's link up."""
+    with master_and_replica(tmp_path) as servers:
+        yield servers
+
+
+@contextlib.contextmanager
+def master_and_replica(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
     """A master and its replica, the replica's link up."""
     master = RedisServer(
         data_dir=tmp_path / "master", extra_args=["--repl-diskless-sync-delay", "0"]

@@ -199,3 +199,38 @@ def test_a_false_answer_is_an_answer_on_resp3(redis_url: str) -> None:
             await client.aclose()
 
     assert run(scenario()) == [False, b"next"]
+
+
+@pytest.mark.parametrize("takeover", [True, False], ids=["pipelined", "pooled"])
+def test_one_command_follows_every_call_of_a_turn(
+    redis_url: str, takeover: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``call_then``: the command sent after the turn's calls (the WAIT of the hold
+    writes) goes out once behind all of them, on the pipelined connection."""
+    monkeypatch.setattr(compat_redis, "ACTIVE", takeover)
+
+    async def scenario() -> list[tuple[Any, Any]]:
+        client = aioredis.Redis.from_url(redis_url)
+        pipe = Multiplexed(client, timeout=5.0)
+        try:
+            await pipe.call(cmd("PING"))  # connected: the calls below go out in one turn
+            turn = await asyncio.gather(*(
+                pipe.call_then(cmd("RPUSH", "log", f"w{i}"), cmd("RPUSH", "log", "after"))
+                for i in range(5)
+            ))
+            with pytest.raises(StoreError, match="WRONGTYPE"):
+                await pipe.call_then(cmd("INCR", "log"), cmd("LLEN", "log"))
+            return turn
+        finally:
+            await pipe.close()
+            await client.aclose()
+
+    turn = run(scenario())
+    with redis.Redis.from_url(redis_url) as check:
+        log = check.lrange("log", 0, -1)
+    if takeover:
+        assert log == [b"w0", b"w1", b"w2", b"w3", b"w4", b"after"]
+        assert turn == [(i + 1, 6) for i in range(5)]
+    else:  # one connection per call: each call's own command after it
+        assert sorted(log) == sorted([*(f"w{i}".encode() for i in range(5)), *[b"after"] * 5])
+        assert all(after == reply + 1 for reply, after in turn)
