@@ -250,3 +250,62 @@ def test_the_scripts_find_the_expiry_index_where_the_layout_puts_it(
             got = sync_client.eval(probe, 1, keys.held(sku)).decode()
             assert got == keys.held_expiry(sku)
             assert key_slot(got.encode()) == key_slot(keys.held(sku).encode())
+
+
+def test_a_follower_of_the_older_code_rejects_a_delta_and_the_new_one_reads_both() -> None:
+    """The change entry's two shapes are disjoint: a snapshot decoder (the code before
+    deltas) fails on a delta rather than misreading it, and decode_held tells them apart."""
+    from stocksync.codecs.holds import HeldLine
+
+    line = HeldLine("cart-1", "web", 2, 1_800_000_000_000)
+    delta = msgspec.msgpack.encode(HeldDelta(4, 6, [line], ["cart-0"]))
+    with pytest.raises(msgspec.ValidationError):
+        snapshot_decoder.decode(delta)
+    assert decode_held(delta) == HeldDelta(4, 6, [line], ["cart-0"])
+    snapshot = msgspec.msgpack.encode(HeldSnapshot(6, [line]))
+    assert decode_held(snapshot) == HeldSnapshot(6, [line])
+    # As Lua's cmsgpack writes an empty list of lines or ids.
+    assert decode_held(msgspec.msgpack.encode([3, 4, [], ["cart-0"]])) == HeldDelta(
+        3, 4, [], ["cart-0"]
+    )
+
+
+def test_a_follower_that_missed_a_change_reads_the_skus_lines_again(
+    redis_url: str, sync_client: redis.Redis
+) -> None:
+    from stocksync.api.model import ModelSync
+
+    keys = Keys(NAMESPACE)
+    write(sync_client, projection("A", 1, available=10, channels=CHANNELS))
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        holds = HoldStore(client, lambda: keys)
+        store = RedisStore(client, keys, generation=GENERATION)
+        model = AvailabilityModel(CHANNELS)
+        sync = ModelSync(model, store)
+        sync.holds = holds
+        try:
+            for i in range(3):
+                await holds.create(
+                    f"cart-{i}", "web", [("A", 1)], fingerprint=f"f{i}", ttl_ms=600_000,
+                    partial=False,
+                )
+            changes = _held_changes(sync_client, keys)
+            assert [c.after for _, c in changes if isinstance(c, HeldDelta)] == [1, 2, 3]
+            await sync._apply_held("A", msgspec.msgpack.encode(changes[0][1]))
+            assert model.held["A"].version == 1 and sync.held_gaps == 0
+            # The second change is missed: the third finds a gap and reads A's lines.
+            await sync._apply_held("A", msgspec.msgpack.encode(changes[2][1]))
+            assert sync.held_gaps == 1
+            assert model.held["A"].version == 3
+            assert set(model.held["A"].lines) == {"cart-0", "cart-1", "cart-2"}
+            assert model.held["A"].held == {"web": 3}
+            # The missed one arriving late changes nothing.
+            await sync._apply_held("A", msgspec.msgpack.encode(changes[1][1]))
+            assert model.held["A"].version == 3 and sync.held_gaps == 1
+        finally:
+            await holds.close()
+            await client.aclose()
+
+    asyncio.run(scenario())
