@@ -444,8 +444,8 @@ class Translator:
                 except Exception as exc:  # a bug must cost one event, not stop the partition
                     letters.append(
                         self._internal_letter(
-                            msg, index, "checking", exc, traced, raw, msg.correlation_id, now,
-                            event.source,
+                            msg, index, "checking", exc, traced, raw,
+                            event.correlation_id or msg.correlation_id, now, event.source,
                         )
                     )
                     traced = True

@@ -360,26 +360,29 @@ def test_a_crash_while_translating_dead_letters_that_event_only(
     assert rig.available("A") == 5
 
 
-def test_a_crash_while_checking_dead_letters_that_event_only_with_the_header_id(
+def test_a_crash_while_checking_dead_letters_that_event_only_with_its_own_id(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = core.check_placement
 
     def check_placement(event: object, *args: object) -> object:
-        if getattr(event, "event_id", "") == "bad":
+        if getattr(event, "event_id", "").startswith("bad"):
             raise KeyError("placement")
         return real(event, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(core, "check_placement", check_placement)
     rig = Rig()
-    bulk = [ev("stock.adjusted", eid, sku="A", node="dc-east", delta=d, reason="receipt")
-            for eid, d in (("a", 2), ("bad", 50), ("b", 3))]
+    own = {"correlation_id": "own-bad"}
+    bulk = [ev("stock.adjusted", eid, sku="A", node="dc-east", delta=d, reason="receipt",
+               **(own if eid == "bad-own" else {}))
+            for eid, d in (("a", 2), ("bad-own", 50), ("b", 3), ("bad-none", 7))]
     message = msgspec.structs.replace(rig.message("stock", "x", bulk), correlation_id="hdr-1")
     rig.feed("stock", [message])
-    (record,) = rig.letters()
-    assert (record.reason, record.index) == ("internal_error", 1)
-    assert record.message == "checking it raised an unexpected error: KeyError: 'placement'"
-    assert record.correlation_id == "hdr-1"
+    first, second = rig.letters()
+    assert (first.reason, first.index, second.index) == ("internal_error", 1, 3)
+    assert first.message == "checking it raised an unexpected error: KeyError: 'placement'"
+    assert first.correlation_id == "own-bad"  # the event's own id wins over the header's
+    assert second.correlation_id == "hdr-1"  # else the header's, as the contract says
     assert rig.available("A") == 5
 
 
