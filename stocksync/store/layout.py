@@ -38,6 +38,9 @@ Keys of the base namespace (``base``), shared by every generation::
                                 channel, x the hold version those sums and the expiry
                                 index below were last made exact at (see store.holds)
     {base}:held-exp:{SKU} zset  the hold ids of a SKU's lines, scored by expiry (ms)
+    {base}:hold-sealed:{s3.69}{ID}  string  on a cluster only: a hold converted while its
+                                lines were being granted; no more of them in the shard
+                                (store.sharded_holds; expires with the hold)
     {base}:feed-pub:{SKU} hash  what the availability feed last published per channel:
                                 p:{channel} msgpack [version, available, status, sent ms];
                                 q:{channel} a message being sent (its JSON; store.feed)
@@ -240,6 +243,13 @@ class Keys:
     def hold(self, hold_id: str) -> str:
         """Hash of one checkout hold (base namespace; fields in :mod:`stocksync.store.holds`)."""
         return f"{self.base}:hold:{{{hold_id}}}"
+
+    def hold_sealed(self, shard: int, hold_id: str) -> str:
+        """On a cluster: string in a shard's slot, set when a hold still being decided is
+        converted; the hold's lines of that shard are then granted no more."""
+        if self.shards == 1:
+            return f"{self.base}:hold-sealed:{{{hold_id}}}"
+        return f"{self.base}:hold-sealed:{{{SHARD_TAGS[shard]}}}{hold_id}"
 
     def held(self, sku: str) -> str:
         """Hash of one SKU's hold lines (base namespace): ``v`` and ``h:{hold_id}``."""

@@ -623,16 +623,19 @@ redis.call('PEXPIREAT', hold, exp + tonumber(ARGV[5]))
 return {'begun', now, tostring(exp), ARGV[4]}
 """)
 
-# KEYS: the shard's change stream, then per line: SKU hash (live), held hash (base).
+# KEYS: the shard's change stream, then per line: SKU hash (live), held hash (base), then
+# (optional) the hold's sealed key of the shard.
 # ARGV: hold_id, channel, exp, partial, maxlen, n, then per line: sku, qty.
 # Grants the lines of one shard group (a line this hold has already is kept as it is:
 # an earlier try of the same hold). All or nothing within the group unless partial is
 # '1'; '2' grants nothing and only tells the figures (the groups after a short one).
-# Returns {'granted' | 'short', now, then per line: available before, held}
+# Returns {'granted' | 'short', now, then per line: available before, held}, or
+# {'ended', now} when the hold was converted meanwhile (sealed: nothing granted).
 SHARDED_HOLD_GRANT: Final = _lua(_HOLD_PRELUDE + _PRE_AVAILABLE + """
 local now = now_ms()
 local hold_id, channel, exp, partial = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local maxlen, n = ARGV[5], tonumber(ARGV[6])
+if #KEYS > 1 + 2 * n and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'ended', now} end
 local state, grants, avails, short = {}, {}, {}, ARGV[4] == '2'
 for i = 1, n do
   local key, qty = KEYS[1 + 2 * i], tonumber(ARGV[6 + 2 * i])
@@ -700,18 +703,21 @@ return 1
 """)
 
 # KEYS: hold. ARGV: fp, status ('held' | 'partial' | 'refused'), lines (msgpack), memory ms.
-# Ends the 'pending' state of the hold this request began. Returns {now, st, exp, lines, ch,
-# 1 if this call ended it} as the hold is after the call, or {now} when it is gone.
+# Ends the 'pending' state of the hold this request began (converted meanwhile: records
+# the lines it granted). Returns {now, st, exp, lines, ch, 1 if this call ended it} as the
+# hold is after the call, or {now} when it is gone.
 SHARDED_HOLD_FINISH: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
 local hold = KEYS[1]
-local f = redis.call('HMGET', hold, 'fp', 'st')
+local f = redis.call('HMGET', hold, 'fp', 'st', 'cp')
 if not f[1] then return {now} end
 local ended = 0
 if f[1] == ARGV[1] and f[2] == 'pending' then
   redis.call('HSET', hold, 'st', ARGV[2], 'lines', ARGV[3])
   if ARGV[2] == 'refused' then redis.call('PEXPIRE', hold, ARGV[4]) end
   ended = 1
+elseif f[1] == ARGV[1] and f[2] == 'converted' and f[3] == '1' and ARGV[2] ~= 'refused' then
+  redis.call('HSET', hold, 'lines', ARGV[3])
 end
 local g = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch')
 return {now, g[1], g[2], g[3], g[4], ended}
@@ -719,14 +725,17 @@ return {now, g[1], g[2], g[3], g[4], ended}
 
 # KEYS: hold. ARGV: 'released' | 'converted' | 'extend', memory ms, order_id or new exp.
 # Ends an active hold as released (also one still being decided: its creator then undoes
-# what it granted) or converted (converted again by the same order: as it is), or moves
-# its expiry. Returns {changed (1/0), now, st, exp, lines, ch} or {0, now}.
+# what it granted) or converted (also one still being decided: marked cp, see
+# store.sharded_holds; converted again by the same order: as it is), or moves its expiry.
+# Returns {changed (1/0), now, st, exp, lines, ch, cp ('1': converted while being
+# decided)} or {0, now}.
 SHARDED_HOLD_SET: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
 local hold = KEYS[1]
-local f = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch', 'ord')
+local f = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch', 'ord', 'cp')
 if not f[1] or f[1] == 'refused' then return {0, now} end
 local active = (f[1] == 'held' or f[1] == 'partial') and tonumber(f[2]) > now
+local pending = f[1] == 'pending' and tonumber(f[2]) > now
 local changed = 0
 if active and ARGV[1] == 'extend' then
   redis.call('HSET', hold, 'exp', ARGV[3])
@@ -736,12 +745,25 @@ elseif ARGV[1] == 'released' and (active or f[1] == 'pending') then
   redis.call('HSET', hold, 'st', 'released', 'end', now)
   redis.call('PEXPIRE', hold, ARGV[2])
   f[1], changed = 'released', 1
-elseif ARGV[1] == 'converted' and (active or (f[1] == 'converted' and f[5] == ARGV[3])) then
-  if active then
+elseif ARGV[1] == 'converted'
+    and (active or pending or (f[1] == 'converted' and f[5] == ARGV[3])) then
+  if active or pending then
     redis.call('HSET', hold, 'st', 'converted', 'end', now, 'ord', ARGV[3])
+    if pending then
+      redis.call('HSET', hold, 'cp', '1')
+      f[6] = '1'
+    end
     redis.call('PEXPIRE', hold, ARGV[2])
   end
   f[1], changed = 'converted', 1
 end
-return {changed, now, f[1], f[2], f[3], f[4]}
+return {changed, now, f[1], f[2], f[3], f[4], f[6] or '0'}
+""")
+
+# KEYS: the hold's sealed key of one shard. ARGV: the hold's expiry (ms since the epoch).
+# A hold converted while being decided: its creator's grants in this shard are refused
+# from now on (SHARDED_HOLD_GRANT answers 'ended'). Returns 1.
+SHARDED_HOLD_SEAL: Final = _lua(_HOLD_PRELUDE + """
+if tonumber(ARGV[1]) > now_ms() then redis.call('SET', KEYS[1], '1', 'PXAT', ARGV[1]) end
+return 1
 """)

@@ -17,8 +17,8 @@ hash, held hash, the shard's change stream) in its SKU's shard
    holds' lines at that moment, so what is granted never exceeds what the
    channel had: never an oversell. A line the hold already has (a resumed try)
    is kept as it is. All or nothing: a group with a short line grants nothing,
-   the groups granted before it are undone (their lines dropped), and the
-   record is marked ``refused`` (forgotten at once: a retry decides again).
+   the record is marked ``refused`` (forgotten at once: a retry decides again)
+   and the groups granted before it are undone (their lines dropped).
 3. **Finish** (record slot): ``held`` or ``partial`` with what was granted.
 
 What a reader can see that one Redis never shows: the lines of an
@@ -34,6 +34,18 @@ Release, extend and conversion change the record first and then the lines
 group by group (release and conversion: ended first, so a crash keeps stock
 held until expiry rather than shown free while the hold says held; extend:
 lines first, so a crash never leaves a hold whose lines expire before it says).
+
+A conversion may meet a hold still ``pending``: it marks the record converted,
+then seals each of the hold's shards (``Keys.hold_sealed``: the grant script of
+that shard grants this hold nothing any more) and drops the lines the order
+lacks. The order's lines granted before a seal are the reservation's to take
+over in the applier's batch write, as for a finished hold; none is granted
+after. So the order's SKUs stop counting as held in the step their reservation
+starts, never both, never neither. The creator stops at a sealed group (or
+finishes) and finds the record converted: it leaves every line to the
+conversion and answers the hold as it is. A refusal (all or nothing, a group
+short) ends the record before it drops any line, so a conversion meets either
+the refusal or the lines.
 With ``wait_replicas`` each call waits for the replicas' acknowledgement
 (:mod:`stocksync.store.acked`), so a granted hold survives a failover.
 """
@@ -103,7 +115,7 @@ class ShardedHolds:
             for name in (
                 "SHARDED_HOLD_BEGIN", "SHARDED_HOLD_GRANT", "SHARDED_HOLD_DROP",
                 "SHARDED_HOLD_EXTEND_LINES", "SHARDED_HOLD_FINISH", "SHARDED_HOLD_SET",
-                "GET_HOLD", "READ_HELD", "READ_HELD_PAGE",
+                "SHARDED_HOLD_SEAL", "GET_HOLD", "READ_HELD", "READ_HELD_PAGE",
             )
         }
 
@@ -191,18 +203,27 @@ class ShardedHolds:
                 sku, qty = lines[i]
                 keys += [live.sku(sku), live.held(sku)]
                 args += [sku, qty]
+            keys.append(live.hold_sealed(shard, hold_id))
             # A failure here leaves what earlier groups granted until the hold is resumed
             # (a retry), released or expires: stock kept, never sold twice.
             reply = await self._call("SHARDED_HOLD_GRANT", keys, args)
+            if _text(reply[0]) == "ended":
+                break  # converted meanwhile: the finish below finds the record so
             for k, i in enumerate(group):
                 available[i], held[i] = int(reply[2 + 2 * k]), int(reply[3 + 2 * k])
             if _text(reply[0]) == "short":
-                # A resumed try may hold lines in this group too: drop every line so far.
-                await self._drop(live, hold_id, granted + [skus[i] for i in group])
+                # The record first: converted meanwhile, its conversion took over what
+                # the earlier groups granted (the order's lines) and released the rest;
+                # else nothing can convert it any more, and every line so far goes (a
+                # resumed try may hold lines in this group too).
                 refused = await self._finish(hold, fingerprint, "refused", requested)
-                if refused is not None and refused[0].stored_status not in ("refused", "pending"):
+                found = refused[0] if refused is not None and not refused[1] else None
+                if found is not None and found.stored_status == "converted":
+                    return Created(outcome="exists", now_ms=found.now_ms, record=found)
+                await self._drop(live, hold_id, granted + [skus[i] for i in group])
+                if found is not None and found.stored_status not in ("refused", "pending"):
                     # Released meanwhile (a DELETE of the pending hold): as it is.
-                    return Created(outcome="exists", now_ms=refused[0].now_ms, record=refused[0])
+                    return Created(outcome="exists", now_ms=found.now_ms, record=found)
                 await self._probe(live, hold_id, channel, lines, shard, available)
                 return Created(outcome="short", now_ms=int(reply[1]), available=available)
             granted += [skus[i] for i in group]
@@ -216,9 +237,11 @@ class ShardedHolds:
         record, ended = finished if finished is not None else (None, False)
         if ended and record is not None:
             return Created(outcome="created", now_ms=record.now_ms, record=record)
-        if record is not None and record.stored_status in ("held", "partial"):
+        if record is not None and record.stored_status in ("held", "partial", "converted"):
             # An identical request (a retry) finished it first, with the same lines: they
-            # are this hold's lines too, so they stay.
+            # are this hold's lines too, so they stay. Or an order converted it while it
+            # was being decided: its conversion sealed the shards, took over the order's
+            # lines and released the others; the client sees the hold as it ended.
             return Created(outcome="exists", now_ms=record.now_ms, record=record)
         # Released (or refused by an identical request) while this one granted: what it
         # granted goes, and the client sees the hold as it is.
@@ -331,7 +354,16 @@ class ShardedHolds:
         self, hold_id: str, order_id: str, order_skus: Sequence[str]
     ) -> frozenset[str]:
         """Convert the hold for ``order_id``: the record first, then release the hold's
-        SKUs the order lacks; the SKUs whose lines the order's reservations take over."""
+        SKUs the order lacks; the SKUs whose lines the order's reservations take over.
+
+        A hold still being decided (``pending``: its creator granting shard group by
+        shard group) is converted too: each of its shards is sealed first, so that its
+        creator grants nothing there any more, then its lines the order lacks are
+        dropped. A line of the order's SKUs granted before the seal is the order's
+        reservation's to take over, in the applier's batch write, as for a finished
+        hold; one not granted by then never is. The creator finds the record converted
+        and leaves it so (see :meth:`create`).
+        """
         live = self.live()
         reply = await self._call(
             "SHARDED_HOLD_SET", [live.hold(hold_id)], ["converted", self.memory_ms, order_id]
@@ -340,7 +372,16 @@ class ShardedHolds:
             return frozenset()
         record = _record(hold_id, int(reply[1]), reply[2:6])
         in_order = set(order_skus)
-        held = [line.sku for line in record.lines if line.held > 0]
+        if _text(reply[6]) == "1":  # converted while pending (or a retry of that)
+            skus = [line.sku for line in record.lines]
+            for shard, _ in self._groups(live, skus):
+                await self._call(
+                    "SHARDED_HOLD_SEAL", [live.hold_sealed(shard, hold_id)],
+                    [record.expires_ms],
+                )
+            held = skus
+        else:
+            held = [line.sku for line in record.lines if line.held > 0]
         await self._drop(live, hold_id, [sku for sku in held if sku not in in_order])
         return frozenset(sku for sku in held if sku in in_order)
 

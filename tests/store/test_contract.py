@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import msgspec
 import pytest
@@ -25,7 +26,14 @@ from stocksync.store import (
     Write,
 )
 from stocksync.store.holds import Created, HoldStore
-from stocksync.store.layout import CLUSTER_SHARDS, Change, Keys, Reload, decode_change
+from stocksync.store.layout import (
+    CLUSTER_SHARDS,
+    SERVED_FIELD,
+    Change,
+    Keys,
+    Reload,
+    decode_change,
+)
 from stocksync.store.served import decode_detail, decode_served, served_bytes
 
 Store = MemoryStore | RedisStore
@@ -643,5 +651,132 @@ class TestHoldsOnARedisCluster(HoldContract):
             released = await holds.release("h2")
             assert released is not None and released[1]
             assert await self._held(store, holds) == {"B": [("h1", 2)], "A": [("h1", 3)]}
+
+        self.check(scenario)
+
+    def test_an_order_converting_a_hold_still_being_decided_takes_it_over_exactly(
+        self,
+    ) -> None:
+        """The race of a conversion with the hold's creator, step by step: the creator
+        has granted its first shard group when the order translator converts the hold;
+        the applier writes the order's reservation; the creator goes on. After every
+        script call, what a reader is served per (sku, channel) is what the contract
+        says: the order's SKUs' lines stop counting in the step the reservation starts,
+        the SKU the order lacks is released (never granted here), and the creator
+        grants nothing after the conversion and answers the hold as converted."""
+        stock = {"B": 3, "MUG-BLUE": 5, "A": 10}
+        counted: dict[str, int] = {}  # the hold's lines that count, per the contract
+        reserved: dict[str, int] = {}  # the order's reservations, once written
+
+        def oracle() -> dict[tuple[str, str], int]:
+            out = {}
+            for sku, units in stock.items():
+                pre = units - reserved.get(sku, 0)
+                out[(sku, "store")] = max(0, pre - counted.get(sku, 0))
+                out[(sku, "web")] = max(0, pre - 1)  # web: dc-west less its buffer of 1
+            return out
+
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            sharded = holds._sharded
+            assert sharded is not None
+            steps: list[str] = []
+
+            async def served() -> dict[tuple[str, str], int]:
+                lines = await self._held(store, holds)
+                out = {}
+                for sku in stock:
+                    raw = await store.client.hget(store.keys.sku(sku), SERVED_FIELD)
+                    for channel in decode_served(raw).channels:
+                        held = sum(q for _, q in lines.get(sku, [])) if (
+                            channel.channel == "store") else 0
+                        out[(sku, channel.channel)] = max(0, channel.available - held)
+                return out
+
+            async def check(step: str) -> None:
+                steps.append(step)
+                assert await served() == oracle(), f"after {steps}"
+
+            original = sharded._call
+
+            async def call(name: str, keys: Any, args: Any, **kw: Any) -> Any:
+                reply = await original(name, keys, args, **kw)
+                if name == "SHARDED_HOLD_GRANT" and reply[0] == b"granted":
+                    counted.update(dict(zip(args[6::2], args[7::2], strict=True)))
+                await check(name)
+                if name == "SHARDED_HOLD_GRANT" and not reserved and not steps.count("conv"):
+                    steps.append("conv")
+                    # The order translator's conversion (order o-1: B and A, not MUG-BLUE).
+                    taken = await holds.convert("h1", "o-1", ["B", "A"])
+                    assert taken == {"B", "A"}
+                    found = await holds.get("h1")
+                    assert found is not None and found.status == "converted"
+                    # The applier's batch write of the order's reservations, converting.
+                    writes = [
+                        Write(Position(sku=sku, version=2, nodes={
+                            "dc-west": NodePosition(snap=stock[sku], reserved=qty)}), 1,
+                            holds=("h1",) if sku in taken else ())
+                        for sku, qty in (("B", 2), ("A", 3))
+                    ]
+                    assert await store.write_batch(writes) == []
+                    reserved.update({"B": 2, "A": 3})
+                    counted.pop("B", None)
+                    counted.pop("A", None)
+                    await check("reservations written")
+                return reply
+
+            await check("start")
+            sharded._call = call  # type: ignore[method-assign]
+            created = await self._create(holds, "h1", ("B", 2), ("MUG-BLUE", 1), ("A", 3))
+            sharded._call = original  # type: ignore[method-assign]
+            assert created.outcome == "exists" and created.record is not None
+            assert created.record.status == "converted"
+            # The creator granted B only: MUG-BLUE's and A's shards were sealed first.
+            assert [(x.sku, x.held) for x in created.record.lines] == [
+                ("B", 2), ("MUG-BLUE", 0), ("A", 0)
+            ]
+            assert steps.count("SHARDED_HOLD_GRANT") == 2  # B's group, then MUG's: ended
+            assert await self._held(store, holds) == {}
+            await check("end")
+            # The same request again: the hold as it ended; the conversion again: the same.
+            again = await self._create(holds, "h1", ("B", 2), ("MUG-BLUE", 1), ("A", 3))
+            assert again.outcome == "exists" and again.record is not None
+            assert again.record.status == "converted"
+            assert await holds.convert("h1", "o-1", ["B", "A"]) == {"B", "A"}
+            assert await holds.convert("h1", "o-2", ["B"]) == frozenset()
+            await check("again")
+
+        self.check(scenario)
+
+    def test_a_hold_whose_creator_died_pending_and_was_converted_is_not_resumed(
+        self,
+    ) -> None:
+        """The creator died after granting one shard group, an order converted the hold:
+        the same request again finds it converted and grants nothing; the line it had
+        granted was the order's to take over, the SKU the order lacks is released."""
+
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            sharded = holds._sharded
+            assert sharded is not None
+            keys = store.keys
+            lines = (("B", 2), ("MUG-BLUE", 1), ("A", 3))
+            begun = await sharded._call(
+                "SHARDED_HOLD_BEGIN", [keys.hold("h1")],
+                [fingerprint("store", lines), "store", 60_000, 0, 86_400_000,
+                 msgspec.msgpack.encode([StoredLine(s, q, 0) for s, q in lines]), 0],
+            )
+            for shard, sku, qty in ((1, "B", 2), (8, "MUG-BLUE", 1)):
+                await sharded._call(
+                    "SHARDED_HOLD_GRANT",
+                    [keys.changes(shard), keys.sku(sku), keys.held(sku),
+                     keys.hold_sealed(shard, "h1")],
+                    ["h1", "store", int(begun[2]), 0, 1000, 1, sku, qty],
+                )
+            assert await holds.convert("h1", "o-1", ["B", "A"]) == {"B", "A"}
+            # MUG-BLUE, which the order lacks, released now; B's line until the applier's.
+            assert await self._held(store, holds) == {"B": [("h1", 2)]}
+            resumed = await self._create(holds, "h1", *lines)
+            assert resumed.outcome == "exists" and resumed.record is not None
+            assert resumed.record.status == "converted"
+            assert await self._held(store, holds) == {"B": [("h1", 2)]}
 
         self.check(scenario)
