@@ -12,9 +12,11 @@ instead would add about 400 MB at 1,000,000 SKUs x 2 channels.
 :class:`ModelSync` fills it through the store: at start it records the change
 stream's last id, then loads every served form in pages (SCAN and an HGET per
 key, one script call per page), then follows the stream with XREAD BLOCK from
-the recorded id. It reconnects with backoff when Redis goes away and resyncs
-from its last id, or reloads when entries it had not read were trimmed or
-deleted, or the stream was reset. A version never goes backwards in memory,
+the recorded id. On a Redis Cluster the model has a change stream per shard,
+each followed by a reader of its own (a blocking XREAD may name the streams of
+one slot only), all at once. It reconnects with backoff when Redis goes away
+and resyncs from its last id, or reloads when entries it had not read were
+trimmed or deleted, or the stream was reset. A version never goes backwards in memory,
 except when the live generation changes (a rebuild, see
 :mod:`stocksync.store.generation`): then the model is replaced by the new
 generation's, which a reload entry on the old stream, or a changed generation
@@ -433,10 +435,6 @@ def parse_stream_id(raw: bytes | str) -> StreamId:
     return int(ms), int(seq or 0)
 
 
-#: How long a follower of several change streams (a cluster) waits when all are read.
-_POLL_SECONDS: Final = 0.01
-
-
 def _format_id(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
 
@@ -522,6 +520,12 @@ class ModelSync:
         self._loading = False
         self._lost = False
         self._caught_up = False
+        # Per shard: caught up with its stream since the last load (all: ``_caught_up``).
+        self._shard_caught_up: list[bool] = [False] * store.keys.shards
+        # Shards whose reader is backing off after a Redis error.
+        self._failing: set[int] = set()
+        # Set when a load is due: every shard's reader stops, even one that is blocked.
+        self._stop = asyncio.Event()
         self._follower_ok = False
         self._monitor_ok = False
         self._entries_behind = 0
@@ -616,11 +620,10 @@ class ModelSync:
                         continue
                     await self._measure()  # readiness need not wait for the monitor's tick
                     self._monitor_ok = True
-                await self._read_changes()
-                if not self._follower_ok and self._redis_errors:
-                    log.info("following the change stream %s again", self.store.keys.changes())
-                self._follower_ok = True
+                if backoff != self.backoff_min:
+                    log.info("Redis answers again; following the change streams")
                 backoff = self.backoff_min
+                await self._read_changes()
             except StoreUnavailable as exc:
                 self._loading = False
                 self._redis_errors += 1
@@ -631,6 +634,11 @@ class ModelSync:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self.backoff_max)
 
+    def _request_load(self) -> None:
+        """Load the model again: every shard's reader stops at once, blocked or not."""
+        self._needs_load = True
+        self._stop.set()
+
     def _model_lost(self) -> None:
         if not self._lost:
             log.error(
@@ -639,7 +647,7 @@ class ModelSync:
                 self.model.generation, self.store.namespace, len(self.model),
             )
         self._lost = True
-        self._needs_load = True
+        self._request_load()
 
     async def _await_model(self) -> None:
         """Wait until a live generation with its identity marker is in Redis."""
@@ -654,18 +662,71 @@ class ModelSync:
             await asyncio.sleep(self.monitor_interval)
 
     async def _read_changes(self) -> None:
-        shards = len(self._last_ids)
-        if shards == 1:
-            # Until caught up, read without waiting: an empty answer means caught up.
-            caught_up = await self._read_shard(0, self.block_ms if self._caught_up else None)
-        else:
-            # A blocking read waits on one slot only: poll every shard's stream at once.
-            done = await asyncio.gather(*(self._read_shard(i, None) for i in range(shards)))
-            caught_up = all(done)
-            if caught_up and self._caught_up and not self._needs_load:
-                await asyncio.sleep(_POLL_SECONDS)
-        if caught_up:
-            self._caught_up = True
+        """Follow every shard's change stream, until a load is due.
+
+        Each shard has a reader of its own that waits in XREAD BLOCK on its stream
+        alone (a blocking read may name the streams of one slot only), so an idle
+        replica costs one read per shard per ``block_ms`` and a busy shard never
+        waits for an idle one. A reload entry on any shard, lost entries or a lost
+        model stop every reader (a blocked read is cancelled; redis-py closes its
+        connection, which connects again when next taken from the pool), and the
+        load then reads every shard's position anew. Redis errors are each reader's
+        own: it backs off and checks its stream while the others go on.
+        """
+        self._stop.clear()
+        if self._needs_load or self._lost:
+            return
+        self._failing.clear()
+        readers = [
+            asyncio.create_task(self._follow_shard(shard), name=f"stocksync-api-follow-{shard}")
+            for shard in range(len(self._last_ids))
+        ]
+        stop = asyncio.create_task(self._stop.wait(), name="stocksync-api-follow-stop")
+        try:
+            done, _ = await asyncio.wait([stop, *readers], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait([stop, *readers])
+        for task in done:
+            if task is not stop:
+                task.result()  # a reader's failure other than Redis's is the follower's
+
+    async def _follow_shard(self, shard: int) -> None:
+        """Apply one shard's change entries as they come, until a load is due."""
+        backoff = self.backoff_min
+        failed = False
+        while not (self._needs_load or self._lost):
+            try:
+                if failed:
+                    # The stream may have been trimmed past us or reset meanwhile.
+                    await self._check_stream((shard,))
+                    if self._needs_load or self._lost:
+                        return
+                # Until caught up, read without waiting: an empty answer means caught up.
+                caught_up = self._shard_caught_up[shard]
+                done = await self._read_shard(shard, self.block_ms if caught_up else None)
+            except StoreUnavailable as exc:
+                self._redis_errors += 1
+                if backoff == self.backoff_min:
+                    log.warning(
+                        "Redis failed reading %s (%s); retrying in %.2f s",
+                        self.store.keys.changes(shard), exc, backoff,
+                    )
+                failed = True
+                self._failing.add(shard)
+                self._follower_ok = False
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.backoff_max)
+                continue
+            if failed:
+                log.info("following the change stream %s again", self.store.keys.changes(shard))
+                failed = False
+                self._failing.discard(shard)
+                backoff = self.backoff_min
+            self._follower_ok = not self._failing
+            if done and not caught_up and not self._needs_load:
+                self._shard_caught_up[shard] = True
+                if all(self._shard_caught_up):
+                    self._caught_up = True
 
     async def _read_shard(self, shard: int, block_ms: int | None) -> bool:
         """Apply the next entries of one shard's stream; tell whether it is caught up."""
@@ -682,7 +743,7 @@ class ModelSync:
                 change = None
             if isinstance(change, Reload):
                 log.info("the live generation moved to %r; reloading the model", change.namespace)
-                self._needs_load = True
+                self._request_load()
                 return True  # the rest of this stream no longer matters
             stream_id = parse_stream_id(entry_id)
             self.applying = (stream_id[0], None)
@@ -813,6 +874,7 @@ class ModelSync:
         self._counts = [info.entries_added for info in infos]
         self._loads += 1
         self._caught_up = False
+        self._shard_caught_up = [False] * len(infos)
         self._needs_load = False
         self._loading = False
         self.model.generation = generation
@@ -907,17 +969,20 @@ class ModelSync:
             return "entries were lost before we read them"
         return None
 
-    async def _check_stream(self) -> None:
-        lasts, counts = list(self._last_ids), list(self._counts)
+    async def _check_stream(self, shards: Sequence[int] | None = None) -> None:
+        """After a Redis error: reload when the model or unread entries were lost."""
+        if shards is None:
+            shards = range(len(self._last_ids))
+        positions = [(shard, self._last_ids[shard], self._counts[shard]) for shard in shards]
         if self.model.loaded and not await self.store.model_present():
             self._model_lost()
             return
-        for shard, (last, count) in enumerate(zip(lasts, counts, strict=True)):
+        for shard, last, count in positions:
             info = await self._stream_info(shard)
             reason = self._lost_entries(info, last, count)
             if reason is not None and self.model.loaded:
                 log.warning("%s; reloading the model", reason)
-                self._needs_load = True
+                self._request_load()
                 return
 
     # --- monitor ---
@@ -950,14 +1015,14 @@ class ModelSync:
         if namespace != self.store.namespace or generation != self.model.generation:
             # e.g. a rollback, which appends no reload entry
             log.info("the live generation is now %r; reloading the model", namespace)
-            self._needs_load = True
+            self._request_load()
             return
         behind, lag = 0, 0.0
         for shard, info in enumerate(infos):
             reason = self._lost_entries(info, lasts[shard], counts[shard])
             if reason is not None:
                 log.warning("%s; reloading the model", reason)
-                self._needs_load = True
+                self._request_load()
                 return
             unread = max(0, info.entries_added - self._counts[shard]) if info.exists else 0
             behind += unread

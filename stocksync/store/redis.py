@@ -79,6 +79,9 @@ compat_redis.closed_transport_is_a_connection_error()
 _T = TypeVar("_T")
 #: Bits of a served_page cursor per node of a cluster (a node's SCAN cursor, plus one).
 _CURSOR_BITS: Final = 65
+#: Connections per cluster node for everything but the change-stream readers: redis-py's
+#: default, which holds, loads and the lag monitor have always had.
+_TRAFFIC_CONNECTIONS: Final = 100
 
 
 def open_client(url: str, *, cluster: bool = False, **options: Any) -> Client:
@@ -89,6 +92,13 @@ def open_client(url: str, *, cluster: bool = False, **options: Any) -> Client:
     """
     if cluster:
         options.pop("health_check_interval", None)  # not a cluster client option
+        # Each command takes a connection of its node's pool for as long as it runs, and
+        # past ``max_connections`` fails at once (MaxConnectionsError, no waiting). A
+        # follower of the model (API replica, feed) keeps one XREAD BLOCK per shard in
+        # flight all the time, and all 12 shards may be on one node (a one-master
+        # cluster, or a resharding that moved them together): the pool holds those on
+        # top of what the rest of the traffic always had, so they never crowd it out.
+        options.setdefault("max_connections", CLUSTER_SHARDS + _TRAFFIC_CONNECTIONS)
         # A command that meets a dead node, CLUSTERDOWN or an unserved slot is sent
         # again (up to 3 times) after the client re-read the slot map from a node that
         # answers, so a failover costs the callers a few failed calls, not a restart;
