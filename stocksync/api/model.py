@@ -1005,7 +1005,12 @@ class ModelSync:
         """Measure how far behind the stream the model is; spot lost entries and a lost model."""
         lasts, counts, loads = list(self._last_ids), list(self._counts), self._loads
         namespace, generation = await self.store.live_namespace()
-        present = await self.store.model_present()
+        if namespace == self.store.namespace:
+            # The live namespace is ours: the markers just read tell whether our model
+            # is there (on a cluster reading them again would be 12 more commands).
+            present = generation is not None and generation == self.store.generation
+        else:
+            present = await self.store.model_present()
         infos = [await self._stream_info(i) for i in range(len(lasts))]
         if loads != self._loads:
             return  # a load moved our position meanwhile: this answer is about the old one
