@@ -750,11 +750,12 @@ class ModelSync:
             if isinstance(change, HeldChange):
                 await self._apply_held(change.sku, change.held)
             elif change is not None:
-                self.applying = (self.applying[0], change.correlation_id)
+                applying = self.applying = (stream_id[0], change.correlation_id)
                 if change.held is not None:
                     # A conversion: the holds first, so the new position is served less
                     # the holds that remain, in the same step.
                     await self._apply_held(change.sku, change.held)
+                    self.applying = applying  # another shard's reader may have run meanwhile
                 self._apply_change(change.sku, change.version, change.served)
             self.applying = (0, None)
             self._last_ids[shard] = stream_id
@@ -791,8 +792,11 @@ class ModelSync:
         """Replace ``sku``'s lines by what Redis holds now."""
         if self.holds is None:
             return False
-        snapshot = snapshot_decoder.decode(await self.holds.held_one(sku))
-        return self.model.apply_held(sku, snapshot, replace=True)
+        applying = self.applying
+        raw = await self.holds.held_one(sku)
+        # On a cluster another shard's reader may have applied entries meanwhile.
+        self.applying = applying
+        return self.model.apply_held(sku, snapshot_decoder.decode(raw), replace=True)
 
     def _apply_change(self, sku: str, version: int, served: bytes) -> None:
         held = self.model.version(sku)
