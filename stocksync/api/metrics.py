@@ -286,6 +286,11 @@ def _health_families(status: SyncStatus, synthetic: int = 0) -> Iterator[Metric]
         "Stored projections or stream entries skipped because they did not decode.",
         status.invalid_projections,
     )
+    yield _counter(
+        "stocksync_api_held_rereads",
+        "SKUs whose hold lines were read again because a change of them was missed.",
+        status.held_rereads,
+    )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

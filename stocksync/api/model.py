@@ -467,6 +467,8 @@ class SyncStatus:
     redis_errors: int
     invalid_projections: int
     applied_changes: int
+    #: Changes of a SKU's hold lines that did not follow the lines held (the SKU was read again).
+    held_rereads: int = 0
     #: The error code of ``/readyz`` when not ready: ``not_ready`` or ``model_lost``.
     code: str = "not_ready"
     #: Id of the generation of the model served ("" before the first load).
@@ -599,6 +601,7 @@ class ModelSync:
             redis_errors=self._redis_errors,
             invalid_projections=self._invalid,
             applied_changes=self._applied,
+            held_rereads=self.held_gaps,
             code=code,
             generation=self.model.generation,
         )

@@ -297,7 +297,7 @@ def test_a_follower_that_missed_a_change_reads_the_skus_lines_again(
             assert model.held["A"].version == 1 and sync.held_gaps == 0
             # The second change is missed: the third finds a gap and reads A's lines.
             await sync._apply_held("A", msgspec.msgpack.encode(changes[2][1]))
-            assert sync.held_gaps == 1
+            assert sync.held_gaps == 1 and sync.status().held_rereads == 1
             assert model.held["A"].version == 3
             assert set(model.held["A"].lines) == {"cart-0", "cart-1", "cart-2"}
             assert model.held["A"].held == {"web": 3}
