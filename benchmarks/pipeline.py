@@ -447,7 +447,13 @@ async def _run_processes(
                         stdout=subprocess.DEVNULL, stderr=log,
                     ))
                 ports.append(port)
-            await asyncio.to_thread(_wait_ready, procs, ports)
+            try:
+                await asyncio.to_thread(_wait_ready, procs, ports)
+            except RuntimeError:
+                for i in range(workers):  # why a worker did not start, before tmp goes
+                    log = (Path(tmp) / f"worker-{i}.log").read_text(errors="replace")
+                    print(f"worker {i}:\n{log[-2000:]}", file=sys.stderr)
+                raise
             warm = DemoStream(
                 skus=[f"WARM-{i:04d}" for i in range(400)],
                 nodes=sorted({n for c in settings.channels for n in c.nodes}),
