@@ -270,6 +270,7 @@ def test_the_same_hold_id_is_idempotent_and_conflicts_otherwise(
             again = _hold("cart-1", ("B", 1), ("A", 2), ttl_seconds=60)
             status, body = await _post(client, "/v1/holds", again)
             assert (status, body) == (200, created)
+            await _becomes(client, "A", (8, 2))  # held once, not twice
             await asyncio.sleep(0.2)
             assert await _available(client, "A") == (8, 2)
             for other in (
