@@ -34,7 +34,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -85,6 +85,10 @@ FIRST_CHANNEL_SLOT: Final = 2
 _identifier = re.compile(IDENTIFIER_PATTERN)
 #: Served forms taken between two yields to the event loop while loading (~5 ms).
 _YIELD_EVERY: Final = 1024
+#: How long (ms) after its expiry a hold counted as expired is remembered, so that its
+#: lines on other SKUs, seen to expire later, do not count it again.
+_COUNTED_EXPIRED_MS: Final = 600_000
+_COUNTED_EXPIRED_MIN: Final = 4096
 
 
 def is_identifier(text: str) -> bool:
@@ -118,6 +122,8 @@ class AvailabilityModel:
     """
 
     __slots__ = (
+        "_counted_expired",
+        "_counted_limit",
         "_scheduled",
         "_stale",
         "base",
@@ -156,6 +162,11 @@ class AvailabilityModel:
         self.changed: Callable[[str], None] | None = None
         #: Holds this replica saw expire (by its clock), for the metrics.
         self.expired_holds = 0
+        # Hold id -> expiry (ms) of the holds counted in expired_holds lately, so a hold
+        # is counted once whichever of its SKUs is seen to expire first; pruned of the
+        # long expired once it outgrows _counted_limit.
+        self._counted_expired: dict[str, int] = {}
+        self._counted_limit = _COUNTED_EXPIRED_MIN
         #: Channel name -> index of its document in an :data:`Entry`.
         self.slots: dict[str, int] = {
             name: FIRST_CHANNEL_SLOT + i for i, name in enumerate(self.channels)
@@ -261,10 +272,23 @@ class AvailabilityModel:
             self.base[sku] = entry
         self._refresh(sku, now)
 
-    def _count_expired(self, ended: Sequence[HeldLine]) -> None:
-        """Count the holds of lines this replica saw expire (by its clock)."""
-        if ended:
-            self.expired_holds += len({line.hold_id for line in ended})
+    def _count_expired(self, ended: Iterable[HeldLine]) -> None:
+        """Count the holds of lines this replica saw expire (by its clock), each once.
+
+        A hold's lines on several SKUs expire together but may be seen in separate calls
+        (one SKU by the expiry timer, another by a change of its lines), so the holds
+        counted are remembered until well after they expired.
+        """
+        counted = self._counted_expired
+        for line in ended:
+            if line.hold_id not in counted:
+                counted[line.hold_id] = line.expires_ms
+                self.expired_holds += 1
+        if len(counted) > self._counted_limit:
+            horizon = now_ms() - _COUNTED_EXPIRED_MS
+            for hold_id in [h for h, at in counted.items() if at < horizon]:
+                del counted[hold_id]
+            self._counted_limit = max(_COUNTED_EXPIRED_MIN, 2 * len(counted))
 
     def _refresh(self, sku: str, now: int) -> None:
         """``sku``'s base entry or holds changed: encode it now, or at its first read."""
@@ -335,10 +359,9 @@ class AvailabilityModel:
             if scheduled.get(sku) == at:  # else a stale entry: a later one was pushed
                 del scheduled[sku]
                 due.add(sku)
-        ended = {
-            line.hold_id for sku in due if sku in self.held for line in self.held[sku].advance(now)
-        }
-        self.expired_holds += len(ended)
+        for sku in due:
+            if sku in self.held:
+                self._count_expired(self.held[sku].advance(now))
         for sku in due:
             if sku in self.base:
                 self._refresh(sku, now)

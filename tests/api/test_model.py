@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from stocksync.api.model import AvailabilityModel, is_identifier, now_ms, parse_stream_id
-from stocksync.codecs.holds import HeldLine, HeldSnapshot
+from stocksync.codecs.holds import HeldDelta, HeldLine, HeldSnapshot
 from stocksync.codecs.projections import SkuProjection
 from tests.api.helpers import projection, served
 
@@ -153,3 +153,22 @@ def test_with_a_listener_a_held_sku_is_encoded_at_once() -> None:
     assert model.apply_held("SKU-1", HeldSnapshot(1, [HeldLine("h1", "web", 2, now_ms() + 60_000)]))
     assert [sku for sku, _ in seen] == ["SKU-1", "SKU-1"]
     assert msgspec.json.decode(seen[-1][1] or b"")["held"] == 2
+
+
+def test_a_hold_on_two_skus_counts_as_one_expiry_whichever_sku_sees_it_first() -> None:
+    model = AvailabilityModel(["web"], [5])
+    for sku in ("SKU-1", "SKU-2"):
+        assert model.apply(served(projection(sku, 1, available=10)))
+    soon = now_ms() + 200
+    for sku in ("SKU-1", "SKU-2"):
+        assert model.apply_held(sku, HeldSnapshot(1, [HeldLine("cart-1", "web", 2, soon)]))
+    time.sleep(max(0.0, (soon - now_ms() + 5) / 1000))
+    # SKU-1 sees the expiry through a change of its lines (another hold), SKU-2 by the
+    # expiry timer: one hold expired, not two.
+    later = HeldLine("cart-2", "web", 1, now_ms() + 60_000)
+    assert model.apply_delta("SKU-1", HeldDelta(1, 2, [later], []))
+    assert model.expired_holds == 1
+    assert model.expire(now_ms()) >= 1
+    assert model.expired_holds == 1
+    doc = msgspec.json.decode(model.document("SKU-2", "web") or b"")
+    assert (doc["available"], doc["held"]) == (10, 0)
