@@ -450,6 +450,57 @@ class Cluster:
         )
         return reference
 
+    # -- the consumer group ------------------------------------------------------------
+
+    async def _group_lag(self) -> list[str]:
+        """Partitions of the group's topics whose committed offset is behind what was sent.
+
+        Source partitions: the ledger knows where every message landed. Effects
+        partitions: read back from the topic (end offsets are not trusted on this broker).
+        """
+        ends: dict[TopicPartition, int] = {}
+        for landed in self.ledger.landed:
+            tp = TopicPartition(landed.topic, landed.partition)
+            ends[tp] = max(ends.get(tp, 0), landed.offset + 1)
+        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                  enable_auto_commit=False, auto_offset_reset="earliest")
+        await reader.start()
+        try:
+            effects = [TopicPartition(self.topics["effects"], p)
+                       for p in range(self.partitions)]
+            reader.assign(effects)
+            await reader.seek_to_beginning(*effects)
+            last_new = time.monotonic()
+            while time.monotonic() - last_new < 1.5:
+                batch = await reader.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    if records:
+                        ends[tp] = max(ends.get(tp, 0), records[-1].offset + 1)
+                        last_new = time.monotonic()
+        finally:
+            await reader.stop()
+        # A member-less client of the group reads its committed offsets (Tansu does not
+        # answer the admin client's OffsetFetch version).
+        group = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group_id,
+                                 enable_auto_commit=False)
+        await group.start()
+        try:
+            committed = {tp: await group.committed(tp) for tp in ends}
+        finally:
+            await group.stop()
+        lagging = []
+        for tp, end in sorted(ends.items()):
+            found = committed.get(tp)
+            at = -1 if found is None else found
+            if at < end:
+                lagging.append(f"{tp.topic}[{tp.partition}]: committed {at}, end {end}")
+        return lagging
+
+    def group_lag(self) -> list[str]:
+        """Partitions of the group's topics (sources and effects) whose committed offset
+        is behind what was sent, one line each (empty when none)."""
+        return self._io.run(self._group_lag())
+
     # -- reading the dead-letter topic ---------------------------------------------------
 
     async def _read_dlq(self, at_least: int, idle: float, timeout: float) -> list[DeadLetterSeen]:
