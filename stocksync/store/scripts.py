@@ -548,14 +548,10 @@ end
 return {1, f[3]}
 """)
 
-# One SCAN page of held hashes: per key, the key and its snapshot (hold version and
-# every line, expired ones too: a replica counts those by its clock, as followers do).
-# Only the v and h: fields are read, so hashes with or without sums and index load alike.
-# ARGV: cursor, MATCH pattern, COUNT. Returns {next cursor, {key, snapshot, ...}}.
-READ_HELD_PAGE: Final = _lua("""
-local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local out = {}
-for _, key in ipairs(page[2]) do
+# A held hash's snapshot (codecs.holds.HeldSnapshot, msgpack): its hold version and every
+# line, expired ones too; only the v and h: fields are read. Loads and re-reads share it.
+_HELD_SNAPSHOT: Final = """
+local function held_snapshot(key)
   local flat = redis.call('HGETALL', key)
   local hv, lines = 0, {}
   for j = 1, #flat, 2 do
@@ -567,8 +563,20 @@ for _, key in ipairs(page[2]) do
       lines[#lines + 1] = {string.sub(f, 3), l[1], l[2], l[3]}
     end
   end
+  return cmsgpack.pack({hv, lines})
+end
+"""
+
+# One SCAN page of held hashes: per key, the key and its snapshot (hold version and
+# every line, expired ones too: a replica counts those by its clock, as followers do).
+# Only the v and h: fields are read, so hashes with or without sums and index load alike.
+# ARGV: cursor, MATCH pattern, COUNT. Returns {next cursor, {key, snapshot, ...}}.
+READ_HELD_PAGE: Final = _lua(_HELD_SNAPSHOT + """
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local out = {}
+for _, key in ipairs(page[2]) do
   out[#out + 1] = key
-  out[#out + 1] = cmsgpack.pack({hv, lines})
+  out[#out + 1] = held_snapshot(key)
 end
 return {page[1], out}
 """)
@@ -576,19 +584,8 @@ return {page[1], out}
 
 # KEYS: one held hash. Its snapshot, as READ_HELD_PAGE gives it: what a replica re-reads
 # when it missed a change of that SKU's lines.
-READ_HELD: Final = _lua("""
-local flat = redis.call('HGETALL', KEYS[1])
-local hv, lines = 0, {}
-for j = 1, #flat, 2 do
-  local f = flat[j]
-  if f == 'v' then
-    hv = tonumber(flat[j + 1])
-  elseif string.sub(f, 1, 2) == 'h:' then
-    local l = cmsgpack.unpack(flat[j + 1])
-    lines[#lines + 1] = {string.sub(f, 3), l[1], l[2], l[3]}
-  end
-end
-return cmsgpack.pack({hv, lines})
+READ_HELD: Final = _lua(_HELD_SNAPSHOT + """
+return held_snapshot(KEYS[1])
 """)
 
 
