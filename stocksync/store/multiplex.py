@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import hiredis
@@ -216,38 +218,21 @@ class Multiplexed:
         return reply, following
 
     async def _call_pooled_then(self, packed: bytes, after: bytes) -> tuple[Any, Any]:
-        pool = self._client.connection_pool
-        try:
-            async with self._slots, asyncio.timeout(self._timeout):
-                connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-                try:
-                    await connection.send_packed_command(packed + after)
-                    failed: BaseException | None = None
-                    reply: Any = None
-                    try:
-                        reply = await connection.read_response()
-                    except ResponseError as exc:  # a whole error answer: ``after``'s follows
-                        failed = exc
-                    try:
-                        following = await connection.read_response()
-                    except ResponseError as exc:
-                        following = hiredis.ReplyError(str(exc))
-                    if isinstance(failed, NoScriptError):
-                        raise NoScript(str(failed)) from failed
-                    if failed is not None:
-                        raise StoreError(f"Redis answered an error: {failed}") from failed
-                    return reply, following
-                except StoreError:
-                    raise
-                except BaseException:
-                    await connection.disconnect(nowait=True)
-                    raise
-                finally:
-                    await pool.release(connection)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"a call to Redis failed: {exc}") from exc
-        except TimeoutError:
-            raise StoreUnavailable(f"Redis did not answer within {self._timeout:g} s") from None
+        async with self._pooled() as connection:
+            await connection.send_packed_command(packed + after)
+            failed: ResponseError | None = None
+            reply: Any = None
+            try:
+                reply = await connection.read_response()
+            except ResponseError as exc:  # a whole error answer: ``after``'s follows
+                failed = exc
+            try:
+                following = await connection.read_response()
+            except ResponseError as exc:
+                following = hiredis.ReplyError(str(exc))
+            if failed is not None:  # now that ``after``'s answer is read
+                raise failed
+            return reply, following
 
     async def _connect(self) -> _Link | None:
         async with self._connecting:
@@ -272,13 +257,24 @@ class Multiplexed:
 
     async def _call_pooled(self, packed: bytes) -> Any:
         """The same call on a pooled connection of redis-py's (compat stood down)."""
+        async with self._pooled() as connection:
+            await connection.send_packed_command(packed)
+            return await connection.read_response()
+
+    @contextlib.asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[Any]:
+        """A pooled connection of redis-py's for one exchange, within ``timeout``; redis-py's
+        errors raised in the block come out as the store's, as :meth:`call` raises them.
+
+        A connection the block failed on other than by an error answer is disconnected,
+        not reused.
+        """
         pool = self._client.connection_pool
         try:
             async with self._slots, asyncio.timeout(self._timeout):
                 connection = await pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
-                    await connection.send_packed_command(packed)
-                    return await connection.read_response()
+                    yield connection
                 except NoScriptError as exc:
                     raise NoScript(str(exc)) from exc
                 except ResponseError as exc:
