@@ -263,26 +263,29 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _post_hold(url: str, body: dict[str, Any], timeout: float) -> None:
+    """``POST /v1/holds`` of ``body``; it must be granted (200 or 201)."""
+    req = urllib.request.Request(
+        url + "/v1/holds",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        assert resp.status in (200, 201), resp.status
+
+
 def _hold_some(url: str, count: int) -> None:
     """``count`` active holds, one unit each of SKU 0 .. count-1."""
     for i in range(count):
-        body = json.dumps(
-            {
-                "hold_id": f"standing-{i}",
-                "channel": "web",
-                "ttl_seconds": 3600,
-                "partial": True,
-                "lines": [{"sku": sku_name(i), "qty": 1}],
-            }
-        ).encode()
-        req = urllib.request.Request(
-            url + "/v1/holds",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            assert resp.status in (200, 201), resp.status
+        body = {
+            "hold_id": f"standing-{i}",
+            "channel": "web",
+            "ttl_seconds": 3600,
+            "partial": True,
+            "lines": [{"sku": sku_name(i), "qty": 1}],
+        }
+        _post_hold(url, body, timeout=5)
 
 
 def _stock_hot(port: int, db: int) -> None:
@@ -311,22 +314,13 @@ def _hold_hot(url: str, count: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> None:
-        body = json.dumps(
-            {
-                "hold_id": f"standing-hot-{i}",
-                "channel": "web",
-                "ttl_seconds": 3600,
-                "lines": [{"sku": HOT_SKU, "qty": 1}],
-            }
-        ).encode()
-        req = urllib.request.Request(
-            url + "/v1/holds",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            assert resp.status in (200, 201), resp.status
+        body = {
+            "hold_id": f"standing-hot-{i}",
+            "channel": "web",
+            "ttl_seconds": 3600,
+            "lines": [{"sku": HOT_SKU, "qty": 1}],
+        }
+        _post_hold(url, body, timeout=30)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(count)))
