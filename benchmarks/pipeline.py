@@ -327,6 +327,21 @@ async def aiokafka(bootstrap: str, redis_url: str, events: int) -> dict[str, Any
     return {"messages": events, "seconds": elapsed, "messages_per_s": events / elapsed}
 
 
+def _rates(events: int, elapsed: float, cpu: float, redis_cpu: float) -> dict[str, Any]:
+    """The figures of ``events`` processed in ``elapsed`` seconds with ``cpu`` seconds of
+    the worker(s) and ``redis_cpu`` of Redis: totals, events/s and CPU per event."""
+    return {
+        "events": events,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "redis_cpu_seconds": redis_cpu,
+        "events_per_s": events / elapsed,
+        # CPU per event compares across runs on a loaded machine; events/s do not.
+        "worker_us_per_event": 1e6 * cpu / events,
+        "redis_us_per_event": 1e6 * redis_cpu / events,
+    }
+
+
 async def _run_worker(
     bootstrap: str, redis_url: str, messages: list[Any], events: int, profile: bool
 ) -> dict[str, Any]:
@@ -367,14 +382,7 @@ async def _run_worker(
         await asyncio.gather(task, return_exceptions=True)
     result: dict[str, Any] = {
         "batches": _batches(metrics),
-        "events": events,
-        "seconds": elapsed,
-        "cpu_seconds": cpu,
-        "redis_cpu_seconds": redis_cpu,
-        "events_per_s": events / elapsed,
-        # CPU per event compares across runs on a loaded machine; events/s do not.
-        "worker_us_per_event": 1e6 * cpu / events,
-        "redis_us_per_event": 1e6 * redis_cpu / events,
+        **_rates(events, elapsed, cpu, redis_cpu),
         "effects": _counter(metrics.effects_sent),
         "skus_written": _counter(metrics.skus_written),
     }
@@ -499,13 +507,7 @@ async def _run_processes(
                     proc.wait(30)
     return {
         "workers": workers,
-        "events": events,
-        "seconds": elapsed,
-        "cpu_seconds": cpu,
-        "redis_cpu_seconds": redis_cpu,
-        "events_per_s": events / elapsed,
-        "worker_us_per_event": 1e6 * cpu / events,
-        "redis_us_per_event": 1e6 * redis_cpu / events,
+        **_rates(events, elapsed, cpu, redis_cpu),
         "events_per_worker": per_worker,
     }
 
