@@ -8,6 +8,8 @@ Fixtures (other test packages code against these names and shapes):
   with append-only persistence, so ``stop()`` then ``start()`` keeps the data.
 - ``redis_url`` (function): ``redis://127.0.0.1:PORT/DB``, a database on
   ``redis_server`` flushed before the test.
+- ``sync_client`` (function): a synchronous ``redis.Redis`` on ``redis_url``,
+  closed after the test.
 - ``topic_prefix`` (function): a unique prefix such as ``t3f9a0c12d4e5``, so tests
   sharing the broker never see each other's topics.
 
@@ -29,7 +31,7 @@ import redis
 
 from stocksync.daemon.services import LocalRedisCluster, RedisServer, TansuBroker
 
-__all__ = ["broker", "dev_state", "redis_server", "redis_url", "topic_prefix"]
+__all__ = ["broker", "dev_state", "redis_server", "redis_url", "sync_client", "topic_prefix"]
 
 # Tests take the 16 databases in turn, so a client a test forgot to close
 # writes into a database the next test does not use.
@@ -106,6 +108,16 @@ def redis_url(redis_server: RedisServer) -> str:
     with contextlib.closing(redis.Redis.from_url(url)) as client:
         client.flushdb()
     return url
+
+
+@pytest.fixture
+def sync_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous client of ``redis_url``'s database, closed after the test."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture

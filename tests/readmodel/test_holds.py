@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -88,15 +87,6 @@ def test_available_after_holds_never_goes_negative() -> None:
 
 
 # --- the Redis scripts against the oracle ---------------------------------------------
-
-
-@pytest.fixture
-def sync_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 operation = st.one_of(

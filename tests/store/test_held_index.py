@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -46,15 +45,6 @@ _op = st.one_of(
     st.tuples(st.just("convert"), st.sampled_from(HOLD_IDS), _skus),
     st.tuples(st.just("wait"), st.integers(1, 25)),
 )
-
-
-@pytest.fixture
-def sync_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def check_index(client: redis.Redis, keys: Keys, sku: str) -> None:
