@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -16,7 +14,7 @@ from stocksync.api.auth import Authenticator, address_slot, scope_for
 from stocksync.api.errors import Forbidden, RateLimited, Unauthorized
 from stocksync.api.hoststate import HostState
 from stocksync.config.settings import TokenSettings
-from tests.api.helpers import make_settings, projection, run, serving, write
+from tests.api.helpers import make_settings, run, serving
 
 READER = "reader-secret-1"
 ADMIN = "admin-secret-2"
@@ -43,13 +41,6 @@ def _bearer(secret: str) -> dict[str, str]:
 def _code(body: bytes) -> str:
     code: str = msgspec.json.decode(body)["error"]["code"]
     return code
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        write(client, projection("A"))
-        yield client
 
 
 def test_tokens_guard_v1(redis_url: str, store: redis.Redis) -> None:

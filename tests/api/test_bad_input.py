@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
-from collections.abc import Iterator
-from typing import Any
 
 import msgspec
 import pytest
 import redis
-from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from stocksync.api.protocol import reason_of
-from tests.api.helpers import make_settings, projection, run, serving, write
-
-Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        write(client, projection("A"))
-        yield client
+from tests.api.helpers import Client, make_settings, run, serving
 
 
 def _code(body: bytes) -> str:

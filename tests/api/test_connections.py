@@ -6,26 +6,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient
 
 from stocksync.api.protocol import TESTED_AIOHTTP, ApiProtocol, _check_aiohttp
-from tests.api.helpers import eventually, make_settings, projection, run, serving, write
+from tests.api.helpers import Client, eventually, make_settings, run, serving
 from tests.api.wire import Answer, exchange, parse_answers, read_answers, wait_closed
 
-Client = TestClient[Any, Any]
 GET = b"GET /v1/availability/A?channel=web HTTP/1.1\r\nHost: x\r\n\r\n"
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        write(client, projection("A"))
-        yield client
 
 
 def _port(client: Client) -> int:

@@ -10,7 +10,6 @@ import msgspec
 import pytest
 import redis
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -18,9 +17,8 @@ from stocksync.api.etags import etag
 from stocksync.api.handlers import AvailabilityHandlers
 from stocksync.codecs.projections import ChannelAvailability
 from stocksync.daemon.services import free_port
-from tests.api.helpers import GENERATION, make_settings, projection, run, serving, write
+from tests.api.helpers import GENERATION, Client, make_settings, projection, run, serving, write
 
-Client = TestClient[Any, Any]
 _enc = msgspec.json.Encoder()
 
 

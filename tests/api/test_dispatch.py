@@ -5,19 +5,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
 from aiohttp import ClientTimeout
-from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from stocksync.api.etags import etag
 from stocksync.config.settings import TokenSettings
-from tests.api.helpers import GENERATION, make_settings, projection, run, serving, write
+from tests.api.helpers import GENERATION, Client, make_settings, projection, run, serving, write
 
-Client = TestClient[Any, Any]
 SECRET = "reader-secret"
 TOKENS = [TokenSettings(name="reader", sha256=hashlib.sha256(SECRET.encode()).hexdigest())]
 AUTH = {"Authorization": f"Bearer {SECRET}"}

@@ -8,9 +8,7 @@ for every error class and any other exception, and the worker's and the feed's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,10 +36,9 @@ from stocksync.config.settings import TokenSettings
 from stocksync.daemon.worker import _health_app as worker_health_app
 from stocksync.feed.service import _health_app as feed_health_app
 from stocksync.store import StoreUnavailable
-from tests.api.helpers import make_settings, projection, run, serving, write
+from tests.api.helpers import Client, make_settings, run, serving
 from tests.api.wire import Answer, exchange, read_answers
 
-Client = TestClient[Any, Any]
 READER = "reader-secret"
 HOLDER = "holder-secret"
 LIMITED = "limited-secret"
@@ -117,13 +114,6 @@ CASES: list[tuple[bytes, int, str]] = [
     (_request("POST", BATCH, body=b'{"skus":[' + b'"A",' * 1000 + b'"A"]}'), 413, "too_many_skus"),
     (_request("POST", BATCH, body=b" " * 70_000), 413, "too_many_skus"),
 ]
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        write(client, projection("A"))
-        yield client
 
 
 def _port(client: Client) -> int:

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient
 
 from stocksync.api.app import MODEL
 from stocksync.api.etags import etag
 from stocksync.store.generation import effective_namespace
 from stocksync.store.layout import Keys, reload_fields
-from tests.api.helpers import NAMESPACE, eventually, make_settings, projection, run, serving, write
+from tests.api.helpers import (
+    NAMESPACE,
+    Client,
+    eventually,
+    make_settings,
+    projection,
+    run,
+    serving,
+    write,
+)
 
-Client = TestClient[Any, Any]
 PATH = "/v1/availability/A?channel=web"
 
 

@@ -18,13 +18,13 @@ import msgspec
 import pytest
 import redis
 import redis.asyncio
-from aiohttp.test_utils import TestClient
 
 from stocksync.config.settings import HoldSettings, Settings, TokenSettings
 from stocksync.store.generation import effective_namespace
 from stocksync.store.layout import CLUSTER_SHARDS, Keys, reload_fields
 from tests.api.helpers import (
     NAMESPACE,
+    Client,
     eventually,
     make_settings,
     projection,
@@ -32,9 +32,6 @@ from tests.api.helpers import (
     serving,
     write,
 )
-
-Client = TestClient[Any, Any]
-
 
 Store = redis.Redis | redis.RedisCluster
 

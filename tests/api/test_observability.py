@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
 from stocksync.api.metrics import ApiMetrics
-from tests.api.helpers import make_settings, projection, run, serving, write
-
-
-@pytest.fixture
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        write(client, projection("A"))
-        yield client
+from tests.api.helpers import make_settings, run, serving
 
 
 def _access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
