@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import random
+import string
 import subprocess
 import sys
 import threading
@@ -243,6 +244,14 @@ class Cluster:
     def start_worker(self, name: str = "w1") -> WorkerProcess:
         """Start a worker and wait until it has its partitions."""
         return self.worker(name).start().wait_ready()
+
+    def start_workers(self, n: int) -> list[WorkerProcess]:
+        """Start ``n`` workers of the group, named ``a``, ``b``, ..., all at once (so they
+        join the group together), then wait until each has its partitions."""
+        started = [self.worker(name).start() for name in string.ascii_lowercase[:n]]
+        for worker in started:
+            worker.wait_ready()
+        return started
 
     def note(self, text: str) -> None:
         """Remember a fact to show if the test fails."""

@@ -50,10 +50,7 @@ def test_workers_frozen_past_their_session_converge_after_resuming(
     rng = random.Random(cluster.seed())
     messages = realistic_stream(rng, cluster.wire, 6000)
     first_part = len(messages) // 3
-    a = cluster.worker("a").start()
-    b = cluster.worker("b").start()
-    a.wait_ready()
-    b.wait_ready()
+    a, b = cluster.start_workers(2)
     cluster.send_paced(messages[:first_part], seconds=2).result(timeout=60)
     stream = None
     if backlog:

@@ -31,10 +31,7 @@ def test_two_workers_share_the_partitions_and_survive_the_loss_of_one(
     rng = random.Random(cluster.seed())
     messages = realistic_stream(rng, cluster.wire, 2400)
     half = len(messages) // 2
-    first = cluster.worker("a").start()
-    second = cluster.worker("b").start()
-    first.wait_ready()
-    second.wait_ready()
+    first, second = cluster.start_workers(2)
 
     cluster.send_paced(messages[:half], seconds=3).result(timeout=60)
     cluster.settle()
