@@ -35,19 +35,23 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.api.common import cpu_seconds
-from benchmarks.pipeline import paced_traffic, services, worker_keeping_ages
+from benchmarks.pipeline import (
+    PARTITIONS,
+    paced_traffic,
+    run_settings,
+    services,
+    worker_keeping_ages,
+)
 
 __all__ = ["main"]
 
-PARTITIONS = 8
-
 
 def _settings(broker: str, redis_url: str, prefix: str, interval: int) -> Any:
-    from stocksync.config.settings import ChannelSettings, Settings, WorkerSettings
+    """A run's settings (:func:`~benchmarks.pipeline.run_settings`) with the feed's channel."""
+    from stocksync.config.settings import ChannelSettings
 
-    return Settings(
-        broker=broker, redis_url=redis_url, topic_prefix=prefix, partitions=PARTITIONS,
-        redis_namespace=prefix, worker=WorkerSettings(port=0, group_id=prefix),
+    return run_settings(
+        broker, redis_url, prefix,
         channels=[ChannelSettings(name="web", nodes=["dc-east", "dc-west"],
                                   low_stock_threshold=5, notify="quantity",
                                   notify_min_interval_ms=interval)],

@@ -44,7 +44,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["SCENARIOS", "main", "paced_traffic", "services", "worker_keeping_ages"]
+__all__ = [
+    "PARTITIONS",
+    "SCENARIOS",
+    "main",
+    "paced_traffic",
+    "run_settings",
+    "services",
+    "worker_keeping_ages",
+]
 
 SCENARIOS = (
     "faust_bare",
@@ -62,7 +70,9 @@ _CLUSTER = {"on": False}
 # --- shared helpers (run inside a scenario's subprocess) ---------------------------------
 
 
-def _settings(broker: str, redis_url: str, prefix: str) -> Any:
+def run_settings(broker: str, redis_url: str, prefix: str, **fields: Any) -> Any:
+    """The settings of one run: ``prefix`` names its topics, Redis namespace and consumer
+    group, on PARTITIONS partitions, the worker's port free; ``fields`` set any other."""
     from stocksync.config.settings import Settings, WorkerSettings
 
     return Settings(
@@ -73,6 +83,7 @@ def _settings(broker: str, redis_url: str, prefix: str) -> Any:
         redis_namespace=prefix,
         redis_cluster=_CLUSTER["on"],
         worker=WorkerSettings(port=0, group_id=prefix),
+        **fields,
     )
 
 
@@ -267,7 +278,7 @@ async def _bare(
     from stocksync.agents.app import raw_topic, start_worker, stop_worker
     from stocksync.agents.topics import topic_names
 
-    settings = _settings(f"kafka://{bootstrap}", redis_url, f"b{uuid.uuid4().hex[:8]}")
+    settings = run_settings(f"kafka://{bootstrap}", redis_url, f"b{uuid.uuid4().hex[:8]}")
     messages = _single_messages(settings, events)
     await _produce(bootstrap, settings, messages)
     names = topic_names(settings)
@@ -303,7 +314,7 @@ async def aiokafka(bootstrap: str, redis_url: str, events: int) -> dict[str, Any
 
     from stocksync.agents.topics import topic_names
 
-    settings = _settings(f"kafka://{bootstrap}", redis_url, f"k{uuid.uuid4().hex[:8]}")
+    settings = run_settings(f"kafka://{bootstrap}", redis_url, f"k{uuid.uuid4().hex[:8]}")
     await _produce(bootstrap, settings, _single_messages(settings, events))
     names = topic_names(settings)
     consumer = AIOKafkaConsumer(
@@ -348,7 +359,7 @@ async def _run_worker(
     from stocksync.agents.metrics import WorkerMetrics
     from stocksync.daemon.worker import serve
 
-    settings = _settings(f"kafka://{bootstrap}", redis_url, f"p{uuid.uuid4().hex[:8]}")
+    settings = run_settings(f"kafka://{bootstrap}", redis_url, f"p{uuid.uuid4().hex[:8]}")
     await _produce(bootstrap, settings, messages)
     await _model_exists(settings)
     metrics = WorkerMetrics()
@@ -435,7 +446,7 @@ async def _run_processes(
     from stocksync.daemon.demo import DemoStream
     from stocksync.daemon.services import free_port
 
-    settings = _settings(f"kafka://{bootstrap}", redis_url, f"p{uuid.uuid4().hex[:8]}")
+    settings = run_settings(f"kafka://{bootstrap}", redis_url, f"p{uuid.uuid4().hex[:8]}")
     await _model_exists(settings)
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
@@ -592,7 +603,7 @@ async def paced_producer(bootstrap: str, prefix: str, rate: int, seconds: float)
 
     from stocksync.agents.topics import topic_names
 
-    settings = _settings(f"kafka://{bootstrap}", "redis://unused", prefix)
+    settings = run_settings(f"kafka://{bootstrap}", "redis://unused", prefix)
     names = topic_names(settings)
     topic_of = {"stock": names.stock, "orders": names.orders, "returns": names.returns}
     demo = _demo(settings, 10_000)
@@ -622,7 +633,7 @@ async def freshness(bootstrap: str, redis_url: str, events: int) -> dict[str, An
 async def _freshness_at(bootstrap: str, redis_url: str, rate: int) -> dict[str, Any]:
     seconds = 15
     prefix = f"f{uuid.uuid4().hex[:8]}"
-    settings = _settings(f"kafka://{bootstrap}", redis_url, prefix)
+    settings = run_settings(f"kafka://{bootstrap}", redis_url, prefix)
     async with worker_keeping_ages(bootstrap, settings) as (metrics, ages):
         achieved = await paced_traffic(bootstrap, prefix, rate, seconds)
         await asyncio.sleep(2)
