@@ -27,11 +27,10 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.pipeline import _machine, _run_scenario
+from benchmarks.pipeline import _machine, _run_scenario, services
 
 __all__ = ["main"]
 
@@ -67,20 +66,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker processes of each pipeline run (default: 1 2)")
     args = parser.parse_args(argv)
 
-    from stocksync.daemon.services import LocalRedisCluster, RedisServer, TansuBroker
+    from stocksync.daemon.services import LocalRedisCluster
 
     costs: dict[str, dict[str, list[dict[str, float]]]] = {}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        TansuBroker(data_dir=Path(tmp) / "broker") as broker,
-        RedisServer(data_dir=Path(tmp) / "redis") as redis,
-    ):
-        cluster = LocalRedisCluster(Path(tmp) / "cluster")
+    with services() as (tmp, broker, redis):
+        cluster = LocalRedisCluster(tmp / "cluster")
         try:
             cluster.start()
             node = cluster.nodes[0]
             if args.only != "pipeline":
-                _api_rounds(args, redis, cluster, Path(tmp), costs)
+                _api_rounds(args, redis, cluster, tmp, costs)
             for round_ in range(args.repeat if args.only != "api" else 0):
                 for name in SCENARIOS:
                     for workers in args.workers:
