@@ -35,20 +35,13 @@ from stocksync.codecs.effects import Snapshot, batch_decoder
 from stocksync.codecs.messages import Reason
 from stocksync.readmodel import core
 from stocksync.store import MemoryStore
+from tests.agents.events import ev
 
 __all__: list[str] = []
 
 DAY_MS = 86_400_000
 LIMIT = 1_000_000
 TOPOLOGY = core.Topology(channels=(core.ChannelSpec(name="web", nodes=("dc-east",)),))
-
-
-def ev(type_: str, event_id: str, **fields: object) -> dict[str, object]:
-    """A contract event with a default envelope."""
-    return {
-        "type": type_, "schema": 1, "event_id": event_id,
-        "occurred_at": "2026-11-27T09:00:00Z", "source": "test", **fields,
-    }
 
 
 def letter(raw: bytes, **fields: object) -> DeadLetterOut:

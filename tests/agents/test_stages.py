@@ -16,6 +16,7 @@ from stocksync.codecs.effects import batch_decoder
 from stocksync.config.settings import DlqSettings
 from stocksync.readmodel import core
 from stocksync.store import MemoryStore
+from tests.agents.events import ev
 
 DAY_MS = 86_400_000
 TOPOLOGY = core.Topology(
@@ -36,18 +37,6 @@ class MemoryOutbox:
 
     async def send_dead_letters(self, letters: Sequence[DeadLetterOut]) -> None:
         self.letters.extend(letters)
-
-
-def ev(type_: str, event_id: str, **fields: object) -> dict[str, object]:
-    """An event of the contract with a default envelope."""
-    return {
-        "type": type_,
-        "schema": 1,
-        "event_id": event_id,
-        "occurred_at": "2026-11-27T09:00:00Z",
-        "source": "test",
-        **fields,
-    }
 
 
 class Rig:
