@@ -17,6 +17,10 @@
   writer was dropped between its connect and the write. It wraps the public
   ``Connection.send_packed_command``.
 
+- :func:`learn_moved`: tell a cluster client's slot map what a MOVED answer to a
+  command sent outside it (:mod:`stocksync.store.routed`) said, as its own command
+  path does (``NodesManager.move_slot``), so the call's retry goes to the new owner.
+
 Written for redis-py 8.x; on another version these stand down and say so: the
 script calls of checkout holds then take one pooled connection per call,
 through redis-py's own command path (correct, but a hold costs more CPU), and a
@@ -39,6 +43,7 @@ __all__ = [
     "check",
     "closed_transport_is_a_connection_error",
     "detach_streams",
+    "learn_moved",
     "transport_closed",
 ]
 
@@ -113,3 +118,10 @@ def closed_transport_is_a_connection_error() -> None:
 
     send_packed_command._stocksync = True  # type: ignore[attr-defined]
     Connection.send_packed_command = send_packed_command  # type: ignore[method-assign,assignment]
+
+
+async def learn_moved(client: Any, moved: Any) -> None:
+    """Point the slot of a MOVED answer (``MovedError``) at the node it names (off: nothing;
+    the cluster client then meets the MOVED itself and learns it there)."""
+    if ACTIVE:
+        await client.nodes_manager.move_slot(moved)

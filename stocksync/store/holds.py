@@ -60,6 +60,7 @@ from stocksync.store.acked import call_acked
 from stocksync.store.layout import Keys
 from stocksync.store.multiplex import Multiplexed, NoScript
 from stocksync.store.protocol import StoreUnavailable
+from stocksync.store.routed import evalsha_routed
 from stocksync.store.sharded_holds import ShardedHolds
 
 __all__ = ["MEMORY_MS", "Created", "HoldRecord", "HoldStore"]
@@ -194,6 +195,8 @@ class HoldStore:
             # Routed by slot. A hold's keys span shards, so on a cluster only the
             # single-key scripts (reading a hold) run; the others fail as unavailable.
             try:
+                if isinstance(self.client, aioredis.RedisCluster):
+                    return await evalsha_routed(self.client, script, keys, args)
                 return await script(keys=keys, args=args)
             except (RedisError, RedisClusterException, OSError) as exc:
                 raise StoreUnavailable(f"a hold script failed: {exc}") from exc

@@ -59,6 +59,7 @@ from stocksync.store.layout import (
     state_mark,
 )
 from stocksync.store.protocol import ModelLost, StoreError, StoreUnavailable, Write
+from stocksync.store.routed import evalsha_routed
 from stocksync.store.served import served_bytes
 
 __all__ = ["WRITE_CHUNK", "Client", "RedisStore", "SwitchRefused", "open_client"]
@@ -248,7 +249,7 @@ class RedisStore:
             )
         if self.cluster:
             # Routed by the keys' slot (one slot per call: the keys share a shard tag).
-            return await script(keys=keys, args=args)
+            return await evalsha_routed(cast("RedisCluster", self.client), script, keys, args)
         packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         pool = cast("aioredis.Redis", self.client).connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]

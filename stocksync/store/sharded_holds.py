@@ -65,6 +65,7 @@ from stocksync.store import scripts
 from stocksync.store.acked import evalsha_acked
 from stocksync.store.layout import Keys
 from stocksync.store.protocol import StoreError, StoreUnavailable
+from stocksync.store.routed import evalsha_routed
 
 if TYPE_CHECKING:
     from stocksync.store.holds import Created, HoldRecord
@@ -131,7 +132,7 @@ class ShardedHolds:
                         self.client, script, keys, args,
                         replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms,
                     )
-                return await script(keys=keys, args=args)
+                return await evalsha_routed(self.client, script, keys, args)
         except StoreUnavailable:
             raise
         except ResponseError as exc:
