@@ -258,7 +258,7 @@ class AvailabilityModel:
             return None
         now = now_ms()
         if current is None:
-            current = self.held[sku] = HeldLines(now=now)
+            current = self.held[sku] = HeldLines(through=now)
         self._count_expired(current.advance(now))
         current.apply(delta, now)
         self._held_changed(sku, now)

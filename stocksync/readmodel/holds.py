@@ -17,6 +17,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Sequence
 
+import msgspec
+
 from stocksync.codecs.holds import HeldDelta, HeldLine, HeldSnapshot, HoldStatus, StoredLine
 
 __all__ = [
@@ -99,7 +101,7 @@ def fingerprint(channel: str, lines: Iterable[tuple[str, int]]) -> str:
 
 
 
-class HeldLines:
+class HeldLines(msgspec.Struct, kw_only=True, gc=False):
     """One SKU's hold lines as a follower keeps them: a change costs what it changed.
 
     Lines by hold id; per channel the sum of the lines still active at
@@ -109,42 +111,49 @@ class HeldLines:
     the active lines' expiries. Equal to the functions above over the same lines:
     ``held`` is :func:`held_by_channel`, ``len(expired)`` :func:`expired_count` and
     :meth:`next_expiry` :func:`next_expiry`, at :attr:`through`.
+
+    A replica keeps one for every SKU that was ever held, so none of it is seen by
+    the garbage collector (it can hold no reference cycle): as a plain object with a
+    set it was three tracked containers per held SKU, and every full collection of
+    an API process walked all of them (tens of milliseconds at 40,000 held SKUs,
+    each a pause of every request in flight). Only :attr:`heap`, a list, is tracked.
     """
 
-    __slots__ = ("_heap", "expired", "held", "lines", "through", "version")
-
-    def __init__(self, version: int = 0, lines: Iterable[HeldLine] = (), now: int = 0) -> None:
-        #: The hold version of the SKU these lines are at.
-        self.version = version
-        self.lines: dict[str, HeldLine] = {}
-        #: Channel -> quantity held by the lines active at ``through``.
-        self.held: dict[str, int] = {}
-        #: Hold ids of lines that expired by ``through`` (still in ``lines``).
-        self.expired: set[str] = set()
-        self.through = now
-        self._heap: list[tuple[int, str]] = []
-        for line in lines:
-            self._add(line)
+    #: The hold version of the SKU these lines are at.
+    version: int = 0
+    lines: dict[str, HeldLine] = {}
+    #: Channel -> quantity held by the lines active at ``through``.
+    held: dict[str, int] = {}
+    #: Hold ids of lines that expired by ``through`` (still in ``lines``); a dict of
+    #: None rather than a set, because a dict of strings is not tracked by the collector.
+    expired: dict[str, None] = {}
+    through: int = 0
+    #: (expiry ms, hold id) of the active lines, and of lines since removed or updated
+    #: (skipped at the top, see _live_top, or dropped by a compaction).
+    heap: list[tuple[int, str]] = []
 
     @classmethod
     def of(cls, snapshot: HeldSnapshot, now: int) -> HeldLines:
         """The lines of a snapshot, looked at ``now``."""
-        return cls(snapshot.version, snapshot.lines, now)
+        lines = cls(version=snapshot.version, through=now)
+        for line in snapshot.lines:
+            lines._add(line)
+        return lines
 
     def _add(self, line: HeldLine) -> None:
         self.lines[line.hold_id] = line
         if line.expires_ms <= self.through:
-            self.expired.add(line.hold_id)
+            self.expired[line.hold_id] = None
             return
         self.held[line.channel] = self.held.get(line.channel, 0) + line.qty
-        heapq.heappush(self._heap, (line.expires_ms, line.hold_id))
+        heapq.heappush(self.heap, (line.expires_ms, line.hold_id))
 
     def _remove(self, hold_id: str) -> None:
         line = self.lines.pop(hold_id, None)
         if line is None:
             return
         if hold_id in self.expired:
-            self.expired.discard(hold_id)
+            del self.expired[hold_id]
             return
         left = self.held[line.channel] - line.qty
         if left:
@@ -162,18 +171,18 @@ class HeldLines:
             self._remove(line.hold_id)
             self._add(line)
         self.version = delta.after
-        if len(self._heap) > 2 * len(self.lines) + 64:
-            self._heap = [
+        if len(self.heap) > 2 * len(self.lines) + 64:
+            self.heap = [
                 (line.expires_ms, hold_id)
                 for hold_id, line in self.lines.items()
                 if hold_id not in self.expired
             ]
-            heapq.heapify(self._heap)
+            heapq.heapify(self.heap)
         self.advance(now)
 
     def _live_top(self) -> tuple[int, str] | None:
         """The heap's earliest entry that is still an active line's expiry."""
-        heap = self._heap
+        heap = self.heap
         while heap:
             at, hold_id = heap[0]
             line = self.lines.get(hold_id)
@@ -191,14 +200,14 @@ class HeldLines:
             top = self._live_top()
             if top is None or top[0] > self.through:
                 break
-            heapq.heappop(self._heap)
+            heapq.heappop(self.heap)
             line = self.lines[top[1]]
             left = self.held[line.channel] - line.qty
             if left:
                 self.held[line.channel] = left
             else:
                 del self.held[line.channel]
-            self.expired.add(line.hold_id)
+            self.expired[line.hold_id] = None
             ended.append(line)
         return ended
 

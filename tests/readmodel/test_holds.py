@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import msgspec
 import pytest
@@ -11,7 +12,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stocksync.codecs.holds import HeldDelta, HeldLine, StoredLine, decode_held
+from stocksync.codecs.holds import HeldDelta, HeldLine, HeldSnapshot, StoredLine, decode_held
 from stocksync.codecs.state import Position
 from stocksync.readmodel import holds
 from stocksync.readmodel.core import ChannelSpec, Topology
@@ -74,6 +75,23 @@ def test_grants_follow_the_oracle(lines: list[tuple[int, int]], partial: bool) -
             "held" if all(g == q for g, q in zip(granted, wanted.values(), strict=True))
             else "partial"
         )
+
+
+def test_a_replicas_held_lines_leave_the_collector_only_their_heap() -> None:
+    # A replica keeps the lines of every SKU ever held: a full collection walks every
+    # tracked container, so those must not be tracked (the heap's list always is).
+    lines = holds.HeldLines.of(
+        HeldSnapshot(3, [HeldLine("h1", "web", 2, NOW + 5), HeldLine("h2", "web", 1, NOW - 1)]),
+        NOW,
+    )
+    lines.apply(HeldDelta(3, 4, [HeldLine("h3", "store", 1, NOW + 9)], []), NOW)
+    lines.apply(HeldDelta(4, 5, [], ["h1"]), NOW + 6)
+    assert lines.expired and lines.lines and lines.held
+    assert not gc.is_tracked(lines)
+    for part in (lines.lines, lines.held, lines.expired):
+        assert not gc.is_tracked(part)
+    gc.collect()  # the heap's tuples are untracked by the first collection they survive
+    assert not any(gc.is_tracked(entry) for entry in lines.heap)
 
 
 def test_available_after_holds_never_goes_negative() -> None:
