@@ -35,6 +35,7 @@ from stocksync.api.app import MODEL, create_app
 from stocksync.api.dispatch import ApiRunner
 from stocksync.api.hoststate import HostState
 from stocksync.config.settings import Settings
+from stocksync.daemon.collector import collect_less
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "run"]
 
@@ -134,6 +135,7 @@ async def _serve_until_stopped(
         shutdown_timeout=max(0.1, settings.api.shutdown_timeout_s - _CLEANUP_MARGIN),
     )
     await runner.setup()
+    collect_less()
     try:
         if listen_when_loaded:
             deadline = loop.time() + _LOAD_WAIT_MAX
