@@ -195,6 +195,20 @@ class WorkerMetrics:
             "1 while the worker reaches the Kafka broker, 0 during an outage.",
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "stocksync_consumer_lag",
+            "Records of an assigned partition not yet committed: high watermark minus the"
+            " committed offset (see stocksync.agents.lag).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.partition_stalled = Gauge(
+            "stocksync_consumer_partition_stalled_seconds",
+            "Seconds since an assigned partition's committed offset last moved while it"
+            " lags; 0 when caught up.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.model_lost = Gauge(
             "stocksync_model_lost",
             "1 while Redis has lost the model (no identity marker) and this worker waits for"

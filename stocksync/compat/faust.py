@@ -12,7 +12,10 @@
   statistics for Faust's web views, is called several times per message, and
   the worker serves its own metrics; without any sensor Faust warned "Missing
   sensor state for rebalance" on every rebalance, so the app hands it an empty
-  state (``_rebalancing_sensor_state``).
+  state (``_rebalancing_sensor_state``);
+- :func:`committed_offsets` reads the offsets the consumer last committed
+  (``Consumer._committed_offset``), which Faust keeps but does not publish; the
+  lag gauges of :mod:`stocksync.agents.lag` count from them.
 
 The figures are in ``benchmarks/README.md``, "Figures behind design choices".
 Written for faust-streaming 0.15.x (the project pins 0.15.3); on another
@@ -22,7 +25,7 @@ version :func:`app_class` returns the stock ``faust.App`` and says so once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import faust
@@ -41,6 +44,7 @@ __all__ = [
     "app_class",
     "check",
     "close_unused_consumer_loop",
+    "committed_offsets",
 ]
 
 DISTRIBUTION = "faust-streaming"
@@ -58,7 +62,7 @@ def check() -> bool:
         LOWEST,
         BELOW,
         what="the stock faust.App: fetches wait 1.5 s, four Tasks per message, "
-        "Faust's statistics sensor",
+        "Faust's statistics sensor, consumer lag counted from the fetch position",
     )
 
 
@@ -146,3 +150,19 @@ def close_unused_consumer_loop(app: AppT) -> None:
     loop = getattr(thread, "thread_loop", None)
     if isinstance(loop, asyncio.AbstractEventLoop) and not (loop.is_running() or loop.is_closed()):
         loop.close()
+
+
+def committed_offsets(consumer: Any) -> Mapping[Any, int | None] | None:
+    """The offsets ``consumer`` (Faust's) last committed per partition, or None off 0.15.x.
+
+    Faust fills them from the broker when partitions are assigned and after each of
+    its commits, and drops a partition's when it is revoked; a partition with
+    nothing committed (or committed at 0, which Faust keeps as None) is absent or None.
+    The mapping is read on the worker's loop, where Faust writes it; this copies it.
+    """
+    if not ACTIVE:
+        return None
+    found = getattr(consumer, "_committed_offset", None)
+    if not isinstance(found, Mapping):
+        return None
+    return dict(found)

@@ -6,9 +6,11 @@ aiohttp server answers ``/healthz``, ``/readyz`` and ``/metrics`` on
 ``worker.port`` (0 picks a free port, logged at start). ``/readyz`` is 503,
 with the reason, while starting, while Redis does not answer and while the
 broker is unreachable (:mod:`stocksync.daemon.brokerwatch`, which also
-recreates topics that disappeared). SIGTERM and SIGINT stop it within
-``worker.shutdown_timeout``, hard: past it the process exits whatever Faust is
-doing (:data:`~stocksync.agents.app.EXIT_SHUTDOWN_DEADLINE`).
+recreates topics that disappeared). ``/metrics`` includes the lag of every
+assigned partition, read every few seconds (:mod:`stocksync.agents.lag`).
+SIGTERM and SIGINT stop it within ``worker.shutdown_timeout``, hard: past it
+the process exits whatever Faust is doing
+(:data:`~stocksync.agents.app.EXIT_SHUTDOWN_DEADLINE`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from redis.exceptions import RedisError
 
 from stocksync.agents.app import create_app, new_event_loop, start_worker, stop_worker
 from stocksync.agents.incarnations import KafkaRecordReader, TopicIncarnations
+from stocksync.agents.lag import ConsumerLag
 from stocksync.agents.metrics import WorkerMetrics
 from stocksync.agents.streams import WorkerStages, register
 from stocksync.agents.topics import TopicSetupError, ensure_topics, message_limit, topic_names
@@ -211,6 +214,14 @@ async def serve(
         incarnations.forget()
 
     app.on_partitions_revoked.connect(_recheck)
+    lag = ConsumerLag(app, metrics)
+
+    async def _drop_lag(sender: object, /, *args: object, **kwargs: object) -> None:
+        if args and isinstance(args[0], set | frozenset):
+            lag.revoked(args[0])  # Faust sends the revoked partitions
+
+    app.on_partitions_revoked.connect(_drop_lag)
+    lagging: asyncio.Task[None] | None = None
     watch = BrokerWatch(settings, metrics)
     gate = ClientLogGate(watch)
     gate.install()
@@ -247,6 +258,7 @@ async def serve(
         )
         gate.install()  # again: loggers the start created
         collect_less()
+        lagging = asyncio.create_task(lag.run(), name="stocksync-consumer-lag")
         state["ready"] = True
         if ready is not None:
             ready.set()
@@ -254,6 +266,10 @@ async def serve(
         await worker.wait_finished()
     finally:
         state["ready"] = False
+        if lagging is not None:
+            lagging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lagging
         if worker is not None and not worker.finished.is_set():
             await stop_worker(worker, settings.worker.shutdown_timeout)
         heartbeat.cancel()
