@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from stocksync.daemon.services import free_port
 from tests.e2e.ledger import Observed
 from tests.readmodel.oracle import (
@@ -160,6 +162,19 @@ class WorkerProcess:
         url = f"http://127.0.0.1:{self.port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             return parse_metrics(response.read().decode())
+
+    def samples(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """The current run's samples of metric ``name``, keyed by their sorted labels."""
+        assert self.port is not None, "wait_ready() first"
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return {
+            tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        }
 
     def events_seen(self) -> float:
         """Source events this run has translated, rejected or skipped."""
