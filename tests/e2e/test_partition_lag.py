@@ -112,3 +112,26 @@ def test_lag_is_zero_when_caught_up_and_a_stuck_partition_shows_stalled(
         lambda lag, stalled: set(lag) == every
         and not any(lag.values()) and not any(stalled.values()),
     )
+
+
+def test_partitions_revoked_by_a_rebalance_leave_the_first_workers_gauges(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A second worker joins: the first one's gauges keep only the partitions it still
+    has, the two together cover every partition once, and all read 0 once caught up."""
+    cluster = make_cluster(partitions=4)
+    every = {(cluster.topics[kind], p) for kind in ("stock", "orders", "returns", "effects")
+             for p in range(cluster.partitions)}
+    a = cluster.start_worker("a")
+    _wait_for(a, "worker a exporting every partition", lambda lag, _: set(lag) == every)
+    b = cluster.start_worker("b")
+    cluster.send(realistic_stream(random.Random(cluster.seed()), cluster.wire, 200))
+    cluster.settle()
+
+    def split(lag: Figures, stalled: Figures) -> bool:
+        theirs = _by_partition(b, LAG)
+        return (set(lag) | set(theirs) == every and not set(lag) & set(theirs)
+                and set(stalled) == set(lag) and bool(lag) and bool(theirs)
+                and not any(lag.values()) and not any(theirs.values()))
+
+    _wait_for(a, "the two workers' gauges splitting the partitions, all at 0", split)
