@@ -186,3 +186,16 @@ def test_faust_consumer_keeps_the_committed_offsets_where_compat_reads_them(
     before, after = asyncio.run(scenario())
     assert before == {}
     assert after == {TopicPartition("s.stock.v1", 1): 42}
+
+
+def test_on_another_faust_the_lag_counts_from_the_fetch_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The committed offsets stand down with the other adjustments; the position stands in."""
+    monkeypatch.setattr(compat_faust, "ACTIVE", False)
+    a = TopicPartition("s.stock.v1", 0)
+    consumer = _Consumer(highwaters={a: 50}, positions={a: 45}, _committed_offset={a: 20})
+    assert compat_faust.committed_offsets(consumer) is None
+    metrics = WorkerMetrics()
+    asyncio.run(ConsumerLag(_App(consumer), metrics).update())
+    assert _samples(metrics, "stocksync_consumer_lag") == {("s.stock.v1", "0"): 5.0}
