@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import pytest
@@ -778,5 +778,309 @@ class TestHoldsOnARedisCluster(HoldContract):
             assert resumed.outcome == "exists" and resumed.record is not None
             assert resumed.record.status == "converted"
             assert await self._held(store, holds) == {"B": [("h1", 2)]}
+
+        self.check(scenario)
+
+
+# --- a creator and a conversion of the same pending hold, step by step (cluster) -------
+
+#: A SKU of shard 1, B's shard: a hold on B and X3 has one group with both.
+_X3_SHARD = 1
+Hooks = Callable[[str, Any, Any], Awaitable[None]]
+
+
+def _hook(holds: HoldStore, *, before: Hooks | None = None, after: Hooks | None = None) -> None:
+    """Run ``before`` / ``after`` around each of ``holds``' cluster script calls (name, args,
+    reply): where a test makes another process step in."""
+    sharded = holds._sharded
+    assert sharded is not None
+    original = sharded._call
+
+    async def call(name: str, keys: Any, args: Any, **kw: Any) -> Any:
+        if before is not None:
+            await before(name, args, None)
+        reply = await original(name, keys, args, **kw)
+        if after is not None:
+            await after(name, args, reply)
+        return reply
+
+    sharded._call = call  # type: ignore[method-assign]
+
+
+async def _held_hash(store: RedisStore, sku: str) -> tuple[int, dict[str, int]]:
+    """``sku``'s held hash as stored: its ``t:store`` sum and its lines {hold_id: qty}.
+    Checks that every channel's sum and the expiry index agree with the lines."""
+    raw = await store.client.hgetall(store.keys.held(sku))
+    lines: dict[str, int] = {}
+    by_channel: dict[str, int] = {}
+    for field, value in raw.items():
+        if field.startswith(b"h:"):
+            channel, qty, _ = msgspec.msgpack.decode(value)
+            lines[field[2:].decode()] = qty
+            by_channel[channel] = by_channel.get(channel, 0) + qty
+    sums = {f[2:].decode(): int(v) for f, v in raw.items() if f.startswith(b"t:") and int(v)}
+    assert sums == by_channel, (sku, raw)
+    index = await store.client.zrange(store.keys.held_expiry(sku), 0, -1)
+    assert {m.decode() for m in index} == set(lines), (sku, raw, index)
+    return sums.get("store", 0), lines
+
+
+async def _reader(store: RedisStore, skus: Sequence[str]) -> dict[str, int]:
+    """What a reader is served on channel "store" per SKU: the pre-hold figure the applier
+    wrote (stock less reservations) less the stored held sum."""
+    out = {}
+    for sku in skus:
+        raw = await store.client.hget(store.keys.sku(sku), SERVED_FIELD)
+        (channel,) = [c for c in decode_served(raw).channels if c.channel == "store"]
+        out[sku] = max(0, channel.available - (await _held_hash(store, sku))[0])
+    return out
+
+
+async def _reserve(
+    store: RedisStore, order: Sequence[tuple[str, int]], stock: dict[str, int],
+    converting: frozenset[str],
+) -> None:
+    """The applier's batch write of the order's reservations (version 2 of each SKU),
+    converting h1's line of the SKUs in ``converting``."""
+    writes = [
+        Write(Position(sku=sku, version=2, nodes={
+            "dc-west": NodePosition(snap=stock[sku], reserved=qty)}), 1,
+            holds=("h1",) if sku in converting else ())
+        for sku, qty in order
+    ]
+    assert await store.write_batch(writes) == []
+
+
+async def _sealed(store: RedisStore, hold_id: str) -> set[int]:
+    """The shards (of those these tests use) in which ``hold_id`` is sealed."""
+    return {
+        shard for shard in (0, 1, 8, 11)
+        if await store.client.exists(store.keys.hold_sealed(shard, hold_id))
+    }
+
+
+async def _stored_status(store: RedisStore, hold_id: str) -> str | None:
+    raw = await store.client.hget(store.keys.hold(hold_id), "st")
+    return None if raw is None else raw.decode()
+
+
+class TestACreatorAndAConversionOfOnePendingHold:
+    """The interleavings of a hold's creator (Begin, a Grant per shard group, Finish) and
+    an order's conversion of the same hold while it is pending, each step driven in turn
+    on a real 3-master cluster. After each, the stored held hashes (lines and sums), the
+    record and the conversion's answer are what sharded_holds' docstring says: an order's
+    SKU stops counting as held in the step its reservation starts (never both, never
+    neither), the creator grants nothing in a sealed shard, a refusal and a conversion
+    meet in one order only, and nothing is oversold."""
+
+    STOCK: Final = {"MANY": 100, "B": 3, "MUG-BLUE": 5, "A": 10, "X3": 4}
+
+    @pytest.fixture(autouse=True)
+    def _url(self, redis_cluster_url: str) -> None:
+        self.url = redis_cluster_url
+
+    def check(
+        self, scenario: Callable[[RedisStore, HoldStore, HoldStore], Awaitable[None]]
+    ) -> None:
+        """``scenario(store, api, translator)``: the API's hold store (the creator) and the
+        order translator's (the conversion), two processes on one cluster."""
+
+        async def main() -> None:
+            store = RedisStore.from_url(self.url, Keys("t"), topology=TOPOLOGY, cluster=True)
+            api = HoldStore(store.client, lambda: store.keys, timeout=5.0)
+            translator = HoldStore(store.client, lambda: store.keys, timeout=5.0)
+            try:
+                await store.begin_generation(GENERATION)
+                assert await store.write_batch(
+                    [_stocked(s, n) for s, n in self.STOCK.items()]
+                ) == []
+                await scenario(store, api, translator)
+            finally:
+                await api.close()
+                await translator.close()
+                await store.close()
+
+        asyncio.run(main())
+
+    def test_the_skus_sit_in_the_shards_the_tests_assume(self) -> None:
+        keys = Keys("t", shards=CLUSTER_SHARDS)
+        assert keys.shard_of("X3") == _X3_SHARD == keys.shard_of("B")
+
+    async def _held(self, store: RedisStore) -> dict[str, tuple[int, dict[str, int]]]:
+        return {sku: await _held_hash(store, sku) for sku in self.STOCK}
+
+    @staticmethod
+    def _none(**lines: tuple[int, dict[str, int]]) -> dict[str, tuple[int, dict[str, int]]]:
+        """Every SKU's held hash empty but the ``lines`` given."""
+        out: dict[str, tuple[int, dict[str, int]]] = {
+            sku: (0, {}) for sku in TestACreatorAndAConversionOfOnePendingHold.STOCK
+        }
+        out.update({sku.replace("_", "-"): v for sku, v in lines.items()})
+        return out
+
+    def test_a_conversion_after_the_first_grant_takes_over_exactly_what_was_granted(
+        self,
+    ) -> None:
+        """Begin, the first group's Grant (B and X3), then the conversion (order: B and A),
+        then the creator goes on: MUG-BLUE's grant grants nothing (sealed), A's is never
+        tried; X3's line, which the order lacks, is dropped by the conversion; B's line
+        counts until the applier's write, which starts B's reservation in the same step;
+        A, never granted, is the reservation's alone. The creator answers converted with
+        the lines it had granted."""
+
+        async def scenario(store: RedisStore, api: HoldStore, translator: HoldStore) -> None:
+            grants: list[tuple[list[str], str]] = []
+            taken: list[frozenset[str]] = []
+
+            async def after(name: str, args: Any, reply: Any) -> None:
+                if name != "SHARDED_HOLD_GRANT":
+                    return
+                grants.append((list(args[6::2]), reply[0].decode()))
+                if len(grants) > 1:
+                    return
+                # Begun and the first group granted: the hold counts B 2 and X3 1.
+                assert await _stored_status(store, "h1") == "pending"
+                assert await self._held(store) == self._none(B=(2, {"h1": 2}), X3=(1, {"h1": 1}))
+                taken.append(await translator.convert("h1", "o-1", ["B", "A"]))
+                assert taken[0] == {"B", "A"}
+                assert await _stored_status(store, "h1") == "converted"
+                assert await _sealed(store, "h1") == {1, 8, 11}
+                # X3, which the order lacks, released; B left to the reservation.
+                assert await self._held(store) == self._none(B=(2, {"h1": 2}))
+
+            _hook(api, after=after)
+            lines = (("B", 2), ("X3", 1), ("MUG-BLUE", 1), ("A", 3))
+            created = await HoldContract._create(api, "h1", *lines)
+            assert grants == [(["B", "X3"], "granted"), (["MUG-BLUE"], "ended")]
+            assert created.outcome == "exists" and created.record is not None
+            assert created.record.status == "converted"
+            assert [(x.sku, x.requested, x.held) for x in created.record.lines] == [
+                ("B", 2, 2), ("X3", 1, 1), ("MUG-BLUE", 1, 0), ("A", 3, 0)
+            ]
+            assert await self._held(store) == self._none(B=(2, {"h1": 2}))
+            skus = ["B", "A"]
+            assert await _reader(store, skus) == {"B": 1, "A": 10}  # B: 3 less 2 held
+            await _reserve(store, [("B", 2), ("A", 3)], self.STOCK, taken[0])
+            # B: 3 less 2 reserved, no longer held: the same figure, in one step.
+            assert await _reader(store, skus) == {"B": 1, "A": 7}
+            assert await self._held(store) == self._none()
+            # Again: the same request, the same conversion, another order.
+            again = await HoldContract._create(api, "h1", *lines)
+            assert again.outcome == "exists" and again.record is not None
+            assert again.record.lines == created.record.lines
+            assert await translator.convert("h1", "o-1", ["B", "A"]) == {"B", "A"}
+            assert await translator.convert("h1", "o-2", ["B", "A"]) == frozenset()
+            assert await self._held(store) == self._none()
+
+        self.check(scenario)
+
+    def test_a_conversion_after_the_refusal_changes_nothing_and_the_lines_go(self) -> None:
+        """All or nothing, A short in the second group: the creator writes the refusal,
+        then the conversion lands, then the creator drops the first group's lines. The
+        conversion finds the hold ended and changes nothing (no seal, no line dropped,
+        nothing taken over); B's and X3's lines count until the creator drops them (a
+        figure that dips and comes back); the order reserves as any order does."""
+
+        async def scenario(store: RedisStore, api: HoldStore, translator: HoldStore) -> None:
+            seen: list[str] = []
+            taken: list[frozenset[str]] = []
+
+            async def after(name: str, args: Any, reply: Any) -> None:
+                seen.append(name)
+                if name != "SHARDED_HOLD_FINISH":
+                    return
+                assert int(reply[5]) == 1 and reply[1] == b"refused"
+                held = self._none(B=(2, {"h1": 2}), X3=(1, {"h1": 1}), A=(9, {"other": 9}))
+                assert await self._held(store) == held
+                taken.append(await translator.convert("h1", "o-1", ["B", "A"]))
+                assert taken[0] == frozenset()
+                assert await _stored_status(store, "h1") == "refused"
+                assert await translator.get("h1") is None
+                assert await _sealed(store, "h1") == set()
+                assert await self._held(store) == held  # the conversion changed nothing
+
+            assert (await HoldContract._create(api, "other", ("A", 9))).outcome == "created"
+            _hook(api, after=after)
+            refused = await HoldContract._create(api, "h1", ("B", 2), ("X3", 1), ("A", 2))
+            assert refused.outcome == "short" and refused.available == [3, 4, 1]
+            assert seen == [
+                "SHARDED_HOLD_BEGIN", "SHARDED_HOLD_GRANT", "SHARDED_HOLD_GRANT",
+                "SHARDED_HOLD_FINISH", "SHARDED_HOLD_DROP", "SHARDED_HOLD_DROP",
+            ], seen  # the first group's lines, then the short group's (none)
+            assert await self._held(store) == self._none(A=(9, {"other": 9}))
+            await _reserve(store, [("B", 2), ("A", 1)], self.STOCK, taken[0])
+            assert await _reader(store, ["B", "X3", "A"]) == {"B": 1, "X3": 4, "A": 0}
+            assert await translator.convert("h1", "o-1", ["B", "A"]) == frozenset()
+            assert await self._held(store) == self._none(A=(9, {"other": 9}))
+
+        self.check(scenario)
+
+    def test_a_pending_hold_converted_while_its_dead_creator_has_the_lease_then_retried(
+        self,
+    ) -> None:
+        """The creator granted B and X3, then MUG-BLUE, and died with its lease still
+        running: a retry of the same request is told to retry (503); the order converts
+        the pending hold (B and A): X3 and MUG-BLUE released, B left to the reservation,
+        every shard sealed; the retry then finds the hold converted and grants nothing,
+        nor does the creator if it was only slow."""
+
+        async def scenario(store: RedisStore, api: HoldStore, translator: HoldStore) -> None:
+            sharded = api._sharded
+            assert sharded is not None
+            keys = store.keys
+            lines = (("B", 2), ("X3", 1), ("MUG-BLUE", 1), ("A", 3))
+            begun = await sharded._call(
+                "SHARDED_HOLD_BEGIN", [keys.hold("h1")],
+                [fingerprint("store", lines), "store", 60_000, 0, 86_400_000,
+                 msgspec.msgpack.encode([StoredLine(s, q, 0) for s, q in lines]), 60_000],
+            )
+            assert begun[0] == b"begun"
+            exp = int(begun[2])
+
+            async def grant(shard: int, *group: tuple[str, int]) -> Any:
+                grant_keys = [keys.changes(shard)]
+                args: list[Any] = ["h1", "store", exp, 0, 1000, len(group)]
+                for sku, qty in group:
+                    grant_keys += [keys.sku(sku), keys.held(sku)]
+                    args += [sku, qty]
+                return await sharded._call(
+                    "SHARDED_HOLD_GRANT", [*grant_keys, keys.hold_sealed(shard, "h1")], args
+                )
+
+            assert (await grant(1, ("B", 2), ("X3", 1)))[0] == b"granted"
+            assert (await grant(8, ("MUG-BLUE", 1)))[0] == b"granted"
+            held = self._none(B=(2, {"h1": 2}), X3=(1, {"h1": 1}), MUG_BLUE=(1, {"h1": 1}))
+            assert await self._held(store) == held
+            with pytest.raises(StoreUnavailable, match="another request"):
+                await HoldContract._create(api, "h1", *lines)
+            with pytest.raises(StoreUnavailable, match="being decided"):
+                await api.get("h1")
+            assert await self._held(store) == held
+
+            taken = await translator.convert("h1", "o-1", ["B", "A"])
+            assert taken == {"B", "A"}
+            assert await _stored_status(store, "h1") == "converted"
+            assert await _sealed(store, "h1") == {1, 8, 11}
+            assert await self._held(store) == self._none(B=(2, {"h1": 2}))
+
+            retried = await HoldContract._create(api, "h1", *lines)
+            assert retried.outcome == "exists" and retried.record is not None
+            assert retried.record.status == "converted"
+            # Its creator never finished: the record has no granted lines to show.
+            assert [(x.sku, x.held) for x in retried.record.lines] == [
+                ("B", 0), ("X3", 0), ("MUG-BLUE", 0), ("A", 0)
+            ]
+            assert await self._held(store) == self._none(B=(2, {"h1": 2}))
+            # The creator was only slow: its next grant grants nothing.
+            assert (await grant(11, ("A", 3)))[0] == b"ended"
+            assert await self._held(store) == self._none(B=(2, {"h1": 2}))
+
+            skus = ["B", "X3", "MUG-BLUE", "A"]
+            assert await _reader(store, skus) == {"B": 1, "X3": 4, "MUG-BLUE": 5, "A": 10}
+            await _reserve(store, [("B", 2), ("A", 3)], self.STOCK, taken)
+            assert await _reader(store, skus) == {"B": 1, "X3": 4, "MUG-BLUE": 5, "A": 7}
+            assert await self._held(store) == self._none()
+            assert await translator.convert("h1", "o-1", ["B", "A"]) == {"B", "A"}
+            assert await self._held(store) == self._none()
 
         self.check(scenario)
