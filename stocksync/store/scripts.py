@@ -699,10 +699,13 @@ end
 return 1
 """)
 
-# KEYS: hold. ARGV: fp, status ('held' | 'partial' | 'refused'), lines (msgpack), memory ms.
+# KEYS: hold. ARGV: fp, status ('held' | 'partial' | 'refused'), lines (msgpack), memory ms,
+# then (optional) the lines as granted so far (msgpack; for a refusal: those of the groups
+# before the short one).
 # Ends the 'pending' state of the hold this request began (converted meanwhile: records
-# the lines it granted). Returns {now, st, exp, lines, ch, 1 if this call ended it} as the
-# hold is after the call, or {now} when it is gone.
+# the lines it granted, ARGV[5] or, without it, ARGV[3] unless refused). Returns {now, st,
+# exp, lines, ch, 1 if this call ended it} as the hold is after the call, or {now} when it
+# is gone.
 SHARDED_HOLD_FINISH: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
 local hold = KEYS[1]
@@ -713,8 +716,10 @@ if f[1] == ARGV[1] and f[2] == 'pending' then
   redis.call('HSET', hold, 'st', ARGV[2], 'lines', ARGV[3])
   if ARGV[2] == 'refused' then redis.call('PEXPIRE', hold, ARGV[4]) end
   ended = 1
-elseif f[1] == ARGV[1] and f[2] == 'converted' and f[3] == '1' and ARGV[2] ~= 'refused' then
-  redis.call('HSET', hold, 'lines', ARGV[3])
+elseif f[1] == ARGV[1] and f[2] == 'converted' and f[3] == '1' then
+  local granted = ARGV[5]
+  if not granted and ARGV[2] ~= 'refused' then granted = ARGV[3] end
+  if granted then redis.call('HSET', hold, 'lines', granted) end
 end
 local g = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch')
 return {now, g[1], g[2], g[3], g[4], ended}

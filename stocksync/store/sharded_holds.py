@@ -42,10 +42,11 @@ lacks. The order's lines granted before a seal are the reservation's to take
 over in the applier's batch write, as for a finished hold; none is granted
 after. So the order's SKUs stop counting as held in the step their reservation
 starts, never both, never neither. The creator stops at a sealed group (or
-finishes) and finds the record converted: it leaves every line to the
-conversion and answers the hold as it is. A refusal (all or nothing, a group
-short) ends the record before it drops any line, so a conversion meets either
-the refusal or the lines.
+finishes, or finds a group short) and finds the record converted: it leaves
+every line to the conversion, records the lines it had granted and answers the
+hold as it is. A refusal (all or nothing, a group short) ends the record
+before it drops any line, so a conversion meets either the refusal or the
+lines.
 With ``wait_replicas`` each call waits for the replicas' acknowledgement
 (:mod:`stocksync.store.acked`), so a granted hold survives a failover.
 """
@@ -217,7 +218,11 @@ class ShardedHolds:
                 # the earlier groups granted (the order's lines) and released the rest;
                 # else nothing can convert it any more, and every line so far goes (a
                 # resumed try may hold lines in this group too).
-                refused = await self._finish(hold, fingerprint, "refused", requested)
+                # Converted meanwhile, the record shows what the groups before this one
+                # granted: the lines the conversion met.
+                refused = await self._finish(
+                    hold, fingerprint, "refused", requested, _granted(lines, held)
+                )
                 found = refused[0] if refused is not None and not refused[1] else None
                 if found is not None and found.stored_status == "converted":
                     return Created(outcome="exists", now_ms=found.now_ms, record=found)
@@ -231,10 +236,8 @@ class ShardedHolds:
         status = "held" if all(h == q for h, (_, q) in zip(held, lines, strict=True)) else (
             "partial"
         )
-        stored = _lines_encoder.encode(
-            [StoredLine(sku, qty, h) for (sku, qty), h in zip(lines, held, strict=True)]
-        )
-        finished = await self._finish(hold, fingerprint, status, stored)
+        stored = _granted(lines, held)
+        finished = await self._finish(hold, fingerprint, status, stored, stored)
         record, ended = finished if finished is not None else (None, False)
         if ended and record is not None:
             return Created(outcome="created", now_ms=record.now_ms, record=record)
@@ -278,12 +281,15 @@ class ShardedHolds:
                 available[i] = int(reply[2 + 2 * k])
 
     async def _finish(
-        self, hold: str, fingerprint: str, status: str, lines: bytes
+        self, hold: str, fingerprint: str, status: str, lines: bytes, granted: bytes
     ) -> tuple[HoldRecord, bool] | None:
-        """End the pending state: the hold as it then is (and whether this call ended it)."""
+        """End the pending state: the hold as it then is (and whether this call ended it).
+        ``lines`` are recorded with ``status``; ``granted`` (the lines as granted so far)
+        when an order converted the hold meanwhile."""
         reply = await self._call(
             "SHARDED_HOLD_FINISH", [hold],
-            [fingerprint, status, lines, _REFUSED_MS if status == "refused" else self.memory_ms],
+            [fingerprint, status, lines,
+             _REFUSED_MS if status == "refused" else self.memory_ms, granted],
         )
         if len(reply) == 1:
             return None
@@ -426,6 +432,13 @@ class ShardedHolds:
         if index + 1 < len(nodes):
             return index + 1, pairs
         return 0, pairs
+
+
+def _granted(lines: Sequence[tuple[str, int]], held: Sequence[int]) -> bytes:
+    """A hold's stored lines (msgpack StoredLine): each line as requested and as held."""
+    return _lines_encoder.encode(
+        [StoredLine(sku, qty, h) for (sku, qty), h in zip(lines, held, strict=True)]
+    )
 
 
 def _redirected(exc: ResponseError) -> bool:

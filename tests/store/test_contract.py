@@ -1015,6 +1015,75 @@ class TestACreatorAndAConversionOfOnePendingHold:
 
         self.check(scenario)
 
+    @pytest.mark.parametrize("landing", ["before the short grant", "after the short grant"])
+    def test_a_short_group_after_the_conversion_leaves_the_lines_to_it(
+        self, landing: str
+    ) -> None:
+        """All or nothing, A short in the second group, and the conversion marks the
+        record converted first (before or after the creator's short Grant, before its
+        seals reach A's shard): the creator's refusal finds the record converted, so it
+        drops nothing and answers the hold as converted with what it had granted; the
+        conversion then seals, drops X3 (the order lacks it) and B's line is the
+        reservation's to take over. No line counts after the reservation, none twice."""
+
+        async def scenario(store: RedisStore, api: HoldStore, translator: HoldStore) -> None:
+            seen: list[str] = []
+            marked, go = asyncio.Event(), asyncio.Event()
+            conversion: list[asyncio.Task[frozenset[str]]] = []
+
+            async def pause_before_sealing(name: str, args: Any, reply: Any) -> None:
+                if name == "SHARDED_HOLD_SEAL" and not go.is_set():
+                    marked.set()
+                    await go.wait()
+
+            _hook(translator, before=pause_before_sealing)
+
+            async def after(name: str, args: Any, reply: Any) -> None:
+                seen.append(name)
+                grants = seen.count("SHARDED_HOLD_GRANT")
+                if name != "SHARDED_HOLD_GRANT" or grants != (
+                    1 if landing == "before the short grant" else 2
+                ):
+                    return
+                conversion.append(asyncio.create_task(
+                    translator.convert("h1", "o-1", ["B", "A"])
+                ))
+                await marked.wait()
+                assert await _stored_status(store, "h1") == "converted"
+                assert await _sealed(store, "h1") == set()
+
+            assert (await HoldContract._create(api, "other", ("A", 9))).outcome == "created"
+            _hook(api, after=after)
+            created = await HoldContract._create(api, "h1", ("B", 2), ("X3", 1), ("A", 2))
+            assert seen == [
+                "SHARDED_HOLD_BEGIN", "SHARDED_HOLD_GRANT", "SHARDED_HOLD_GRANT",
+                "SHARDED_HOLD_FINISH",
+            ], seen  # no drop: the lines are the conversion's
+            assert created.outcome == "exists" and created.record is not None
+            assert created.record.status == "converted"
+            assert [(x.sku, x.requested, x.held) for x in created.record.lines] == [
+                ("B", 2, 2), ("X3", 1, 1), ("A", 2, 0)
+            ]
+            assert await self._held(store) == self._none(
+                B=(2, {"h1": 2}), X3=(1, {"h1": 1}), A=(9, {"other": 9})
+            )
+            go.set()
+            taken = await conversion[0]
+            assert taken == {"B", "A"}
+            assert await _sealed(store, "h1") == {1, 11}
+            assert await self._held(store) == self._none(B=(2, {"h1": 2}), A=(9, {"other": 9}))
+            skus = ["B", "X3", "A"]
+            assert await _reader(store, skus) == {"B": 1, "X3": 4, "A": 1}
+            await _reserve(store, [("B", 2), ("A", 1)], self.STOCK, taken)
+            assert await _reader(store, skus) == {"B": 1, "X3": 4, "A": 0}
+            assert await self._held(store) == self._none(A=(9, {"other": 9}))
+            found = await api.get("h1")
+            assert found is not None and found.lines == created.record.lines
+            assert await translator.convert("h1", "o-1", ["B", "A"]) == {"B", "A"}
+            assert await self._held(store) == self._none(A=(9, {"other": 9}))
+
+        self.check(scenario)
+
     def test_a_pending_hold_converted_while_its_dead_creator_has_the_lease_then_retried(
         self,
     ) -> None:
