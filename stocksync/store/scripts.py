@@ -624,7 +624,8 @@ return {'begun', now, tostring(exp), ARGV[4]}
 # (optional) the hold's sealed key of the shard.
 # ARGV: hold_id, channel, exp, partial, maxlen, n, then per line: sku, qty.
 # Grants the lines of one shard group (a line this hold has already is kept as it is:
-# an earlier try of the same hold). All or nothing within the group unless partial is
+# an earlier try of the same hold, with its expiry; one of another expiry or channel was
+# left by an ended try and is replaced). All or nothing within the group unless partial is
 # '1'; '2' grants nothing and only tells the figures (the groups after a short one).
 # Returns {'granted' | 'short', now, then per line: available before, held}, or
 # {'ended', now} when the hold was converted meanwhile (sealed: nothing granted).
@@ -638,11 +639,17 @@ for i = 1, n do
   local key, qty = KEYS[1 + 2 * i], tonumber(ARGV[6 + 2 * i])
   local zkey, hv = open_held(key)
   local removed = prune(key, zkey, now)
-  local held, mine = total(key, channel), nil
+  local held, mine, stale = total(key, channel), nil, false
   local own = line_of(key, hold_id)
   if own then
-    mine = own[3]
     if own[2] == channel then held = held - own[3] end
+    -- This hold's, granted by an earlier try (a resumed one has the same expiry); else
+    -- left by an ended try (a refusal whose undo died): replaced, decided afresh.
+    if (own[2] == channel and own[4] == exp) or ARGV[4] == '2' then
+      mine = own[3]
+    else
+      stale = true
+    end
   end
   local avail = pre_available(KEYS[2 * i], channel) - held
   if avail < 0 then avail = 0 end
@@ -652,12 +659,16 @@ for i = 1, n do
   elseif avail < qty then
     if partial then g = avail else g = 0; short = true end
   end
-  state[i], grants[i], avails[i] = {zkey, hv, removed, mine}, g, avail
+  state[i], grants[i], avails[i] = {zkey, hv, removed, mine, stale}, g, avail
 end
 for i = 1, n do
   local key = KEYS[1 + 2 * i]
   local zkey, hv, removed, mine = state[i][1], state[i][2], state[i][3], state[i][4]
   local upserts = {}
+  if state[i][5] then
+    remove_line(key, zkey, hold_id)
+    removed[#removed + 1] = hold_id
+  end
   if not short and grants[i] > 0 and not mine then
     upserts[1] = add_line(key, zkey, hold_id, channel, grants[i], exp)
   end

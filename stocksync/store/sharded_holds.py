@@ -15,10 +15,12 @@ hash, held hash, the shard's change stream) in its SKU's shard
 2. **Grant** (one call per shard group, in shard order): each group is decided
    atomically as on one Redis, against the channel's figure less the other
    holds' lines at that moment, so what is granted never exceeds what the
-   channel had: never an oversell. A line the hold already has (a resumed try)
-   is kept as it is. All or nothing: a group with a short line grants nothing,
-   the record is marked ``refused`` (forgotten at once: a retry decides again)
-   and the groups granted before it are undone (their lines dropped).
+   channel had: never an oversell. A line the hold already has (a resumed try,
+   with the hold's expiry) is kept as it is; one with another expiry or channel
+   was left by an ended try (a refusal whose undo died) and is decided afresh.
+   All or nothing: a group with a short line grants nothing, the record is
+   marked ``refused`` (forgotten at once: a retry decides again) and the groups
+   granted before it are undone (their lines dropped).
 3. **Finish** (record slot): ``held`` or ``partial`` with what was granted.
 
 What a reader can see that one Redis never shows: the lines of an

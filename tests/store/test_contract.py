@@ -645,12 +645,72 @@ class TestHoldsOnARedisCluster(HoldContract):
             )
             with pytest.raises(StoreUnavailable, match="another request"):
                 await self._create(holds, "h3", ("B", 1))
+            b_version = await store.client.hget(store.keys.held("B"), "v")
             resumed = await self._create(holds, "h1", ("A", 3), ("B", 2))
             assert resumed.outcome == "created" and resumed.record is not None
             assert resumed.record.status == "held"
+            # B's line, granted by the dead try with this expiry, kept as it was.
+            assert await store.client.hget(store.keys.held("B"), "v") == b_version
             released = await holds.release("h2")
             assert released is not None and released[1]
             assert await self._held(store, holds) == {"B": [("h1", 2)], "A": [("h1", 3)]}
+
+        self.check(scenario)
+
+    def test_a_retry_after_a_refusal_whose_undo_died_replaces_the_lines_left(self) -> None:
+        """A creator wrote its refusal (A short) and died before dropping B's line, which
+        counts until its expiry. The hold_id then names nothing (a refusal is forgotten),
+        so a request with it decides again, here with another TTL and B's quantity: the
+        line left of the ended try is not this hold's, so B holds what this request asked
+        for, until this hold's expiry."""
+
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            sharded = holds._sharded
+            assert sharded is not None
+            keys = store.keys
+            assert (await self._create(holds, "other", ("A", 9))).outcome == "created"
+            lines = (("B", 2), ("A", 2))
+            begun = await sharded._call(
+                "SHARDED_HOLD_BEGIN", [keys.hold("h1")],
+                [fingerprint("store", lines), "store", 60_000, 0, 86_400_000,
+                 msgspec.msgpack.encode([StoredLine(s, q, 0) for s, q in lines]), 60_000],
+            )
+            first_exp = int(begun[2])
+            for shard, sku, qty, outcome in ((1, "B", 2, b"granted"), (11, "A", 2, b"short")):
+                reply = await sharded._call(
+                    "SHARDED_HOLD_GRANT",
+                    [keys.changes(shard), keys.sku(sku), keys.held(sku),
+                     keys.hold_sealed(shard, "h1")],
+                    ["h1", "store", first_exp, 0, 1000, 1, sku, qty],
+                )
+                assert reply[0] == outcome
+            await sharded._call(
+                "SHARDED_HOLD_FINISH", [keys.hold("h1")],
+                [fingerprint("store", lines), "refused",
+                 msgspec.msgpack.encode([StoredLine(s, q, 0) for s, q in lines]), 60_000],
+            )
+            # Died here, before dropping B's line.
+            assert await self._held(store, holds) == {"B": [("h1", 2)], "A": [("other", 9)]}
+            assert await holds.get("h1") is None
+            released = await holds.release("other")
+            assert released is not None and released[1]
+
+            again = (("B", 1), ("A", 2))
+            created = await holds.create(
+                "h1", "store", again, fingerprint=fingerprint("store", again),
+                ttl_ms=900_000, partial=False,
+            )
+            assert created.outcome == "created" and created.record is not None
+            assert [(x.sku, x.requested, x.held) for x in created.record.lines] == [
+                ("B", 1, 1), ("A", 2, 2)
+            ]
+            assert await self._held(store, holds) == {"B": [("h1", 1)], "A": [("h1", 2)]}
+            for sku in ("B", "A"):
+                _, _, line_exp = msgspec.msgpack.decode(
+                    await store.client.hget(keys.held(sku), "h:h1")
+                )
+                assert line_exp == created.record.expires_ms, sku
+            assert int(await store.client.hget(keys.held("B"), "t:store")) == 1
 
         self.check(scenario)
 
