@@ -45,6 +45,7 @@ from stocksync.api.model import AvailabilityModel, ModelSync
 from stocksync.config.connections import kafka_client_options, redis_client_options
 from stocksync.config.loader import bootstrap_servers
 from stocksync.config.settings import Settings
+from stocksync.daemon.collector import collect_less
 from stocksync.errors import StocksyncError
 from stocksync.feed.metrics import FeedMetrics
 from stocksync.feed.publisher import Publisher, feed_topic
@@ -361,6 +362,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             "Pick another port with STOCKSYNC_FEED_PORT (0 picks a free one)."
         ) from exc
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    collect_less()  # as the worker and the API: what exists now is never garbage
     log.info("feed health and metrics on http://%s:%d/metrics", settings.feed.host, port,
              extra={"port": port})
     leading: asyncio.Task[None] | None = None
