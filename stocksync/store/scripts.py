@@ -170,10 +170,16 @@ local function publish(key, stream, maxlen, sku, hv, changes, upserts, removed)
              'sku', sku, 'held', delta(key, hv, changes, upserts, removed))
 end
 -- Prune `key`, then delete hold_id's line; publish if anything changed; whether it had one.
-local function drop_line(key, stream, maxlen, sku, hold_id, now)
+-- With `exp` (and `channel`), only a line of that expiry (and channel) is deleted: the
+-- lines of one try of a hold, not those a later try with that hold_id granted since.
+local function drop_line(key, stream, maxlen, sku, hold_id, now, exp, channel)
   local zkey, hv = open_held(key)
   local removed = prune(key, zkey, now)
-  local had = remove_line(key, zkey, hold_id)
+  local had = false
+  local l = exp and line_of(key, hold_id)
+  if not exp or (l and l[4] == exp and (not channel or l[2] == channel)) then
+    had = remove_line(key, zkey, hold_id)
+  end
   if had then removed[#removed + 1] = hold_id end
   if #removed > 0 then publish(key, stream, maxlen, sku, hv, #removed, {}, removed) end
   return had
@@ -686,13 +692,18 @@ return reply
 """)
 
 # KEYS: the shard's change stream, then the held hash of each SKU. ARGV: hold_id, maxlen,
-# then the SKUs. Deletes the hold's lines of these SKUs (an undo, a release, the SKUs a
-# conversion releases). Returns how many lines it deleted.
+# then the SKUs, then (optional) an expiry and a channel. Deletes the hold's lines of these
+# SKUs (a release, the SKUs a conversion releases: whatever line the hold has); with the
+# expiry (a creator's undo: its try's), only a line of that expiry and channel, so an undo
+# landing after a new request with that hold_id granted its own line leaves that line.
+# Without them (an older caller) every line of the hold, as before. Returns how many
+# lines it deleted.
 SHARDED_HOLD_DROP: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
 local dropped = 0
+local exp, channel = tonumber(ARGV[#KEYS + 2]), ARGV[#KEYS + 3]
 for i = 2, #KEYS do
-  if drop_line(KEYS[i], KEYS[1], ARGV[2], ARGV[1 + i], ARGV[1], now) then
+  if drop_line(KEYS[i], KEYS[1], ARGV[2], ARGV[1 + i], ARGV[1], now, exp, channel) then
     dropped = dropped + 1
   end
 end

@@ -20,7 +20,10 @@ hash, held hash, the shard's change stream) in its SKU's shard
    was left by an ended try (a refusal whose undo died) and is decided afresh.
    All or nothing: a group with a short line grants nothing, the record is
    marked ``refused`` (forgotten at once: a retry decides again) and the groups
-   granted before it are undone (their lines dropped).
+   granted before it are undone (their lines dropped). The undo drops only the
+   lines of its try (its expiry and channel): a new request with that
+   ``hold_id`` may have claimed the record and granted its own lines between
+   the refusal and the undo, and those stay.
 3. **Finish** (record slot): ``held`` or ``partial`` with what was granted.
 
 What a reader can see that one Redis never shows: the lines of an
@@ -152,14 +155,23 @@ class ShardedHolds:
             groups.setdefault(live.shard_of(sku), []).append(i)
         return sorted(groups.items())
 
-    async def _drop(self, live: Keys, hold_id: str, skus: Sequence[str]) -> None:
-        """Delete the hold's lines of ``skus`` (every shard group, in shard order)."""
+    async def _drop(
+        self, live: Keys, hold_id: str, skus: Sequence[str],
+        tried: tuple[int, str] | None = None,
+    ) -> None:
+        """Delete the hold's lines of ``skus`` (every shard group, in shard order).
+
+        ``tried`` (a creator's undo): the expiry and channel of its try, whose lines only
+        are deleted; a line of another expiry was granted by a later try with this
+        ``hold_id`` (the refused record is forgotten at once) and stays. Without it (a
+        release, a conversion) whatever line the hold has goes."""
+        extra: list[str | int] = [] if tried is None else [tried[0], tried[1]]
         for shard, group in self._groups(live, skus):
             names = [skus[i] for i in group]
             await self._call(
                 "SHARDED_HOLD_DROP",
                 [live.changes(shard), *map(live.held, names)],
-                [hold_id, self.changes_maxlen, *names],
+                [hold_id, self.changes_maxlen, *names, *extra],
             )
 
     # --- create ---
@@ -228,7 +240,9 @@ class ShardedHolds:
                 found = refused[0] if refused is not None and not refused[1] else None
                 if found is not None and found.stored_status == "converted":
                     return Created(outcome="exists", now_ms=found.now_ms, record=found)
-                await self._drop(live, hold_id, granted + [skus[i] for i in group])
+                await self._drop(
+                    live, hold_id, granted + [skus[i] for i in group], (exp, channel)
+                )
                 if found is not None and found.stored_status not in ("refused", "pending"):
                     # Released meanwhile (a DELETE of the pending hold): as it is.
                     return Created(outcome="exists", now_ms=found.now_ms, record=found)
@@ -250,8 +264,10 @@ class ShardedHolds:
             # lines and released the others; the client sees the hold as it ended.
             return Created(outcome="exists", now_ms=record.now_ms, record=record)
         # Released (or refused by an identical request) while this one granted: what it
-        # granted goes, and the client sees the hold as it is.
-        await self._drop(live, hold_id, granted)
+        # granted goes, and the client sees the hold as it is. Only this try's lines: a
+        # refused record is forgotten at once, and a new request with this hold_id may
+        # have granted its own since.
+        await self._drop(live, hold_id, granted, (exp, channel))
         if record is None or record.stored_status == "refused":
             raise StoreUnavailable(
                 f"hold {hold_id!r} was decided by a concurrent identical request; retry"

@@ -714,6 +714,117 @@ class TestHoldsOnARedisCluster(HoldContract):
 
         self.check(scenario)
 
+    @pytest.mark.parametrize("second", ["finished", "pending"])
+    def test_a_refused_creators_undo_after_a_new_try_leaves_the_new_try_s_line(
+        self, second: str
+    ) -> None:
+        """All or nothing, A short: the creator (first try) writes the refusal, which
+        forgets the hold_id; before it drops B's line, the same request again (second
+        try, another process) claims the record afresh and grants B (then A, and
+        finishes; or is still pending). The first try's undo then lands: it drops only
+        the lines of its try (its expiry), so B's line of the second try stays and the
+        hold is held of what it says, with the held sums and expiry index exact."""
+
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            keys = store.keys
+            lines = (("B", 2), ("A", 2))
+            other = HoldStore(store.client, lambda: store.keys, timeout=5.0)
+            seen: list[str] = []
+            first: list[int] = []  # the first try's Begin: now, expiry
+            granted, go = asyncio.Event(), asyncio.Event()
+            second_try: list[asyncio.Task[Created]] = []
+
+            async def paused(name: str, args: Any, reply: Any) -> None:
+                if name == "SHARDED_HOLD_GRANT" and not granted.is_set():
+                    granted.set()  # the second try's B granted, its A not yet
+                    await go.wait()
+
+            if second == "pending":
+                _hook(other, after=paused)
+
+            async def after(name: str, args: Any, reply: Any) -> None:
+                seen.append(name)
+                if name == "SHARDED_HOLD_BEGIN":
+                    first.extend((int(reply[1]), int(reply[2])))
+                if name != "SHARDED_HOLD_FINISH":
+                    return
+                assert reply[1] == b"refused" and int(reply[5]) == 1
+                assert await _held_hash(store, "B") == (2, {"h1": 2})
+                # The second try's Begin in a later millisecond than the first's (a try
+                # in the same one would have its expiry).
+                while True:
+                    secs, micros = await store.client.time()
+                    if secs * 1000 + micros // 1000 > first[0]:
+                        break
+                    await asyncio.sleep(0.001)
+                released = await other.release("other")
+                assert released is not None and released[1]
+                second_try.append(asyncio.create_task(self._create(other, "h1", *lines)))
+                if second == "pending":
+                    await granted.wait()
+                    assert await _stored_status(store, "h1") == "pending"
+                else:
+                    await second_try[0]
+                # The second try's B line: its own, of its expiry.
+                assert await _held_hash(store, "B") == (2, {"h1": 2})
+                _, _, exp = msgspec.msgpack.decode(await store.client.hget(keys.held("B"), "h:h1"))
+                assert exp != first[1]
+
+            try:
+                assert (await self._create(holds, "other", ("A", 9))).outcome == "created"
+                _hook(holds, after=after)
+                refused = await self._create(holds, "h1", *lines)
+                assert refused.outcome == "short" and refused.available == [3, 1]
+                assert seen == [
+                    "SHARDED_HOLD_BEGIN", "SHARDED_HOLD_GRANT", "SHARDED_HOLD_GRANT",
+                    "SHARDED_HOLD_FINISH", "SHARDED_HOLD_DROP", "SHARDED_HOLD_DROP",
+                ], seen
+                # The first try's undo has run: the second try's B line is still there.
+                assert await _held_hash(store, "B") == (2, {"h1": 2})
+                go.set()
+                created = await second_try[0]
+                assert created.outcome == "created" and created.record is not None
+                assert created.record.status == "held"
+                assert [(x.sku, x.requested, x.held) for x in created.record.lines] == [
+                    ("B", 2, 2), ("A", 2, 2)
+                ]
+                exp = created.record.expires_ms
+                assert exp != first[1]
+                for sku in ("B", "A"):
+                    assert await _held_hash(store, sku) == (2, {"h1": 2}), sku
+                    _, _, line_exp = msgspec.msgpack.decode(
+                        await store.client.hget(keys.held(sku), "h:h1")
+                    )
+                    assert line_exp == exp, sku
+                    assert await store.client.zscore(keys.held_expiry(sku), "h1") == exp, sku
+                assert await _reader(store, ["B", "A"]) == {"B": 1, "A": 8}
+                found = await holds.get("h1")
+                assert found is not None and found.status == "held"
+
+                # The script: a drop naming another expiry (or channel) leaves the line; one
+                # naming none (an older caller) drops whatever line the hold has.
+                sharded = other._sharded
+                assert sharded is not None
+                b_keys = [keys.changes(1), keys.held("B")]
+                version = await store.client.hget(keys.held("B"), "v")
+                for tried in ([first[1], "store"], [exp, "web"]):
+                    assert await sharded._call(
+                        "SHARDED_HOLD_DROP", b_keys, ["h1", 1000, "B", *tried]
+                    ) == 0
+                assert await store.client.hget(keys.held("B"), "v") == version
+                assert await sharded._call("SHARDED_HOLD_DROP", b_keys, ["h1", 1000, "B"]) == 1
+                assert await _held_hash(store, "B") == (0, {})
+                # A release drops whatever line the hold has.
+                released = await other.release("h1")
+                assert released is not None and released[1]
+                assert await _held_hash(store, "A") == (0, {})
+                assert await self._held(store, holds) == {}
+            finally:
+                go.set()
+                await other.close()
+
+        self.check(scenario)
+
     def test_an_order_converting_a_hold_still_being_decided_takes_it_over_exactly(
         self,
     ) -> None:
