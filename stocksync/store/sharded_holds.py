@@ -23,7 +23,9 @@ hash, held hash, the shard's change stream) in its SKU's shard
    granted before it are undone (their lines dropped). The undo drops only the
    lines of its try (its expiry and channel): a new request with that
    ``hold_id`` may have claimed the record and granted its own lines between
-   the refusal and the undo, and those stay.
+   the refusal and the undo, and those stay. A creator slower than its lease
+   whose refusal finds the hold finished (by an identical request that resumed
+   it, keeping its lines) drops nothing and answers the hold as it is.
 3. **Finish** (record slot): ``held`` or ``partial`` with what was granted.
 
 What a reader can see that one Redis never shows: the lines of an
@@ -238,7 +240,10 @@ class ShardedHolds:
                     hold, fingerprint, "refused", requested, _granted(lines, held)
                 )
                 found = refused[0] if refused is not None and not refused[1] else None
-                if found is not None and found.stored_status == "converted":
+                if found is not None and found.stored_status in ("converted", "held", "partial"):
+                    # Or finished meanwhile by an identical request that resumed this
+                    # hold (this creator slower than its lease): the lines are that
+                    # hold's (its try kept them, the same expiry), so they stay.
                     return Created(outcome="exists", now_ms=found.now_ms, record=found)
                 await self._drop(
                     live, hold_id, granted + [skus[i] for i in group], (exp, channel)

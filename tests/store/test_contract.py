@@ -825,6 +825,52 @@ class TestHoldsOnARedisCluster(HoldContract):
 
         self.check(scenario)
 
+    def test_a_creator_refused_after_a_resumed_try_finished_the_hold_leaves_its_lines(
+        self,
+    ) -> None:
+        """All or nothing, A short for the creator, which is then slower than its lease:
+        the same request again (another process) resumes the pending hold, keeps B's line
+        (its expiry), grants A (stock freed meanwhile) and finishes it held. The
+        creator's refusal then finds the hold held: it drops nothing (the lines are that
+        hold's) and answers the hold as it is."""
+
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            lines = (("B", 2), ("A", 2))
+            other = HoldStore(store.client, lambda: store.keys, timeout=5.0)
+            seen: list[str] = []
+            resumed: list[Created] = []
+
+            async def after(name: str, args: Any, reply: Any) -> None:
+                seen.append(name)
+                if name != "SHARDED_HOLD_GRANT" or reply[0] != b"short":
+                    return
+                # The creator's lease runs out here (it was slow).
+                await store.client.hset(store.keys.hold("h1"), "ls", 0)
+                released = await other.release("other")
+                assert released is not None and released[1]
+                resumed.append(await self._create(other, "h1", *lines))
+
+            try:
+                assert (await self._create(holds, "other", ("A", 9))).outcome == "created"
+                _hook(holds, after=after)
+                answered = await self._create(holds, "h1", *lines)
+                assert resumed[0].outcome == "created" and resumed[0].record is not None
+                assert resumed[0].record.status == "held"
+                for sku in ("B", "A"):
+                    assert await _held_hash(store, sku) == (2, {"h1": 2}), sku
+                assert await _reader(store, ["B", "A"]) == {"B": 1, "A": 8}
+                assert answered.outcome == "exists" and answered.record is not None
+                assert answered.record.status == "held"
+                assert answered.record.lines == resumed[0].record.lines
+                assert seen == [
+                    "SHARDED_HOLD_BEGIN", "SHARDED_HOLD_GRANT", "SHARDED_HOLD_GRANT",
+                    "SHARDED_HOLD_FINISH",
+                ], seen  # no drop
+            finally:
+                await other.close()
+
+        self.check(scenario)
+
     def test_an_order_converting_a_hold_still_being_decided_takes_it_over_exactly(
         self,
     ) -> None:
