@@ -59,7 +59,7 @@ from stocksync.store.layout import (
     state_mark,
 )
 from stocksync.store.protocol import ModelLost, StoreError, StoreUnavailable, Write
-from stocksync.store.routed import evalsha_routed
+from stocksync.store.routed import evalsha_routed, evalsha_routed_all
 from stocksync.store.served import served_bytes
 
 __all__ = ["WRITE_CHUNK", "Client", "RedisStore", "SwitchRefused", "open_client"]
@@ -268,6 +268,20 @@ class RedisStore:
         finally:
             await pool.release(connection)
 
+    async def _evalsha_each(
+        self,
+        name: str,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        *,
+        acked: bool = False,
+    ) -> list[Any]:
+        """Several calls of one registered script at once (one per shard), their replies
+        in order: on a cluster each node's calls go pipelined on one of its connections."""
+        if self.cluster and not (acked and self.wait_replicas):
+            client = cast("RedisCluster", self.client)
+            return await evalsha_routed_all(client, self._scripts[name], calls)
+        return await self._each(self._evalsha(name, k, a, acked=acked) for k, a in calls)
+
     # --- generations and identity ---
 
     async def _markers(self, keys: Keys) -> list[str | None]:
@@ -430,23 +444,24 @@ class RedisStore:
         """Stored positions of ``skus`` in one script call (per shard)."""
         if not skus:
             return {}
-        groups = self._by_shard(skus)
+        groups = [[skus[i] for i in g] for g in self._by_shard(skus)]
+        calls = [
+            ([self.keys.model(self.keys.shard_of(g[0])), *map(self.keys.sku, g)],
+             (self._generation or "",))
+            for g in groups
+        ]
         try:
-            replies = await self._each(self._load_positions([skus[i] for i in g]) for g in groups)
+            replies = await self._evalsha_each("LOAD_POSITIONS", calls)
         except _Errors as exc:
             raise StoreUnavailable(f"loading {len(skus)} positions failed: {exc}") from exc
         found: dict[str, Position] = {}
-        for reply in replies:
-            found.update(reply)
+        for group, raw in zip(groups, replies, strict=True):
+            if raw[0] == scripts.LOST:
+                raise _lost(self.keys.ns, self._generation)
+            found.update(
+                (sku, decode_position(b)) for sku, b in zip(group, raw[1:], strict=True) if b
+            )
         return found
-
-    async def _load_positions(self, skus: list[str]) -> dict[str, Position]:
-        shard = self.keys.shard_of(skus[0])
-        keys = [self.keys.model(shard), *(self.keys.sku(s) for s in skus)]
-        raw = await self._evalsha("LOAD_POSITIONS", keys, (self._generation or "",))
-        if raw[0] == scripts.LOST:
-            raise _lost(self.keys.ns, self._generation)
-        return {sku: decode_position(b) for sku, b in zip(skus, raw[1:], strict=True) if b}
 
     async def write_batch(self, writes: Sequence[Write], *, announce: bool = True) -> list[str]:
         """Compare-and-set every SKU and append its change, in script calls of WRITE_CHUNK SKUs.
@@ -460,24 +475,30 @@ class RedisStore:
             raise StoreError("this store was opened without a topology and cannot write SKUs")
         for start in range(0, len(writes), WRITE_CHUNK):
             chunk = writes[start : start + WRITE_CHUNK]
-            groups = self._by_shard([w.position.sku for w in chunk])
+            shards = self._by_shard([w.position.sku for w in chunk])
+            groups = [[chunk[i] for i in g] for g in shards]
             try:
-                replies = await self._each(
-                    self._write_group([chunk[i] for i in g], announce) for g in groups
+                replies = await self._evalsha_each(
+                    "WRITE_BATCH", [self._write_call(g, announce) for g in groups], acked=True
                 )
             except _Errors as exc:
                 raise StoreUnavailable(
                     f"writing a batch of {len(chunk)} SKUs failed: {exc}"
                 ) from exc
-            if any(r is None for r in replies):
+            if any(r == scripts.LOST for r in replies):
                 raise _lost(self.keys.ns, self._generation)
-            conflicts = [sku for reply in replies if reply for sku in reply]
+            conflicts = [
+                group[int(i) - 1].position.sku
+                for group, reply in zip(groups, replies, strict=True)
+                for i in reply
+            ]
             if conflicts:
                 return conflicts
         return []
 
-    async def _write_group(self, group: list[Write], announce: bool) -> list[str] | None:
-        """One WRITE_BATCH call for SKUs of one shard: conflicting SKUs, or None (lost)."""
+    def _write_call(self, group: list[Write], announce: bool) -> tuple[list[str], list[Any]]:
+        """The WRITE_BATCH call for SKUs of one shard (it returns LOST, or the 1-based
+        indexes of the SKUs whose version conflicted)."""
         topology = cast("core.Topology", self.topology)
         shard = self.keys.shard_of(group[0].position.sku)
         keys = [self.keys.sku(w.position.sku) for w in group]
@@ -496,10 +517,7 @@ class RedisStore:
                 ",".join(w.holds),
                 w.correlation_id or "",
             ]
-        conflicts = await self._evalsha("WRITE_BATCH", keys, args, acked=True)
-        if conflicts == scripts.LOST:
-            return None
-        return [group[int(i) - 1].position.sku for i in conflicts]
+        return keys, args
 
     async def load_versions(self, skus: Sequence[str]) -> dict[str, int]:
         """Stored versions of ``skus`` (no identity check: for a rebuild reading the old model)."""
@@ -636,14 +654,11 @@ class RedisStore:
             return []
         groups = self._by_shard(ids)
         try:
-            replies = await self._each(
-                self._evalsha(
-                    "LOAD_STATES",
-                    [self.keys.model(self.keys.shard_of(ids[g[0]])), *(key(ids[i]) for i in g)],
-                    (self._generation or "",),
-                )
+            replies = await self._evalsha_each("LOAD_STATES", [
+                ([self.keys.model(self.keys.shard_of(ids[g[0]])), *(key(ids[i]) for i in g)],
+                 (self._generation or "",))
                 for g in groups
-            )
+            ])
         except _Errors as exc:
             raise StoreUnavailable(f"loading {len(ids)} order/RMA states failed: {exc}") from exc
         found: list[bytes | None] = [None] * len(ids)
@@ -662,15 +677,20 @@ class RedisStore:
             ids = [s.order_id if isinstance(s, OrderState) else s.rma_id for s in chunk]
             groups = self._by_shard(ids)
             try:
-                replies = await self._each(
-                    self._save_group([chunk[i] for i in g], ids[g[0]]) for g in groups
+                replies = await self._evalsha_each(
+                    "SAVE_STATES",
+                    [self._save_call([chunk[i] for i in g], ids[g[0]]) for g in groups],
+                    acked=True,
                 )
             except _Errors as exc:
                 raise StoreUnavailable(f"saving order/RMA states failed: {exc}") from exc
             if any(written == scripts.LOST for written in replies):
                 raise _lost(self.keys.ns, self._generation)
 
-    async def _save_group(self, group: list[OrderState | RmaState], first_id: str) -> Any:
+    def _save_call(
+        self, group: list[OrderState | RmaState], first_id: str
+    ) -> tuple[list[str], list[Any]]:
+        """The SAVE_STATES call for states of one shard."""
         keys = [self.keys.model(self.keys.shard_of(first_id))]
         args: list[str | bytes | int] = [self._generation or "", self.state_ttl_seconds]
         for state in group:
@@ -680,7 +700,7 @@ class RedisStore:
                 else self.keys.rma(state.rma_id)
             )
             args += [state.src, state_mark(state), encode_state(state)]
-        return await self._evalsha("SAVE_STATES", keys, args, acked=True)
+        return keys, args
 
     # --- the change stream (API replicas follow it) ---
 

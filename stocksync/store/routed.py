@@ -19,6 +19,7 @@ second run a no-op or a conflict that they reload from).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -44,7 +45,7 @@ from redis.exceptions import (
 
 from stocksync.compat import redis as compat_redis
 
-__all__ = ["evalsha_routed"]
+__all__ = ["evalsha_routed", "evalsha_routed_all"]
 
 #: Answers the cluster client's own path knows how to follow (MovedError is an AskError).
 _REDIRECTED = (AskError, ClusterDownError, TryAgainError)
@@ -103,3 +104,83 @@ async def evalsha_routed(
     finally:
         node.release(connection)
     return await script(keys=keys, args=args)
+
+
+async def evalsha_routed_all(
+    client: RedisCluster, script: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    """Every call's reply, in order: the calls of one node pipelined on one of its
+    connections (one write, one read of all the replies), every node at once.
+
+    A batch on a cluster is one call per shard, 12 of them on 3 masters: sent one
+    by one they cost a task, a send and a read each, on the worker and on Redis.
+    A call the pipeline cannot answer (redirected, a node without the script, a
+    connection broken before its reply) is run again on its own through
+    :func:`evalsha_routed`; a script's own error is raised once every reply of
+    its connection is read (the connection stays in step).
+    """
+    if not compat_redis.ACTIVE or len(calls) < 2:
+        return list(
+            await asyncio.gather(*(evalsha_routed(client, script, k, a) for k, a in calls))
+        )
+    await client.initialize()  # a no-op once the slots are known
+    replies: list[Any] = [None] * len(calls)
+    again: list[int] = []
+    by_node: dict[str, tuple[Any, list[int]]] = {}
+    for i, (keys, _) in enumerate(calls):
+        try:
+            node = client.get_node_from_key(keys[0])
+        except (SlotNotCoveredError, RedisClusterException):
+            node = None
+        if node is None:
+            again.append(i)
+        else:
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+    failed: list[ResponseError] = []
+
+    async def on(node: Any, indexes: list[int]) -> None:
+        try:
+            connection = node.acquire_connection()
+        except MaxConnectionsError:
+            again.extend(indexes)
+            return
+        packed = b"".join(
+            hiredis.pack_command(("EVALSHA", script.sha, len(calls[i][0]), *calls[i][0],
+                                  *calls[i][1]))
+            for i in indexes
+        )
+        read = 0
+        try:
+            await node.disconnect_if_needed(connection)
+            await connection.send_packed_command(packed)
+            for i in indexes:
+                try:
+                    replies[i] = await connection.read_response()
+                except MovedError as exc:
+                    await compat_redis.learn_moved(client, exc)
+                    again.append(i)
+                except (NoScriptError, *_REDIRECTED):
+                    again.append(i)  # a whole error reply: the next one follows
+                except ResponseError as exc:
+                    failed.append(exc)  # the script's own error: read the rest first
+                read += 1
+        except _BROKEN:
+            await connection.disconnect()
+            again.extend(indexes[read:])  # sent, maybe run: run again (idempotent or CAS)
+        except BaseException:
+            # A half-read reply (a cancelled call) would poison the next command here.
+            await connection.disconnect()
+            raise
+        finally:
+            node.release(connection)
+
+    await asyncio.gather(*(on(node, indexes) for node, indexes in by_node.values()))
+    if failed:
+        raise failed[0]
+    if again:
+        redone = await asyncio.gather(
+            *(evalsha_routed(client, script, *calls[i]) for i in again)
+        )
+        for i, reply in zip(again, redone, strict=True):
+            replies[i] = reply
+    return replies

@@ -1,4 +1,5 @@
-"""Script calls sent straight to their slot's node (``store.routed``), on a real cluster.
+"""Script calls sent straight to their slot's node, one node's calls pipelined
+(``store.routed``), on a real cluster.
 
 The fast path trusts the client's cached slot map and its pooled connections;
 each test makes one of them wrong and checks that the call still does exactly
@@ -10,12 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
 import redis
+from redis.exceptions import ResponseError
 
 from stocksync.codecs.state import Position
 from stocksync.store import RedisStore, Write
 from stocksync.store.layout import Keys
 from stocksync.store.redis import RedisCluster
+from stocksync.store.routed import evalsha_routed_all
 from tests.store.test_contract import GENERATION, TOPOLOGY
 
 __all__: list[str] = []
@@ -98,5 +102,29 @@ def test_connections_closed_by_the_server_are_replaced(redis_cluster_url: str) -
             with redis.Redis(host=node.host, port=node.port) as admin:
                 admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         await _second_write_lands_once(store)
+
+    _check(redis_cluster_url, scenario)
+
+
+def test_a_scripts_error_in_a_pipeline_is_raised_after_every_reply_is_read(
+    redis_cluster_url: str,
+) -> None:
+    """One call of a node's pipeline fails in its script: that error is raised, and the
+    node's connections still answer each later call with its own reply."""
+
+    async def scenario(store: RedisStore, client: RedisCluster) -> None:
+        script = client.register_script(
+            "if ARGV[1] == 'bad' then return redis.error_reply('bad call') end"
+            " return {KEYS[1], ARGV[1]}"
+        )
+        keys = [store.keys.sku(s) for s in SKUS]
+        calls = [([k], ["bad" if i == 5 else str(i)]) for i, k in enumerate(keys)]
+        with pytest.raises(ResponseError, match="bad call"):
+            await evalsha_routed_all(client, script, calls)
+        good = [([k], [str(i)]) for i, k in enumerate(keys)]
+        for _ in range(3):
+            assert await evalsha_routed_all(client, script, good) == [
+                [k.encode(), str(i).encode()] for i, k in enumerate(keys)
+            ]
 
     _check(redis_cluster_url, scenario)
