@@ -726,8 +726,9 @@ return 1
 # before the short one).
 # Ends the 'pending' state of the hold this request began (converted meanwhile: records
 # the lines it granted, ARGV[5] or, without it, ARGV[3] unless refused). Returns {now, st,
-# exp, lines, ch, 1 if this call ended it} as the hold is after the call, or {now} when it
-# is gone.
+# exp, lines, ch, 1 if this call ended it, 1 if the record is this request's (its
+# fingerprint: 0 once this try's record was refused and forgotten, and another body claimed
+# the hold_id)} as the hold is after the call, or {now} when it is gone.
 SHARDED_HOLD_FINISH: Final = _lua(_HOLD_PRELUDE + """
 local now = now_ms()
 local hold = KEYS[1]
@@ -744,7 +745,9 @@ elseif f[1] == ARGV[1] and f[2] == 'converted' and f[3] == '1' then
   if granted then redis.call('HSET', hold, 'lines', granted) end
 end
 local g = redis.call('HMGET', hold, 'st', 'exp', 'lines', 'ch')
-return {now, g[1], g[2], g[3], g[4], ended}
+local same = 0
+if f[1] == ARGV[1] then same = 1 end
+return {now, g[1], g[2], g[3], g[4], ended, same}
 """)
 
 # KEYS: hold. ARGV: 'released' | 'converted' | 'extend', memory ms, order_id or new exp.

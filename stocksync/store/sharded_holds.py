@@ -308,13 +308,16 @@ class ShardedHolds:
     ) -> tuple[HoldRecord, bool] | None:
         """End the pending state: the hold as it then is (and whether this call ended it).
         ``lines`` are recorded with ``status``; ``granted`` (the lines as granted so far)
-        when an order converted the hold meanwhile."""
+        when an order converted the hold meanwhile. None when the record is gone, or is
+        no longer this request's: refused by an identical request (this creator slower
+        than its lease), forgotten, and claimed by a request with another body; that
+        hold is not this one, and must not be answered as this request's."""
         reply = await self._call(
             "SHARDED_HOLD_FINISH", [hold],
             [fingerprint, status, lines,
              _REFUSED_MS if status == "refused" else self.memory_ms, granted],
         )
-        if len(reply) == 1:
+        if len(reply) == 1 or (len(reply) > 6 and int(reply[6]) == 0):
             return None
         return _record(_hold_id_of(hold), int(reply[0]), reply[1:5]), int(reply[5]) == 1
 

@@ -871,6 +871,57 @@ class TestHoldsOnARedisCluster(HoldContract):
 
         self.check(scenario)
 
+    def test_a_creator_whose_hold_id_another_body_took_meanwhile_answers_its_own_outcome(
+        self,
+    ) -> None:
+        """All or nothing, A short. The creator grants B, then is slower than its lease:
+        the same request again (another process) resumes the hold, finds A short and
+        refuses it, which forgets the hold_id; a request with another body then takes
+        the hold_id and is granted. The creator's A is short too: its answer is its own
+        refusal, never the other request's hold, and its undo leaves that hold's line."""
+
+        async def scenario(store: RedisStore, holds: HoldStore) -> None:
+            lines = (("B", 2), ("A", 2))
+            other = HoldStore(store.client, lambda: store.keys, timeout=5.0)
+            begun: list[int] = []
+            steps: list[Created] = []
+
+            async def after(name: str, args: Any, reply: Any) -> None:
+                if name == "SHARDED_HOLD_BEGIN":
+                    begun.append(int(reply[1]))
+                if name != "SHARDED_HOLD_GRANT" or steps:
+                    return
+                assert reply[0] == b"granted"  # B, the creator's first group
+                await store.client.hset(store.keys.hold("h1"), "ls", 0)  # its lease ran out
+                steps.append(await self._create(other, "h1", *lines))  # resumed, refused
+                while True:  # the other body's Begin in a later millisecond (its expiry)
+                    secs, micros = await store.client.time()
+                    if secs * 1000 + micros // 1000 > begun[0]:
+                        break
+                    await asyncio.sleep(0.001)
+                steps.append(await self._create(other, "h1", ("B", 1)))
+
+            try:
+                assert (await self._create(holds, "other", ("A", 9))).outcome == "created"
+                _hook(holds, after=after)
+                answered = await self._create(holds, "h1", *lines)
+                assert [c.outcome for c in steps] == ["short", "created"]
+                taken = steps[1].record
+                assert taken is not None and taken.status == "held"
+                assert [(x.sku, x.requested, x.held) for x in taken.lines] == [("B", 1, 1)]
+                assert answered.outcome == "short", answered
+                assert answered.available == [3, 1]
+                assert await _held_hash(store, "B") == (1, {"h1": 1})
+                assert await _held_hash(store, "A") == (9, {"other": 9})
+                assert await _reader(store, ["B", "A"]) == {"B": 2, "A": 1}
+                found = await holds.get("h1")
+                assert found is not None and found.status == "held"
+                assert [(x.sku, x.held) for x in found.lines] == [("B", 1)]
+            finally:
+                await other.close()
+
+        self.check(scenario)
+
     def test_an_order_converting_a_hold_still_being_decided_takes_it_over_exactly(
         self,
     ) -> None:
