@@ -561,6 +561,8 @@ class ModelSync:
         self._invalid = 0
         self._applied = 0
         self._tasks: list[asyncio.Task[None]] = []
+        #: Set by stop(): the shard readers end at their next turn.
+        self._closing = False
         #: Where the hold snapshots are loaded from (None: this replica ignores holds).
         self.holds: HoldStore | None = None
         #: Changes of hold lines that did not follow the lines held (each read the SKU again).
@@ -575,6 +577,7 @@ class ModelSync:
 
     async def start(self) -> None:
         """Start loading and following in background tasks."""
+        self._closing = False
         self._tasks = [
             asyncio.create_task(self._follow(), name="stocksync-api-follow"),
             asyncio.create_task(self._monitor(), name="stocksync-api-monitor"),
@@ -583,6 +586,7 @@ class ModelSync:
 
     async def stop(self) -> None:
         """Cancel the background tasks and wait for them."""
+        self._closing = True  # readers end even if a cancellation of theirs was swallowed
         await cancel_and_wait(self._tasks)
         self._tasks = []
 
@@ -711,7 +715,18 @@ class ModelSync:
         try:
             done, _ = await asyncio.wait([stop, *readers], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await cancel_and_wait([stop, *readers])
+            # Every reader ends before this does, even when this is cancelled meanwhile
+            # (stop() cancels again while the readers are still ending): a reader left
+            # running would outlive the sync and keep a connection reading for ever.
+            ending = asyncio.ensure_future(cancel_and_wait([stop, *readers]))
+            cancelled = False
+            while not ending.done():
+                try:
+                    await asyncio.shield(ending)
+                except asyncio.CancelledError:
+                    cancelled = True
+            if cancelled:
+                raise asyncio.CancelledError
         for task in done:
             if task is not stop:
                 task.result()  # a reader's failure other than Redis's is the follower's
@@ -720,7 +735,7 @@ class ModelSync:
         """Apply one shard's change entries as they come, until a load is due."""
         backoff = self.backoff_min
         failed = False
-        while not (self._needs_load or self._lost):
+        while not (self._needs_load or self._lost or self._closing):
             try:
                 if failed:
                     # The stream may have been trimmed past us or reset meanwhile.

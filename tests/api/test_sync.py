@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -312,3 +313,54 @@ def test_loads_and_follows_every_shard_of_a_redis_cluster(redis_cluster_url: str
 
 async def _status_is(client: Client, path: str, status: int) -> bool:
     return await _status(client, path) == status
+
+
+def test_stopping_leaves_no_reader_even_one_that_swallows_cancellations(
+    redis_url: str, store: redis.Redis
+) -> None:
+    """A shard reader whose cancellations come back as a Redis error (redis-py turns a
+    cancellation that meets its socket timeout into its own TimeoutError) is not left
+    running when the sync stops: stop() cancels the follower again while the follower
+    is still ending its readers, and a reader left behind would read for ever."""
+    from stocksync.api.model import AvailabilityModel
+    from stocksync.store import StoreUnavailable
+
+    write(store, projection("A", 1))
+
+    async def scenario() -> None:
+        settings = make_settings(redis_url)
+        redis_store = RedisStore.from_url(redis_url, Keys(NAMESPACE))
+        sync = ModelSync(AvailabilityModel([c.name for c in settings.channels]), redis_store,
+                         block_ms=50, backoff_min=0.01, backoff_max=0.02)
+        read = redis_store.read_changes
+        swallowed = 0
+
+        async def stubborn(*args: Any, **kwargs: Any) -> Any:
+            nonlocal swallowed
+            try:
+                return await read(*args, **kwargs)
+            except asyncio.CancelledError:
+                swallowed += 1
+                raise StoreUnavailable("the read timed out") from None
+
+        redis_store.read_changes = stubborn  # type: ignore[method-assign]
+        try:
+            await sync.start()
+            await eventually(lambda: _ready(sync), timeout=10)
+            await sync.stop()
+            await asyncio.sleep(0.3)  # a reader left behind would be reading again
+            left = [t for t in asyncio.all_tasks()
+                    if t.get_name().startswith("stocksync-api-follow") and not t.done()]
+            assert swallowed >= 1
+            assert left == [], left
+        finally:
+            for task in asyncio.all_tasks():
+                if task.get_name().startswith("stocksync-api-follow"):
+                    task.cancel()
+            await redis_store.close()
+
+    run(scenario())
+
+
+async def _ready(sync: ModelSync) -> bool:
+    return sync.status().ready
