@@ -120,6 +120,14 @@ def test_a_resharding_loses_no_change(
 
 
 async def _written(store: RedisStore, version: int, batch: list[Write]) -> set[str]:
-    """The SKUs of ``batch`` already at ``version`` (a failed call may have written some)."""
-    found = await store.load_versions([w.position.sku for w in batch])
-    return {sku for sku, v in found.items() if v >= version}
+    """The SKUs of ``batch`` already at ``version`` (a failed call may have written some).
+
+    The read meets the half-moved slot too (redis-py's pipeline may give up on its
+    redirections: "TTL exhausted"), and is retried as the write is."""
+    while True:
+        try:
+            found = await store.load_versions([w.position.sku for w in batch])
+        except StoreUnavailable:
+            await asyncio.sleep(0.01)
+            continue
+        return {sku for sku, v in found.items() if v >= version}
