@@ -752,11 +752,7 @@ class TestHoldsOnARedisCluster(HoldContract):
                 assert await _held_hash(store, "B") == (2, {"h1": 2})
                 # The second try's Begin in a later millisecond than the first's (a try
                 # in the same one would have its expiry).
-                while True:
-                    secs, micros = await store.client.time()
-                    if secs * 1000 + micros // 1000 > first[0]:
-                        break
-                    await asyncio.sleep(0.001)
+                await _redis_clock_past(store, first[0])
                 released = await other.release("other")
                 assert released is not None and released[1]
                 second_try.append(asyncio.create_task(self._create(other, "h1", *lines)))
@@ -894,11 +890,8 @@ class TestHoldsOnARedisCluster(HoldContract):
                 assert reply[0] == b"granted"  # B, the creator's first group
                 await store.client.hset(store.keys.hold("h1"), "ls", 0)  # its lease ran out
                 steps.append(await self._create(other, "h1", *lines))  # resumed, refused
-                while True:  # the other body's Begin in a later millisecond (its expiry)
-                    secs, micros = await store.client.time()
-                    if secs * 1000 + micros // 1000 > begun[0]:
-                        break
-                    await asyncio.sleep(0.001)
+                # The other body's Begin in a later millisecond (its expiry).
+                await _redis_clock_past(store, begun[0])
                 steps.append(await self._create(other, "h1", ("B", 1)))
 
             try:
@@ -1073,6 +1066,16 @@ def _hook(holds: HoldStore, *, before: Hooks | None = None, after: Hooks | None 
         return reply
 
     sharded._call = call  # type: ignore[method-assign]
+
+
+async def _redis_clock_past(store: RedisStore, ms: int) -> None:
+    """Wait until Redis's clock is past millisecond ``ms`` (a Begin from now on gets
+    another expiry than one at ``ms``)."""
+    while True:
+        secs, micros = await store.client.time()
+        if secs * 1000 + micros // 1000 > ms:
+            return
+        await asyncio.sleep(0.001)
 
 
 async def _held_hash(store: RedisStore, sku: str) -> tuple[int, dict[str, int]]:
