@@ -625,11 +625,17 @@ def status_of(available: int, low_stock_threshold: int) -> Status:
     return "in_stock"
 
 
-@functools.lru_cache(maxsize=64)
 def format_millis(ms: int) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-27T09:01:10.512Z``."""
-    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    seconds, millis = divmod(ms, 1000)
+    return f"{_format_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _format_second(seconds: int) -> str:
+    # Cached by the second, not the millisecond: hold expiries and positions written
+    # in one second share it (each hold's expiry is its own millisecond).
+    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%S}"
 
 
 def _node_availability(node: str, view: NodeView) -> NodeAvailability:

@@ -9,10 +9,13 @@ tables also keep the oracle honest.
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stocksync.codecs.effects import EffectBatch, batch_decoder, batch_encoder
 from stocksync.codecs.events import MAX_LINES, MAX_QUANTITY, Event
@@ -29,6 +32,7 @@ from stocksync.readmodel.core import (
     apply_effects,
     check_placement,
     copy_position,
+    format_millis,
     is_oversold,
     node_view,
     topology_of,
@@ -807,3 +811,11 @@ def test_check_placement(event: Event, kind: str, key: str | None, bulk: bool,
 def test_order_state_round_trips_through_its_stored_encoding() -> None:
     _, state = _translated(created("o1", [("1", A, 5, None)]), None, ref(3))
     assert msgspec.msgpack.decode(state_encoder.encode(state), type=OrderState) == state
+
+
+@given(st.integers(min_value=-(10**12), max_value=4 * 10**12))
+def test_format_millis_is_rfc3339_utc_with_milliseconds(ms: int) -> None:
+    # Cached by the second: every millisecond of a second still gets its own text.
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    assert format_millis(ms) == moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert format_millis(ms + 1) != format_millis(ms)
