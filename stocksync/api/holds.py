@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 from aiohttp import web
@@ -45,9 +45,26 @@ __all__ = ["HOLDS_PATH", "HoldHandlers", "hold_body"]
 
 _T = TypeVar("_T")
 _JSON: Final = {"Content-Type": "application/json"}
-# Lax: a JSON number such as 2.0 is an integer (as JSON Schema has it); 2.5 is not.
-_request_decoder: Final = msgspec.json.Decoder(HoldRequest, strict=False)
-_extend_decoder: Final = msgspec.json.Decoder(ExtendRequest, strict=False)
+# Strict: "2" is not a quantity nor 1 a boolean. A whole JSON number such as 2.0 is an
+# integer (as JSON Schema has it) and 2.5 is not: see HoldHandlers._decode.
+_request_decoder: Final = msgspec.json.Decoder(HoldRequest)
+_extend_decoder: Final = msgspec.json.Decoder(ExtendRequest)
+_any_decoder: Final = msgspec.json.Decoder()
+
+
+def _whole_numbers_as_int(value: Any, depth: int = 3) -> Any:
+    """``value`` with every float that is a whole number made an int, ``depth`` levels
+    down (a hold's numbers are at most three: body, lines, line); what is deeper fails
+    the schema anyway, and a hostile body may nest deeper than Python recurses."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if depth == 0:
+        return value
+    if isinstance(value, list):
+        return [_whole_numbers_as_int(item, depth - 1) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole_numbers_as_int(item, depth - 1) for key, item in value.items()}
+    return value
 
 
 def hold_body(record: HoldRecord) -> Hold:
@@ -122,10 +139,18 @@ class HoldHandlers:
     def _decode(decoder: msgspec.json.Decoder[_T], body: bytes, what: str) -> _T:
         try:
             return decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            raise BadRequest(f"The body does not match the {what} schema: {exc}.") from None
+        except msgspec.ValidationError:
+            pass
         except msgspec.DecodeError:
             raise BadRequest("The body is not valid JSON.") from None
+        # Only a body that failed: once more with its whole numbers (2.0) as integers.
+        try:
+            whole = _whole_numbers_as_int(_any_decoder.decode(body))
+            return cast("_T", msgspec.convert(whole, decoder.type))
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"The body does not match the {what} schema: {exc}.") from None
+        except RecursionError:
+            raise BadRequest(f"The body does not match the {what} schema.") from None
 
     @staticmethod
     def _hold_id(hold_id: str) -> str:

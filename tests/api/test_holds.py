@@ -304,6 +304,13 @@ def test_the_same_hold_id_is_idempotent_and_conflicts_otherwise(
         (_hold("bad id", ("A", 1)), 400, "bad_request"),
         ({**_hold("h", ("A", 1)), "extra": 1}, 400, "bad_request"),
         ("not an object", 400, "bad_request"),
+        # Numbers and booleans are JSON's own: no string or 1 stands for one.
+        (_hold("h", ("A", "1")), 400, "bad_request"),  # type: ignore[arg-type]
+        (_hold("h", ("A", 1.5)), 400, "bad_request"),  # type: ignore[arg-type]
+        (_hold("h", ("A", True)), 400, "bad_request"),
+        (_hold("h", ("A", 1), ttl_seconds="60"), 400, "bad_request"),
+        (_hold("h", ("A", 1), partial=1), 400, "bad_request"),
+        (_hold("h", ("A", 1), partial="true"), 400, "bad_request"),
     ],
 )
 def test_bad_hold_requests(
@@ -315,6 +322,22 @@ def test_bad_hold_requests(
         async with serving(settings) as client:
             got, answer = await _post(client, "/v1/holds", body)
             assert (got, answer["error"]["code"]) == (status, code)
+
+    run(scenario())
+
+
+@_one_redis
+def test_whole_numbers_written_as_decimals_are_integers(backend: Backend, store: Store) -> None:
+    # As JSON Schema has it, 2.0 is an integer; 2.5 (above) is not.
+    async def scenario() -> None:
+        async with serving(backend.settings()) as client:
+            body = _hold("h", ("A", 2.0), ttl_seconds=60.0)  # type: ignore[arg-type]
+            status, answer = await _post(client, "/v1/holds", body)
+            assert (status, answer["lines"]) == (201, [{"sku": "A", "requested": 2, "held": 2}])
+            status, answer = await _post(client, "/v1/holds/h/extend", {"ttl_seconds": 30.0})
+            assert status == 200
+            status, answer = await _post(client, "/v1/holds/h/extend", {"ttl_seconds": "30"})
+            assert (status, answer["error"]["code"]) == (400, "bad_request")
 
     run(scenario())
 
