@@ -149,6 +149,10 @@ class HoldHandlers:
             return cast("_T", msgspec.convert(whole, decoder.type))
         except msgspec.ValidationError as exc:
             raise BadRequest(f"The body does not match the {what} schema: {exc}.") from None
+        except msgspec.DecodeError:
+            # Typed, the decoder stopped at the first value that did not fit (the 7 of
+            # "7<invalid bytes>"); untyped, it read on and met what is not JSON.
+            raise BadRequest("The body is not valid JSON.") from None
         except RecursionError:
             raise BadRequest(f"The body does not match the {what} schema.") from None
 

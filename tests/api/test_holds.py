@@ -338,6 +338,13 @@ def test_whole_numbers_written_as_decimals_are_integers(backend: Backend, store:
             assert status == 200
             status, answer = await _post(client, "/v1/holds/h/extend", {"ttl_seconds": "30"})
             assert (status, answer["error"]["code"]) == (400, "bad_request")
+            # A value the typed decoder refuses before it meets the invalid bytes after it.
+            for path in ("/v1/holds", "/v1/holds/h/extend"):
+                async with client.post(
+                    path, data=b"7\xff", headers={"Content-Type": "application/json"}
+                ) as response:
+                    answer = await response.json()
+                    assert (response.status, answer["error"]["code"]) == (400, "bad_request")
 
     run(scenario())
 
