@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 import signal
 import time
@@ -338,10 +339,12 @@ def test_whole_numbers_written_as_decimals_are_integers(backend: Backend, store:
             assert status == 200
             status, answer = await _post(client, "/v1/holds/h/extend", {"ttl_seconds": "30"})
             assert (status, answer["error"]["code"]) == (400, "bad_request")
-            # A value the typed decoder refuses before it meets the invalid bytes after it.
-            for path in ("/v1/holds", "/v1/holds/h/extend"):
+            # A value the typed decoder refuses before it meets the invalid bytes after
+            # it, and arrays nested deeper than the untyped decoder recurses.
+            bodies = (b"7\xff", b"[" * 5000 + b"]" * 5000)
+            for path, data in itertools.product(("/v1/holds", "/v1/holds/h/extend"), bodies):
                 async with client.post(
-                    path, data=b"7\xff", headers={"Content-Type": "application/json"}
+                    path, data=data, headers={"Content-Type": "application/json"}
                 ) as response:
                     answer = await response.json()
                     assert (response.status, answer["error"]["code"]) == (400, "bad_request")
